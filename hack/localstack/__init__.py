@@ -1,0 +1,17 @@
+"""The local stack: real MongoDB (mongo-java-server), Pub/Sub emulator, Redis and kube-apiserver.
+
+Each server module (``mongo``, ``pubsub``, ``redis``, ``kube``) exposes two functions:
+
+- ``build(say)``: install or build what the server needs, idempotently, caching under
+  :func:`localstack.process.cache_dir`. ``say`` prints progress for people (stderr).
+- ``start(run_dir)``: start the server on free loopback ports and return a
+  :class:`localstack.process.Server` once it is ready.
+
+:mod:`localstack.stack` ties them together for pytest fixtures, ``make demo`` and the
+``hack/stack`` command line.
+"""
+
+from localstack.process import Server, StackError, cache_dir
+from localstack.stack import SERVER_NAMES, Stack
+
+__all__ = ["SERVER_NAMES", "Server", "Stack", "StackError", "cache_dir"]

@@ -1,0 +1,66 @@
+"""``hack/stack up|status|down``: the local stack for people and scripts."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from localstack.process import StackError, log_tail
+from localstack.stack import SERVER_NAMES, Stack, default_run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hack/stack", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="build what is missing, start servers, print export lines")
+    up.add_argument("names", nargs="*", choices=[*SERVER_NAMES, []], metavar="SERVER",
+                    help=f"any of {', '.join(SERVER_NAMES)} (default: all)")
+    sub.add_parser("build", help="only build or install the servers")
+    sub.add_parser("status", help="list running servers")
+    sub.add_parser("env", help="print the export lines of running servers")
+    sub.add_parser("down", help="stop every server")
+    args = parser.parse_args(argv)
+    run_dir = default_run_dir()
+    stack = Stack.load(run_dir)
+    try:
+        if args.command == "build":
+            stack.build()
+        elif args.command == "up":
+            names = tuple(args.names) or SERVER_NAMES
+            for name in list(stack.servers):
+                if not stack.servers[name].alive():
+                    print(f"[stack] {name} is no longer running; restarting it", file=sys.stderr)
+                    stack.stop(name)
+            stack.up(names)
+            stack.save()
+            print_exports(stack)
+        elif args.command == "env":
+            print_exports(stack)
+        elif args.command == "status":
+            if not stack.servers:
+                print("nothing runs")
+            for name, server in stack.servers.items():
+                state = "running" if server.alive() else "DEAD"
+                pids = ",".join(str(p.pid) for p in server.procs)
+                print(f"{name:8} {state:8} pids={pids} {server.details}")
+                if not server.alive():
+                    for proc in server.procs:
+                        print(log_tail(proc.log, 10))
+        elif args.command == "down":
+            stack.down()
+            stack.forget()
+            print("[stack] stopped", file=sys.stderr)
+    except StackError as error:
+        print(f"hack/stack: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_exports(stack: Stack) -> None:
+    for key, value in sorted(stack.exports().items()):
+        print(f"export {key}={shlex.quote(value)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

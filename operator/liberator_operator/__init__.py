@@ -1,0 +1,1 @@
+"""Liberator's control plane: a kopf operator for EntityPublisher and EventSeed."""

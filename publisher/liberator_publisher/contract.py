@@ -1,0 +1,68 @@
+"""The sidecar contract: the environment the operator injects and ``liberator publish`` reads.
+
+This list is the one source. The operator's injection builds its env from it, the publisher's
+settings parse it, and docs/publisher.md documents it; tests check all three agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["CONTRACT", "DEFAULT_HTTP_PORT", "STATUS_KEY_PREFIX", "EnvVar", "status_key"]
+
+DEFAULT_HTTP_PORT = 8099
+STATUS_KEY_PREFIX = "liberator:status:"
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One variable of the sidecar contract."""
+
+    name: str
+    """The environment variable's name."""
+    required: bool
+    """Whether ``liberator publish`` refuses to start without it."""
+    default: str
+    """What an optional variable means when unset (human-readable)."""
+    doc: str
+    """One line for docs/publisher.md."""
+
+
+CONTRACT: tuple[EnvVar, ...] = (
+    EnvVar("LIBERATOR_MONGO_URI", True, "", "MongoDB connection string (a replica set)."),
+    EnvVar("LIBERATOR_DATABASE", True, "", "Database that holds the entity collection."),
+    EnvVar("LIBERATOR_COLLECTION", True, "", "The entity collection to watch."),
+    EnvVar("LIBERATOR_ENTITY_TYPE", True, "",
+           "Entity type, the prefix of derived CloudEvent types (`quote` gives `quote.created`)."),
+    EnvVar("LIBERATOR_PUBSUB_PROJECT", True, "", "Google Cloud project of the topic."),
+    EnvVar("LIBERATOR_TOPIC", True, "", "Pub/Sub topic id that live events go to."),
+    EnvVar("LIBERATOR_REDIS_URL", True, "", "Redis URL for the leader lease and status record."),
+    EnvVar("PUBSUB_EMULATOR_HOST", False, "unset (real Pub/Sub)",
+           "host:port of a Pub/Sub emulator; the standard Google client variable."),
+    EnvVar("LIBERATOR_OUTBOX_COLLECTION", False, "<collection>.outbox",
+           "Outbox collection, in the same database."),
+    EnvVar("LIBERATOR_SOURCE", False, "//liberator/<database>/<collection>",
+           "CloudEvent `source` attribute (a URI reference)."),
+    EnvVar("LIBERATOR_ID_FIELD", False, "_id", "Document field that holds the entity id."),
+    EnvVar("LIBERATOR_VERSION_FIELD", False, "unset (no version)",
+           "Document field that holds the entity version (becomes `ce-entityversion`)."),
+    EnvVar("LIBERATOR_EVENT_CONTEXT_FIELD", False, "_event",
+           "Document field with the event context (type, correlation and causation ids, "
+           "traceparent); stripped from the data."),
+    EnvVar("LIBERATOR_EXCLUDE_FIELDS", False, "none",
+           "Comma-separated top-level fields left out of the event data."),
+    EnvVar("LIBERATOR_HTTP_PORT", False, str(DEFAULT_HTTP_PORT),
+           "Port of /healthz, /readyz and /metrics."),
+    EnvVar("LIBERATOR_LEASE_TTL_SECONDS", False, "10", "Leader lease time-to-live in seconds."),
+    EnvVar("LIBERATOR_PUBLISHER", False, "<database>/<collection>",
+           "`<namespace>/<name>` of the EntityPublisher; keys the lease and status record."),
+    EnvVar("LIBERATOR_LOG_LEVEL", False, "INFO", "DEBUG, INFO, WARNING or ERROR."),
+    EnvVar("LIBERATOR_LOG_FORMAT", False, "text", "`text` or `json` (one object a line)."),
+    EnvVar("LIBERATOR_POD_NAME", False, "the host name",
+           "Name of this replica, shown as the leader in status (the downward API sets it)."),
+)
+
+
+def status_key(publisher: str) -> str:
+    """Redis key of the leader's status record for the ``<namespace>/<name>`` publisher."""
+    return f"{STATUS_KEY_PREFIX}{publisher}"
