@@ -1,23 +1,66 @@
-"""The ``liberator`` command line."""
+"""The ``liberator`` command line.
+
+Each subcommand lives in its own module and is imported only when it runs, so the sidecar does
+not load the event store's or the operator's code. Publisher commands are listed here; other
+distributions' commands (the operator's) come through the ``liberator.commands`` entry point group,
+which keeps the publisher free of imports of the operator.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from importlib.metadata import entry_points
+
+from liberator_publisher.command import Command
 
 __all__ = ["main"]
 
+# name -> (module with a COMMAND, one line of help)
+BUILTIN: dict[str, tuple[str, str]] = {
+    "publish": ("liberator_publisher.runner", "run the change-data-capture sidecar"),
+    "seed": ("liberator_publisher.seed", "publish every existing entity once to the seed topic"),
+    "eventstore": ("liberator_publisher.eventstore", "store every event, indexed by time"),
+    "replay": ("liberator_publisher.replay", "republish stored events to a topic"),
+}
+ENTRY_POINT_GROUP = "liberator.commands"
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="liberator", description=__doc__)
-    parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    return parser
+
+def available() -> dict[str, tuple[str, str]]:
+    """Every subcommand: the built-in ones and those registered by entry points."""
+    found = dict(BUILTIN)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(entry.name, (entry.value, f"(from {entry.value})"))
+    return found
+
+
+def load(target: str) -> Command:
+    module_name, _, attribute = target.partition(":")
+    command = getattr(importlib.import_module(module_name), attribute or "COMMAND")
+    if not isinstance(command, Command):
+        raise TypeError(f"{target} is not a liberator Command")
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
-    return 0
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = available()
+    top = argparse.ArgumentParser(
+        prog="liberator",
+        description="Liberator: MongoDB change streams to CloudEvents on Google Pub/Sub.",
+        epilog="commands:\n" + "\n".join(f"  {n:12} {h}" for n, (_, h) in commands.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("command", choices=sorted(commands), metavar="COMMAND")
+    if not args or args[0].startswith("-"):
+        top.parse_args(args)  # prints help or the error, and exits
+        return 2
+    name = top.parse_args(args[:1]).command
+    command = load(commands[name][0])
+    parser = argparse.ArgumentParser(prog=f"liberator {name}", description=command.help)
+    command.configure(parser)
+    return command.run(parser.parse_args(args[1:]))
 
 
 if __name__ == "__main__":
