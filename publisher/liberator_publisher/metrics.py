@@ -1,0 +1,61 @@
+"""The sidecar's Prometheus metrics, each in its own registry so tests and replicas never clash."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass
+class Metrics:
+    """Every metric of ``liberator publish``; names are prefixed ``liberator_``."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    """Where the metrics live; ``/metrics`` renders exactly this registry."""
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.captured = Counter("liberator_events_captured", "Changes written to the outbox.",
+                                registry=r)
+        self.published = Counter("liberator_events_published",
+                                 "Outbox events acknowledged by Pub/Sub.", registry=r)
+        self.failed = Counter("liberator_events_failed",
+                              "Events that cannot be published (status failed).", ["stage"],
+                              registry=r)
+        self.publish_errors = Counter("liberator_publish_errors",
+                                      "Publish attempts that failed and will be retried.",
+                                      registry=r)
+        self.backlog = Gauge("liberator_outbox_backlog", "Outbox events still pending.", registry=r)
+        self.capture_lag = Gauge("liberator_capture_lag_seconds",
+                                 "Age of the last captured change when it was written "
+                                 "(0 when the stream is idle).", registry=r)
+        self.relay_lag = Gauge("liberator_relay_lag_seconds",
+                               "Time from capture to publish ack of the last event.", registry=r)
+        self.publish_latency = Histogram("liberator_publish_latency_seconds",
+                                         "Time from publish call to Pub/Sub ack.",
+                                         buckets=_LATENCY_BUCKETS, registry=r)
+        self.leader = Gauge("liberator_leader", "1 while this replica holds the lease.",
+                            registry=r)
+        self.epoch = Gauge("liberator_epoch", "Fencing epoch of the current lease (0 = none).",
+                           registry=r)
+        self.parked = Gauge("liberator_parked",
+                            "1 while the publisher is parked on a fatal stream error.",
+                            ["reason"], registry=r)
+        self.fenced = Counter("liberator_checkpoint_refused",
+                              "Checkpoint writes refused because a newer epoch holds the lease.",
+                              registry=r)
+
+    def set_parked(self, reason: str) -> None:
+        """Record a park (``reason`` empty clears it)."""
+        self.parked.clear()
+        if reason:
+            self.parked.labels(reason=reason).set(1)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of the registry."""
+        return generate_latest(self.registry)
