@@ -76,7 +76,7 @@ def _handler(probe: Probe, metrics: Callable[[], bytes]) -> type[BaseHTTPRequest
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             """Probes every few seconds would flood the log; stay quiet."""
 
     return Handler

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+
 from liberator_publisher.leader import Lease, epoch_key, lease_key
 from liberator_publisher.status import StatusRecord, read_status, write_status
 
@@ -71,7 +72,8 @@ def test_local_deadline_never_outlives_the_server_expiry(client: redis.Redis, un
 
 def test_status_record_round_trips_and_expires(client: redis.Redis, unique: str) -> None:
     record = StatusRecord(pod="pod-a", epoch=3, lastEventTime=None, captureLagSeconds=0.5,
-                          relayLagSeconds=0.25, backlog=7, parked="", updatedAt="2026-01-01T00:00:00Z")
+                          relayLagSeconds=0.25, backlog=7, parked="",
+                          updatedAt="2026-01-01T00:00:00Z")
     write_status(client, f"ns/{unique}", record, ttl_seconds=0.3)
     stored = read_status(client, f"ns/{unique}")
     assert stored == {"pod": "pod-a", "epoch": 3, "lastEventTime": None, "captureLagSeconds": 0.5,
