@@ -1,0 +1,425 @@
+"""Consume Liberator's CloudEvents: dispatch by type, once per id, with retries and dead letters.
+
+A feature team registers handlers by CloudEvent type (exact, ``quote.purchased``, or a prefix,
+``quote.*``) and runs the loop::
+
+    sub = Subscriber(SubscriberSettings(subscription="projects/p/subscriptions/billing",
+                                        redis_url="redis://localhost:6379/0"))
+
+    @sub.on("quote.*")
+    def on_quote(event: CloudEvent) -> None: ...
+
+    sub.run(stop_event)
+
+Each message is parsed from the Pub/Sub binding of CloudEvents (binary mode: ``ce-*``
+attributes, JSON data). Idempotency is by ``ce-id`` through a Redis key per subscription: the key
+is claimed with ``SET NX`` while the handler runs (a lease, so a crashed worker never blocks the
+event for good) and marked done for ``dedupe_ttl_seconds`` after success. A handler that raises
+leads to a nack with exponential backoff (through the ack deadline); after the subscription's
+``max_delivery_attempts`` Pub/Sub moves the message to its dead-letter topic. When the
+subscription has no dead-letter policy but ``dead_letter_topic`` is set, the library counts the
+attempts in Redis and moves the message itself. Unknown types are acked and counted. Messages that
+are not CloudEvents are forwarded to the dead-letter topic when there is one, and acked.
+
+See docs/consuming.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import Counter as Tally
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from bson import json_util
+from bson.json_util import JSONMode, JSONOptions
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1
+from prometheus_client import CollectorRegistry, Counter
+
+__all__ = [
+    "CloudEvent",
+    "DeadLetters",
+    "Handler",
+    "MalformedEventError",
+    "Subscriber",
+    "SubscriberSettings",
+    "backoff_seconds",
+    "matches",
+    "parse_message",
+    "parse_time",
+]
+
+log = logging.getLogger(__name__)
+
+# Attributes that are CloudEvent context attributes rather than extensions.
+_CORE = frozenset({"ce-specversion", "ce-id", "ce-source", "ce-type", "ce-time", "ce-subject",
+                   "ce-dataschema"})
+_REQUIRED = ("ce-specversion", "ce-id", "ce-source", "ce-type")
+_JSON_OPTIONS = JSONOptions(json_mode=JSONMode.RELAXED, tz_aware=True, tzinfo=UTC)
+_MAX_ACK_DEADLINE = 600  # Pub/Sub's ceiling for modifyAckDeadline, in seconds
+REASON_ATTRIBUTE = "liberator-deadletter-reason"
+"""Attribute the library adds when it forwards a message to the dead-letter topic itself."""
+
+
+class MalformedEventError(ValueError):
+    """A Pub/Sub message that is not a CloudEvent in the binary binding."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class CloudEvent:
+    """One CloudEvent, as a handler receives it."""
+
+    id: str
+    """``ce-id``: unique per source; the key of idempotency."""
+    type: str
+    """``ce-type``, such as ``quote.created``."""
+    source: str
+    """``ce-source``, a URI reference naming the producer."""
+    subject: str | None
+    """``ce-subject``: for Liberator, the entity id."""
+    time: datetime | None
+    """``ce-time`` as an aware UTC datetime (None when absent)."""
+    data: Any
+    """The payload: for JSON content, the decoded MongoDB relaxed extended JSON (dates become
+    datetimes, ``$oid`` an ObjectId); otherwise the raw bytes."""
+    extensions: Mapping[str, str] = field(default_factory=dict)
+    """Other ``ce-*`` attributes without the prefix: ``entityversion``, ``seed``, ``replay``,
+    ``correlationid``, ``causationid``, ``traceparent`` ..."""
+    datacontenttype: str | None = None
+    """The ``content-type`` attribute."""
+    specversion: str = "1.0"
+    """``ce-specversion``."""
+
+
+Handler = Callable[[CloudEvent], None]
+
+
+def parse_time(text: str, name: str = "time") -> datetime:
+    """An RFC 3339 timestamp (``2026-01-02T03:04:05.678Z``) as an aware UTC datetime.
+
+    Raises ``ValueError`` naming ``name`` for anything else (dates alone, missing offsets).
+    """
+    if "T" not in text.upper() or not (text.endswith(("Z", "z")) or text[-6:-5] in "+-"):
+        raise ValueError(f"{name}: {text!r} is not an RFC 3339 timestamp with an offset; "
+                         "write e.g. 2026-01-02T03:04:05Z")
+    try:
+        moment = datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
+    except ValueError:
+        raise ValueError(f"{name}: {text!r} is not an RFC 3339 timestamp; "
+                         "write e.g. 2026-01-02T03:04:05Z") from None
+    return moment.astimezone(UTC)
+
+
+def _is_json(content_type: str | None) -> bool:
+    if content_type is None:
+        return True  # binary mode without content-type: Liberator always sends JSON
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or kind.endswith("+json")
+
+
+def parse_message(data: bytes, attributes: Mapping[str, str]) -> CloudEvent:
+    """The CloudEvent carried by a Pub/Sub message (binary mode); raises ``MalformedEventError``."""
+    missing = [name for name in _REQUIRED if not attributes.get(name)]
+    if missing:
+        raise MalformedEventError(f"not a CloudEvent: missing attribute {', '.join(missing)}")
+    if not attributes["ce-specversion"].startswith("1."):
+        raise MalformedEventError(f"ce-specversion {attributes['ce-specversion']!r} is not 1.x")
+    when: datetime | None = None
+    if "ce-time" in attributes:
+        try:
+            when = parse_time(attributes["ce-time"], "ce-time")
+        except ValueError as error:
+            raise MalformedEventError(str(error)) from None
+    content_type = attributes.get("content-type")
+    payload: Any = data
+    if _is_json(content_type):
+        if data:
+            try:
+                payload = json_util.loads(data.decode("utf-8"), json_options=_JSON_OPTIONS)
+            except (ValueError, UnicodeDecodeError, TypeError) as error:
+                raise MalformedEventError(f"data is not JSON although content-type is "
+                                     f"{content_type or 'unset'}: {error}") from None
+        else:
+            payload = None
+    extensions = {name[3:]: value for name, value in attributes.items()
+                  if name.startswith("ce-") and name not in _CORE}
+    return CloudEvent(id=attributes["ce-id"], type=attributes["ce-type"],
+                      source=attributes["ce-source"], subject=attributes.get("ce-subject"),
+                      time=when, data=payload, extensions=extensions,
+                      datacontenttype=content_type, specversion=attributes["ce-specversion"])
+
+
+def check_pattern(pattern: str) -> str:
+    """A handler pattern: an exact type, ``prefix.*``, or ``*``; ``ValueError`` otherwise."""
+    body = pattern[:-2] if pattern.endswith(".*") else pattern
+    if pattern != "*" and (not body or "*" in body):
+        raise ValueError(f"handler pattern {pattern!r}: use an exact type (quote.created), "
+                         "a prefix ending in .* (quote.*), or * for every type")
+    return pattern
+
+
+def matches(pattern: str, event_type: str) -> bool:
+    """Whether ``pattern`` (exact, ``prefix.*`` or ``*``) selects ``event_type``."""
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        return event_type.startswith(pattern[:-1])
+    return pattern == event_type
+
+
+def backoff_seconds(attempt: int, minimum: float, maximum: float) -> int:
+    """Delay before redelivery after failed attempt ``attempt`` (1-based): doubling, capped."""
+    delay = minimum * 2 ** max(0, attempt - 1)
+    return int(min(_MAX_ACK_DEADLINE, maximum, math.ceil(delay)))
+
+
+@dataclass(frozen=True)
+class SubscriberSettings:
+    """How a :class:`Subscriber` pulls, dedupes and retries."""
+
+    subscription: str
+    """Full subscription path, ``projects/<project>/subscriptions/<id>``."""
+    redis_url: str
+    """Redis for the idempotency keys (``redis://host:port/db``)."""
+    dedupe_ttl_seconds: int = 86_400
+    """How long a handled ``ce-id`` is remembered (default one day). Redeliveries and publisher
+    retries come within minutes; a day covers them with margin at about 100 bytes per event."""
+    processing_lease_seconds: int = 60
+    """How long a claim lasts while a handler runs; a crashed worker's claim expires after it.
+    Keep it above the slowest handler."""
+    max_messages: int = 10
+    """Messages per pull. They are handled one after the other, in order (per ordering key)."""
+    pull_timeout_seconds: float = 10.0
+    """How long one pull waits for messages."""
+    min_backoff_seconds: float = 1.0
+    """Redelivery delay after the first failure; it doubles with each attempt."""
+    max_backoff_seconds: float = 60.0
+    """The ceiling of the redelivery delay (Pub/Sub allows at most 600)."""
+    max_attempts: int = 5
+    """Attempts before dead-lettering when the subscription has no dead-letter policy (the
+    policy's ``max_delivery_attempts`` wins when there is one)."""
+    dead_letter_topic: str | None = None
+    """Full topic path for dead letters when the subscription has no dead-letter policy."""
+    key_prefix: str = "liberator:subscriber:"
+    """Prefix of the Redis keys (``<prefix><subscription>:<ce-id>``)."""
+
+    def __post_init__(self) -> None:
+        parts = self.subscription.split("/")
+        if len(parts) != 4 or parts[0] != "projects" or parts[2] != "subscriptions" \
+                or not parts[1] or not parts[3]:
+            raise ValueError(f"subscription: {self.subscription!r} is not a full path; write "
+                             "projects/<project>/subscriptions/<id>")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url: {self.redis_url!r} is not a Redis URL; write "
+                             "redis://host:port/db")
+        for name in ("dedupe_ttl_seconds", "processing_lease_seconds", "max_messages",
+                     "max_attempts"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.min_backoff_seconds <= self.max_backoff_seconds <= _MAX_ACK_DEADLINE:
+            raise ValueError("min_backoff_seconds, max_backoff_seconds: need 0 <= min <= max <= "
+                             f"600, got {self.min_backoff_seconds} and {self.max_backoff_seconds}")
+
+
+@dataclass(frozen=True)
+class DeadLetters:
+    """Where messages go that cannot be handled."""
+
+    topic: str | None
+    """Full topic path, or None when there is nowhere to put them."""
+    max_attempts: int
+    """Attempts before a failing event is dead-lettered."""
+    by_pubsub: bool
+    """True when the subscription's own policy moves them (Pub/Sub counts the attempts)."""
+
+
+OUTCOMES = ("handled", "duplicate", "unknown", "failed", "dead_lettered", "malformed", "busy")
+
+
+class Subscriber:
+    """Pulls one subscription and dispatches each CloudEvent to the handler of its type."""
+
+    def __init__(self, settings: SubscriberSettings, *,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self._handlers: list[tuple[str, Handler]] = []
+        self._client = pubsub_v1.SubscriberClient()
+        self._publisher: pubsub_v1.PublisherClient | None = None
+        self._redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self._policy: DeadLetters | None = None
+        self.counts: Tally[str] = Tally()
+        """How many messages ended in each outcome (see ``OUTCOMES``)."""
+        self._metric = Counter("liberator_subscriber_messages",
+                               "Messages by outcome.", ["outcome"],
+                               registry=registry if registry is not None else CollectorRegistry())
+
+    # -- handlers --
+
+    def on(self, pattern: str) -> Callable[[Handler], Handler]:
+        """Decorator: register the function for ``pattern`` (exact, ``prefix.*`` or ``*``)."""
+        def register(handler: Handler) -> Handler:
+            self.add(pattern, handler)
+            return handler
+        return register
+
+    def add(self, pattern: str, handler: Handler) -> None:
+        """Register ``handler`` for ``pattern``; an exact type beats the longest prefix."""
+        self._handlers.append((check_pattern(pattern), handler))
+
+    def handler_for(self, event_type: str) -> Handler | None:
+        """The handler for ``event_type``: the exact one, else the longest matching prefix."""
+        best: tuple[int, Handler] | None = None
+        for pattern, handler in self._handlers:
+            if not matches(pattern, event_type):
+                continue
+            rank = 10**6 if pattern == event_type else len(pattern)
+            if best is None or rank > best[0]:
+                best = (rank, handler)
+        return None if best is None else best[1]
+
+    # -- the loop --
+
+    def run(self, stop: threading.Event) -> None:
+        """Pull and handle until ``stop`` is set."""
+        while not stop.is_set():
+            self.run_once()
+
+    def run_once(self) -> int:
+        """One pull and its messages handled; returns how many messages came."""
+        try:
+            response = self._client.pull(
+                request={"subscription": self.settings.subscription,
+                         "max_messages": self.settings.max_messages},
+                timeout=self.settings.pull_timeout_seconds)
+        except (gexc.DeadlineExceeded, gexc.ServiceUnavailable):
+            return 0
+        for received in response.received_messages:
+            self._process(received)
+        return len(response.received_messages)
+
+    def close(self) -> None:
+        """Close the Pub/Sub and Redis clients."""
+        self._client.close()
+        self._redis.close()
+
+    # -- one message --
+
+    def _count(self, outcome: str) -> None:
+        self.counts[outcome] += 1
+        self._metric.labels(outcome=outcome).inc()
+
+    def _ack(self, ack_id: str) -> None:
+        self._client.acknowledge(request={"subscription": self.settings.subscription,
+                                          "ack_ids": [ack_id]})
+
+    def _retry_later(self, ack_id: str, seconds: int) -> None:
+        # A new ack deadline of N seconds redelivers after N seconds: a nack with backoff.
+        self._client.modify_ack_deadline(request={
+            "subscription": self.settings.subscription, "ack_ids": [ack_id],
+            "ack_deadline_seconds": seconds})
+
+    def dead_letter_policy(self) -> DeadLetters:
+        """Where dead letters go and after how many attempts (read once from the subscription)."""
+        if self._policy is None:
+            found = self._client.get_subscription(subscription=self.settings.subscription)
+            policy = found.dead_letter_policy
+            if policy.dead_letter_topic:
+                self._policy = DeadLetters(str(policy.dead_letter_topic),
+                                           int(policy.max_delivery_attempts or 5), True)
+            else:
+                self._policy = DeadLetters(self.settings.dead_letter_topic,
+                                           self.settings.max_attempts, False)
+                if self.settings.dead_letter_topic is None:
+                    log.warning("%s has no dead-letter policy and no dead_letter_topic is set: "
+                                "failing events are retried forever", self.settings.subscription)
+        return self._policy
+
+    def _forward(self, topic: str, data: bytes, attributes: Mapping[str, str],
+                 reason: str) -> None:
+        if self._publisher is None:
+            self._publisher = pubsub_v1.PublisherClient()
+        self._publisher.publish(topic, data, **{**attributes, REASON_ATTRIBUTE: reason[:1000]}
+                                ).result(timeout=60)
+
+    def _process(self, received: Any) -> None:
+        message = received.message
+        attributes = dict(message.attributes)
+        dead = self.dead_letter_policy()
+        try:
+            event = parse_message(bytes(message.data), attributes)
+        except MalformedEventError as error:
+            log.warning("malformed message %s: %s", message.message_id, error.reason)
+            if dead.topic:
+                self._forward(dead.topic, bytes(message.data), attributes, error.reason)
+            self._ack(received.ack_id)
+            self._count("malformed")
+            return
+        handler = self.handler_for(event.type)
+        if handler is None:
+            self._ack(received.ack_id)
+            self._count("unknown")
+            return
+        key = f"{self.settings.key_prefix}{self.settings.subscription}:{event.id}"
+        try:
+            claimed = self._redis.set(key, "processing", nx=True,
+                                      ex=self.settings.processing_lease_seconds)
+            state = None if claimed else self._redis.get(key)
+        except redis.RedisError as error:
+            log.warning("redis unavailable, retrying %s later: %s", event.id, error)
+            self._retry_later(received.ack_id, backoff_seconds(
+                1, self.settings.min_backoff_seconds, self.settings.max_backoff_seconds))
+            self._count("busy")
+            return
+        if not claimed:
+            if state == "done":
+                self._ack(received.ack_id)
+                self._count("duplicate")
+            else:  # another worker holds the claim: look again once it is likely finished
+                self._retry_later(received.ack_id, max(1, int(self.settings.min_backoff_seconds)))
+                self._count("busy")
+            return
+        try:
+            handler(event)
+        except Exception as error:  # any handler failure means retry
+            self._failed(received, event, key, error, dead)
+            return
+        self._redis.set(key, "done", ex=self.settings.dedupe_ttl_seconds)
+        self._ack(received.ack_id)
+        self._count("handled")
+
+    def _failed(self, received: Any, event: CloudEvent, key: str, error: Exception,
+                dead: DeadLetters) -> None:
+        self._redis.delete(key)  # release the claim so the retry can take it
+        attempt = int(received.delivery_attempt or 0)
+        if not dead.by_pubsub:  # Pub/Sub counts attempts only under a dead-letter policy
+            attempts_key = f"{key}:attempts"
+            attempt = int(self._redis.incr(attempts_key))
+            self._redis.expire(attempts_key, self.settings.dedupe_ttl_seconds)
+        log.warning("handler failed for %s (%s), attempt %d of %d: %r", event.id, event.type,
+                    attempt, dead.max_attempts, error)
+        last = attempt >= dead.max_attempts
+        if last and dead.topic and not dead.by_pubsub:
+            message = received.message
+            self._forward(dead.topic, bytes(message.data), dict(message.attributes),
+                          f"handler failed {attempt} times: {error!r}")
+            self._ack(received.ack_id)
+            self._count("dead_lettered")
+            return
+        if last and dead.by_pubsub:
+            # Pub/Sub moves it to the dead-letter topic once this attempt ends: end it now.
+            self._retry_later(received.ack_id, 0)
+            self._count("dead_lettered")
+            return
+        self._count("failed")
+        self._retry_later(received.ack_id, backoff_seconds(
+            attempt, self.settings.min_backoff_seconds, self.settings.max_backoff_seconds))
