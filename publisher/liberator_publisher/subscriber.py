@@ -50,6 +50,7 @@ __all__ = [
     "Subscriber",
     "SubscriberSettings",
     "backoff_seconds",
+    "check_pattern",
     "matches",
     "parse_message",
     "parse_time",

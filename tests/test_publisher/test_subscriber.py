@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from google.cloud import pubsub_v1
+
 from liberator_publisher.subscriber import (
     REASON_ATTRIBUTE,
     CloudEvent,
