@@ -60,6 +60,15 @@ CONTRACT: tuple[EnvVar, ...] = (
     EnvVar("LIBERATOR_LOG_FORMAT", False, "text", "`text` or `json` (one object a line)."),
     EnvVar("LIBERATOR_POD_NAME", False, "the host name",
            "Name of this replica, shown as the leader in status (the downward API sets it)."),
+    # Tuning: the operator need not set these; the defaults suit most collections.
+    EnvVar("LIBERATOR_BATCH_SIZE", False, "500",
+           "Change stream batch size (documents per getMore)."),
+    EnvVar("LIBERATOR_MAX_AWAIT_MS", False, "500",
+           "Longest wait of a change stream getMore for new changes, in milliseconds."),
+    EnvVar("LIBERATOR_SWEEP_INTERVAL_SECONDS", False, "10",
+           "How often the relay sweeps the outbox for stale pending events."),
+    EnvVar("LIBERATOR_PENDING_AGE_SECONDS", False, "30",
+           "Age after which the sweep publishes a pending event the relay's stream missed."),
 )
 
 
