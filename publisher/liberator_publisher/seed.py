@@ -1,0 +1,561 @@
+"""``liberator seed``: publish the existing entities once to the seed topic.
+
+The scan reads the entity collection sorted by entity id (then version), so each entity's documents
+come together. Mode ``latest`` publishes the highest version of each entity, ``history`` every
+version document, oldest first. Events have the live format (``event.outbox_document_for_entity``)
+plus ``ce-seed: "true"``; their ``ce-id`` is a UUID5 of source, entity id and version, so a repeat
+carries the same id, and their ``ce-time`` is the seed's start time, which sorts them before any
+live change that follows the start.
+
+A ledger (``ledger.py``) makes a rerun publish nothing new and lets a killed seed resume after its
+checkpoint. Progress goes to stderr, a Redis hash (``liberator:seed:<seed-id>``) mirrors it for
+the operator, and the last line on stdout is ``seeded=N skipped=M failed=K``.
+
+Exit codes: 0 done (even with skipped or failed documents), 2 usage or configuration error,
+1 fatal runtime error. See docs/seeding.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from bson import json_util
+from bson.json_util import JSONMode, JSONOptions
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1
+from pymongo import MongoClient
+from pymongo.collection import Collection
+from pymongo.errors import OperationFailure, PyMongoError
+
+from liberator_publisher import logs
+from liberator_publisher.command import Command
+from liberator_publisher.event import (
+    EventMapping,
+    Unpublishable,
+    message_for,
+    outbox_document_for_entity,
+)
+from liberator_publisher.ledger import LEDGER_SUFFIX, Checkpoint, Ledger, entry_key
+from liberator_publisher.settings import ConfigError, Settings
+
+__all__ = [
+    "COMMAND",
+    "MODES",
+    "SEED_ATTRIBUTE",
+    "Pacer",
+    "SeedOptions",
+    "Summary",
+    "parse_filter",
+    "run_seed",
+    "seed_event_id",
+    "status_key",
+]
+
+log = logging.getLogger(__name__)
+
+MODES = ("latest", "history")
+SEED_ATTRIBUTE = "ce-seed"
+"""The extension attribute that marks seed events (value ``"true"``)."""
+STATUS_PREFIX = "liberator:seed:"
+# Fixed namespace: seed ids depend only on source, entity id and version.
+SEED_ID_NAMESPACE = uuid.UUID("3d0c5b1e-9a77-5f0e-8a43-2b6c1f9e7d10")
+_SEED_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,252}")
+_TOPIC = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
+_JSON = JSONOptions(json_mode=JSONMode.RELAXED, tz_aware=True, tzinfo=UTC)
+_PROGRESS_EVERY = 2.0  # seconds between progress lines
+
+
+class UsageError(ValueError):
+    """A flag or variable is wrong (exit code 2). The message names it."""
+
+
+def status_key(seed_id: str) -> str:
+    """The Redis hash the operator reads into the EventSeed's status."""
+    return f"{STATUS_PREFIX}{seed_id}"
+
+
+def seed_event_id(source: str, entity_id: str, version: str | None) -> str:
+    """The ``ce-id`` of a seed event: the same entity version always gets the same id."""
+    return str(uuid.uuid5(SEED_ID_NAMESPACE, f"{source}\n{entity_id}\n{version or ''}"))
+
+
+def parse_filter(text: str) -> dict[str, Any]:
+    """``--filter``: a MongoDB query in relaxed extended JSON (``{"$date": ...}`` works)."""
+    try:
+        value = json_util.loads(text, json_options=_JSON)
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"--filter: not JSON ({error}); give a MongoDB query such as "
+                         "'{\"region\": \"eu\"}'") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--filter: must be a JSON object (a MongoDB query), not "
+                         f"{type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class SeedOptions:
+    """The flags of ``liberator seed``."""
+
+    topic: str
+    """Seed topic id (``--topic``), in ``LIBERATOR_PUBSUB_PROJECT``."""
+    seed_id: str
+    """Keys the ledger, checkpoint and Redis status (``--seed-id``)."""
+    mode: str = "latest"
+    """``latest`` (one event per entity) or ``history`` (every version document)."""
+    filter: Mapping[str, Any] = field(default_factory=dict)
+    """A MongoDB query selecting the documents (``--filter``)."""
+    batch_size: int = 500
+    """Documents per batch: per ledger look-up, publish wait and checkpoint (``--batch-size``)."""
+    rate_limit: float = 0.0
+    """Documents per second, 0 for no limit (``--rate-limit``)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(f"--mode: {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size: must be at least 1, got {self.batch_size}")
+        if self.rate_limit < 0:
+            raise UsageError(f"--rate-limit: must be 0 (no limit) or more, got {self.rate_limit}")
+        if not _SEED_ID.fullmatch(self.seed_id):
+            raise UsageError(f"--seed-id: {self.seed_id!r} is not a seed id; use letters, "
+                             "digits and . _ / - (such as shop/quotes-seed)")
+
+
+@dataclass
+class Summary:
+    """What a seed did; ``line()`` is the last line on stdout."""
+
+    seeded: int = 0
+    """Events published by this seed (across resumed runs; a rerun of a finished seed starts
+    from 0, so it shows what was new)."""
+    already: int = 0
+    """Events found in the ledger, so not published again."""
+    skipped: int = 0
+    """Bad documents: no id field, no version field, unencodable or over Pub/Sub's limits."""
+    failed: int = 0
+    """Events Pub/Sub refused after the client's retries; not ledgered, so a rerun retries."""
+    scanned: int = 0
+    """Documents read."""
+    total: int = 0
+    """Documents matching the filter when the scan started (for progress and ETA)."""
+
+    def line(self) -> str:
+        return f"seeded={self.seeded} skipped={self.skipped} failed={self.failed}"
+
+    def counts(self) -> dict[str, int]:
+        return {"seeded": self.seeded, "already": self.already, "skipped": self.skipped,
+                "failed": self.failed, "scanned": self.scanned}
+
+
+class Pacer:
+    """Keeps a rate: ``wait()`` before each document sleeps so that n documents take n/rate s."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._sleep = sleep
+        self._start: float | None = None
+        self._count = 0
+
+    def delay(self) -> float:
+        """Seconds to wait before the next document (0 when unlimited or behind)."""
+        if self.rate <= 0:
+            return 0.0
+        now = self._clock()
+        if self._start is None:
+            self._start = now
+        return max(0.0, self._start + self._count / self.rate - now)
+
+    def wait(self) -> None:
+        pause = self.delay()
+        if pause > 0:
+            self._sleep(pause)
+        self._count += 1
+
+
+@dataclass
+class _Event:
+    key: str
+    event_id: str
+    message: Any  # event.Message
+    entity_id: str
+
+
+class _Status:
+    """The Redis hash for the operator; best effort, a Redis outage never stops the seed."""
+
+    def __init__(self, url: str, seed_id: str) -> None:
+        self._client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._key = status_key(seed_id)
+        self._warned = False
+
+    def update(self, fields: Mapping[str, str | int]) -> None:
+        try:
+            self._client.hset(self._key, mapping={k: v for k, v in fields.items()})
+        except redis.RedisError as error:
+            if not self._warned:
+                log.warning("cannot write the seed status to Redis (%s): %s", self._key, error)
+                self._warned = True
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _rfc3339(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _capture_position(collection: Collection[dict[str, Any]]) -> dict[str, Any]:
+    """The change stream's position now, so live capture and the seed overlap (no gap)."""
+    now = datetime.now(UTC)
+    try:
+        with collection.watch(max_await_time_ms=1) as stream:
+            stream.try_next()
+            token = stream.resume_token
+    except PyMongoError as error:
+        log.warning("cannot open a change stream to record the capture position: %s", error)
+        token = None
+    return {"resumeToken": json_util.dumps(token) if token is not None else None, "time": now}
+
+
+class _Seeder:
+    def __init__(self, settings: Settings, options: SeedOptions, mongo: MongoClient[Any],
+                 publisher: pubsub_v1.PublisherClient, status: _Status) -> None:
+        self.settings = settings
+        self.options = options
+        self.mapping: EventMapping = settings.mapping()
+        self.collection: Collection[dict[str, Any]] = mongo[settings.database][settings.collection]
+        self.ledger = Ledger(mongo[settings.database][settings.collection + LEDGER_SUFFIX],
+                             options.seed_id)
+        self.publisher = publisher
+        self.topic = publisher.topic_path(settings.pubsub_project, options.topic)
+        self.status = status
+        self.summary = Summary()
+        self.pacer = Pacer(options.rate_limit)
+        # History needs per-entity order; latest has one event per entity, nothing to order, and
+        # distinct ordering keys cost one publish RPC each (about 10x slower on the emulator).
+        self.ordered = options.mode == "history"
+        self._last_progress = 0.0
+        self._started = time.monotonic()
+        self._time = datetime.now(UTC)  # replaced by the checkpoint's start time in run()
+
+    # -- the scan --
+
+    def _query(self, after: Any) -> dict[str, Any]:
+        base = dict(self.options.filter)
+        if after is None:
+            return base
+        # Entity ids of one BSON type resume exactly ($gt compares within a type).
+        return {"$and": [base, {self.mapping.id_field: {"$gt": after}}]} if base else \
+            {self.mapping.id_field: {"$gt": after}}
+
+    def _sort(self) -> list[tuple[str, int]]:
+        order = 1 if self.options.mode == "history" else -1
+        keys = [(self.mapping.id_field, 1)]
+        if self.mapping.version_field:
+            keys.append((self.mapping.version_field, order))
+        if self.mapping.id_field != "_id":
+            keys.append(("_id", order))
+        return keys
+
+    def _groups(self, after: Any) -> Iterator[tuple[Any, list[dict[str, Any]]]]:
+        """(entity id value, its documents) in scan order; a partial last group is held back."""
+        cursor = self.collection.find(self._query(after), sort=self._sort(),
+                                      batch_size=min(self.options.batch_size, 1000))
+        current: Any = None
+        group: list[dict[str, Any]] = []
+        started = False
+        for document in cursor:
+            self.pacer.wait()
+            value = document.get(self.mapping.id_field)
+            if started and value != current:
+                yield current, group
+                group = []
+            current, started = value, True
+            group.append(document)
+        if started:
+            yield current, group
+
+    def _events_of(self, documents: list[dict[str, Any]]) -> list[_Event]:
+        """The seed events of one entity's documents; bad documents are counted and skipped."""
+        chosen: list[_Event] = []
+        version_field = self.mapping.version_field
+        took_latest = False
+        for document in documents:
+            self.summary.scanned += 1
+            if version_field and document.get(version_field) is None:
+                self._skip(document, f"no version field {version_field!r}")
+                continue
+            if self.options.mode == "latest":
+                if took_latest:
+                    continue  # an older version: latest publishes only the first (highest)
+                took_latest = True  # if the latest is bad, no older version stands in for it
+            event = self._event(document)
+            if event is not None:
+                chosen.append(event)
+        return chosen
+
+    def _event(self, document: dict[str, Any]) -> _Event | None:
+        version_field = self.mapping.version_field
+        probe = outbox_document_for_entity(document, self.mapping, event_id="probe",
+                                           operation="insert", time=self._time)
+        if probe["status"] == "failed":
+            self._skip(document, str(probe.get("reason")))
+            return None
+        entity_id = str(probe["entityId"])
+        if version_field:
+            version: str | None = probe["attributes"].get("ce-entityversion")
+        elif self.options.mode == "history":
+            version = json_util.dumps(document.get("_id"))  # one event per document
+        else:
+            version = None
+        event_id = seed_event_id(self.mapping.source, entity_id, version)
+        outbox = dict(probe, _id=event_id)
+        outbox["attributes"] = dict(probe["attributes"], **{"ce-id": event_id})
+        try:
+            message = message_for(outbox)
+        except Unpublishable as error:
+            self._skip(document, error.reason)
+            return None
+        if not self.ordered:
+            message = type(message)(data=message.data, attributes=message.attributes,
+                                    ordering_key="")
+        key = entry_key(self.options.seed_id, entity_id,
+                        version if self.options.mode == "history" else None)
+        return _Event(key=key, event_id=event_id, message=message, entity_id=entity_id)
+
+    def _skip(self, document: Mapping[str, Any], reason: str) -> None:
+        self.summary.skipped += 1
+        log.warning("skipped document _id=%s: %s", json_util.dumps(document.get("_id")), reason)
+
+    # -- publishing --
+
+    def _flush(self, events: list[_Event]) -> None:
+        if not events:
+            return
+        done = self.ledger.recorded(event.key for event in events)
+        fresh = [event for event in events if event.key not in done]
+        self.summary.already += len(events) - len(fresh)
+        futures = [(event, self.publisher.publish(
+            self.topic, event.message.data, ordering_key=event.message.ordering_key,
+            **event.message.attributes)) for event in fresh]
+        published: list[tuple[str, str]] = []
+        for event, future in futures:
+            try:
+                future.result(timeout=600)
+            except gexc.NotFound:
+                raise
+            except Exception as error:  # the client already retried what is retryable
+                self.summary.failed += 1
+                log.error("publish failed for entity %s (ce-id %s): %s", event.entity_id,
+                          event.event_id, error)
+                if event.message.ordering_key:
+                    self.publisher.resume_publish(self.topic, event.message.ordering_key)
+                continue
+            published.append((event.key, event.event_id))
+        self.ledger.record(published, datetime.now(UTC))
+        self.summary.seeded += len(published)
+
+    # -- the run --
+
+    def run(self) -> Summary:
+        options = self.options
+        filter_text = json_util.dumps(options.filter, json_options=_JSON, sort_keys=True)
+        checkpoint = self.ledger.checkpoint()
+        if checkpoint is not None and checkpoint.phase == "Running":
+            if checkpoint.mode != options.mode or checkpoint.filter != filter_text:
+                raise UsageError(
+                    f"--seed-id: seed {options.seed_id!r} was started with --mode "
+                    f"{checkpoint.mode} --filter {checkpoint.filter} and is unfinished; rerun it "
+                    "with the same flags, or use a new --seed-id")
+            log.info("resuming seed %s after entity %s", options.seed_id,
+                     json_util.dumps(checkpoint.after))
+            for name, value in checkpoint.counts.items():
+                setattr(self.summary, name, value)
+        else:  # a first run, or a rerun of a finished seed: scan from the start
+            checkpoint = Checkpoint(seed_id=options.seed_id, mode=options.mode,
+                                    filter=filter_text, started_at=datetime.now(UTC),
+                                    capture=_capture_position(self.collection))
+            self.ledger.save(checkpoint)
+        self._time = checkpoint.started_at.astimezone(UTC) if checkpoint.started_at.tzinfo \
+            else checkpoint.started_at.replace(tzinfo=UTC)
+        try:
+            self.summary.total = self.collection.count_documents(dict(options.filter))
+        except OperationFailure as error:
+            raise UsageError(f"--filter: MongoDB refused it: {error}") from None
+        self.status.update({"phase": "Running", "startedAt": _rfc3339(self._time),
+                            "completedAt": "", "total": self.summary.total,
+                            "captureTime": _rfc3339(checkpoint.capture.get("time")),
+                            **self.summary.counts()})
+        pending: list[_Event] = []
+        pending_docs = 0
+        last_complete: Any = checkpoint.after
+        for entity_value, documents in self._groups(checkpoint.after):
+            pending.extend(self._events_of(documents))
+            pending_docs += len(documents)
+            if entity_value is not None:
+                last_complete = entity_value
+            if pending_docs >= self._batch():
+                self._flush(pending)
+                self._save(checkpoint, last_complete)
+                pending, pending_docs = [], 0
+        self._flush(pending)
+        checkpoint.phase = "Succeeded"
+        checkpoint.completed_at = datetime.now(UTC)
+        self._save(checkpoint, last_complete, final=True)
+        return self.summary
+
+    def _batch(self) -> int:
+        if self.options.rate_limit > 0:  # publish about once a second when paced
+            return max(1, min(self.options.batch_size, int(self.options.rate_limit)))
+        return self.options.batch_size
+
+    def _save(self, checkpoint: Checkpoint, after: Any, final: bool = False) -> None:
+        checkpoint.after = after
+        checkpoint.counts = self.summary.counts()
+        self.ledger.save(checkpoint)
+        fields: dict[str, str | int] = dict(self.summary.counts())
+        if final:
+            fields.update(phase="Succeeded", completedAt=_rfc3339(checkpoint.completed_at))
+        self.status.update(fields)
+        now = time.monotonic()
+        if final or now - self._last_progress >= _PROGRESS_EVERY:
+            self._last_progress = now
+            self._progress(now)
+
+    def _progress(self, now: float) -> None:
+        s = self.summary
+        elapsed = max(now - self._started, 1e-9)
+        rate = s.scanned / elapsed
+        left = max(0, s.total - s.scanned)
+        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+        print(f"seed {self.options.seed_id}: scanned {s.scanned}/{s.total} seeded={s.seeded} "
+              f"already={s.already} skipped={s.skipped} failed={s.failed} "
+              f"rate={rate:.0f} docs/s eta={eta}", file=sys.stderr, flush=True)
+
+
+def run_seed(settings: Settings, options: SeedOptions) -> Summary:
+    """Run one seed to completion with clients built from ``settings``."""
+    publisher = pubsub_v1.PublisherClient(publisher_options=pubsub_v1.types.PublisherOptions(
+        enable_message_ordering=options.mode == "history",
+        flow_control=pubsub_v1.types.PublishFlowControl(
+            message_limit=max(1000, options.batch_size),
+            limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK)))
+    mongo: MongoClient[Any] = MongoClient(settings.mongo_uri, tz_aware=True)
+    status = _Status(settings.redis_url, options.seed_id)
+    try:
+        try:
+            publisher.get_topic(topic=publisher.topic_path(settings.pubsub_project,
+                                                           options.topic))
+        except gexc.NotFound:
+            raise UsageError(f"--topic: topic {options.topic!r} does not exist in project "
+                             f"{settings.pubsub_project}; create it (the operator provisions "
+                             "the seed topic) or fix the name") from None
+        seeder = _Seeder(settings, options, mongo, publisher, status)
+        try:
+            return seeder.run()
+        except BaseException:
+            status.update({"phase": "Failed", **seeder.summary.counts()})
+            raise
+    finally:
+        publisher.stop()
+        mongo.close()
+        status.close()
+
+
+# -- the command line --
+
+
+def _positive_int(flag: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be a whole number of 1 or more, "
+                                             f"not {text!r}")
+        return int(text)
+    return parse
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"--rate-limit must be documents per second (0 for no "
+                                         f"limit), not {text!r}")
+    return value
+
+
+def _topic(text: str) -> str:
+    if not _TOPIC.fullmatch(text) or text.lower().startswith("goog"):
+        raise argparse.ArgumentTypeError(f"--topic must be a Pub/Sub topic id (3-255 letters, "
+                                         f"digits, - _ . ~ + %, starting with a letter), not "
+                                         f"{text!r}")
+    return text
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--topic", required=True, type=_topic,
+                        help="seed topic id (in LIBERATOR_PUBSUB_PROJECT)")
+    parser.add_argument("--mode", choices=MODES, default="latest",
+                        help="latest: one event per entity; history: every version document")
+    parser.add_argument("--filter", default="{}",
+                        help="MongoDB query in relaxed extended JSON (default {})")
+    parser.add_argument("--batch-size", type=_positive_int("--batch-size"), default=500,
+                        help="documents per batch (default 500)")
+    parser.add_argument("--rate-limit", type=_rate, default=0.0,
+                        help="documents per second, 0 = unlimited (default)")
+    parser.add_argument("--seed-id", default=None,
+                        help="keys the ledger and checkpoint (default: $LIBERATOR_SEED or "
+                             "'manual')")
+
+
+def _settings(env: Mapping[str, str], topic: str) -> Settings:
+    # The seed needs no live topic; the contract's parser wants one, so give it the seed topic.
+    return Settings.from_env({**env, "LIBERATOR_TOPIC": topic})
+
+
+def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    try:
+        settings = _settings(env, args.topic)
+    except ConfigError as error:
+        print(f"liberator seed: {error}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        seed_id = args.seed_id or env.get("LIBERATOR_SEED", "").strip() or "manual"
+        if not args.seed_id and env.get("LIBERATOR_SEED") and not _SEED_ID.fullmatch(seed_id):
+            raise UsageError(f"LIBERATOR_SEED: {seed_id!r} is not <namespace>/<name> of an "
+                             "EventSeed; fix it or pass --seed-id")
+        options = SeedOptions(topic=args.topic, mode=args.mode, filter=parse_filter(args.filter),
+                              batch_size=args.batch_size, rate_limit=args.rate_limit,
+                              seed_id=seed_id)
+        summary = run_seed(settings, options)
+    except UsageError as error:
+        print(f"liberator seed: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        log.exception("seed failed")
+        print(f"liberator seed: failed: {error}", file=sys.stderr)
+        return 1
+    print(summary.line(), flush=True)
+    return 0
+
+
+COMMAND = Command(name="seed", help="publish every existing entity once to the seed topic",
+                  configure=configure, run=run)
