@@ -14,7 +14,7 @@ from typing import Any
 
 from liberator_publisher.contract import status_key
 
-__all__ = ["StatusRecord", "read_status", "write_status"]
+__all__ = ["Progress", "StatusRecord", "now_rfc3339", "read_status", "rfc3339", "write_status"]
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,15 @@ class StatusRecord:
         return json.dumps(asdict(self), separators=(",", ":"))
 
 
+def rfc3339(moment: datetime) -> str:
+    """``moment`` in UTC with milliseconds and ``Z`` (naive means UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return rfc3339(datetime.now(UTC))
 
 
 def write_status(redis: Any, publisher: str, record: StatusRecord, ttl_seconds: float) -> None:
@@ -58,3 +65,32 @@ def read_status(redis: Any, publisher: str) -> dict[str, Any] | None:
         return None
     value = json.loads(raw)
     return value if isinstance(value, dict) else None
+
+
+@dataclass
+class Progress:
+    """Live figures the loops update and the status record, metrics and probes read."""
+
+    last_event_time: datetime | None = None
+    """Time of the last change captured or published."""
+    capture_lag_seconds: float = 0.0
+    """Age of the last captured change when it reached the outbox (0 when idle)."""
+    relay_lag_seconds: float = 0.0
+    """Time from capture to publish ack of the last published event."""
+    backlog: int = 0
+    """Outbox events pending at the last count."""
+    beats: dict[str, float] | None = None
+    """Monotonic time each running loop last came round; a stale beat means a stuck loop."""
+
+    def beat(self, loop: str, now: float) -> None:
+        if self.beats is None:
+            self.beats = {}
+        self.beats[loop] = now
+
+    def forget(self, loop: str) -> None:
+        if self.beats is not None:
+            self.beats.pop(loop, None)
+
+    def event_at(self, moment: datetime) -> None:
+        if self.last_event_time is None or moment > self.last_event_time:
+            self.last_event_time = moment

@@ -1,0 +1,165 @@
+"""Capture: the entity collection's change stream into the outbox, one document per change.
+
+Changes arrive in batches from a read-ahead thread; each batch is one unordered ``insert_many``.
+An event's ``_id`` comes from its resume token, so a change read twice (after a crash, before the
+checkpoint moved) collides on ``_id``: a duplicate key counts as already captured. The checkpoint
+moves only after the insert, and only forward, so no change is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import Timestamp
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError
+
+from liberator_publisher.checkpoint import Checkpoints, Position
+from liberator_publisher.event import DOCUMENT_OPERATIONS, EventMapping, outbox_document_for_change
+from liberator_publisher.logs import fields
+from liberator_publisher.metrics import Metrics
+from liberator_publisher.source import ChangeReader
+from liberator_publisher.status import Progress
+
+__all__ = ["Capture", "CaptureSettings", "change_time", "insert_outbox"]
+
+log = logging.getLogger(__name__)
+DUPLICATE_KEY = 11000
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """Tuning of the capture loop."""
+
+    batch_size: int = 500
+    """Most changes read and inserted at once."""
+    max_await_ms: int = 500
+    """How long one ``getMore`` waits on a quiet stream."""
+    heartbeat_seconds: float = 5.0
+    """Least time between checkpoint writes of a quiet stream's post-batch token."""
+
+
+def change_time(change: Mapping[str, Any]) -> datetime | None:
+    """When the change happened: its ``wallTime``, else its ``clusterTime``, tz-aware UTC."""
+    wall = change.get("wallTime")
+    if isinstance(wall, datetime):
+        return wall if wall.tzinfo else wall.replace(tzinfo=UTC)
+    cluster = change.get("clusterTime")
+    if isinstance(cluster, Timestamp):
+        return cluster.as_datetime()
+    return None
+
+
+def insert_outbox(outbox: Collection[dict[str, Any]], documents: list[dict[str, Any]]) -> set[int]:
+    """Insert ``documents`` unordered; return the indexes that were new (not duplicates)."""
+    if not documents:
+        return set()
+    try:
+        outbox.insert_many(documents, ordered=False)
+    except BulkWriteError as error:
+        errors = error.details.get("writeErrors", [])
+        other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+        if other:
+            raise
+        duplicates = {int(e["index"]) for e in errors}
+        return set(range(len(documents))) - duplicates
+    return set(range(len(documents)))
+
+
+class Capture:
+    """One run of the capture loop for one leader term."""
+
+    def __init__(self, *, entities: Collection[dict[str, Any]],
+                 outbox: Collection[dict[str, Any]], checkpoints: Checkpoints,
+                 mapping: EventMapping, metrics: Metrics, progress: Progress, epoch: int,
+                 pod: str, settings: CaptureSettings) -> None:
+        self.entities = entities
+        self.outbox = outbox
+        self.checkpoints = checkpoints
+        self.mapping = mapping
+        self.metrics = metrics
+        self.progress = progress
+        self.epoch = epoch
+        self.pod = pod
+        self.settings = settings
+
+    def run(self, active: Callable[[], bool]) -> None:
+        """Capture until ``active()`` turns false.
+
+        Raises ``StreamLostError``, ``FencedError`` or the error that stopped it.
+        """
+        saved = self.checkpoints.load("capture")
+        if saved.empty:
+            saved = self._start_position()
+            if not saved.empty:
+                self._save(saved)
+            log.info("capture starts at the current position (no checkpoint yet)",
+                     extra=fields(operation_time=str(saved.operation_time)))
+        reader = ChangeReader(self.entities, saved, full_document="updateLookup",
+                              batch_size=self.settings.batch_size,
+                              max_await_ms=self.settings.max_await_ms, name="capture-reader")
+        reader.start()
+        saved_at = time.monotonic()
+        try:
+            while active():
+                self.progress.beat("capture", time.monotonic())
+                batch = reader.next_batch(timeout=0.5)
+                if batch is None:
+                    continue
+                if batch.changes:
+                    self._write(batch.changes)
+                    self._save(batch.position)
+                    saved, saved_at = batch.position, time.monotonic()
+                    continue
+                self.progress.capture_lag_seconds = 0.0
+                self.metrics.capture_lag.set(0.0)
+                quiet_for = time.monotonic() - saved_at
+                if batch.position != saved and (saved.empty or
+                                                 quiet_for >= self.settings.heartbeat_seconds):
+                    self._save(batch.position)  # heartbeat: a quiet stream stays on the oplog
+                    saved, saved_at = batch.position, time.monotonic()
+        finally:
+            reader.stop()
+            reader.join(timeout=2.0)
+            self.progress.forget("capture")
+
+    def _start_position(self) -> Position:
+        """The cluster time now, so changes made before the first event are not missed."""
+        reply = self.entities.database.command("ping")
+        when = reply.get("operationTime")
+        return Position(operation_time=when) if isinstance(when, Timestamp) else Position()
+
+    def _save(self, position: Position) -> None:
+        self.checkpoints.save("capture", self.epoch, position, self.pod)
+
+    def _write(self, changes: list[dict[str, Any]]) -> None:
+        now = datetime.now(UTC)
+        documents = []
+        for change in changes:
+            if change.get("operationType") not in DOCUMENT_OPERATIONS:
+                continue  # e.g. createIndexes with expanded events: nothing to publish
+            document = outbox_document_for_change(change, self.mapping, captured_at=now)
+            # The oplog position orders the sweep among events captured in the same batch.
+            if "clusterTime" in change:
+                document.setdefault("clusterTime", change["clusterTime"])
+            documents.append(document)
+        new = insert_outbox(self.outbox, documents)
+        failed = [documents[i] for i in sorted(new) if documents[i].get("status") == "failed"]
+        self.metrics.captured.inc(len(new))
+        if failed:
+            self.metrics.failed.labels(stage="capture").inc(len(failed))
+            for document in failed:
+                log.warning("event cannot be published; stored as failed",
+                            extra=fields(event_id=document["_id"], reason=document.get("reason")))
+        happened = change_time(changes[-1])
+        if happened is not None:
+            lag = max(0.0, (now - happened).total_seconds())
+            self.progress.capture_lag_seconds = lag
+            self.metrics.capture_lag.set(lag)
+            self.progress.event_at(happened)
+        log.debug("captured", extra=fields(changes=len(changes), new=len(new)))

@@ -1,0 +1,342 @@
+"""Relay: pending outbox events to Pub/Sub, in order per entity, with a sweep as a safety net.
+
+A change stream on the outbox (inserts, updates and replaces whose looked-up document is
+``pending``) feeds the publisher client without waiting for each ack: the client batches and
+orders by key, and flow control blocks when too much is in flight. Acks come back through a
+queue; each is marked ``published`` (in bulk), and then the checkpoint moves to the end of the
+longest stretch of stream batches whose events are all settled.
+
+When a publish fails, the client pauses that ordering key. The failed event and everything after
+it for the key wait in order, and are sent again after a backoff (``resume_publish``); other keys
+go on. An event Pub/Sub can never take is marked ``failed`` with a reason and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, UpdateOne
+from pymongo.collection import Collection
+
+from liberator_publisher.checkpoint import Checkpoints, Position
+from liberator_publisher.event import Message, Unpublishable, message_for
+from liberator_publisher.logs import fields
+from liberator_publisher.metrics import Metrics
+from liberator_publisher.sink import Sink
+from liberator_publisher.source import ChangeReader
+from liberator_publisher.status import Progress
+
+__all__ = ["PENDING_INDEX", "PIPELINE", "Relay", "RelaySettings", "ensure_indexes"]
+
+log = logging.getLogger(__name__)
+
+PIPELINE: list[dict[str, Any]] = [
+    {"$match": {"operationType": {"$in": ["insert", "update", "replace"]},
+                "fullDocument.status": "pending"}},
+]
+"""The outbox stream: only changes that leave an event pending."""
+PENDING_INDEX = [("status", ASCENDING), ("capturedAt", ASCENDING), ("clusterTime", ASCENDING)]
+"""Serves the sweep: pending events, oldest first, in oplog order."""
+_RECENT = 100_000  # ids published this term, to skip stream events the sweep already sent
+_PERMANENT = ("InvalidArgument",)  # publish errors a retry cannot fix
+
+
+def ensure_indexes(outbox: Collection[dict[str, Any]]) -> None:
+    """Create the sweep's index (idempotent)."""
+    outbox.create_index(PENDING_INDEX, name="liberator_pending")
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """Tuning of the relay loop."""
+
+    batch_size: int = 500
+    """Most stream events handled at once."""
+    max_await_ms: int = 500
+    """How long one ``getMore`` waits on a quiet outbox."""
+    sweep_interval_seconds: float = 10.0
+    """How often the sweep looks for pending events the stream did not bring."""
+    pending_age_seconds: float = 30.0
+    """How old a pending event must be before the sweep sends it."""
+    checkpoint_interval_seconds: float = 1.0
+    """Least time between relay checkpoint writes."""
+    max_backoff_seconds: float = 10.0
+    """Longest wait before a failed ordering key is tried again."""
+
+
+@dataclass
+class _Stretch:
+    """One stream batch: where it ends, and how many of its events are still unsettled."""
+
+    position: Position
+    open: int = 0
+
+
+@dataclass
+class _Flight:
+    event_id: str
+    message: Message
+    seq: int
+    captured_at: datetime | None
+    stretch: _Stretch | None
+    sent: float = 0.0
+
+
+@dataclass
+class _Paused:
+    until: float
+    attempt: int
+    flights: list[_Flight] = field(default_factory=list)
+
+
+class Relay:
+    """One run of the relay loop for one leader term."""
+
+    def __init__(self, *, outbox: Collection[dict[str, Any]], checkpoints: Checkpoints,
+                 sink: Sink, metrics: Metrics, progress: Progress, epoch: int, pod: str,
+                 settings: RelaySettings) -> None:
+        self.outbox = outbox
+        self.checkpoints = checkpoints
+        self.sink = sink
+        self.metrics = metrics
+        self.progress = progress
+        self.epoch = epoch
+        self.pod = pod
+        self.settings = settings
+        self._acks: queue.SimpleQueue[tuple[_Flight, Future[str]]] = queue.SimpleQueue()
+        self._inflight: dict[str, _Flight] = {}
+        self._paused: dict[str, _Paused] = {}
+        self._stretches: deque[_Stretch] = deque()
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._failures: dict[str, int] = {}
+        self._seq = 0
+        self._watermark: Position | None = None
+        self._saved: Position | None = None
+        self._saved_at = 0.0
+
+    # -- the loop --
+
+    def run(self, active: Callable[[], bool], drain_seconds: Callable[[], float]) -> None:
+        """Relay until ``active()`` turns false, then wait up to ``drain_seconds()`` for acks."""
+        position = self.checkpoints.load("relay")
+        self._saved = position
+        reader = ChangeReader(self.outbox, position, pipeline=PIPELINE,
+                              full_document="updateLookup", batch_size=self.settings.batch_size,
+                              max_await_ms=self.settings.max_await_ms, name="relay-reader")
+        reader.start()
+        try:
+            if position.empty:
+                # First start: events captured before the stream opened are only in the outbox.
+                self.sweep(min_age_seconds=0.0, limit=None)
+            last_sweep = time.monotonic()
+            while active():
+                now = time.monotonic()
+                self.progress.beat("relay", now)
+                busy = bool(self._inflight)
+                batch = reader.next_batch(timeout=0.02 if busy else 0.5)
+                if batch is not None:
+                    self._handle(batch.changes, batch.position)
+                self.settle()
+                self._retry_paused()
+                if now - last_sweep >= self.settings.sweep_interval_seconds:
+                    self.sweep(self.settings.pending_age_seconds,
+                               limit=self.settings.batch_size * 4)
+                    last_sweep = time.monotonic()
+                self._checkpoint(force=False)
+        finally:
+            reader.stop()
+            self._drain(drain_seconds())
+            self.progress.forget("relay")
+            reader.join(timeout=2.0)
+
+    def _drain(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self._inflight and time.monotonic() < deadline:
+            waiting = [f for f in self._inflight.values()
+                       if f.message.ordering_key not in self._paused]
+            if not waiting:
+                break
+            time.sleep(0.02)
+            self.settle()
+        self.settle()
+        self._checkpoint(force=True)
+
+    # -- sending --
+
+    def _handle(self, changes: list[dict[str, Any]], position: Position) -> None:
+        stretch = _Stretch(position)
+        self._stretches.append(stretch)
+        for change in changes:
+            document = change.get("fullDocument")
+            # The lookup may show a newer state than the event: only pending is sent.
+            if not isinstance(document, Mapping) or document.get("status") != "pending":
+                continue
+            event_id = str(document.get("_id"))
+            if event_id in self._inflight:
+                continue
+            if change.get("operationType") == "insert" and event_id in self._recent:
+                continue  # the sweep sent it already; an update to pending is a republish
+            self._send(document, stretch)
+
+    def sweep(self, min_age_seconds: float, limit: int | None) -> int:
+        """Send pending events older than ``min_age_seconds`` that are not in flight."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=min_age_seconds)
+        cursor = self.outbox.find({"status": "pending", "capturedAt": {"$lte": cutoff}},
+                                  sort=[("capturedAt", ASCENDING), ("clusterTime", ASCENDING)],
+                                  batch_size=self.settings.batch_size)
+        if limit is not None:
+            cursor = cursor.limit(limit)
+        sent = 0
+        for document in cursor:
+            if str(document.get("_id")) in self._inflight:
+                continue
+            self._send(document, None)
+            sent += 1
+            if sent % self.settings.batch_size == 0:
+                self.settle()  # keep memory bounded on a large backlog
+        if sent:
+            log.info("sweep sent pending events", extra=fields(events=sent,
+                                                                min_age=min_age_seconds))
+        return sent
+
+    def _send(self, document: Mapping[str, Any], stretch: _Stretch | None) -> None:
+        event_id = str(document.get("_id"))
+        try:
+            message = message_for(document)
+        except Unpublishable as error:
+            self._fail(event_id, error.reason)
+            return
+        captured = document.get("capturedAt")
+        self._seq += 1
+        flight = _Flight(event_id, message, self._seq,
+                         captured if isinstance(captured, datetime) else None, stretch)
+        if stretch is not None:
+            stretch.open += 1
+        self._inflight[event_id] = flight
+        paused = self._paused.get(message.ordering_key)
+        if paused is not None:
+            paused.flights.append(flight)  # waits behind the failed one, in order
+            return
+        self._publish(flight)
+
+    def _publish(self, flight: _Flight) -> None:
+        flight.sent = time.monotonic()
+        future = self.sink.publish(flight.message.data, flight.message.attributes,
+                                   flight.message.ordering_key)
+        future.add_done_callback(lambda done: self._acks.put((flight, done)))
+
+    # -- acks --
+
+    def settle(self) -> None:
+        """Take the acks that came back: mark published, pause failed keys, move the mark."""
+        published: list[tuple[_Flight, str]] = []
+        while True:
+            try:
+                flight, future = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            error = future.exception()
+            if error is None:
+                published.append((flight, future.result()))
+            else:
+                self._failed_publish(flight, error)
+        if published:
+            self._mark_published(published)
+        while self._stretches and self._stretches[0].open == 0:
+            self._watermark = self._stretches.popleft().position
+
+    def _mark_published(self, published: list[tuple[_Flight, str]]) -> None:
+        now = datetime.now(UTC)
+        self.outbox.bulk_write([
+            UpdateOne({"_id": flight.event_id},
+                      {"$set": {"status": "published", "publishedAt": now,
+                                "messageId": message_id},
+                       "$inc": {"attempts": 1}})
+            for flight, message_id in published], ordered=False)
+        done = time.monotonic()
+        for flight, _ in published:
+            self._settled(flight)
+            self._recent[flight.event_id] = None
+            self._failures.pop(flight.message.ordering_key, None)
+            self.metrics.publish_latency.observe(max(0.0, done - flight.sent))
+            if flight.captured_at is not None:
+                captured = flight.captured_at
+                if captured.tzinfo is None:
+                    captured = captured.replace(tzinfo=UTC)
+                lag = max(0.0, (now - captured).total_seconds())
+                self.progress.relay_lag_seconds = lag
+                self.metrics.relay_lag.set(lag)
+                self.progress.event_at(captured)
+        while len(self._recent) > _RECENT:
+            self._recent.popitem(last=False)
+        self.metrics.published.inc(len(published))
+
+    def _settled(self, flight: _Flight) -> None:
+        if self._inflight.get(flight.event_id) is flight:
+            del self._inflight[flight.event_id]
+        if flight.stretch is not None:
+            flight.stretch.open -= 1
+            flight.stretch = None
+
+    def _failed_publish(self, flight: _Flight, error: BaseException) -> None:
+        kind = type(error).__name__
+        if kind in _PERMANENT:
+            self._settled(flight)
+            self._fail(flight.event_id, f"Pub/Sub refused the message: {error}")
+            self._pause(flight.message.ordering_key, None, error)  # later ones failed with it
+            return
+        self._pause(flight.message.ordering_key, flight, error)
+
+    def _pause(self, key: str, flight: _Flight | None, error: BaseException) -> None:
+        paused = self._paused.get(key)
+        if paused is None:
+            # A key the client paused before we saw why (say, in an earlier run) resumes at once.
+            own = type(error).__name__ != "PublishToPausedOrderingKeyException"
+            # Each failure in a row for the key doubles the wait, up to the cap.
+            attempt = self._failures.get(key, 0) + 1 if own else 0
+            wait = min(self.settings.max_backoff_seconds, 0.25 * 2 ** attempt) if own else 0.0
+            self._failures[key] = attempt
+            paused = self._paused[key] = _Paused(time.monotonic() + wait, attempt)
+            if own:
+                self.metrics.publish_errors.inc()
+                log.warning("publish failed; the entity's events wait and retry in order",
+                            extra=fields(ordering_key=key, error=f"{type(error).__name__}: "
+                                                                f"{error}", retry_in=wait))
+        if flight is not None:
+            paused.flights.append(flight)
+
+    def _retry_paused(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, p in self._paused.items() if p.until <= now]:
+            paused = self._paused.pop(key)
+            self.sink.resume(key)
+            for flight in sorted(paused.flights, key=lambda f: f.seq):
+                self._publish(flight)
+
+    def _fail(self, event_id: str, reason: str) -> None:
+        self.outbox.update_one({"_id": event_id},
+                               {"$set": {"status": "failed", "reason": reason},
+                                "$inc": {"attempts": 1}})
+        self.metrics.failed.labels(stage="relay").inc()
+        log.warning("event cannot be published; marked failed",
+                    extra=fields(event_id=event_id, reason=reason))
+
+    # -- checkpoint --
+
+    def _checkpoint(self, *, force: bool) -> None:
+        mark = self._watermark
+        if mark is None or mark == self._saved:
+            return
+        if not force and time.monotonic() - self._saved_at < \
+                self.settings.checkpoint_interval_seconds:
+            return
+        self.checkpoints.save("relay", self.epoch, mark, self.pod)
+        self._saved, self._saved_at = mark, time.monotonic()

@@ -1,0 +1,412 @@
+"""``liberator publish``: the sidecar that runs capture and relay under one leader lease.
+
+The main thread keeps the lease (acquire, renew, release) and the status record. While this
+replica leads, a :class:`Term` runs the capture and relay loops in two threads. The loops stop by
+themselves when the lease is about to run out, so a paused or cut-off leader never outlives its
+lease; checkpoint writes carry the term's epoch and a stale one is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import redis
+from pymongo import MongoClient
+from pymongo.database import Database
+from pymongo.errors import OperationFailure, PyMongoError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from liberator_publisher import logs
+from liberator_publisher.capture import Capture, CaptureSettings
+from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION, Checkpoints, FencedError
+from liberator_publisher.command import Command
+from liberator_publisher.health import Health, HealthServer
+from liberator_publisher.leader import Lease
+from liberator_publisher.metrics import Metrics
+from liberator_publisher.relay import Relay, RelaySettings, ensure_indexes
+from liberator_publisher.settings import ConfigError, Settings
+from liberator_publisher.sink import Sink, SinkSettings
+from liberator_publisher.source import classify
+from liberator_publisher.status import Progress, StatusRecord, now_rfc3339, rfc3339, write_status
+
+__all__ = ["COMMAND", "EXIT_CONFIG", "EXIT_FATAL", "EXIT_UNREACHABLE", "main"]
+
+log = logging.getLogger("liberator_publisher.runner")
+
+EXIT_CONFIG = 2
+"""A missing or malformed variable."""
+EXIT_UNREACHABLE = 1
+"""MongoDB could not be reached (or refused the credentials) at start."""
+EXIT_FATAL = 3
+"""Parked on a lost stream position, under ``--exit-on-fatal``."""
+CONNECT_TIMEOUT_SECONDS = 10.0
+STUCK_AFTER_SECONDS = 120.0
+BACKLOG_EVERY_SECONDS = 5.0
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--exit-on-fatal", action="store_true",
+                        help="exit non-zero on a lost stream position instead of parking alive")
+    parser.add_argument("--reset-checkpoint", action="store_true",
+                        help="delete this publisher's checkpoints (after a park and an "
+                             "EventSeed), then exit; the next start begins at the current "
+                             "position")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the sidecar until SIGTERM; returns the exit code."""
+
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as error:
+        print(f"liberator publish: configuration error: {error}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
+
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        mongo = _connect_mongo(settings)
+    except _StartError as error:
+        print(f"liberator publish: {error}", file=sys.stderr, flush=True)
+        return EXIT_UNREACHABLE
+
+    database = mongo[settings.database]
+    checkpoints = Checkpoints(database[CHECKPOINT_COLLECTION], settings.publisher)
+    if args.reset_checkpoint:
+        removed = checkpoints.reset()
+        print(f"liberator publish: removed {removed} checkpoint(s) of {settings.publisher}; the "
+              f"next start captures from the current position", file=sys.stderr, flush=True)
+        mongo.close()
+        return 0
+    sidecar = Sidecar(settings, mongo, checkpoints, exit_on_fatal=args.exit_on_fatal)
+    try:
+        sidecar.start_http()
+    except OSError as error:
+        print(f"liberator publish: LIBERATOR_HTTP_PORT: cannot listen on port "
+              f"{settings.http_port}: {error}; choose a free port", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, sidecar.on_signal)
+    return sidecar.run()
+
+
+class _StartError(Exception):
+    pass
+
+
+def _connect_mongo(settings: Settings) -> MongoClient[dict[str, Any]]:
+    timeout_ms = int(CONNECT_TIMEOUT_SECONDS * 1000)
+    try:
+        client: MongoClient[dict[str, Any]] = MongoClient(
+            settings.mongo_uri, tz_aware=True, appname="liberator-publish",
+            serverSelectionTimeoutMS=timeout_ms)
+        client[settings.database].command("ping")
+    except OperationFailure as error:
+        raise _StartError(f"LIBERATOR_MONGO_URI: MongoDB refused the connection: "
+                          f"{error.details.get('errmsg', error) if error.details else error} "
+                          f"(code {error.code}); check the user, password and authSource") from None
+    except PyMongoError as error:
+        first = str(error).split(",", 1)[0].split("\n", 1)[0]
+        raise _StartError(f"LIBERATOR_MONGO_URI: cannot reach MongoDB within "
+                          f"{CONNECT_TIMEOUT_SECONDS:.0f}s ({type(error).__name__}: {first}); "
+                          f"check the host, port and that the server runs") from None
+    return client
+
+
+@dataclass
+class _Loop:
+    name: str
+    thread: threading.Thread
+
+
+class Term:
+    """One leadership term: the capture and relay loops, stopped together."""
+
+    def __init__(self, sidecar: Sidecar, epoch: int) -> None:
+        self.sidecar = sidecar
+        self.epoch = epoch
+        s = sidecar.settings
+        self.sink = Sink(SinkSettings(project=s.pubsub_project, topic=s.topic))
+        self.stopping = threading.Event()
+        self.drain_seconds = 1.0
+        self.parked = ""
+        self.parked_code = ""
+        self.fenced = False
+        self._loops: list[_Loop] = []
+
+    def active(self) -> bool:
+        """Whether the loops may go on: not stopped, and the lease surely still ours."""
+        return (not self.stopping.is_set()
+                and self.sidecar.lease.remaining() > self.sidecar.loop_margin)
+
+    def start(self) -> None:
+        for name, body in (("relay", self._relay), ("capture", self._capture)):
+            thread = threading.Thread(target=self._guard, args=(name, body),
+                                      name=f"liberator-{name}", daemon=True)
+            self._loops.append(_Loop(name, thread))
+            thread.start()
+
+    def stop(self, drain_seconds: float) -> None:
+        self.drain_seconds = drain_seconds
+        self.stopping.set()
+
+    def join(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        for loop in self._loops:
+            loop.thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [loop.name for loop in self._loops if loop.thread.is_alive()]
+        if alive:
+            log.warning("loops did not stop in time", extra=_fields(loops=alive))
+        self.sink.close()
+        return not alive
+
+    def finished(self) -> bool:
+        return all(not loop.thread.is_alive() for loop in self._loops)
+
+    def _capture(self) -> None:
+        sc, s = self.sidecar, self.sidecar.settings
+        Capture(entities=sc.database[s.collection], outbox=sc.database[s.outbox_collection],
+                checkpoints=sc.checkpoints, mapping=s.mapping(), metrics=sc.metrics,
+                progress=sc.progress, epoch=self.epoch, pod=s.pod_name,
+                settings=CaptureSettings(batch_size=s.batch_size, max_await_ms=s.max_await_ms),
+                ).run(self.active)
+
+    def _relay(self) -> None:
+        sc, s = self.sidecar, self.sidecar.settings
+        Relay(outbox=sc.database[s.outbox_collection], checkpoints=sc.checkpoints,
+              sink=self.sink, metrics=sc.metrics, progress=sc.progress, epoch=self.epoch,
+              pod=s.pod_name,
+              settings=RelaySettings(batch_size=s.batch_size, max_await_ms=s.max_await_ms,
+                                     sweep_interval_seconds=s.sweep_interval_seconds,
+                                     pending_age_seconds=s.pending_age_seconds),
+              ).run(self.active, lambda: self.drain_seconds)
+
+    def _guard(self, name: str, body: Callable[[], None]) -> None:
+        """Run a loop; retry transient errors with backoff, park on a lost position."""
+
+        backoff = 0.5
+        while self.active():
+            started = time.monotonic()
+            try:
+                body()
+                return
+            except FencedError as error:
+                log.warning("a newer leader owns the checkpoints; stopping",
+                            extra=_fields(loop=name, error=str(error)))
+                self.fenced = True
+                self.stopping.set()
+                self.sidecar.wake.set()
+                return
+            except Exception as error:
+                lost = classify(error)
+                if lost is not None:
+                    self._park(name, lost.code, str(lost))
+                    return
+                if time.monotonic() - started > 30:
+                    backoff = 0.5
+                log.warning("loop failed; retrying", exc_info=log.isEnabledFor(logging.DEBUG),
+                            extra=_fields(loop=name, error=f"{type(error).__name__}: {error}",
+                                          retry_in=backoff))
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _park(self, loop: str, code: str, reason: str) -> None:
+        if not self.parked:
+            self.parked, self.parked_code = f"{loop}: {reason}", code
+            log.error("PARKED: %s", self.parked, extra=_fields(loop=loop, reason=code))
+            self.sidecar.metrics.set_parked(code)
+        self.stopping.set()
+        self.sidecar.wake.set()
+
+
+class Sidecar:
+    """The process: HTTP, the lease loop, and the current term."""
+
+    def __init__(self, settings: Settings, mongo: MongoClient[dict[str, Any]],
+                 checkpoints: Checkpoints, *,
+                 exit_on_fatal: bool) -> None:
+
+
+        self.settings = settings
+        self.mongo = mongo
+        self.database: Database[dict[str, Any]] = mongo[settings.database]
+        self.checkpoints = checkpoints
+        self.exit_on_fatal = exit_on_fatal
+        ttl = settings.lease_ttl_seconds
+        self.tick = max(0.1, ttl / 4)
+        # Stop loops this long before the lease's deadline: one tick to notice, one second
+        # for the loops to come round (getMore waits at most max_await_ms).
+        self.margin = min(ttl * 0.6, self.tick + 1.0)
+        self.loop_margin = min(ttl * 0.2, 0.5)
+        # No client-side retries: a renewal must fail fast, and the lease loop retries itself.
+        timeout = max(0.1, min(self.tick / 2, 2.0))
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
+                                          socket_connect_timeout=timeout,
+                                          retry=Retry(NoBackoff(), 0))
+        self.lease = Lease(self.redis, settings.publisher, settings.pod_name, ttl)
+        self.metrics = Metrics()
+        self.progress = Progress()
+        self.term: Term | None = None
+        self.parked = ""
+        self.wake = threading.Event()
+        self.shutdown = threading.Event()
+        self.http: HealthServer | None = None
+        self._redis_down_logged = False
+
+    # -- probes --
+
+    def start_http(self) -> None:
+        self.http = HealthServer(self.settings.http_port, self.health, self.metrics.render)
+        self.http.start()
+
+    def health(self) -> Health:
+        now = time.monotonic()
+        stuck = [f"{loop} loop stuck for {now - beat:.0f}s"
+                 for loop, beat in (self.progress.beats or {}).items()
+                 if now - beat > STUCK_AFTER_SECONDS]
+        if stuck:
+            return Health(alive=False, ready=True, detail="; ".join(stuck))
+        if self.parked:
+            return Health(alive=True, ready=True, detail=f"parked: {self.parked}")
+        role = f"leader epoch {self.lease.epoch}" if self.term else "standby"
+        return Health(alive=True, ready=True, detail=f"ok ({role})")
+
+    # -- the lease loop --
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.shutdown.set()
+        self.wake.set()
+
+    def run(self) -> int:
+        log.info("publisher started", extra=_fields(
+            publisher=self.settings.publisher, pod=self.settings.pod_name,
+            collection=f"{self.settings.database}.{self.settings.collection}",
+            topic=self.settings.topic, http_port=self.settings.http_port))
+        code = 0
+        last_backlog = 0.0
+        while not self.shutdown.is_set():
+            self._tick()
+            if self.parked and self.exit_on_fatal:
+                log.error("exiting on a fatal stream error (--exit-on-fatal)")
+                code = EXIT_FATAL
+                break
+            if self.term is not None and time.monotonic() - last_backlog > BACKLOG_EVERY_SECONDS:
+                last_backlog = time.monotonic()
+                threading.Thread(target=self._count_backlog, daemon=True).start()
+            self.wake.wait(self.tick)
+            self.wake.clear()
+        self._end_term(drain_seconds=10.0)
+        try:
+            self.lease.release()
+        except Exception as error:
+            log.warning("could not release the lease", extra=_fields(error=str(error)))
+        self.metrics.leader.set(0)
+        if self.http is not None:
+            self.http.stop()
+        self.mongo.close()
+        log.info("publisher stopped", extra=_fields(exit_code=code))
+        return code
+
+    def _tick(self) -> None:
+        try:
+            if self.term is None:
+                self._try_lead()
+            else:
+                self._keep_leading()
+            self._redis_down_logged = False
+        except redis.RedisError as error:
+            if not self._redis_down_logged:
+                log.warning("Redis unreachable", extra=_fields(error=str(error)))
+                self._redis_down_logged = True
+        if self.term is not None and self.lease.remaining() < self.margin:
+            log.warning("could not renew the lease in time; stopping the loops",
+                        extra=_fields(epoch=self.lease.epoch))
+            self._end_term(drain_seconds=0.5)
+            self.lease.forget()
+
+    def _try_lead(self) -> None:
+        epoch = self.lease.try_acquire()
+        if not epoch:
+            return
+        try:
+            self.checkpoints.claim(epoch, self.settings.pod_name)
+
+            ensure_indexes(self.database[self.settings.outbox_collection])
+        except FencedError:
+            log.warning("a newer epoch owns the checkpoints; giving the lease up",
+                        extra=_fields(epoch=epoch))
+            self.lease.release()
+            return
+        except Exception as error:
+            log.warning("cannot prepare MongoDB for leading; giving the lease up",
+                        extra=_fields(error=f"{type(error).__name__}: {error}"))
+            self.lease.release()
+            return
+        log.info("leading", extra=_fields(epoch=epoch, pod=self.settings.pod_name))
+        self.metrics.leader.set(1)
+        self.metrics.epoch.set(epoch)
+        self.term = Term(self, epoch)
+        self.term.start()
+        self._write_status()
+
+    def _keep_leading(self) -> None:
+        term = self.term
+        assert term is not None
+        if term.parked and not self.parked:
+            self.parked = term.parked
+        if term.fenced or (term.finished() and not term.parked):
+            self._end_term(drain_seconds=0.5)
+            self.lease.release()
+            return
+        if not self.lease.renew():
+            log.warning("lost the lease to another replica; stopping the loops",
+                        extra=_fields(holder=self.lease.holder()))
+            self._end_term(drain_seconds=0.5)
+            return
+        self._write_status()
+
+    def _end_term(self, drain_seconds: float) -> None:
+        term, self.term = self.term, None
+        self.metrics.leader.set(0)
+        self.metrics.epoch.set(0)
+        if term is None:
+            return
+        term.stop(drain_seconds)
+        term.join(timeout=drain_seconds + 5.0)
+
+    def _write_status(self) -> None:
+        p = self.progress
+        record = StatusRecord(
+            pod=self.settings.pod_name, epoch=self.lease.epoch,
+            lastEventTime=rfc3339(p.last_event_time) if p.last_event_time else None,
+            captureLagSeconds=round(p.capture_lag_seconds, 3),
+            relayLagSeconds=round(p.relay_lag_seconds, 3), backlog=p.backlog,
+            parked=self.parked, updatedAt=now_rfc3339())
+        write_status(self.redis, self.settings.publisher, record,
+                     ttl_seconds=max(60.0, self.settings.lease_ttl_seconds * 6))
+
+    def _count_backlog(self) -> None:
+        try:
+            outbox = self.database[self.settings.outbox_collection]
+            count = int(outbox.count_documents({"status": "pending"}, maxTimeMS=5000))
+        except Exception:
+            return
+        self.progress.backlog = count
+        self.metrics.backlog.set(count)
+
+
+def _fields(**values: Any) -> dict[str, Any]:
+    return logs.fields(**values)
+
+
+COMMAND = Command("publish", "run the change-data-capture sidecar", _configure, main)

@@ -1,0 +1,186 @@
+"""The change source: a thin seam around pymongo's ``watch()``, read ahead in a thread.
+
+A reader thread pulls the change stream (batched, with ``max_await_time_ms`` so an idle stream
+costs one cheap ``getMore`` per wait and no CPU) into a bounded queue, while the loop consuming
+it writes or publishes the previous batch. Errors the stream cannot survive are classified as
+:class:`StreamLostError` so the caller parks instead of silently restarting from "now".
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo.collection import Collection
+from pymongo.errors import OperationFailure
+
+from liberator_publisher.checkpoint import Position
+
+__all__ = ["END_OPERATIONS", "Batch", "ChangeReader", "StreamLostError", "classify"]
+
+# Server error codes that mean the stream's position is gone for good.
+_LOST_CODES = {
+    286: "history_lost",  # ChangeStreamHistoryLost: the resume point fell off the oplog
+    280: "stream_fatal",  # ChangeStreamFatalError
+    260: "resume_token_rejected",  # InvalidResumeToken
+    136: "history_lost",  # CappedPositionLost (older servers)
+}
+_LOST_PHRASES = (
+    ("resume point may no longer be in the oplog", "history_lost"),
+    ("resume token was not found", "history_lost"),
+    ("resume token", "resume_token_rejected"),
+    ("resumeafter", "resume_token_rejected"),
+    ("startafter", "resume_token_rejected"),
+)
+END_OPERATIONS = frozenset({"invalidate", "drop", "rename", "dropDatabase"})
+"""Change events after which a collection's stream ends."""
+
+RECOVERY = ("recovery: run an EventSeed for this publisher, then restart from a fresh position "
+            "with 'liberator publish --reset-checkpoint' (or delete its documents in "
+            "liberator.checkpoints) and restart the pod")
+
+
+class StreamLostError(RuntimeError):
+    """The stream cannot resume from its checkpoint; the publisher must park."""
+
+    def __init__(self, code: str, cause: str) -> None:
+        super().__init__(f"{cause} ({code}); {RECOVERY}")
+        self.code = code
+        """Short label (``history_lost``, ``invalidated``, ``resume_token_rejected`` ...)."""
+        self.cause = cause
+        """What happened, in words."""
+
+
+def classify(error: BaseException) -> StreamLostError | None:
+    """A :class:`StreamLostError` when ``error`` means the position is gone for good, else None."""
+    if isinstance(error, StreamLostError):
+        return error
+    if not isinstance(error, OperationFailure):
+        return None
+    message = str(error)
+    code = _LOST_CODES.get(error.code or 0)
+    labels = error.details.get("errorLabels", []) if error.details else []
+    if code is None and "NonResumableChangeStreamError" in labels:
+        code = "stream_fatal"
+    if code is None:
+        lowered = message.lower()
+        code = next((label for phrase, label in _LOST_PHRASES if phrase in lowered), None)
+    if code is None:
+        return None
+    return StreamLostError(code, f"the change stream failed: {message} (code {error.code})")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Changes read so far, with the position after the last of them."""
+
+    changes: list[dict[str, Any]]
+    """In stream order; empty for a heartbeat."""
+    position: Position
+    """Where to resume after these changes (also moves on a quiet stream)."""
+
+
+class ChangeReader:
+    """Reads one collection's change stream in a daemon thread; ``next_batch`` hands it over."""
+
+    def __init__(self, collection: Collection[dict[str, Any]], position: Position, *,
+                 pipeline: Sequence[Mapping[str, Any]] = (), full_document: str | None = None,
+                 batch_size: int = 500, max_await_ms: int = 500, name: str = "reader") -> None:
+        self._collection = collection
+        self._position = position
+        self._pipeline = [dict(stage) for stage in pipeline]
+        self._full_document = full_document
+        self._batch_size = batch_size
+        self._max_await_ms = max_await_ms
+        self._queue: queue.Queue[tuple[str, Any, Position | None]] = queue.Queue(
+            maxsize=batch_size * 2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name=f"liberator-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def next_batch(self, timeout: float) -> Batch | None:
+        """Up to ``batch_size`` changes (waiting at most ``timeout`` for the first), or None.
+
+        Raises :class:`StreamLostError`, or the error that ended the reader.
+        """
+        try:
+            first = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        items = [first]
+        while len(items) < self._batch_size:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        changes: list[dict[str, Any]] = []
+        position: Position | None = None
+        for kind, value, after in items:
+            if kind == "error":
+                if changes:  # hand over what came before; the error stays for the next call
+                    self._requeue(("error", value, None))
+                    break
+                raise value
+            if kind == "change":
+                changes.append(value)
+            position = after
+        assert position is not None
+        return Batch(changes, position)
+
+    def _requeue(self, item: tuple[str, Any, Position | None]) -> None:
+        # Only the reader thread puts, and it stopped after its error: there is room.
+        self._queue.put(item)
+
+    def _put(self, item: tuple[str, Any, Position | None]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _open(self) -> Any:
+        options: dict[str, Any] = {"batch_size": self._batch_size,
+                                   "max_await_time_ms": self._max_await_ms}
+        if self._full_document:
+            options["full_document"] = self._full_document
+        if self._position.token is not None:
+            options["resume_after"] = self._position.token
+        elif self._position.operation_time is not None:
+            options["start_at_operation_time"] = self._position.operation_time
+        return self._collection.watch(self._pipeline, **options)
+
+    def _read(self) -> None:
+        try:
+            with self._open() as stream:
+                while not self._stop.is_set():
+                    change = stream.try_next()
+                    token = stream.resume_token
+                    after = Position(token=token) if token is not None else self._position
+                    if change is None:
+                        # Quiet: a heartbeat, with the post-batch token when the server sends one.
+                        if not self._put(("idle", None, after)):
+                            return
+                        continue
+                    if change.get("operationType") in END_OPERATIONS:
+                        self._put(("error", StreamLostError(
+                            "invalidated",
+                            f"the change stream ended with a {change.get('operationType')!r} "
+                            f"event (the collection was dropped or renamed)"), None))
+                        return
+                    if not self._put(("change", change, after)):
+                        return
+        except Exception as error:
+            self._put(("error", classify(error) or error, None))
