@@ -114,6 +114,9 @@ def _convert(value: Any) -> Any:
                 error.path.append(f"[{index}]")
                 raise
         return items
+    if isinstance(value, datetime.datetime) and value.utcoffset():
+        # json_util keeps a non-UTC offset; the same instant must give the same text.
+        value = value.astimezone(datetime.UTC)
     try:
         return json_util.default(value, JSON_OPTIONS)
     except TypeError:

@@ -231,7 +231,10 @@ def message_for(outbox_document: Mapping[str, Any]) -> Message:
     except UnicodeEncodeError:
         raise Unpublishable(f"event {event_id}: field 'data' is not valid Unicode") from None
     message = Message(data=encoded, attributes=dict(attributes), ordering_key=ordering_key)
-    check_limits(message)
+    try:
+        check_limits(message)
+    except Unpublishable as error:
+        raise Unpublishable(f"event {event_id}: {error.reason}") from None
     return message
 
 
@@ -313,6 +316,11 @@ def _pending(
     entity_id = _entity_id(document, mapping.id_field)
     if not isinstance(entity_id, str):
         raise _CaptureError(f"{entity_id.reason}{id_hint}")
+    id_bytes = len(entity_id.encode("utf-8", "surrogatepass"))
+    if id_bytes > MAX_ORDERING_KEY_BYTES:
+        raise _CaptureError(f"id field {mapping.id_field!r} is {id_bytes} bytes as text; Pub/Sub "
+                            f"allows at most {MAX_ORDERING_KEY_BYTES} for the ordering key and "
+                            f"ce-subject", entity_id=entity_id)
     context = document.get(mapping.event_context_field) if use_context else None
     if context is not None and not isinstance(context, Mapping):
         raise _CaptureError(f"event context field {mapping.event_context_field!r} must be a "
