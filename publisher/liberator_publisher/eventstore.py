@@ -1,0 +1,440 @@
+"""``liberator eventstore``: keep every CloudEvent, once, indexed by time, type and subject.
+
+It pulls the live and seed subscriptions (one thread each) and writes each batch with one
+``insert_many`` into the events collection, ``_id = ce-id``:
+
+- a duplicate (same ``ce-id``) is acknowledged and not stored twice;
+- a storage failure nacks the batch's messages, so Pub/Sub redelivers them;
+- a message that is not a CloudEvent goes to the dead-letter collection with the reason, and is
+  acknowledged.
+
+Messages are acknowledged only after MongoDB confirmed the write, so a SIGKILL loses nothing: the
+unacknowledged messages come back, and their repeats are duplicates. ``/healthz``, ``/readyz`` and
+``/metrics`` come from the sidecar's ``health`` module. See docs/consuming.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import Binary
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from pymongo import ASCENDING, MongoClient
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError, ConfigurationError, InvalidURI, PyMongoError
+from pymongo.uri_parser import parse_uri
+
+from liberator_publisher import logs
+from liberator_publisher.command import Command
+from liberator_publisher.contract import DEFAULT_HTTP_PORT
+from liberator_publisher.health import Health, HealthServer
+from liberator_publisher.subscriber import MalformedEventError, parse_message
+
+__all__ = [
+    "COMMAND",
+    "DEFAULT_COLLECTION",
+    "EventStore",
+    "EventStoreSettings",
+    "dead_letter_document",
+    "ensure_indexes",
+    "event_document",
+    "subscription_path",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COLLECTION = "liberator_events"
+_DUPLICATE_KEY = 11000
+_STUCK_AFTER = 120.0  # seconds without a finished pull before /healthz says stuck
+_SUBSCRIPTION_ID = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
+
+
+class UsageError(ValueError):
+    """A flag or variable is wrong (exit code 2). The message names it."""
+
+
+def subscription_path(value: str, project: str | None, flag: str = "--subscription") -> str:
+    """A full subscription path from a path or an id (with the project)."""
+    if value.startswith("projects/"):
+        parts = value.split("/")
+        if len(parts) != 4 or parts[2] != "subscriptions" or not parts[1] \
+                or not _SUBSCRIPTION_ID.fullmatch(parts[3]):
+            raise UsageError(f"{flag}: {value!r} is not projects/<project>/subscriptions/<id>")
+        return value
+    if not _SUBSCRIPTION_ID.fullmatch(value):
+        raise UsageError(f"{flag}: {value!r} is not a subscription id (3-255 letters, digits, "
+                         "- _ . ~ + %, starting with a letter) or a full path")
+    if not project:
+        raise UsageError(f"{flag}: {value!r} is an id without a project; set "
+                         "LIBERATOR_PUBSUB_PROJECT (or --project), or give the full path")
+    return f"projects/{project}/subscriptions/{value}"
+
+
+def _storable(value: Any) -> bool:
+    """Whether MongoDB can store ``value`` as a sub-document (no ``$`` keys, no NUL)."""
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and not k.startswith("$") and "\0" not in k
+                   and _storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_storable(v) for v in value)
+    return True
+
+
+def _version(text: str | None) -> int | str | None:
+    if text is None:
+        return None
+    return int(text) if text.lstrip("-").isdigit() and len(text) < 19 else text
+
+
+def event_document(data: bytes, attributes: Mapping[str, str], *, message_id: str,
+                   publish_time: datetime | None, subscription: str,
+                   received_at: datetime) -> dict[str, Any]:
+    """The events-collection document of one message; raises ``MalformedEventError``."""
+    event = parse_message(data, attributes)
+    try:
+        raw: str | Binary = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raw = Binary(data)
+    parsed = event.data if not isinstance(event.data, bytes) else None
+    return {
+        "_id": event.id,
+        "type": event.type,
+        "source": event.source,
+        "subject": event.subject,
+        # ce-time is optional in CloudEvents; without it the publish time orders the event.
+        "time": event.time or publish_time or received_at,
+        "version": _version(event.extensions.get("entityversion")),
+        "attributes": dict(attributes),
+        "data": parsed if _storable(parsed) else None,
+        "raw": raw,
+        "publishTime": publish_time,
+        "receivedAt": received_at,
+        "subscription": subscription,
+        "messageId": message_id,
+    }
+
+
+def dead_letter_document(data: bytes, attributes: Mapping[str, str], *, reason: str,
+                         message_id: str, publish_time: datetime | None, subscription: str,
+                         received_at: datetime) -> dict[str, Any]:
+    """The dead-letter document of a message that is not a CloudEvent (keyed by message)."""
+    return {"_id": f"{subscription}/{message_id}", "reason": reason,
+            "attributes": dict(attributes), "data": Binary(data), "publishTime": publish_time,
+            "receivedAt": received_at, "subscription": subscription, "messageId": message_id}
+
+
+INDEXES: tuple[tuple[str, list[tuple[str, int]]], ...] = (
+    ("time", [("time", ASCENDING)]),
+    ("type_time", [("type", ASCENDING), ("time", ASCENDING)]),
+    ("subject_time", [("subject", ASCENDING), ("time", ASCENDING)]),
+)
+"""The events collection's indexes (``_id`` = ``ce-id`` is the unique one)."""
+
+
+def ensure_indexes(collection: Collection[dict[str, Any]]) -> None:
+    """Create the events collection's indexes (idempotent)."""
+    for name, keys in INDEXES:
+        collection.create_index(keys, name=name)
+
+
+def insert_ignoring_duplicates(collection: Collection[dict[str, Any]],
+                               documents: Sequence[dict[str, Any]]) -> tuple[int, set[int]]:
+    """Insert; returns (duplicates, indexes of documents that failed otherwise).
+
+    Raises ``PyMongoError`` when nothing could be written (the server is away).
+    """
+    if not documents:
+        return 0, set()
+    try:
+        collection.insert_many(list(documents), ordered=False)
+    except BulkWriteError as error:
+        errors = error.details.get("writeErrors", [])
+        duplicates = sum(1 for e in errors if e.get("code") == _DUPLICATE_KEY)
+        failed = {int(e["index"]) for e in errors if e.get("code") != _DUPLICATE_KEY}
+        return duplicates, failed
+    return 0, set()
+
+
+@dataclass(frozen=True)
+class EventStoreSettings:
+    """How ``liberator eventstore`` runs."""
+
+    mongo_uri: str
+    """MongoDB connection string (``--mongo-uri`` or LIBERATOR_MONGO_URI)."""
+    database: str
+    """Database of the events collection (``--database`` or LIBERATOR_DATABASE)."""
+    subscriptions: tuple[str, ...]
+    """Full subscription paths to pull (``--subscription``, repeatable)."""
+    collection: str = DEFAULT_COLLECTION
+    """The events collection (``--collection``)."""
+    dead_letter_collection: str = ""
+    """Where malformed messages go; default ``<collection>.deadletter``."""
+    http_port: int = DEFAULT_HTTP_PORT
+    """Port of /healthz, /readyz, /metrics (``--http-port`` or LIBERATOR_HTTP_PORT); 0 = off."""
+    max_messages: int = 1000
+    """Messages per pull, stored with one insert_many (``--max-messages``)."""
+    pull_timeout_seconds: float = 5.0
+    """How long one pull waits for messages."""
+
+
+class EventStore:
+    """The pull loops, one thread per subscription, writing into one collection."""
+
+    def __init__(self, settings: EventStoreSettings,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self._mongo: MongoClient[dict[str, Any]] = MongoClient(
+            settings.mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000)
+        database = self._mongo[settings.database]
+        self.events = database[settings.collection]
+        self.dead_letters = database[settings.dead_letter_collection
+                                     or f"{settings.collection}.deadletter"]
+        self._client = pubsub_v1.SubscriberClient()
+        self._stop = threading.Event()
+        self._beats: dict[str, float] = {}
+        self._started = time.monotonic()
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.messages = Counter("liberator_eventstore_messages",
+                                "Messages by outcome: stored, duplicate, malformed, failed.",
+                                ["outcome"], registry=self.registry)
+        self.last_time = Gauge("liberator_eventstore_last_event_time_seconds",
+                               "ce-time of the latest stored event (Unix seconds).",
+                               registry=self.registry)
+
+    # -- one pull --
+
+    def pull_once(self, subscription: str) -> int:
+        """Pull one batch of ``subscription``, store it, ack or nack; returns messages seen."""
+        try:
+            response = self._client.pull(request={"subscription": subscription,
+                                                  "max_messages": self.settings.max_messages},
+                                         timeout=self.settings.pull_timeout_seconds)
+        except (gexc.DeadlineExceeded, gexc.ServiceUnavailable):
+            return 0
+        received_at = datetime.now(UTC)
+        name = subscription.rsplit("/", 1)[-1]
+        events: list[tuple[str, dict[str, Any]]] = []
+        dead: list[tuple[str, dict[str, Any]]] = []
+        for item in response.received_messages:
+            message = item.message
+            publish_time = message.publish_time
+            when = publish_time.astimezone(UTC) if isinstance(publish_time, datetime) else None
+            meta = {"message_id": message.message_id, "publish_time": when,
+                    "subscription": name, "received_at": received_at}
+            data, attributes = bytes(message.data), dict(message.attributes)
+            try:
+                events.append((item.ack_id, event_document(data, attributes, **meta)))
+            except MalformedEventError as error:
+                log.warning("malformed message %s on %s: %s", message.message_id, name,
+                            error.reason)
+                dead.append((item.ack_id, dead_letter_document(data, attributes,
+                                                               reason=error.reason, **meta)))
+        ack: list[str] = []
+        nack: list[str] = []
+        for collection, batch, outcome in ((self.events, events, "stored"),
+                                           (self.dead_letters, dead, "malformed")):
+            if not batch:
+                continue
+            try:
+                duplicates, failed = insert_ignoring_duplicates(collection,
+                                                                [doc for _, doc in batch])
+            except PyMongoError as error:
+                log.warning("storage failed, %d messages will be redelivered: %s",
+                            len(batch), error)
+                nack += [ack_id for ack_id, _ in batch]
+                self.messages.labels(outcome="failed").inc(len(batch))
+                continue
+            for index, (ack_id, _) in enumerate(batch):
+                (nack if index in failed else ack).append(ack_id)
+            self.messages.labels(outcome="failed").inc(len(failed))
+            if outcome == "stored":
+                self.messages.labels(outcome="duplicate").inc(duplicates)
+                self.messages.labels(outcome="stored").inc(len(batch) - duplicates - len(failed))
+                self.last_time.set(max(doc["time"] for _, doc in batch).timestamp())
+            else:
+                self.messages.labels(outcome="malformed").inc(len(batch) - len(failed))
+        if ack:
+            self._client.acknowledge(request={"subscription": subscription, "ack_ids": ack})
+        if nack:
+            self._client.modify_ack_deadline(request={"subscription": subscription,
+                                                      "ack_ids": nack,
+                                                      "ack_deadline_seconds": 0})
+        return len(response.received_messages)
+
+    # -- the loops --
+
+    def _loop(self, subscription: str) -> None:
+        while not self._stop.is_set():
+            try:
+                self.pull_once(subscription)
+            except Exception:  # keep pulling; the next pull retries (and /healthz shows age)
+                log.exception("pull of %s failed", subscription)
+                self._stop.wait(1.0)
+                continue
+            self._beats[subscription] = time.monotonic()
+
+    def health(self) -> Health:
+        now = time.monotonic()
+        stuck = [s for s in self.settings.subscriptions
+                 if now - self._beats.get(s, self._started) > _STUCK_AFTER]
+        detail = "ok" if not stuck else "stuck: " + ", ".join(stuck)
+        return Health(alive=not stuck, ready=True, detail=detail)
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Create the indexes, then pull every subscription until ``stop`` (or ``self.stop()``)."""
+        if stop is not None:
+            self._stop = stop
+        self._started = time.monotonic()
+        ensure_indexes(self.events)
+        server: HealthServer | None = None
+        if self.settings.http_port:
+            server = HealthServer(self.settings.http_port, self.health,
+                                  lambda: generate_latest(self.registry))
+            server.start()
+        threads = [threading.Thread(target=self._loop, args=(s,), daemon=True,
+                                    name=f"eventstore-{s.rsplit('/', 1)[-1]}")
+                   for s in self.settings.subscriptions]
+        for thread in threads:
+            thread.start()
+        log.info("event store running: %s into %s.%s", ", ".join(self.settings.subscriptions),
+                 self.settings.database, self.settings.collection)
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(timeout=1.0)
+        finally:
+            if server is not None:
+                server.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def check_subscriptions(self) -> None:
+        """Raise ``UsageError`` naming a subscription that does not exist."""
+        for subscription in self.settings.subscriptions:
+            try:
+                self._client.get_subscription(subscription=subscription)
+            except gexc.NotFound:
+                raise UsageError(f"--subscription: {subscription} does not exist; create it "
+                                 "(the operator provisions declared subscriptions)") from None
+
+    def close(self) -> None:
+        self._client.close()
+        self._mongo.close()
+
+
+# -- the command line --
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--subscription", action="append", required=True,
+                        help="subscription id or full path to store (repeatable: live and seed)")
+    parser.add_argument("--project", default=None,
+                        help="project of subscription ids (default $LIBERATOR_PUBSUB_PROJECT)")
+    parser.add_argument("--mongo-uri", default=None,
+                        help="MongoDB URI (default $LIBERATOR_MONGO_URI)")
+    parser.add_argument("--database", default=None,
+                        help="database of the events collection (default $LIBERATOR_DATABASE)")
+    parser.add_argument("--collection", default=DEFAULT_COLLECTION,
+                        help=f"events collection (default {DEFAULT_COLLECTION})")
+    parser.add_argument("--http-port", default=None,
+                        help=f"port of /healthz and /metrics, 0 = off (default "
+                             f"$LIBERATOR_HTTP_PORT or {DEFAULT_HTTP_PORT})")
+    parser.add_argument("--max-messages", default="1000",
+                        help="messages per pull and insert (1-1000, default 1000)")
+
+
+def _pick(flag_value: str | None, env: Mapping[str, str], variable: str, flag: str) -> str:
+    value = (flag_value if flag_value is not None else env.get(variable, "")).strip()
+    if not value:
+        raise UsageError(f"{flag}: required; pass it or set {variable}")
+    return value
+
+
+def check_mongo_uri(uri: str, name: str) -> str:
+    try:
+        parse_uri(uri)
+    except (InvalidURI, ConfigurationError, ValueError) as error:
+        raise UsageError(f"{name}: not a valid MongoDB URI ({str(error).split(':')[0]}); use "
+                         "mongodb://host:port/?replicaSet=name") from None
+    return uri
+
+
+def check_database(name: str, where: str) -> str:
+    if set(name) & set('/\\. "$*<>:|?\0') or len(name.encode()) > 63:
+        raise UsageError(f"{where}: {name!r} is not a MongoDB database name")
+    return name
+
+
+def check_collection(name: str, where: str) -> str:
+    if not name or "$" in name or "\0" in name or name.startswith(("system.", ".")):
+        raise UsageError(f"{where}: {name!r} is not a usable MongoDB collection name")
+    return name
+
+
+def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> EventStoreSettings:
+    """The settings from flags, with the contract's variables as defaults; ``UsageError``."""
+    uri_flag = "--mongo-uri" if args.mongo_uri is not None else "LIBERATOR_MONGO_URI"
+    uri = check_mongo_uri(_pick(args.mongo_uri, env, "LIBERATOR_MONGO_URI", "--mongo-uri"),
+                          uri_flag)
+    db_flag = "--database" if args.database is not None else "LIBERATOR_DATABASE"
+    database = check_database(_pick(args.database, env, "LIBERATOR_DATABASE", "--database"),
+                              db_flag)
+    project = args.project if args.project is not None else env.get("LIBERATOR_PUBSUB_PROJECT")
+    subscriptions = tuple(dict.fromkeys(subscription_path(s, project)
+                                        for s in args.subscription))
+    port_flag = "--http-port" if args.http_port is not None else "LIBERATOR_HTTP_PORT"
+    port_text = (args.http_port if args.http_port is not None
+                 else env.get("LIBERATOR_HTTP_PORT", "")).strip() or str(DEFAULT_HTTP_PORT)
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise UsageError(f"{port_flag}: {port_text!r} is not a port number (0-65535; 0 = off)")
+    if not args.max_messages.isdigit() or not 1 <= int(args.max_messages) <= 1000:
+        raise UsageError(f"--max-messages: {args.max_messages!r} is not a whole number "
+                         "from 1 to 1000")
+    return EventStoreSettings(mongo_uri=uri, database=database, subscriptions=subscriptions,
+                              collection=check_collection(args.collection, "--collection"),
+                              http_port=int(port_text), max_messages=int(args.max_messages))
+
+
+def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    logs.configure(env.get("LIBERATOR_LOG_LEVEL", "INFO") or "INFO",
+                   env.get("LIBERATOR_LOG_FORMAT", "text") or "text")
+    try:
+        settings = settings_from(args, env)
+    except UsageError as error:
+        print(f"liberator eventstore: {error}", file=sys.stderr)
+        return 2
+    store = EventStore(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        store.check_subscriptions()
+        store.run(stop)
+    except UsageError as error:
+        print(f"liberator eventstore: {error}", file=sys.stderr)
+        return 2
+    except PyMongoError as error:
+        print(f"liberator eventstore: MongoDB: {error}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+COMMAND = Command(name="eventstore", help="store every event, indexed by time",
+                  configure=configure, run=run)
