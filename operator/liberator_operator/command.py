@@ -1,0 +1,129 @@
+"""``liberator operator``: the control plane, a ``kopf run`` with Liberator's handlers and settings.
+
+Flags choose what kopf's command line would (namespaces, peering, liveness) plus the webhook
+endpoint; the rest comes from ``LIBERATOR_OPERATOR_*`` variables
+(:class:`~liberator_operator.settings.OperatorSettings`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import logging
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+import kopf
+
+from liberator_operator.cluster import Cluster
+from liberator_operator.handlers import Runtime, register
+from liberator_operator.settings import OperatorSettings, SettingsError
+from liberator_operator.webhook import build_webhook_configuration, self_signed_certificate
+from liberator_publisher.command import Command
+
+__all__ = ["COMMAND", "kopf_settings"]
+
+PEERING_NAME = "liberator"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                        help="watch only this namespace (repeatable); default all namespaces")
+    parser.add_argument("--standalone", action="store_true",
+                        help="run without peering (one replica only; for development)")
+    parser.add_argument("--peering", default=PEERING_NAME, metavar="NAME",
+                        help="ClusterKopfPeering that replicas share (default %(default)s)")
+    parser.add_argument("--priority", type=int, default=None,
+                        help="peering priority; default random, so exactly one replica acts")
+    parser.add_argument("--liveness", default=None, metavar="URL",
+                        help="kopf health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--webhook-addr", default="0.0.0.0", metavar="ADDR",
+                        help="address the admission webhook listens on (default %(default)s)")
+    parser.add_argument("--webhook-port", type=int, default=9443, metavar="PORT",
+                        help="port of the admission webhook (default %(default)s)")
+    parser.add_argument("--webhook-certfile", type=Path, default=None, metavar="PEM",
+                        help="server certificate (a cert-manager Secret mounted as a file); "
+                             "without it a self-signed one is made")
+    parser.add_argument("--webhook-pkeyfile", type=Path, default=None, metavar="PEM",
+                        help="private key of --webhook-certfile")
+    parser.add_argument("--webhook-configure", default=None, metavar="NAME",
+                        help="create or replace the MutatingWebhookConfiguration NAME pointing at "
+                             "https://<--webhook-host>:<--webhook-port> (local stack; in a cluster "
+                             "deploy/ holds it)")
+    parser.add_argument("--webhook-host", default="127.0.0.1", metavar="HOST",
+                        help="host name the API server uses with --webhook-configure "
+                             "(default %(default)s)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def kopf_settings(*, standalone: bool, server: kopf.WebhookServer) -> kopf.OperatorSettings:
+    """kopf's settings: our prefix on its annotations and finalizer, events for warnings only."""
+    ks = kopf.OperatorSettings()
+    ks.persistence.finalizer = "liberator.io/finalizer"
+    ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="liberator.io")
+    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="liberator.io", key="last-handled-configuration")
+    ks.posting.level = logging.WARNING
+    ks.peering.clusterwide = True
+    # Without the peering object a replica waits instead of acting alone next to another one.
+    ks.peering.mandatory = not standalone
+    ks.peering.lifetime = 30
+    ks.admission.server = server
+    ks.admission.managed = None  # deploy/ (or --webhook-configure) owns the configuration
+    ks.watching.server_timeout = 300
+    ks.watching.client_timeout = 330
+    return ks
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = OperatorSettings.from_env()
+    except SettingsError as exc:
+        print(f"liberator operator: {exc}", file=sys.stderr)
+        return 2
+    if (args.webhook_certfile is None) != (args.webhook_pkeyfile is None):
+        print("liberator operator: --webhook-certfile and --webhook-pkeyfile go together",
+              file=sys.stderr)
+        return 2
+    if not 0 < args.webhook_port < 65536:
+        print(f"liberator operator: --webhook-port {args.webhook_port} is not a port (1-65535)",
+              file=sys.stderr)
+        return 2
+    kopf.configure(verbose=args.verbose)
+    certfile, pkeyfile = args.webhook_certfile, args.webhook_pkeyfile
+    with tempfile.TemporaryDirectory(prefix="liberator-webhook-") as tmp:
+        if certfile is None:
+            cert, key = self_signed_certificate([args.webhook_host, "127.0.0.1", "localhost"])
+            certfile, pkeyfile = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+            certfile.write_bytes(cert)
+            pkeyfile.touch(mode=0o600)
+            pkeyfile.write_bytes(key)
+        server = kopf.WebhookServer(addr=args.webhook_addr, port=args.webhook_port,
+                                    host=args.webhook_host, certfile=str(certfile),
+                                    pkeyfile=str(pkeyfile))
+        cluster = Cluster()
+        if args.webhook_configure:
+            url = f"https://{args.webhook_host}:{args.webhook_port}"
+            ca = base64.b64encode(certfile.read_bytes()).decode()
+            cluster.apply_webhook_configuration(build_webhook_configuration(
+                {"url": url, "caBundle": ca}, name=args.webhook_configure,
+                excluded_namespaces=["kube-system", settings.namespace]))
+        runtime = Runtime(settings=settings, cluster=cluster)
+        registry = kopf.OperatorRegistry()
+        register(registry, runtime)
+        kopf.run(
+            registry=registry,
+            settings=kopf_settings(standalone=args.standalone, server=server),
+            standalone=args.standalone,
+            peering_name=args.peering,
+            priority=args.priority if args.priority is not None else random.randint(1, 2**30),
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            liveness_endpoint=args.liveness,
+        )
+    return 0
+
+
+COMMAND = Command("operator", "run the Kubernetes operator (kopf)", configure, run)

@@ -1,0 +1,171 @@
+"""The data plane as the operator sees it: the leader's status record and seed progress in Redis.
+
+Read defensively: the record may be a JSON string or a hash, with camelCase or snake_case keys,
+and a field that does not parse is left out rather than failing the whole status.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from liberator_publisher.contract import status_key
+
+__all__ = [
+    "DataStatus",
+    "SeedProgress",
+    "connect",
+    "parse_seed_progress",
+    "parse_status_record",
+    "read_seed_progress",
+    "read_status",
+    "seed_key",
+]
+
+SEED_KEY_PREFIX = "liberator:seed:"
+
+
+def seed_key(seed_id: str) -> str:
+    """Redis hash that ``liberator seed`` keeps for ``<namespace>/<name>`` (the SEED INTERFACE)."""
+    return f"{SEED_KEY_PREFIX}{seed_id}"
+
+
+@dataclass(frozen=True)
+class DataStatus:
+    """What the publisher's leader last reported."""
+
+    leader: str | None = None
+    """Pod that holds the lease."""
+    epoch: int | None = None
+    """Fencing epoch of the lease."""
+    lag_seconds: float | None = None
+    """Capture lag."""
+    backlog: int | None = None
+    """Outbox documents not yet published."""
+    last_event_time: str | None = None
+    """Time of the last published event."""
+    parked_reason: str | None = None
+    """Why the loops are parked; None when running."""
+    updated: str | None = None
+    """When the leader wrote the record."""
+
+
+@dataclass(frozen=True)
+class SeedProgress:
+    """Counts and phase the seed command reports."""
+
+    phase: str | None = None
+    """Running, Succeeded or Failed, as the command saw it."""
+    seeded: int | None = None
+    """Entities published."""
+    skipped: int | None = None
+    """Entities already in the ledger."""
+    failed: int | None = None
+    """Documents that could not be published."""
+    total: int | None = None
+    """Documents to scan."""
+    started_at: str | None = None
+    """RFC 3339 start."""
+    completed_at: str | None = None
+    """RFC 3339 end."""
+
+
+def _pick(record: Mapping[str, Any], *keys: str) -> Any:
+    for key in keys:
+        value = record.get(key)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(float(value)) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _as_mapping(raw: Mapping[str, Any] | str | bytes | None) -> Mapping[str, Any]:
+    if raw is None:
+        return {}
+    if isinstance(raw, str | bytes):
+        try:
+            loaded = json.loads(raw)
+        except ValueError:
+            return {}
+        return loaded if isinstance(loaded, dict) else {}
+    return raw
+
+
+def parse_status_record(raw: Mapping[str, Any] | str | bytes | None) -> DataStatus | None:
+    """A :class:`DataStatus` from the record as stored; None when there is none."""
+    record = _as_mapping(raw)
+    if not record:
+        return None
+    parked = _pick(record, "parkedReason", "parked_reason", "parked")
+    if parked in (False, "false", "False", "0", 0):
+        parked = None
+    return DataStatus(
+        leader=_str(_pick(record, "leader", "pod", "podName", "pod_name")),
+        epoch=_int(_pick(record, "epoch")),
+        lag_seconds=_float(_pick(record, "lagSeconds", "lag_seconds", "captureLagSeconds",
+                                 "capture_lag_seconds", "lag")),
+        backlog=_int(_pick(record, "backlog", "outboxBacklog", "outbox_backlog")),
+        last_event_time=_str(_pick(record, "lastEventTime", "last_event_time",
+                                   "lastPublishTime", "last_publish_time")),
+        parked_reason=_str(parked),
+        updated=_str(_pick(record, "updatedAt", "updated_at", "updated", "time")),
+    )
+
+
+def parse_seed_progress(raw: Mapping[str, Any] | None) -> SeedProgress | None:
+    """A :class:`SeedProgress` from the seed's Redis hash; None when there is none."""
+    if not raw:
+        return None
+    return SeedProgress(
+        phase=_str(_pick(raw, "phase")),
+        seeded=_int(_pick(raw, "seeded")),
+        skipped=_int(_pick(raw, "skipped")),
+        failed=_int(_pick(raw, "failed")),
+        total=_int(_pick(raw, "total")),
+        started_at=_str(_pick(raw, "startedAt", "started_at")),
+        completed_at=_str(_pick(raw, "completedAt", "completed_at")),
+    )
+
+
+def connect(url: str) -> redis.Redis:
+    """A client with short timeouts: a slow Redis must not stall the operator's timers."""
+    client: redis.Redis = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3,
+                                               decode_responses=True)
+    return client
+
+
+def read_status(client: redis.Redis, publisher: str) -> DataStatus | None:
+    """The status record of ``<namespace>/<name>``, stored as a JSON string or a hash."""
+    key = status_key(publisher)
+    kind = client.type(key)
+    if kind == "hash":
+        return parse_status_record(client.hgetall(key))  # type: ignore[arg-type]
+    if kind == "string":
+        value = client.get(key)
+        return parse_status_record(value if isinstance(value, str | bytes) else None)
+    return None
+
+
+def read_seed_progress(client: redis.Redis, seed: str) -> SeedProgress | None:
+    return parse_seed_progress(client.hgetall(seed_key(seed)))  # type: ignore[arg-type]
