@@ -324,6 +324,12 @@ def _redis_url(value: str) -> str:
         parse_url(_hide_password(value)[1])  # type: ignore[no-untyped-call]
     except ValueError as error:
         raise _InvalidError(f"not a valid Redis URL ({error})", fix) from None
+    if not value.startswith("unix://"):
+        # redis-py silently ignores a database path that is not a number; refuse it instead.
+        path = value.partition("://")[2].partition("?")[0].partition("/")[2]
+        if path and not path.isdigit():
+            raise _InvalidError(f"not a valid Redis URL (database {path!r} is not a number)",
+                                fix)
     return value
 
 
