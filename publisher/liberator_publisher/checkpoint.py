@@ -19,10 +19,21 @@ from bson import Timestamp
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-__all__ = ["CHECKPOINT_COLLECTION", "LOOPS", "Checkpoints", "FencedError", "Position"]
+__all__ = ["CHECKPOINT_COLLECTION", "LOOPS", "CheckpointError", "Checkpoints", "FencedError",
+           "Position"]
 
 CHECKPOINT_COLLECTION = "liberator.checkpoints"
 LOOPS = ("capture", "relay")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint document that cannot be read (edited by hand, say); the publisher parks."""
+
+    def __init__(self, document_id: str, field: str, problem: str) -> None:
+        super().__init__(f"checkpoint {document_id!r}: field {field!r} {problem}; delete the "
+                         f"document (or run 'liberator publish --reset-checkpoint') after an "
+                         f"EventSeed")
+        self.field = field
 
 
 class FencedError(RuntimeError):
@@ -62,8 +73,14 @@ class Checkpoints:
             return Position()
         token = found.get("token")
         when = found.get("operationTime")
-        return Position(token=token if isinstance(token, Mapping) else None,
-                        operation_time=when if isinstance(when, Timestamp) else None)
+        # Never fall back to "now" on a damaged checkpoint: that would skip changes silently.
+        if token is not None and not isinstance(token, Mapping):
+            raise CheckpointError(self._id(loop), "token",
+                                  f"must be a resume token document, not {type(token).__name__}")
+        if when is not None and not isinstance(when, Timestamp):
+            raise CheckpointError(self._id(loop), "operationTime",
+                                  f"must be a BSON timestamp, not {type(when).__name__}")
+        return Position(token=token, operation_time=when)
 
     def epoch(self, loop: str) -> int:
         """The epoch that last wrote or claimed ``loop``'s checkpoint (0 if none)."""

@@ -31,6 +31,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Raise the epoch above a floor while holding the lease: Redis may have lost its data (it runs
+# without persistence), and a restarted counter must still beat the epochs in the checkpoints.
+_ADVANCE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+return redis.call('INCR', KEYS[2])
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -63,6 +75,7 @@ class Lease:
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self._advance = redis.register_script(_ADVANCE)
         self.epoch = 0
         """Fencing epoch of the current term; 0 when not held."""
         self.deadline = 0.0
@@ -83,6 +96,15 @@ class Lease:
         epoch = int(self._acquire(keys=self._keys, args=[self.token, self._ttl_ms()]))
         if epoch:
             self.epoch, self.deadline = epoch, sent + self.ttl_seconds
+        return epoch
+
+    def advance_epoch(self, floor: int) -> int:
+        """While holding the lease, take a new epoch above ``floor``; 0 if the lease is gone."""
+        epoch = int(self._advance(keys=self._keys, args=[self.token, floor]))
+        if epoch:
+            self.epoch = epoch
+        else:
+            self.forget()
         return epoch
 
     def renew(self) -> bool:

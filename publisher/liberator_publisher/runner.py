@@ -29,7 +29,12 @@ from redis.retry import Retry
 
 from liberator_publisher import logs
 from liberator_publisher.capture import Capture, CaptureSettings
-from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION, Checkpoints, FencedError
+from liberator_publisher.checkpoint import (
+    CHECKPOINT_COLLECTION,
+    LOOPS,
+    Checkpoints,
+    FencedError,
+)
 from liberator_publisher.command import Command
 from liberator_publisher.health import Health, HealthServer
 from liberator_publisher.leader import Lease
@@ -204,6 +209,7 @@ class Term:
                 log.warning("a newer leader owns the checkpoints; stopping",
                             extra=_fields(loop=name, error=str(error)))
                 self.fenced = True
+                self.sidecar.metrics.fenced.inc()
                 self.stopping.set()
                 self.sidecar.wake.set()
                 return
@@ -339,6 +345,13 @@ class Sidecar:
         if not epoch:
             return
         try:
+            floor = max(self.checkpoints.epoch(loop) for loop in LOOPS)
+            if epoch <= floor:
+                log.warning("the epoch counter is behind the checkpoints (Redis lost its data?); "
+                            "advancing it", extra=_fields(epoch=epoch, checkpoint_epoch=floor))
+                epoch = self.lease.advance_epoch(floor)
+                if not epoch:
+                    return
             self.checkpoints.claim(epoch, self.settings.pod_name)
 
             ensure_indexes(self.database[self.settings.outbox_collection])

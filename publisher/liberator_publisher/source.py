@@ -17,7 +17,7 @@ from typing import Any
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
-from liberator_publisher.checkpoint import Position
+from liberator_publisher.checkpoint import CheckpointError, Position
 
 __all__ = ["END_OPERATIONS", "Batch", "ChangeReader", "StreamLostError", "classify"]
 
@@ -58,6 +58,8 @@ def classify(error: BaseException) -> StreamLostError | None:
     """A :class:`StreamLostError` when ``error`` means the position is gone for good, else None."""
     if isinstance(error, StreamLostError):
         return error
+    if isinstance(error, CheckpointError):
+        return StreamLostError("checkpoint_invalid", str(error))
     if not isinstance(error, OperationFailure):
         return None
     message = str(error)

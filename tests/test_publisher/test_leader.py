@@ -83,3 +83,14 @@ def test_status_record_round_trips_and_expires(client: redis.Redis, unique: str)
     while read_status(client, f"ns/{unique}") is not None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert read_status(client, f"ns/{unique}") is None
+
+
+def test_epoch_advances_above_a_floor_after_redis_lost_its_data(client: redis.Redis,
+                                                                unique: str) -> None:
+    a = Lease(client, f"ns/{unique}", "pod-a", ttl_seconds=5)
+    assert a.try_acquire() == 1  # a fresh counter, as after a Redis restart without persistence
+    assert a.advance_epoch(41) == 42 and a.epoch == 42
+    assert a.advance_epoch(10) == 43  # never backwards
+    b = Lease(client, f"ns/{unique}", "pod-b", ttl_seconds=5)
+    assert b.advance_epoch(100) == 0  # only the holder may advance it
+    assert int(client.get(epoch_key(f"ns/{unique}")) or 0) == 43
