@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.api_core.exceptions import AlreadyExists
+from google.cloud import pubsub_v1
+
 from localstack import Server, Stack
 from localstack.process import free_port
 
@@ -168,9 +171,6 @@ class Topic:
 
     def create(self) -> Topic:
         """Create both (idempotent: the emulator forgets them when it restarts)."""
-        from google.api_core.exceptions import AlreadyExists
-        from google.cloud import pubsub_v1
-
         publisher = pubsub_v1.PublisherClient()
         with contextlib.suppress(AlreadyExists):
             publisher.create_topic(name=self.topic_path)
@@ -204,8 +204,6 @@ class Collector:
     """Pulls a subscription in a thread, acking everything, and keeps what arrived in order."""
 
     def __init__(self, topic: Topic) -> None:
-        from google.cloud import pubsub_v1
-
         self.topic = topic
         self.messages: list[Received] = []
         self._lock = threading.Lock()
@@ -282,8 +280,8 @@ class Publisher:
 
 
 @pytest.fixture()
-def publisher(stack: Stack, mongo_uri: str, pubsub: Server, redis_url: str, unique: str,
-              tmp_path: Path) -> Iterator[Publisher]:
+def publisher(stack: Stack, mongo_uri: str, pubsub: Server, redis_url: str,  # noqa: PLR0917
+              unique: str, tmp_path: Path) -> Iterator[Publisher]:
     """A fresh publisher (database, topic, lease keys); its sidecars are killed at the end."""
     project = pubsub.exports["LIBERATOR_PUBSUB_PROJECT"]
     topic = Topic(project, f"events-{unique}", f"sub-{unique}").create()

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import redis
 from bson import ObjectId
-from liberator_publisher.contract import status_key
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from liberator_publisher.contract import status_key
 from tests.test_publisher.conftest import Collector, Publisher, Received, eventually
 
 
