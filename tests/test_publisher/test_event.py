@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import json
+import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import bson
 import pytest
-from bson import Binary, ObjectId, Timestamp, json_util
+from bson import Binary, Decimal128, ObjectId, Timestamp, json_util
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -482,3 +485,26 @@ def test_event_mapping_freezes_exclude_fields() -> None:
 def test_string_ids_are_their_own_entity_id(value: str) -> None:
     result = outbox(change("insert", {"_id": value}, key={"_id": value}))
     assert result["entityId"] == result["orderingKey"] == value
+
+
+def test_the_example_in_the_docs_is_what_the_code_produces() -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "publisher.md"
+    block = re.search(r"```json\n(.*?)\n```", doc.read_text(encoding="utf-8"), re.DOTALL)
+    assert block is not None
+    example = json.loads(block.group(1))
+    oid = ObjectId("65f0a1b2c3d4e5f6a7b8c9d0")
+    mapping = EventMapping("quote", "//liberator/shop/quotes", version_field="version",
+                           exclude_fields=frozenset({"internalNotes"}))
+    document = outbox(change("update", {
+        "_id": oid, "version": 3, "customer": "C-17", "total": Decimal128("129.90"),
+        "status": "purchased", "purchasedAt": datetime.datetime(2024, 3, 4, 5, 6, 7, 890000),
+        "internalNotes": "...",
+        "_event": {"type": "quote.purchased", "correlationId": "checkout-4711",
+                   "causationId": "cmd-99",
+                   "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    }, token="8265F0A1B2000000012B022C0100296E5A100465F0A1B2C3D4E5F6A7B8C9D00004",
+        key={"_id": oid}, wallTime=datetime.datetime(2024, 3, 4, 5, 6, 7, 912000)), mapping)
+    message = message_for(document)
+    assert message.attributes == example["attributes"]
+    assert message.ordering_key == example["orderingKey"]
+    assert json.loads(message.data) == example["data"]
