@@ -1,4 +1,4 @@
-"""Sample EntityPublishers and pods for the operator's tests (as the API server would default them)."""
+"""Sample EntityPublishers and pods for the operator's tests, defaulted as the API server does."""
 
 from __future__ import annotations
 

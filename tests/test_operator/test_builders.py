@@ -7,6 +7,7 @@ from typing import Any
 
 import jsonpatch
 import pytest
+
 from liberator_operator.conditions import find, set_condition
 from liberator_operator.datastatus import parse_seed_progress, parse_status_record
 from liberator_operator.job import build_seed_job, job_name, job_phase, seed_args
@@ -16,7 +17,6 @@ from liberator_operator.selector import matches
 from liberator_operator.settings import OperatorSettings
 from liberator_operator.sidecar import build_contract_env, build_sidecar, container_name
 from liberator_publisher.contract import CONTRACT
-
 from tests.test_operator.builders import pod, publisher
 
 SETTINGS = OperatorSettings(image="example/liberator:1", namespace="liberator-system")
@@ -32,7 +32,7 @@ def apply(body: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-# -- sidecar ----------------------------------------------------------------------------------------
+# -- sidecar --------------------------------------------------------------------------------------
 
 def test_sidecar_env_follows_the_contract_and_takes_secrets_by_reference() -> None:
     p = publisher(entity={"type": "quote", "idField": "quoteId", "eventContextField": "_ctx",
@@ -95,7 +95,7 @@ def test_container_names_are_valid_dns_labels() -> None:
     assert container_name("orders.v2") == "liberator-orders-v2"
 
 
-# -- patch ------------------------------------------------------------------------------------------
+# -- patch ----------------------------------------------------------------------------------------
 
 def test_matching_pod_gets_one_native_sidecar_and_the_annotation() -> None:
     body = pod(labels={"app": "quotes"})
@@ -177,12 +177,13 @@ def test_pod_without_labels_matches_only_an_allowed_empty_selector() -> None:
     assert build_patch(body, "shop", [publisher()], SETTINGS, native=False).ops == []
 
 
-# -- selector ---------------------------------------------------------------------------------------
+# -- selector -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("selector", "labels", "expected"), [
     ({"matchLabels": {"a": "1"}}, {"a": "1", "b": "2"}, True),
     ({"matchLabels": {"a": "1"}}, {"a": "2"}, False),
-    ({"matchExpressions": [{"key": "a", "operator": "In", "values": ["1", "2"]}]}, {"a": "2"}, True),
+    ({"matchExpressions": [{"key": "a", "operator": "In", "values": ["1", "2"]}]}, {"a": "2"},
+     True),
     ({"matchExpressions": [{"key": "a", "operator": "In", "values": ["1"]}]}, {}, False),
     ({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}, {}, True),
     ({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}, {"a": "1"}, False),
@@ -194,7 +195,7 @@ def test_selector(selector: Any, labels: dict[str, str], expected: bool) -> None
     assert matches(selector, labels) is expected
 
 
-# -- job --------------------------------------------------------------------------------------------
+# -- job ------------------------------------------------------------------------------------------
 
 def test_seed_job_runs_liberator_seed_with_the_contract_env() -> None:
     spec: Any = {"publisher": "quotes", "mode": "history", "batchSize": 200, "rateLimit": 50,
@@ -249,7 +250,7 @@ def test_job_phase(status: Any, phase: str) -> None:
     assert job_phase(None if status is None else {"status": status}) == phase
 
 
-# -- conditions -------------------------------------------------------------------------------------
+# -- conditions -----------------------------------------------------------------------------------
 
 def test_condition_transition_time_moves_only_on_status_change() -> None:
     first = set_condition(None, "Ready", True, "Provisioned", "ok", now="T1", generation=1)
@@ -270,7 +271,7 @@ def test_conditions_keep_their_order() -> None:
     assert [c["type"] for c in conds] == ["TopicReady", "Ready"]
 
 
-# -- provisioning plan ------------------------------------------------------------------------------
+# -- provisioning plan ----------------------------------------------------------------------------
 
 def test_plan_names_topics_and_subscriptions() -> None:
     p = publisher(pubsub={"project": "p1", "topic": "events", "subscriptions": [
@@ -292,7 +293,7 @@ def test_plan_names_topics_and_subscriptions() -> None:
     assert seed.enable_message_ordering is False
 
 
-# -- data plane status -------------------------------------------------------------------------------
+# -- data plane status ----------------------------------------------------------------------------
 
 def test_status_record_from_the_publishers_json() -> None:
     record = json.dumps({"pod": "app-1", "epoch": 3, "lastEventTime": "2026-01-01T00:00:00Z",
@@ -302,7 +303,8 @@ def test_status_record_from_the_publishers_json() -> None:
     assert data is not None
     assert (data.leader, data.epoch, data.lag_seconds, data.backlog, data.parked_reason) == (
         "app-1", 3, 0.25, 4, None)
-    parked = parse_status_record({"pod": "app-2", "epoch": "5", "parked": "ChangeStreamHistoryLost"})
+    parked = parse_status_record({"pod": "app-2", "epoch": "5",
+                                  "parked": "ChangeStreamHistoryLost"})
     assert parked is not None
     assert (parked.epoch, parked.parked_reason) == (5, "ChangeStreamHistoryLost")
 

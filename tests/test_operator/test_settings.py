@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from liberator_operator.settings import OperatorSettings, SettingsError
 
 
