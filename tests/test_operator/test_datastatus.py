@@ -1,0 +1,56 @@
+"""Reading the publisher's status record and seed progress from a real Redis."""
+
+from __future__ import annotations
+
+import json
+
+from liberator_operator.datastatus import connect, read_seed_progress, read_status, seed_key
+from liberator_publisher.contract import status_key
+from liberator_publisher.status import StatusRecord, write_status
+
+
+def test_reads_the_record_the_publisher_writes(redis_url: str, unique: str) -> None:
+    client = connect(redis_url)
+    ident = f"shop/quotes-{unique}"
+    assert read_status(client, ident) is None
+    record = StatusRecord(pod="app-7", epoch=4, lastEventTime="2026-01-01T00:00:00Z",
+                          captureLagSeconds=0.5, relayLagSeconds=0.2, backlog=12, parked="",
+                          updatedAt="2026-01-01T00:00:01Z")
+    write_status(client, ident, record, ttl_seconds=30)
+    data = read_status(client, ident)
+    assert data is not None
+    assert (data.leader, data.epoch, data.lag_seconds, data.backlog, data.parked_reason,
+            data.last_event_time) == ("app-7", 4, 0.5, 12, None, "2026-01-01T00:00:00Z")
+
+
+def test_reads_a_hash_record_too(redis_url: str, unique: str) -> None:
+    client = connect(redis_url)
+    ident = f"shop/hash-{unique}"
+    client.hset(status_key(ident), mapping={"pod": "app-2", "epoch": "9",
+                                            "parked": "ChangeStreamHistoryLost"})
+    data = read_status(client, ident)
+    assert data is not None
+    assert (data.leader, data.epoch, data.parked_reason) == ("app-2", 9,
+                                                             "ChangeStreamHistoryLost")
+
+
+def test_garbled_record_reads_as_none(redis_url: str, unique: str) -> None:
+    client = connect(redis_url)
+    ident = f"shop/garbled-{unique}"
+    client.set(status_key(ident), "{not json")
+    assert read_status(client, ident) is None
+    client.set(status_key(ident), json.dumps(["a", "list"]))
+    assert read_status(client, ident) is None
+
+
+def test_seed_progress(redis_url: str, unique: str) -> None:
+    client = connect(redis_url)
+    seed = f"shop/initial-{unique}"
+    assert read_seed_progress(client, seed) is None
+    client.hset(seed_key(seed), mapping={"phase": "Succeeded", "seeded": 5, "skipped": 1,
+                                         "failed": 0, "total": 6,
+                                         "completedAt": "2026-01-01T00:00:09Z"})
+    progress = read_seed_progress(client, seed)
+    assert progress is not None
+    assert (progress.phase, progress.seeded, progress.skipped, progress.total,
+            progress.completed_at) == ("Succeeded", 5, 1, 6, "2026-01-01T00:00:09Z")
