@@ -260,12 +260,10 @@ class EventStore:
             for index, (ack_id, _) in enumerate(batch):
                 (nack if index in failed else ack).append(ack_id)
             self.messages.labels(outcome="failed").inc(len(failed))
+            self.messages.labels(outcome="duplicate").inc(duplicates)
+            self.messages.labels(outcome=outcome).inc(len(batch) - duplicates - len(failed))
             if outcome == "stored":
-                self.messages.labels(outcome="duplicate").inc(duplicates)
-                self.messages.labels(outcome="stored").inc(len(batch) - duplicates - len(failed))
                 self.last_time.set(max(doc["time"] for _, doc in batch).timestamp())
-            else:
-                self.messages.labels(outcome="malformed").inc(len(batch) - len(failed))
         if ack:
             self._client.acknowledge(request={"subscription": subscription, "ack_ids": ack})
         if nack:
