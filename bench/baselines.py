@@ -61,7 +61,8 @@ def b_pub(project: str, topic_id: str, count: int) -> Rate:
     settings = pubsub_v1.types.PublisherOptions(
         enable_message_ordering=True,
         flow_control=pubsub_v1.types.PublishFlowControl(
-            message_limit=1000, limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK),
+            message_limit=1000,
+            limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK),
     )
     publisher = pubsub_v1.PublisherClient(publisher_options=settings)
     topic = publisher.topic_path(project, topic_id)

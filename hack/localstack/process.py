@@ -26,7 +26,7 @@ class StackError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """Where builds and downloads are cached (``LIBERATOR_CACHE``, default ``~/.cache/liberator``)."""
+    """Where builds and downloads are cached: ``LIBERATOR_CACHE``, else ``~/.cache/liberator``."""
     path = Path(os.environ.get("LIBERATOR_CACHE", Path.home() / ".cache" / "liberator"))
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -126,7 +126,8 @@ def wait_until(proc: Proc, ready: Callable[[], bool], *, timeout: float, what: s
                 return
         time.sleep(0.1)
     proc.stop()
-    raise StackError(f"{what} not ready after {timeout:.0f}s; log {proc.log}:\n{log_tail(proc.log)}")
+    raise StackError(
+        f"{what} not ready after {timeout:.0f}s; log {proc.log}:\n{log_tail(proc.log)}")
 
 
 def log_matches(log: Path, pattern: str) -> Callable[[], bool]:

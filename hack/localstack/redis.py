@@ -6,8 +6,16 @@ import shutil
 import socket
 from pathlib import Path
 
-from localstack.process import Say, Server, StackError, free_port, run_checked, spawn, wait_until
-from localstack.process import cache_dir
+from localstack.process import (
+    Say,
+    Server,
+    StackError,
+    cache_dir,
+    free_port,
+    run_checked,
+    spawn,
+    wait_until,
+)
 
 
 def binary() -> str | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import signal
 import time
 from pathlib import Path
 from types import ModuleType
@@ -101,7 +100,8 @@ class Stack:
         path = run_dir / STATE_FILE
         if path.exists():
             for name, entry in json.loads(path.read_text()).items():
-                procs = [Proc(p["name"], None, int(p["pid"]), Path(p["log"])) for p in entry["procs"]]
+                procs = [Proc(p["name"], None, int(p["pid"]), Path(p["log"]))
+                         for p in entry["procs"]]
                 stack.servers[name] = Server(name, procs, entry["exports"], entry["details"],
                                              run_dir / name)
         return stack
@@ -114,9 +114,3 @@ def default_run_dir() -> Path:
     root = Path(__file__).resolve().parents[2]
     return Path(os.environ.get("LIBERATOR_STACK_DIR", root / ".stack"))
 
-
-def kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from google.cloud import pubsub_v1
+
 from localstack import Server
 
 MESSAGES = 1000
