@@ -1,0 +1,168 @@
+"""Capture against the real MongoDB (emulator): one outbox document per change, idempotent
+re-reads, checkpoints after the insert; and the pure classification of stream errors."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+from pymongo.database import Database
+from pymongo.errors import AutoReconnect, OperationFailure
+
+from liberator_publisher.capture import Capture, CaptureSettings, insert_outbox
+from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION, CheckpointError, Checkpoints
+from liberator_publisher.event import EventMapping
+from liberator_publisher.metrics import Metrics
+from liberator_publisher.source import StreamLostError, classify
+from liberator_publisher.status import Progress
+from tests.test_publisher.conftest import eventually
+
+MAPPING = EventMapping(entity_type="quote", source="//test")
+
+
+@pytest.fixture()
+def db(mongo_uri: str, unique: str) -> Iterator[Database[dict[str, Any]]]:
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
+    yield client[f"cap_{unique}"]
+    client.drop_database(f"cap_{unique}")
+    client.close()
+
+
+class Running:
+    """A Capture in a thread, stopped at the end."""
+
+    def __init__(self, db: Database[dict[str, Any]], epoch: int = 1) -> None:
+        self.metrics = Metrics()
+        self.checkpoints = Checkpoints(db[CHECKPOINT_COLLECTION], "test/cap")
+        self.capture = Capture(entities=db["quotes"], outbox=db["quotes.outbox"],
+                               checkpoints=self.checkpoints, mapping=MAPPING,
+                               metrics=self.metrics, progress=Progress(), epoch=epoch,
+                               pod="test", settings=CaptureSettings(batch_size=50,
+                                                                    max_await_ms=100))
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.capture.run(lambda: not self.stop.is_set())
+        except BaseException as error:
+            self.error = error
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+
+
+def test_each_change_becomes_one_outbox_document(db: Database[dict[str, Any]]) -> None:
+    running = Running(db)
+    # The start position is saved before any change, so nothing made from now on is missed.
+    eventually(lambda: db[CHECKPOINT_COLLECTION].find_one({"_id": "test/cap#capture"}),
+               what="start position saved")
+    db["quotes"].insert_many([{"_id": f"q{i}", "n": i} for i in range(120)])
+    db["quotes"].update_one({"_id": "q1"}, {"$set": {"n": -1}})
+    db["quotes"].delete_one({"_id": "q2"})
+    outbox = db["quotes.outbox"]
+    eventually(lambda: outbox.count_documents({}) == 122, what="122 outbox documents")
+    running.close()
+    assert running.error is None
+    assert running.metrics.captured._value.get() == 122
+    assert {d["operation"] for d in outbox.find()} == {"insert", "update", "delete"}
+    assert outbox.count_documents({"status": "pending"}) == 122
+    update = outbox.find_one({"operation": "update"})
+    assert update is not None and update["type"] == "quote.updated" and "-1" in update["data"]
+
+
+def test_changes_read_again_from_an_older_checkpoint_are_not_duplicated(
+        db: Database[dict[str, Any]]) -> None:
+    outbox = db["quotes.outbox"]
+    first = Running(db)
+    db["quotes"].insert_one({"_id": "a"})
+    eventually(lambda: outbox.count_documents({}) == 1, what="first change captured")
+    eventually(lambda: first.checkpoints.load("capture").token is not None, what="checkpoint")
+    first.close()
+    older = first.checkpoints.load("capture")
+    db["quotes"].insert_many([{"_id": "b"}, {"_id": "c"}])
+    second = Running(db)
+    eventually(lambda: outbox.count_documents({}) == 3, what="the two later changes")
+    second.close()
+    ids = {d["_id"] for d in outbox.find()}
+    # As after a crash between the outbox insert and the checkpoint: rewind and read again.
+    first.checkpoints.save("capture", 1, older, "test")
+    third = Running(db)
+    eventually(lambda: third.checkpoints.load("capture") != older, what="re-read past b and c")
+    third.close()
+    assert third.error is None
+    assert {d["_id"] for d in outbox.find()} == ids and outbox.count_documents({}) == 3
+    assert third.metrics.captured._value.get() == 0  # duplicates count as already captured
+
+
+def test_checkpoint_is_written_only_after_the_outbox_insert(
+        db: Database[dict[str, Any]]) -> None:
+    running = Running(db)
+    db["quotes"].insert_one({"_id": "a"})
+    outbox = db["quotes.outbox"]
+    eventually(lambda: outbox.count_documents({}) == 1, what="captured")
+    eventually(lambda: running.checkpoints.load("capture").token is not None,
+               what="checkpoint moved to the change's token")
+    event = outbox.find_one()
+    assert event is not None
+    assert running.checkpoints.load("capture").token == event["token"]
+    running.close()
+
+
+def test_a_newer_epoch_stops_capture_with_fenced(db: Database[dict[str, Any]]) -> None:
+    running = Running(db, epoch=1)
+    Checkpoints(db[CHECKPOINT_COLLECTION], "test/cap").claim(2, "newer")
+    db["quotes"].insert_one({"_id": "late"})
+    eventually(lambda: not running.thread.is_alive(), what="capture stopped")
+    assert type(running.error).__name__ == "FencedError"
+    # The change was captured (idempotent) but the checkpoint stays the newer leader's.
+    assert db[CHECKPOINT_COLLECTION].find_one({"_id": "test/cap#capture"})["epoch"] == 2
+
+
+def test_insert_outbox_counts_duplicates_as_captured(db: Database[dict[str, Any]]) -> None:
+    outbox = db["quotes.outbox"]
+    assert insert_outbox(outbox, [{"_id": "x"}, {"_id": "y"}]) == {0, 1}
+    assert insert_outbox(outbox, [{"_id": "x"}, {"_id": "z"}, {"_id": "y"}]) == {1}
+    assert outbox.count_documents({}) == 3
+    assert insert_outbox(outbox, []) == set()
+
+
+# -- pure: which stream errors park ------------------------------------------------------------
+# The emulator never raises these codes; MongoDB documents them, so they are checked here.
+
+
+@pytest.mark.parametrize(("code", "label"), [
+    (286, "history_lost"), (260, "resume_token_rejected"), (280, "stream_fatal"),
+    (136, "history_lost")])
+def test_codes_that_mean_the_position_is_gone_park(code: int, label: str) -> None:
+    lost = classify(OperationFailure("boom", code=code))
+    assert isinstance(lost, StreamLostError) and lost.code == label
+    assert "EventSeed" in str(lost) and "--reset-checkpoint" in str(lost)
+
+
+def test_messages_and_labels_that_mean_the_position_is_gone_park() -> None:
+    phrase = OperationFailure("Resume of change stream was not possible, as the resume point may "
+                              "no longer be in the oplog.", code=1)
+    lost = classify(phrase)
+    assert lost is not None and lost.code == "history_lost"
+    labelled = OperationFailure("x", code=2, details={"errorLabels":
+                                                      ["NonResumableChangeStreamError"]})
+    assert classify(labelled) is not None
+
+
+def test_transient_errors_do_not_park() -> None:
+    assert classify(AutoReconnect("connection reset")) is None
+    assert classify(OperationFailure("not primary", code=10107)) is None
+    assert classify(ValueError("x")) is None
+
+
+def test_a_damaged_checkpoint_parks() -> None:
+    lost = classify(CheckpointError("p#capture", "token", "must be a document"))
+    assert lost is not None and lost.code == "checkpoint_invalid" and "'token'" in str(lost)
