@@ -212,7 +212,10 @@ class SubscriberSettings:
     dead_letter_topic: str | None = None
     """Full topic path for dead letters when the subscription has no dead-letter policy."""
     key_prefix: str = "liberator:subscriber:"
-    """Prefix of the Redis keys (``<prefix><subscription>:<ce-id>``)."""
+    """Prefix of the Redis keys (``<prefix><consumer>:<ce-id>``)."""
+    consumer: str = ""
+    """Who has handled an event, for idempotency; default the subscription. Give a replay
+    subscription and the live one the same consumer, so an event in both is handled once."""
 
     def __post_init__(self) -> None:
         parts = self.subscription.split("/")
@@ -370,7 +373,8 @@ class Subscriber:
             self._ack(received.ack_id)
             self._count("unknown")
             return
-        key = f"{self.settings.key_prefix}{self.settings.subscription}:{event.id}"
+        consumer = self.settings.consumer or self.settings.subscription
+        key = f"{self.settings.key_prefix}{consumer}:{event.id}"
         try:
             claimed = self._redis.set(key, "processing", nx=True,
                                       ex=self.settings.processing_lease_seconds)
