@@ -21,6 +21,8 @@ import sys
 import threading
 import uuid
 
+from google.cloud import pubsub_v1
+
 from liberator_publisher.subscriber import CloudEvent, Subscriber, SubscriberSettings
 
 totals: dict[str, float] = {}
@@ -45,8 +47,6 @@ def build(subscription: str, redis_url: str) -> Subscriber:
 
 
 def demo(redis_url: str) -> int:
-    from google.cloud import pubsub_v1
-
     project = os.environ.get("LIBERATOR_PUBSUB_PROJECT", "liberator-local")
     suffix = uuid.uuid4().hex[:8]
     publisher = pubsub_v1.PublisherClient()
