@@ -7,6 +7,7 @@ failed publish the client pauses that ordering key; :meth:`Sink.resume` un-pause
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -77,8 +78,10 @@ class Sink:
         return future
 
     def resume(self, ordering_key: str) -> None:
-        """Let a key paused by a failed publish send again (in order)."""
-        self._ensure().resume_publish(self._topic_path, ordering_key)
+        """Let a key paused by a failed publish send again (in order); a no-op if not paused."""
+        # The client raises when the key is not paused (say, it was never used by this client).
+        with contextlib.suppress(RuntimeError):
+            self._ensure().resume_publish(self._topic_path, ordering_key)
 
     def close(self) -> None:
         """Flush what is batched and stop the client's threads."""
