@@ -1,0 +1,105 @@
+"""Event store throughput against a raw pull loop, from one run.
+
+``python -m bench.eventstore [--events N]`` from the repo root starts MongoDB (mongo-java-server)
+and the Pub/Sub emulator, publishes N CloudEvents to a topic with two subscriptions, then drains
+one with a raw pull-and-ack loop (the baseline) and the other with the event store's pull loop
+(parse, ``insert_many``, ack), and prints events/s and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "hack"))
+
+from google.cloud import pubsub_v1  # noqa: E402
+
+from liberator_publisher.event import (  # noqa: E402
+    EventMapping,
+    message_for,
+    outbox_document_for_entity,
+)
+from liberator_publisher.eventstore import EventStore, EventStoreSettings  # noqa: E402
+from localstack import Stack  # noqa: E402
+
+MAPPING = EventMapping(entity_type="quote", source="//liberator/bench/quotes",
+                       id_field="quoteId", version_field="version")
+
+
+def publish(topic: str, count: int) -> None:
+    publisher = pubsub_v1.PublisherClient(publisher_options=pubsub_v1.types.PublisherOptions(
+        flow_control=pubsub_v1.types.PublishFlowControl(
+            message_limit=2000,
+            limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK)))
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    futures = []
+    for i in range(count):
+        doc = {"quoteId": f"q-{i % 1000}", "version": i // 1000 + 1, "amount": i * 1.5,
+               "currency": "EUR", "lines": [{"sku": "A-1", "qty": 2}]}
+        message = message_for(outbox_document_for_entity(
+            doc, MAPPING, event_id=f"e-{i}", operation="update",
+            time=base + timedelta(milliseconds=i)))
+        futures.append(publisher.publish(topic, message.data, **message.attributes))
+    for future in futures:
+        future.result(timeout=300)
+    publisher.stop()
+
+
+def raw_pull(subscription: str, count: int) -> float:
+    client = pubsub_v1.SubscriberClient()
+    seen = 0
+    start = time.perf_counter()
+    while seen < count:
+        response = client.pull(request={"subscription": subscription, "max_messages": 1000},
+                               timeout=10)
+        ack_ids = [item.ack_id for item in response.received_messages]
+        if ack_ids:
+            client.acknowledge(request={"subscription": subscription, "ack_ids": ack_ids})
+        seen += len(ack_ids)
+    return time.perf_counter() - start
+
+
+def store_pull(mongo_uri: str, subscription: str, count: int) -> float:
+    store = EventStore(EventStoreSettings(mongo_uri=mongo_uri, database="benchevents",
+                                          subscriptions=(subscription,), http_port=0))
+    start = time.perf_counter()
+    while store.events.estimated_document_count() < count:
+        store.pull_once(subscription)
+    elapsed = time.perf_counter() - start
+    store.close()
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    args = parser.parse_args()
+    with Stack(Path(tempfile.mkdtemp(prefix="liberator-bench-store-"))) as stack:
+        exports = stack.up(("mongo", "pubsub"))
+        os.environ.update(exports)
+        project = exports["LIBERATOR_PUBSUB_PROJECT"]
+        admin = pubsub_v1.SubscriberClient()
+        topic = pubsub_v1.PublisherClient().create_topic(
+            name=f"projects/{project}/topics/bench-store").name
+        subs = [admin.create_subscription(request={
+            "name": f"projects/{project}/subscriptions/bench-{name}", "topic": topic}).name
+            for name in ("raw", "store")]
+        publish(topic, args.events)
+        raw = raw_pull(subs[0], args.events)
+        stored = store_pull(exports["LIBERATOR_MONGO_URI"], subs[1], args.events)
+        raw_rate, store_rate = args.events / raw, args.events / stored
+        print(f"raw pull loop: {raw_rate:,.0f} events/s ({args.events} in {raw:.2f} s)")
+        print(f"event store: {store_rate:,.0f} events/s ({args.events} in {stored:.2f} s), "
+              f"{store_rate / raw_rate:.2f} x the raw pull loop")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
