@@ -366,6 +366,8 @@ class Sidecar:
             self.lease.release()
             return
         log.info("leading", extra=_fields(epoch=epoch, pod=self.settings.pod_name))
+        self.parked = ""  # a new term (after a reset and restart of the loops) starts unparked
+        self.metrics.set_parked("")
         self.metrics.leader.set(1)
         self.metrics.epoch.set(epoch)
         self.term = Term(self, epoch)
