@@ -297,6 +297,9 @@ class _Seeder:
         took_latest = False
         for document in documents:
             self.summary.scanned += 1
+            if document.get(self.mapping.id_field) is None:
+                self._skip(document, f"no id field {self.mapping.id_field!r}")
+                continue
             if version_field and document.get(version_field) is None:
                 self._skip(document, f"no version field {version_field!r}")
                 continue
@@ -312,7 +315,8 @@ class _Seeder:
     def _event(self, document: dict[str, Any]) -> _Event | None:
         version_field = self.mapping.version_field
         probe = outbox_document_for_entity(document, self.mapping, event_id="probe",
-                                           operation="insert", time=self._time)
+                                           operation="insert", time=self._time,
+                                           extra_attributes={SEED_ATTRIBUTE: "true"})
         if probe["status"] == "failed":
             self._skip(document, str(probe.get("reason")))
             return None

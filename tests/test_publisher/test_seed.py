@@ -304,14 +304,17 @@ def test_bad_documents_are_counted_and_skipped(world: Fixture) -> None:
     world.insert(100, 1)
     world.quotes.insert_many([
         {"version": 1, "amount": 1},                                   # no id field
+        {"version": 2, "amount": 1},                                   # no id field
         {"quoteId": "no-version", "amount": 2},                         # no version field
         {"quoteId": "big-attr", "version": 1,
          "_event": {"correlationId": "x" * 2000}},                      # attribute over 1024 B
         {"quoteId": "bad-context", "version": 1, "_event": "not a sub-document"},
     ])
     summary = world.seed("shop/bad", mode="history")
-    assert (summary.seeded, summary.skipped, summary.failed) == (100, 4, 0)
+    assert (summary.seeded, summary.skipped, summary.failed) == (100, 5, 0)
     assert len(world.drain(100)) == 100
+    latest = world.seed("shop/bad-latest", mode="latest")
+    assert (latest.seeded, latest.already, latest.skipped, latest.failed) == (100, 0, 5, 0)
 
 
 def test_resume_after_sigkill_and_rate_limit(world: Fixture) -> None:
