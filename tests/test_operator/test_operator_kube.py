@@ -1,0 +1,635 @@
+"""The operator against the real kube-apiserver, Pub/Sub emulator and Redis of the local stack.
+
+The operator runs as a subprocess (``liberator operator``), serving its admission webhook on
+127.0.0.1; the API server calls it for every Pod CREATE. There is no kubelet: pods stay Pending
+and Jobs never run, so the tests move a seed Job along by patching its status, as a Job
+controller would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_lib
+import yaml
+from google.cloud import pubsub_v1
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from liberator_operator.cluster import Cluster
+from liberator_operator.datastatus import seed_key
+from liberator_publisher.contract import status_key
+from localstack import Server, Stack
+from localstack.process import free_port
+
+pytestmark = pytest.mark.kube
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parent / "data"
+DEADLINE = 60.0
+GROUP, VERSION = "liberator.io", "v1alpha1"
+
+
+def eventually(check: Callable[[], Any], *, what: str, deadline: float = DEADLINE) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` after the deadline."""
+    end = time.monotonic() + deadline
+    last: Any = None
+    while time.monotonic() < end:
+        try:
+            last = check()
+        except ApiException as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {deadline:.0f}s waiting for {what}; last: {last!r}")
+
+
+def server(stack: Stack, name: str) -> Server:
+    found = stack.servers.get(name)
+    if found is None or not found.alive():
+        if found is not None:
+            stack.stop(name)
+        stack.build((name,))
+        found = stack.start(name)
+    return found
+
+
+# -- the stack and the operator -------------------------------------------------------------------
+
+@dataclass
+class Env:
+    kubeconfig: str
+    api: client.ApiClient
+    project: str
+    emulator: str
+    redis_url: str
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    @property
+    def batch(self) -> client.BatchV1Api:
+        return client.BatchV1Api(self.api)
+
+    def kubectl(self, *args: str, stdin: str | None = None,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(["kubectl", *args], input=stdin, capture_output=True, text=True,
+                                timeout=60, check=False,
+                                env={**os.environ, "KUBECONFIG": self.kubeconfig})
+        if check and result.returncode != 0:
+            pytest.fail(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def publisher(self, namespace: str, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "entitypublishers", name)
+        return obj
+
+    def seed(self, namespace: str, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "eventseeds", name)
+        return obj
+
+
+def when(get: Callable[[], dict[str, Any]],
+         test: Callable[[dict[str, Any]], bool]) -> Callable[[], dict[str, Any] | None]:
+    """A check for :func:`eventually`: the object once ``test`` holds for it."""
+    def check() -> dict[str, Any] | None:
+        obj = get()
+        return obj if test(obj) else None
+    return check
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond["type"] == type_:
+            return dict(cond)
+    return {}
+
+
+@pytest.fixture(scope="module")
+def env(stack: Stack) -> Iterator[Env]:
+    kube = server(stack, "kube")
+    pubsub = server(stack, "pubsub")
+    redis = server(stack, "redis")
+    kubeconfig = kube.exports["KUBECONFIG"]
+    api = config.new_client_from_config(config_file=kubeconfig)
+    e = Env(kubeconfig, api, pubsub.exports["LIBERATOR_PUBSUB_PROJECT"],
+            pubsub.exports["PUBSUB_EMULATOR_HOST"], redis.exports["LIBERATOR_REDIS_URL"])
+    e.kubectl("apply", "-f", str(ROOT / "crds"))
+    e.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+              "crd/entitypublishers.liberator.io", "crd/eventseeds.liberator.io")
+    with mock_env(PUBSUB_EMULATOR_HOST=e.emulator):
+        yield e
+    api.close()
+
+
+@contextlib.contextmanager
+def mock_env(**values: str) -> Iterator[None]:
+    """Set process environment variables for the Pub/Sub clients of this module's tests."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class Operator:
+    """A ``liberator operator`` subprocess with its log."""
+
+    def __init__(self, e: Env, log: Path, *extra: str, configure: bool = True) -> None:
+        self.port = free_port()
+        self.log = log
+        argv = [str(Path(sys.executable).with_name("liberator")), "operator", "--verbose",
+                "--webhook-addr", "127.0.0.1", "--webhook-host", "127.0.0.1",
+                "--webhook-port", str(self.port), *extra]
+        if configure:
+            argv += ["--webhook-configure", "liberator-injector"]
+        environment = {**os.environ, "KUBECONFIG": e.kubeconfig,
+                       "PUBSUB_EMULATOR_HOST": e.emulator,
+                       "LIBERATOR_OPERATOR_NAMESPACE": "liberator-system",
+                       "LIBERATOR_OPERATOR_IMAGE": "ghcr.io/liberator-io/liberator:test",
+                       "LIBERATOR_OPERATOR_STATUS_INTERVAL": "1",
+                       "LIBERATOR_OPERATOR_SEED_INTERVAL": "1",
+                       "LIBERATOR_OPERATOR_RETRY_DELAY": "2",
+                       "LIBERATOR_OPERATOR_BACKOFF_MAX": "4"}
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                         env=environment, start_new_session=True)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
+def make_namespace(e: Env, name: str) -> str:
+    with contextlib.suppress(ApiException):
+        e.core.create_namespace({"metadata": {"name": name}})
+    return name
+
+
+def pod_body(name: str, labels: dict[str, str], annotations: dict[str, str] | None = None,
+             ) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels, "annotations": annotations or {}},
+            "spec": {"containers": [{"name": "app", "image": "busybox"}]}}
+
+
+def sidecars(pod: Any) -> list[Any]:
+    spec = pod["spec"] if isinstance(pod, dict) else client.ApiClient().sanitize_for_serialization(
+        pod)["spec"]
+    return [c for c in (spec.get("initContainers") or []) + spec["containers"]
+            if c["name"].startswith("liberator-")]
+
+
+def wait_webhook_live(e: Env, op: Operator) -> None:
+    """Until a dry-run pod in a probe namespace comes back injected (no side effects)."""
+    ns = make_namespace(e, "liberator-probe")
+    e.core.create_namespaced_secret(ns, {"metadata": {"name": "probe-mongo"},
+                                         "stringData": {"uri": "mongodb://x"}}) \
+        if not _exists(lambda: e.core.read_namespaced_secret("probe-mongo", ns)) else None
+    if not _exists(lambda: e.publisher(ns, "probe")):
+        e.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                                 ep_body(e, "probe", {"app": "probe"}))
+
+    def injected() -> bool:
+        if op.proc.poll() is not None:
+            pytest.fail(f"operator exited {op.proc.returncode}:\n{op.text()[-3000:]}")
+        try:
+            pod = e.core.create_namespaced_pod(ns, pod_body("probe", {"app": "probe"}),
+                                               dry_run="All")
+        except ApiException:
+            return False
+        return bool(sidecars(pod))
+
+    eventually(injected, what="the webhook to inject a dry-run pod", deadline=90)
+
+
+def _exists(read: Callable[[], Any]) -> bool:
+    try:
+        read()
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def ep_body(e: Env, name: str, labels: dict[str, str], **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EntityPublisher",
+        "metadata": {"name": name},
+        "spec": {"selector": {"matchLabels": labels},
+                 "mongo": {"uriSecretRef": {"name": f"{name}-mongo"}, "database": "sales",
+                           "collection": name},
+                 "entity": {"type": "quote"},
+                 "pubsub": {"project": e.project, "topic": f"{name}-events"},
+                 "redis": {"url": e.redis_url}}}
+    body["spec"].update(spec)
+    return body
+
+
+@pytest.fixture(scope="module")
+def operator(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    op = Operator(env, log, "--standalone")
+    try:
+        wait_webhook_live(env, op)
+        yield op
+    finally:
+        op.stop()
+        print(f"operator log: {log}")
+
+
+@pytest.fixture()
+def ns(env: Env, unique: str) -> str:
+    return make_namespace(env, f"t-{unique}")
+
+
+def secret(e: Env, namespace: str, name: str, **data: str) -> None:
+    e.core.create_namespaced_secret(namespace, {"metadata": {"name": name}, "stringData": data})
+
+
+def topics(e: Env) -> set[str]:
+    publisher = pubsub_v1.PublisherClient()
+    return {t.name for t in publisher.list_topics(request={"project": f"projects/{e.project}"})}
+
+
+def subscriptions(e: Env) -> set[str]:
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        return {s.name for s in subscriber.list_subscriptions(
+            request={"project": f"projects/{e.project}"})}
+    finally:
+        subscriber.close()
+
+
+# -- CRD validation (no operator needed) ----------------------------------------------------------
+
+BAD_SPECS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("empty collection", lambda s: s["mongo"].update(collection=""), "spec.mongo.collection"),
+    ("unknown deletion policy", lambda s: s.update(deletionPolicy="Forget"),
+     'Unsupported value: "Forget"'),
+    ("invalid topic name", lambda s: s["pubsub"].update(topic="goog-events"),
+     "invalid topic name"),
+    ("topic with a space", lambda s: s["pubsub"].update(topic="my events"), "invalid topic name"),
+    ("match-everything selector", lambda s: s.update(selector={}),
+     "selector matches every pod"),
+    ("both redis url and secret", lambda s: s["redis"].update(secretRef={"name": "r"}),
+     "exactly one of redis.url and redis.secretRef"),
+    ("bad entity type", lambda s: s["entity"].update(type="Quote!"), "entity type must"),
+    ("bad redis url", lambda s: s["redis"].update(url="http://x"), "redis url must"),
+    ("duplicate subscriptions", lambda s: s["pubsub"].update(subscriptions=[
+        {"name": "dup-sub"}, {"name": "dup-sub"}]), "subscription names must be unique"),
+]
+
+
+@pytest.mark.parametrize(("what", "mutate", "message"), BAD_SPECS, ids=[b[0] for b in BAD_SPECS])
+def test_invalid_publisher_is_refused_with_its_message(env: Env, ns: str, what: str,
+                                                       mutate: Callable[[dict[str, Any]], None],
+                                                       message: str) -> None:
+    body = ep_body(env, "bad", {"app": "x"})
+    mutate(body["spec"])
+    result = env.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(body), check=False)
+    assert result.returncode != 0, what
+    assert message in result.stderr, result.stderr
+    assert not _exists(lambda: env.publisher(ns, "bad")), "nothing was stored"
+
+
+def test_match_everything_is_accepted_when_allowed(env: Env, ns: str) -> None:
+    body = ep_body(env, "everything", {})
+    body["spec"].update(selector={}, allowMatchAll=True)
+    env.kubectl("apply", "--dry-run=server", "-n", ns, "-f", "-", stdin=json.dumps(body))
+
+
+def test_seed_without_publisher_is_refused_and_spec_is_immutable(env: Env, ns: str) -> None:
+    seed = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EventSeed", "metadata": {"name": "s"},
+            "spec": {"mode": "latest"}}
+    result = env.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(seed), check=False)
+    assert result.returncode != 0
+    assert "spec.publisher: Required value" in result.stderr
+    seed["spec"] = {"publisher": "p", "mode": "sometimes"}
+    result = env.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(seed), check=False)
+    assert 'Unsupported value: "sometimes"' in result.stderr
+    seed["spec"] = {"publisher": "p"}
+    env.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(seed))
+    stored = env.seed(ns, "s")
+    assert stored["spec"]["mode"] == "latest", "defaulted by the schema"
+    assert stored["spec"]["batchSize"] == 500
+    seed["spec"] = {"publisher": "other"}
+    result = env.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(seed), check=False)
+    assert "spec is immutable" in result.stderr
+    assert env.seed(ns, "s")["spec"]["publisher"] == "p"
+
+
+def test_explain_reads_the_descriptions(env: Env) -> None:
+    out = env.kubectl("explain", "entitypublisher.spec.deletionPolicy").stdout
+    assert "Retain keeps the topics" in out
+
+
+def test_server_version_selects_native_sidecars(env: Env) -> None:
+    cluster = Cluster(env.api)
+    major, minor = cluster.version()
+    expected = int(major) > 1 or int(minor.rstrip("+")) >= 29
+    assert cluster.native_sidecars() is expected
+    info = client.VersionApi(env.api).get_code()
+    assert (info.major, info.minor) == (major, minor)
+
+
+# -- provisioning, status, deletion ---------------------------------------------------------------
+
+def test_publisher_provisions_pubsub_and_deletes_under_delete(env: Env, operator: Operator,
+                                                              ns: str, unique: str) -> None:
+    secret(env, ns, "quotes-mongo", uri="mongodb://127.0.0.1:1/")
+    manifest = (DATA / "publisher.yaml").read_text()
+    manifest = manifest.replace("redis://127.0.0.1:6379/0", env.redis_url)
+    manifest = manifest.replace("liberator-local", env.project)
+    manifest = manifest.replace("quote-events", f"quote-events-{unique}")
+    manifest = manifest.replace("quote-billing", f"quote-billing-{unique}")
+    publisher_doc = next(d for d in yaml.safe_load_all(manifest) if d["kind"] == "EntityPublisher")
+    env.kubectl("apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump(publisher_doc))
+    ready = eventually(when(lambda: env.publisher(ns, "quotes"),
+                            lambda p: condition(p, "Ready").get("status") == "True"),
+                       what="Ready=True")
+    status = ready["status"]
+    topic = f"projects/{env.project}/topics/quote-events-{unique}"
+    sub = f"projects/{env.project}/subscriptions/quote-billing-{unique}"
+    assert status["topic"] == topic
+    assert status["seedTopic"] == f"{topic}.seed"
+    assert status["observedGeneration"] == ready["metadata"]["generation"]
+    assert condition(ready, "TopicReady")["status"] == "True"
+    assert condition(ready, "SubscriptionsReady")["reason"] == "SubscriptionsExist"
+    assert {topic, f"{topic}.seed"} <= topics(env)
+    assert sub in subscriptions(env)
+
+    table = env.kubectl("get", "entitypublishers", "-n", ns).stdout.splitlines()
+    assert table[0].split() == ["NAME", "ENTITY", "COLLECTION", "TOPIC", "PODS", "READY", "AGE"]
+    row = table[1].split()
+    assert row[:4] == ["quotes", "quote", "quotes", f"quote-events-{unique}"]
+    assert row[5] == "True"
+    eventually(lambda: env.kubectl("get", "ep", "-n", ns).stdout.splitlines()[1].split()[4]
+               == "0", what="the Pods column to show 0")
+
+    # A spec change moves observedGeneration and keeps the conditions.
+    env.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "quotes",
+                                              {"spec": {"sidecar": {"logLevel": "DEBUG"}}})
+    eventually(when(lambda: env.publisher(ns, "quotes"),
+                    lambda p: p["status"]["observedGeneration"] == p["metadata"]["generation"]
+                    and condition(p, "Ready")["status"] == "True"),
+               what="observedGeneration to follow the spec change")
+
+    env.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "quotes")
+    eventually(lambda: not _exists(lambda: env.publisher(ns, "quotes")),
+               what="the finalizer to let the publisher go")
+    assert not {topic, f"{topic}.seed"} & topics(env)
+    assert sub not in subscriptions(env)
+
+
+def test_retain_keeps_topics(env: Env, operator: Operator, ns: str, unique: str) -> None:
+    secret(env, ns, f"keep-{unique}-mongo", uri="mongodb://x")
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                               ep_body(env, f"keep-{unique}", {"app": "k"}))
+    eventually(lambda: condition(env.publisher(ns, f"keep-{unique}"), "Ready").get("status")
+               == "True", what="Ready=True")
+    env.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                               f"keep-{unique}")
+    eventually(lambda: not _exists(lambda: env.publisher(ns, f"keep-{unique}")),
+               what="the publisher to go")
+    assert f"projects/{env.project}/topics/keep-{unique}-events" in topics(env)
+
+
+def test_missing_secret_shows_then_heals(env: Env, operator: Operator, ns: str) -> None:
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                               ep_body(env, "orders", {"app": "orders"}))
+    cond = eventually(lambda: condition(env.publisher(ns, "orders"), "Ready") or None,
+                      what="a Ready condition")
+    assert cond["status"] == "False"
+    assert cond["reason"] == "MongoSecretMissing"
+    assert f"Secret {ns}/orders-mongo" in cond["message"]
+    secret(env, ns, "orders-mongo", other="x")
+    eventually(lambda: condition(env.publisher(ns, "orders"), "Ready").get("reason")
+               == "MongoSecretKeyMissing", what="the missing key to be reported")
+    env.core.patch_namespaced_secret("orders-mongo", ns, {"stringData": {"uri": "mongodb://x"}})
+    eventually(lambda: condition(env.publisher(ns, "orders"), "Ready").get("status") == "True",
+               what="Ready=True once the secret has its key")
+
+
+def test_parked_leader_turns_publishing_false(env: Env, operator: Operator, ns: str) -> None:
+    secret(env, ns, "parked-mongo", uri="mongodb://x")
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                               ep_body(env, "parked", {"app": "parked"}))
+    eventually(lambda: condition(env.publisher(ns, "parked"), "Publishing").get("reason")
+               == "NoSidecar", what="Publishing=False NoSidecar")
+    r = redis_lib.Redis.from_url(env.redis_url)
+    record = {"pod": "app-0", "epoch": 7, "lastEventTime": "2026-01-01T00:00:00Z",
+              "captureLagSeconds": 0.5, "relayLagSeconds": 0.1, "backlog": 3, "parked": "",
+              "updatedAt": "2026-01-01T00:00:00Z"}
+    r.set(status_key(f"{ns}/parked"), json.dumps(record), ex=120)
+    leading = eventually(when(lambda: env.publisher(ns, "parked"),
+                              lambda p: condition(p, "Publishing").get("status") == "True"),
+                         what="Publishing=True")
+    assert leading["status"]["leader"] == "app-0"
+    assert leading["status"]["epoch"] == 7
+    assert leading["status"]["backlog"] == 3
+    record["parked"] = "ChangeStreamHistoryLost: resume point fell off the oplog"
+    r.set(status_key(f"{ns}/parked"), json.dumps(record), ex=120)
+    parked = eventually(lambda: condition(env.publisher(ns, "parked"), "Publishing")
+                        if condition(env.publisher(ns, "parked"), "Publishing").get("reason")
+                        == "Parked" else None, what="Publishing=False Parked")
+    assert parked["status"] == "False"
+    assert "ChangeStreamHistoryLost" in parked["message"]
+    assert condition(env.publisher(ns, "parked"), "Ready")["status"] == "True", \
+        "the timer did not overwrite the reconciler's conditions"
+
+
+# -- injection ------------------------------------------------------------------------------------
+
+def test_injection_through_the_api_server(env: Env, operator: Operator, ns: str) -> None:
+    secret(env, ns, "shop-mongo", uri="mongodb://x")
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                               ep_body(env, "shop", {"app": "shop"}))
+    pod = env.core.create_namespaced_pod(ns, pod_body("match", {"app": "shop"}))
+    raw = env.api.sanitize_for_serialization(pod)
+    [sidecar] = sidecars(raw)
+    assert sidecar["name"] == "liberator-shop"
+    assert sidecar in raw["spec"].get("initContainers", []), "1.29+: a native sidecar"
+    assert sidecar["restartPolicy"] == "Always"
+    assert raw["metadata"]["annotations"]["liberator.io/injected"] == "shop"
+    env_vars = {v["name"]: v for v in sidecar["env"]}
+    assert env_vars["LIBERATOR_MONGO_URI"]["valueFrom"]["secretKeyRef"] == {
+        "name": "shop-mongo", "key": "uri"}
+    assert env_vars["LIBERATOR_COLLECTION"]["value"] == "shop"
+    assert env_vars["LIBERATOR_TOPIC"]["value"] == "shop-events"
+    assert env_vars["LIBERATOR_PUBLISHER"]["value"] == f"{ns}/shop"
+    assert env_vars["PUBSUB_EMULATOR_HOST"]["value"] == env.emulator
+    assert env_vars["LIBERATOR_REDIS_URL"]["value"] == env.redis_url
+
+    other = env.api.sanitize_for_serialization(
+        env.core.create_namespaced_pod(ns, pod_body("other", {"app": "billing"})))
+    assert sidecars(other) == []
+    opted = env.api.sanitize_for_serialization(env.core.create_namespaced_pod(
+        ns, pod_body("opted", {"app": "shop"}, {"liberator.io/inject": "false"})))
+    assert sidecars(opted) == []
+
+    # The same pod again, carrying its sidecar already: still exactly one.
+    again = {"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": "again", "labels": raw["metadata"]["labels"],
+                          "annotations": raw["metadata"]["annotations"]},
+             "spec": {"containers": raw["spec"]["containers"],
+                      "initContainers": raw["spec"]["initContainers"]}}
+    twice = env.api.sanitize_for_serialization(env.core.create_namespaced_pod(ns, again))
+    assert [c["name"] for c in sidecars(twice)] == ["liberator-shop"]
+
+    # Dry run: the answer shows the sidecar, nothing is stored.
+    dry = env.core.create_namespaced_pod(ns, pod_body("dry", {"app": "shop"}), dry_run="All")
+    assert len(sidecars(dry)) == 1
+    assert not _exists(lambda: env.core.read_namespaced_pod("dry", ns))
+
+    eventually(lambda: env.publisher(ns, "shop").get("status", {}).get("pods") == 2,
+               what="status.pods to count the two injected pods")
+
+
+def test_kube_system_is_never_injected(env: Env, operator: Operator) -> None:
+    ns = "kube-system"
+    name = f"sys-{os.getpid()}-{int(time.time())}"
+    secret(env, ns, f"{name}-mongo", uri="mongodb://x")
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                               ep_body(env, name, {"app": name}))
+    pod = env.core.create_namespaced_pod(ns, pod_body(name, {"app": name}))
+    assert sidecars(env.api.sanitize_for_serialization(pod)) == []
+
+
+def test_two_publishers_give_two_sidecars(env: Env, operator: Operator, ns: str) -> None:
+    for name, labels in (("alpha", {"tier": "api"}), ("beta", {"app": "two"})):
+        secret(env, ns, f"{name}-mongo", uri="mongodb://x")
+        env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                                   ep_body(env, name, labels))
+    pod = env.api.sanitize_for_serialization(env.core.create_namespaced_pod(
+        ns, pod_body("both", {"tier": "api", "app": "two"})))
+    found = sidecars(pod)
+    assert [c["name"] for c in found] == ["liberator-alpha", "liberator-beta"]
+    assert [c["ports"][0]["containerPort"] for c in found] == [8099, 8100]
+
+
+# -- seeds ----------------------------------------------------------------------------------------
+
+def job_status_patch(e: Env, ns: str, name: str, status: dict[str, Any]) -> None:
+    e.batch.patch_namespaced_job_status(name, ns, {"status": status})
+
+
+def test_seed_job_and_phases(env: Env, operator: Operator, ns: str) -> None:
+    secret(env, ns, "inv-mongo", uri="mongodb://x")
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                               ep_body(env, "inv", {"app": "inv"}))
+    seed = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EventSeed",
+            "metadata": {"name": "initial"},
+            "spec": {"publisher": "inv", "mode": "history", "filter": {"status": "open"}}}
+    env.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(seed))
+    job = eventually(lambda: env.batch.read_namespaced_job("liberator-seed-initial", ns),
+                     what="the seed Job")
+    args = job.spec.template.spec.containers[0].command
+    assert args[:2] == ["liberator", "seed"]
+    assert args[args.index("--mode") + 1] == "history"
+    assert args[args.index("--filter") + 1] == '{"status":"open"}'
+    assert job.metadata.owner_references[0].kind == "EventSeed"
+    pending = eventually(when(lambda: env.seed(ns, "initial"),
+                              lambda s: s.get("status", {}).get("phase") == "Pending"),
+                         what="phase Pending")
+    assert pending["status"]["job"] == "liberator-seed-initial"
+    # Re-applying creates no second Job.
+    env.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(seed))
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    job_status_patch(env, ns, "liberator-seed-initial", {"active": 1, "startTime": now})
+    eventually(lambda: env.seed(ns, "initial")["status"].get("phase") == "Running",
+               what="phase Running")
+    r = redis_lib.Redis.from_url(env.redis_url)
+    r.hset(seed_key(f"{ns}/initial"), mapping={"phase": "Running", "seeded": 40, "skipped": 2,
+                                               "failed": 0, "total": 100, "startedAt": now})
+    eventually(lambda: env.seed(ns, "initial")["status"].get("seeded") == 40,
+               what="the seeded count from Redis")
+    table = env.kubectl("get", "eventseeds", "-n", ns).stdout.splitlines()
+    assert table[0].split() == ["NAME", "PUBLISHER", "MODE", "PHASE", "SEEDED", "AGE"]
+    assert table[1].split()[:5] == ["initial", "inv", "history", "Running", "40"]
+
+    r.hset(seed_key(f"{ns}/initial"), mapping={"phase": "Succeeded", "seeded": 98,
+                                               "completedAt": now})
+    job_status_patch(env, ns, "liberator-seed-initial", {
+        "active": 0, "succeeded": 1, "completionTime": now, "conditions": [
+            {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now},
+            {"type": "Complete", "status": "True", "lastTransitionTime": now}]})
+    done = eventually(when(lambda: env.seed(ns, "initial"),
+                           lambda s: s["status"].get("phase") == "Succeeded"),
+                      what="phase Succeeded")
+    assert done["status"]["seeded"] == 98
+    assert done["status"]["completionTime"] == now
+    assert condition(done, "Complete")["status"] == "True"
+    assert len(env.batch.list_namespaced_job(ns).items) == 1
+
+
+def test_failed_job_fails_the_seed(env: Env, operator: Operator, ns: str) -> None:
+    secret(env, ns, "f-mongo", uri="mongodb://x")
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                               ep_body(env, "f", {"app": "f"}))
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "eventseeds", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EventSeed", "metadata": {"name": "once"},
+        "spec": {"publisher": "f"}})
+    eventually(lambda: env.batch.read_namespaced_job("liberator-seed-once", ns), what="the Job")
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    job_status_patch(env, ns, "liberator-seed-once", {"startTime": now, "failed": 4,
+                                                       "conditions": [
+        {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
+         "lastTransitionTime": now},
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+         "lastTransitionTime": now}]})
+    failed = eventually(when(lambda: env.seed(ns, "once"),
+                             lambda s: s.get("status", {}).get("phase") == "Failed"),
+                        what="phase Failed")
+    assert condition(failed, "Complete") | {"lastTransitionTime": ""} == {
+        "type": "Complete", "status": "False", "reason": "Failed",
+        "message": "Job liberator-seed-once failed", "lastTransitionTime": "",
+        "observedGeneration": 1}
+
+
+def test_seed_without_its_publisher_waits(env: Env, operator: Operator, ns: str) -> None:
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "eventseeds", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EventSeed", "metadata": {"name": "early"},
+        "spec": {"publisher": "nobody"}})
+    cond = eventually(lambda: condition(env.seed(ns, "early"), "PublisherFound") or None,
+                      what="PublisherFound")
+    assert cond["status"] == "False"
+    assert cond["reason"] == "PublisherNotFound"
+    assert "nobody" in cond["message"]
+    assert env.seed(ns, "early")["status"]["phase"] == "Pending"
+    assert env.batch.list_namespaced_job(ns).items == []
