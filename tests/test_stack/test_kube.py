@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import ssl
 import subprocess
 import threading
@@ -351,3 +352,30 @@ def test_restart_on_the_same_port_keeps_state_and_kubeconfig(stack: Stack, kube:
     assert not kube.alive()
     # The client made before the restart still authenticates and finds the data.
     assert core.read_namespaced_config_map("kept", namespace).data == {"answer": "42"}
+
+
+@pytest.mark.kube
+def test_a_port_taken_before_bind_is_picked_again(kube: Server, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another process holds the first port that start() picks, as if it took it after the pick.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        picks = iter([taken.getsockname()[1]])
+        real_free_port = kube_module.free_port
+        monkeypatch.setattr(kube_module, "free_port", lambda: next(picks, None) or real_free_port())
+        server = kube_module.start(tmp_path)
+        try:
+            assert server.alive()
+            logs = "".join(log.read_text() for log in server.logs().values())
+            assert "address already in use" in logs
+            used = {server.details["port"], server.details["etcd"].rsplit(":", 1)[1]}
+            assert str(taken.getsockname()[1]) not in used
+            configuration = client.Configuration()
+            config.load_kube_config(config_file=server.exports["KUBECONFIG"],
+                                    client_configuration=configuration)
+            with client.ApiClient(configuration) as api_client:
+                assert client.CoreV1Api(api_client).read_namespace("default").metadata.name
+        finally:
+            server.stop()
+    assert not any(proc.alive() for proc in server.procs)
