@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
             registry=registry,
             settings=kopf_settings(standalone=args.standalone, server=server),
             standalone=args.standalone,
-            peering_name=args.peering,
+            # kopf makes peering mandatory whenever a name is given, standalone or not.
+            peering_name=None if args.standalone else args.peering,
             priority=args.priority if args.priority is not None else random.randint(1, 2**30),
             clusterwide=not args.namespace,
             namespaces=args.namespace,

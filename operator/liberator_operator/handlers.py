@@ -418,6 +418,12 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     """Add every handler to ``registry``, bound to ``rt``."""
     s = rt.settings
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        # A private registry has none of kopf's default handlers: use the kubernetes client's
+        # credentials (in-cluster service account, else KUBECONFIG).
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
     def detect(logger: Any, **_: Any) -> None:
         if s.sidecar_mode == "auto":
