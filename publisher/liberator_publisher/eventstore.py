@@ -231,7 +231,9 @@ class EventStore:
         for item in response.received_messages:
             message = item.message
             publish_time = message.publish_time
-            when = publish_time.astimezone(UTC) if isinstance(publish_time, datetime) else None
+            # A plain datetime: the client's DatetimeWithNanoseconds is a subclass.
+            when = datetime.fromtimestamp(publish_time.timestamp(), UTC) \
+                if isinstance(publish_time, datetime) else None
             meta = {"message_id": message.message_id, "publish_time": when,
                     "subscription": name, "received_at": received_at}
             data, attributes = bytes(message.data), dict(message.attributes)
