@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"liberator operator: --webhook-port {args.webhook_port} is not a port (1-65535)",
               file=sys.stderr)
         return 2
-    kopf.configure(verbose=args.verbose)
+    # The prefix names the object ([namespace/name]) on every handler line.
+    kopf.configure(verbose=args.verbose, log_prefix=True)
     certfile, pkeyfile = args.webhook_certfile, args.webhook_pkeyfile
     with tempfile.TemporaryDirectory(prefix="liberator-webhook-") as tmp:
         if certfile is None:

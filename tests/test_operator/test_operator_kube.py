@@ -8,18 +8,22 @@ controller would.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pymongo
 import pytest
 import redis as redis_lib
 import yaml
@@ -163,22 +167,25 @@ class Operator:
     def __init__(self, e: Env, log: Path, *extra: str, configure: bool = True) -> None:
         self.port = free_port()
         self.log = log
-        argv = [str(Path(sys.executable).with_name("liberator")), "operator", "--verbose",
-                "--webhook-addr", "127.0.0.1", "--webhook-host", "127.0.0.1",
-                "--webhook-port", str(self.port), *extra]
+        self.argv = [str(Path(sys.executable).with_name("liberator")), "operator", "--verbose",
+                     "--webhook-addr", "127.0.0.1", "--webhook-host", "127.0.0.1",
+                     "--webhook-port", str(self.port), *extra]
         if configure:
-            argv += ["--webhook-configure", "liberator-injector"]
-        environment = {**os.environ, "KUBECONFIG": e.kubeconfig,
-                       "PUBSUB_EMULATOR_HOST": e.emulator,
-                       "LIBERATOR_OPERATOR_NAMESPACE": "liberator-system",
-                       "LIBERATOR_OPERATOR_IMAGE": "ghcr.io/liberator-io/liberator:test",
-                       "LIBERATOR_OPERATOR_STATUS_INTERVAL": "1",
-                       "LIBERATOR_OPERATOR_SEED_INTERVAL": "1",
-                       "LIBERATOR_OPERATOR_RETRY_DELAY": "2",
-                       "LIBERATOR_OPERATOR_BACKOFF_MAX": "4"}
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                         env=environment, start_new_session=True)
+            self.argv += ["--webhook-configure", "liberator-injector"]
+        self.environment = {**os.environ, "KUBECONFIG": e.kubeconfig,
+                            "PUBSUB_EMULATOR_HOST": e.emulator,
+                            "LIBERATOR_OPERATOR_NAMESPACE": "liberator-system",
+                            "LIBERATOR_OPERATOR_IMAGE": "ghcr.io/liberator-io/liberator:test",
+                            "LIBERATOR_OPERATOR_STATUS_INTERVAL": "1",
+                            "LIBERATOR_OPERATOR_SEED_INTERVAL": "1",
+                            "LIBERATOR_OPERATOR_RETRY_DELAY": "2",
+                            "LIBERATOR_OPERATOR_BACKOFF_MAX": "4"}
+        self.start()
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                         env=self.environment, start_new_session=True)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -635,3 +642,189 @@ def test_seed_without_its_publisher_waits(env: Env, operator: Operator, ns: str)
     assert "nobody" in cond["message"]
     assert env.seed(ns, "early")["status"]["phase"] == "Pending"
     assert env.batch.list_namespaced_job(ns).items == []
+
+
+# -- restart, peering -----------------------------------------------------------------------------
+
+def test_operator_restart_resumes_and_creates_nothing_twice(env: Env, operator: Operator,
+                                                            ns: str) -> None:
+    secret(env, ns, "r1-mongo", uri="mongodb://x")
+    secret(env, ns, "r2-mongo", uri="mongodb://x")
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                               ep_body(env, "r1", {"app": "r1"}))
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "eventseeds", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EventSeed", "metadata": {"name": "rs"},
+        "spec": {"publisher": "r1"}})
+    before = eventually(when(lambda: env.publisher(ns, "r1"),
+                             lambda p: condition(p, "Ready").get("status") == "True"),
+                        what="r1 Ready")
+    eventually(lambda: env.batch.read_namespaced_job("liberator-seed-rs", ns), what="the Job")
+
+    operator.stop()
+    # While it is down: a spec change to r1, and a new publisher r2.
+    env.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "r1",
+                                              {"spec": {"sidecar": {"logLevel": "DEBUG"}}})
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                               ep_body(env, "r2", {"app": "r2"}))
+    operator.start()
+    wait_webhook_live(env, operator)
+
+    eventually(when(lambda: env.publisher(ns, "r2"),
+                    lambda p: condition(p, "Ready").get("status") == "True"),
+               what="r2, created while the operator was down, to become Ready")
+    after = eventually(when(lambda: env.publisher(ns, "r1"),
+                            lambda p: p["status"]["observedGeneration"]
+                            == p["metadata"]["generation"]),
+                       what="r1's spec change to be handled after the restart")
+    assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
+    assert condition(after, "Ready")["lastTransitionTime"] == condition(
+        before, "Ready")["lastTransitionTime"], "Ready never flapped"
+    assert after["status"]["provisioned"] == before["status"]["provisioned"]
+    assert len(after["status"]["provisioned"]["topics"]) == len(
+        set(after["status"]["provisioned"]["topics"]))
+    assert [j.metadata.name for j in env.batch.list_namespaced_job(ns).items] == [
+        "liberator-seed-rs"]
+    # A few more ticks of the seed timer: still one Job.
+    time.sleep(3)
+    assert len(env.batch.list_namespaced_job(ns).items) == 1
+
+
+def test_peering_lets_one_replica_act(env: Env, operator: Operator, unique: str,
+                                      tmp_path: Path) -> None:
+    crd, peering = yaml.safe_load_all((ROOT / "deploy" / "peering.yaml").read_text())
+    env.kubectl("apply", "-f", "-", stdin=json.dumps(crd))
+    env.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                "crd/clusterkopfpeerings.kopf.dev")
+    env.kubectl("apply", "-f", "-", stdin=json.dumps(peering))
+    operator.stop()  # the standalone operator would act too
+    high = Operator(env, tmp_path / "high.log", "--priority", "200", configure=False)
+    low = Operator(env, tmp_path / "low.log", "--priority", "100", configure=False)
+    try:
+        def peers() -> dict[str, Any]:
+            body: dict[str, Any] = env.custom.get_cluster_custom_object(
+                "kopf.dev", "v1", "clusterkopfpeerings", "liberator")
+            return dict(body.get("status") or {})
+
+        found = eventually(lambda: (p := peers()) and len(p) == 2 and p, what="two peers")
+        assert sorted(peer["priority"] for peer in found.values()) == [100, 200]
+        # The lower priority replica starts paused and stays so while the other one lives.
+        assert "Resuming operations" not in low.text()
+
+        ns = make_namespace(env, f"peer-{unique}")
+        env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                                   ep_body(env, "p1", {"app": "p1"}))
+        eventually(lambda: condition(env.publisher(ns, "p1"), "Ready"), what="p1 handled")
+        assert f"[{ns}/p1]" in high.text()
+        assert f"[{ns}/p1]" not in low.text()
+        assert "Resuming operations" not in low.text()
+
+        high.stop()
+        eventually(lambda: "Resuming operations" in low.text(),
+                   what="the low-priority replica to take over")
+        env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                                   ep_body(env, "p2", {"app": "p2"}))
+        eventually(lambda: condition(env.publisher(ns, "p2"), "Ready"), what="p2 handled")
+        assert f"[{ns}/p2]" in low.text()
+    finally:
+        high.stop()
+        low.stop()
+        operator.start()
+        wait_webhook_live(env, operator)
+
+
+# -- the injected sidecar runs --------------------------------------------------------------------
+
+def resolve_env(e: Env, namespace: str, pod_name: str,
+                container: dict[str, Any]) -> dict[str, str]:
+    """The environment the kubelet would give the container."""
+    values: dict[str, str] = {}
+    for var in container["env"]:
+        if "value" in var:
+            values[var["name"]] = var["value"]
+        elif "secretKeyRef" in var.get("valueFrom", {}):
+            ref = var["valueFrom"]["secretKeyRef"]
+            data = e.core.read_namespaced_secret(ref["name"], namespace).data
+            values[var["name"]] = base64.b64decode(data[ref["key"]]).decode()
+        elif var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            values[var["name"]] = pod_name
+        else:
+            pytest.fail(f"unexpected env source in the injected container: {var}")
+    return values
+
+
+@pytest.fixture()
+def sidecar_log(tmp_path: Path) -> Path:
+    return tmp_path / "sidecar.log"
+
+
+def test_injected_sidecar_runs_and_publishes(env: Env, operator: Operator, ns: str,  # noqa: PLR0917
+                                             mongo_uri: str, unique: str,
+                                             sidecar_log: Path) -> None:
+    if shutil.which("liberator", path=str(Path(sys.executable).parent)) is None:
+        pytest.fail("the liberator console script is not installed in the venv")
+    secret(env, ns, "live-mongo", uri=mongo_uri)
+    body = ep_body(env, "live", {"app": "live"},
+                   mongo={"uriSecretRef": {"name": "live-mongo"}, "database": f"db{unique}",
+                          "collection": "quotes"},
+                   pubsub={"project": env.project, "topic": f"live-{unique}",
+                           "subscriptions": [{"name": f"live-sub-{unique}"}]},
+                   sidecar={"leaseTtlSeconds": 5})
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", body)
+    eventually(lambda: condition(env.publisher(ns, "live"), "Ready").get("status") == "True",
+               what="the subscription to be provisioned")
+    pod = env.api.sanitize_for_serialization(
+        env.core.create_namespaced_pod(ns, pod_body("live-0", {"app": "live"})))
+    [container] = sidecars(pod)
+    values = resolve_env(env, ns, "live-0", container)
+    # The one deviation from the pod: a free local port, since 8099 may be taken on this host.
+    port = free_port()
+    values["LIBERATOR_HTTP_PORT"] = str(port)
+    argv = [str(Path(sys.executable).with_name(container["command"][0])),
+            *container["command"][1:]]
+    log = sidecar_log
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                env={"PATH": os.environ["PATH"], **values},
+                                start_new_session=True)
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"sidecar exited {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        eventually(ready, what="the sidecar's /readyz", deadline=90)
+        eventually(lambda: condition(env.publisher(ns, "live"), "Publishing").get("reason")
+                   == "Leading", what="the sidecar to lead", deadline=90)
+        assert env.publisher(ns, "live")["status"]["leader"] == "live-0"
+        mongo = pymongo.MongoClient(mongo_uri)
+        mongo[f"db{unique}"]["quotes"].insert_one({"_id": "q-1", "amount": 5})
+        sub = f"projects/{env.project}/subscriptions/live-sub-{unique}"
+        received: list[Any] = []
+
+        def pulled() -> bool:
+            response = subscriber.pull(request={"subscription": sub, "max_messages": 10},
+                                       timeout=5)
+            received.extend(m.message for m in response.received_messages)
+            if response.received_messages:
+                subscriber.acknowledge(request={"subscription": sub, "ack_ids": [
+                    m.ack_id for m in response.received_messages]})
+            return any(m.attributes.get("ce-subject") == "q-1" for m in received)
+
+        eventually(pulled, what="the event on the provisioned subscription", deadline=90)
+        event = next(m for m in received if m.attributes.get("ce-subject") == "q-1")
+        assert event.attributes["ce-type"] == "quote.created"
+        assert json.loads(event.data)["amount"] == 5
+        mongo.close()
+    finally:
+        subscriber.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
