@@ -360,6 +360,18 @@ def test_seed_without_publisher_is_refused_and_spec_is_immutable(env: Env, ns: s
     assert env.seed(ns, "s")["spec"]["publisher"] == "p"
 
 
+def test_examples_validate_against_the_crds(env: Env, ns: str) -> None:
+    docs = [doc for path in sorted((ROOT / "examples").rglob("*.yaml"))
+            for doc in yaml.safe_load_all(path.read_text())
+            if doc and doc.get("apiVersion") == f"{GROUP}/{VERSION}"]
+    assert {d["kind"] for d in docs} == {"EntityPublisher", "EventSeed"}
+    for doc in docs:
+        doc["metadata"]["namespace"] = ns
+        result = env.kubectl("apply", "--dry-run=server", "-f", "-", stdin=json.dumps(doc),
+                             check=False)
+        assert result.returncode == 0, f"{doc['kind']} {doc['metadata']['name']}: {result.stderr}"
+
+
 def test_explain_reads_the_descriptions(env: Env) -> None:
     out = env.kubectl("explain", "entitypublisher.spec.deletionPolicy").stdout
     assert "Retain keeps the topics" in out
