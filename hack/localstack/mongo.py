@@ -1,0 +1,159 @@
+"""MongoDB for tests: mongo-java-server (Maven Central) under our launcher, with its oplog on.
+
+No MongoDB server can be installed here. mongo-java-server speaks the wire protocol and serves
+change streams from an oplog that our launcher (``hack/mongo/LiberatorMongo.java``) enables. The
+H2 backend keeps data and oplog in one file under the run directory, so a restart on the same
+port resumes where it stopped. Differences from MongoDB: docs/local-stack-mongo.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from localstack.process import (
+    Say,
+    Server,
+    StackError,
+    cache_dir,
+    free_port,
+    run_checked,
+    spawn,
+    wait_until,
+)
+
+__all__ = ["VERSION", "build", "home", "start"]
+
+VERSION = "1.47.0"
+"""mongo-java-server release; keep in step with ``hack/mongo/pom.xml``."""
+
+SOURCES = Path(__file__).resolve().parents[1] / "mongo"
+LAUNCHER = "LiberatorMongo"
+STAMP = "built.sha256"
+
+# Modest memory; C1-only JIT and serial GC start the JVM faster on a shared 2-core machine.
+JVM_FLAGS = ("-Xmx512m", "-Xss512k", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+             "-XX:+ExitOnOutOfMemoryError",
+             # One INFO line per client connection would drown the log.
+             "-Dorg.slf4j.simpleLogger.log.de.bwaldvogel.mongo.wire=warn",
+             "-Dorg.slf4j.simpleLogger.showDateTime=true")
+
+
+def home() -> Path:
+    """The build's cache folder: ``lib/`` (jars) and ``classes/`` (our launcher)."""
+    return cache_dir() / "mongo" / VERSION
+
+
+def _fingerprint() -> str:
+    """Changes when the pom or the launcher changes, so an edit rebuilds without a manual clean."""
+    digest = hashlib.sha256(VERSION.encode())
+    for name in ("pom.xml", f"{LAUNCHER}.java"):
+        digest.update((SOURCES / name).read_bytes())
+    return digest.hexdigest()
+
+
+def _built(target: Path) -> bool:
+    stamp = target / STAMP
+    return stamp.exists() and stamp.read_text().strip() == _fingerprint()
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """Two pytest runs building at once must not interleave Maven's copies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _tools(say: Say) -> None:
+    missing = [tool for tool in ("java", "javac", "mvn") if shutil.which(tool) is None]
+    if not missing:
+        return
+    if shutil.which("apt-get") is None:
+        raise StackError(f"{', '.join(missing)} missing and apt-get is not available: install "
+                         "a JDK 17 and Maven")
+    say(f"installing {', '.join(missing)} with apt-get (a minute or two)")
+    log = cache_dir() / "logs" / "apt-mongo.log"
+    run_checked(["apt-get", "update", "-qq"], log=log, what="apt-get update")
+    run_checked(["apt-get", "install", "-y", "-qq", "openjdk-17-jdk-headless", "maven"], log=log,
+                what="apt-get install openjdk-17-jdk-headless maven")
+
+
+def build(say: Say) -> None:
+    """Fetch the jars with Maven and compile the launcher into :func:`home` (idempotent)."""
+    target = home()
+    if _built(target):
+        return
+    with _lock(target.parent / f"{VERSION}.lock"):
+        if _built(target):
+            return
+        _tools(say)
+        started = time.monotonic()
+        say(f"building mongo-java-server {VERSION} into {target}")
+        log = cache_dir() / "logs" / "mongo-build.log"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Build next to the target and swap it in, so a failed build leaves no half cache.
+        work = Path(tempfile.mkdtemp(prefix=f"{VERSION}.", dir=target.parent))
+        try:
+            say("fetching jars with Maven (about 10 s when ~/.m2 is cold)")
+            run_checked(["mvn", "-B", "-q", "-f", str(SOURCES / "pom.xml"),
+                         f"-Dmongo-java-server.version={VERSION}",
+                         "dependency:copy-dependencies", f"-DoutputDirectory={work / 'lib'}"],
+                        log=log, what="mvn dependency:copy-dependencies")
+            say("compiling the launcher")
+            run_checked(["javac", "-nowarn", "-d", str(work / "classes"),
+                         "-cp", str(work / "lib") + "/*", str(SOURCES / f"{LAUNCHER}.java")],
+                        log=log, what=f"javac {LAUNCHER}.java")
+            (work / STAMP).write_text(_fingerprint() + "\n")
+            if target.exists():
+                shutil.rmtree(target)
+            work.rename(target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        say(f"mongo-java-server built in {time.monotonic() - started:.1f}s")
+
+
+def _ping(uri: str) -> bool:
+    import pymongo  # noqa: PLC0415 - late, so `hack/stack build` works without the venv
+
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+        uri, serverSelectionTimeoutMS=500, connectTimeoutMS=500)
+    try:
+        client.admin.command("ping")
+    finally:
+        client.close()
+    return True
+
+
+def start(run_dir: Path, port: int | None = None) -> Server:
+    """Start on ``port`` (or a free one) with the H2 file ``run_dir/mongo.h2``; wait for a ping."""
+    target = home()
+    if not _built(target):
+        raise StackError("mongo-java-server is not built (or the launcher changed): run "
+                         "hack/stack build")
+    java = shutil.which("java")
+    if java is None:
+        raise StackError("java is not on PATH: install a JDK 17 (openjdk-17-jdk-headless)")
+    port = port or free_port()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = run_dir / "mongo.h2"
+    backend = f"h2:{data}"
+    classpath = os.pathsep.join([str(target / "classes"), str(target / "lib" / "*")])
+    argv = [java, *JVM_FLAGS, "-cp", classpath, LAUNCHER, "127.0.0.1", str(port), backend]
+    proc = spawn("mongo", argv, run_dir / "mongo.log")
+    uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    wait_until(proc, lambda: _ping(uri), timeout=60, what="mongo-java-server")
+    return Server("mongo", [proc], exports={"LIBERATOR_MONGO_URI": uri},
+                  details={"port": str(port), "backend": backend, "version": VERSION},
+                  run_dir=run_dir)
