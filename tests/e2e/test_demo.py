@@ -48,7 +48,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "quote.purchased" in output
     assert "all 4 seed events stored" in output  # 5 quotes, one deleted
     assert "EventSeed quotes-initial: phase=Succeeded seeded=4" in output
-    assert "entitypublisher.liberator.io/quotes" in output or "quotes" in output
+    # kubectl get entitypublishers,eventseeds -A names both kinds
+    assert "entitypublisher.liberator.io/quotes" in output
+    assert "eventseed.liberator.io/quotes-initial" in output
     assert processes_mentioning(str(tmp_path)) == []
 
 
