@@ -827,7 +827,8 @@ def test_injected_sidecar_runs_and_publishes(env: Env, operator: Operator, ns: s
                     m.ack_id for m in response.received_messages]})
             return any(m.attributes.get("ce-subject") == "q-1" for m in received)
 
-        eventually(pulled, what="the event on the provisioned subscription", deadline=90)
+        eventually(pulled, what=f"the event on the provisioned subscription (sidecar log {log})",
+                   deadline=90)
         event = next(m for m in received if m.attributes.get("ce-subject") == "q-1")
         assert event.attributes["ce-type"] == "quote.created"
         assert json.loads(event.data)["amount"] == 5
