@@ -95,11 +95,8 @@ class Capture:
         """
         saved = self.checkpoints.load("capture")
         if saved.empty:
-            saved = self._start_position()
-            if not saved.empty:
-                self._save(saved)
-            log.info("capture starts at the current position (no checkpoint yet)",
-                     extra=fields(operation_time=str(saved.operation_time)))
+            # The reader's first heartbeat carries the position it opened at; it is saved at once.
+            log.info("capture starts at the current position (no checkpoint yet)")
         reader = ChangeReader(self.entities, saved, full_document="updateLookup",
                               batch_size=self.settings.batch_size,
                               max_await_ms=self.settings.max_await_ms, name="capture-reader")
@@ -127,12 +124,6 @@ class Capture:
             reader.stop()
             reader.join(timeout=2.0)
             self.progress.forget("capture")
-
-    def _start_position(self) -> Position:
-        """The cluster time now, so changes made before the first event are not missed."""
-        reply = self.entities.database.command("ping")
-        when = reply.get("operationTime")
-        return Position(operation_time=when) if isinstance(when, Timestamp) else Position()
 
     def _save(self, position: Position) -> None:
         self.checkpoints.save("capture", self.epoch, position, self.pod)

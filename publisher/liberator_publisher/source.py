@@ -14,12 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bson import Timestamp
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
 from liberator_publisher.checkpoint import CheckpointError, Position
 
-__all__ = ["END_OPERATIONS", "Batch", "ChangeReader", "StreamLostError", "classify"]
+__all__ = ["END_OPERATIONS", "Batch", "ChangeReader", "StreamLostError", "classify",
+           "rejects_token"]
 
 # Server error codes that mean the stream's position is gone for good.
 _LOST_CODES = {
@@ -73,6 +75,25 @@ def classify(error: BaseException) -> StreamLostError | None:
     if code is None:
         return None
     return StreamLostError(code, f"the change stream failed: {message} (code {error.code})")
+
+
+# Errors that say nothing about the token: the connection, the replica set, or access.
+_NOT_ABOUT_THE_TOKEN = {6, 7, 13, 18, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435,
+                        13436}
+
+
+def rejects_token(error: OperationFailure) -> bool:
+    """Whether a failure to *open* a stream from a token means the server refuses that token.
+
+    MongoDB says so with codes 260/280/286; other servers (the emulator among them) fail with
+    their own errors. Transient and access errors are excluded, so they are retried instead.
+    """
+    if classify(error) is not None:
+        return True
+    labels = error.details.get("errorLabels", []) if error.details else []
+    if "ResumableChangeStreamError" in labels or "RetryableWriteError" in labels:
+        return False
+    return (error.code or 0) not in _NOT_ABOUT_THE_TOKEN
 
 
 @dataclass(frozen=True)
@@ -162,7 +183,23 @@ class ChangeReader:
             options["resume_after"] = self._position.token
         elif self._position.operation_time is not None:
             options["start_at_operation_time"] = self._position.operation_time
-        return self._collection.watch(self._pipeline, **options)
+        try:
+            stream = self._collection.watch(self._pipeline, **options)
+        except OperationFailure as error:
+            if self._position.token is not None and rejects_token(error):
+                raise StreamLostError("resume_token_rejected",
+                                      f"the server refused to resume the change stream from the "
+                                      f"checkpoint's token: {error}") from error
+            raise
+        opened_at = getattr(stream, "_start_at_operation_time", None)
+        if self._position.empty and stream.resume_token is None and isinstance(opened_at,
+                                                                                Timestamp):
+            # No token yet (the server sent no post-batch token): the cluster time at which the
+            # stream opened is a position to resume from, so nothing made from now on is lost.
+            # pymongo keeps it only in this attribute (a session would expose it, but the
+            # emulator has no sessions); without it the position stays empty until an event.
+            self._position = Position(operation_time=opened_at)
+        return stream
 
     def _read(self) -> None:
         try:

@@ -47,6 +47,13 @@ class Running:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
+    def started(self) -> Running:
+        """Wait until the start position is saved: changes from then on are captured."""
+        eventually(lambda: self.error or not self.checkpoints.load("capture").empty,
+                   what="capture's start position saved")
+        assert self.error is None, self.error
+        return self
+
     def _run(self) -> None:
         try:
             self.capture.run(lambda: not self.stop.is_set())
@@ -60,10 +67,8 @@ class Running:
 
 
 def test_each_change_becomes_one_outbox_document(db: Database[dict[str, Any]]) -> None:
-    running = Running(db)
     # The start position is saved before any change, so nothing made from now on is missed.
-    eventually(lambda: db[CHECKPOINT_COLLECTION].find_one({"_id": "test/cap#capture"}),
-               what="start position saved")
+    running = Running(db).started()
     db["quotes"].insert_many([{"_id": f"q{i}", "n": i} for i in range(120)])
     db["quotes"].update_one({"_id": "q1"}, {"$set": {"n": -1}})
     db["quotes"].delete_one({"_id": "q2"})
@@ -81,7 +86,7 @@ def test_each_change_becomes_one_outbox_document(db: Database[dict[str, Any]]) -
 def test_changes_read_again_from_an_older_checkpoint_are_not_duplicated(
         db: Database[dict[str, Any]]) -> None:
     outbox = db["quotes.outbox"]
-    first = Running(db)
+    first = Running(db).started()
     db["quotes"].insert_one({"_id": "a"})
     eventually(lambda: outbox.count_documents({}) == 1, what="first change captured")
     eventually(lambda: first.checkpoints.load("capture").token is not None, what="checkpoint")
@@ -104,7 +109,7 @@ def test_changes_read_again_from_an_older_checkpoint_are_not_duplicated(
 
 def test_checkpoint_is_written_only_after_the_outbox_insert(
         db: Database[dict[str, Any]]) -> None:
-    running = Running(db)
+    running = Running(db).started()
     db["quotes"].insert_one({"_id": "a"})
     outbox = db["quotes.outbox"]
     eventually(lambda: outbox.count_documents({}) == 1, what="captured")
@@ -117,7 +122,7 @@ def test_checkpoint_is_written_only_after_the_outbox_insert(
 
 
 def test_a_newer_epoch_stops_capture_with_fenced(db: Database[dict[str, Any]]) -> None:
-    running = Running(db, epoch=1)
+    running = Running(db, epoch=1).started()
     Checkpoints(db[CHECKPOINT_COLLECTION], "test/cap").claim(2, "newer")
     db["quotes"].insert_one({"_id": "late"})
     eventually(lambda: not running.thread.is_alive(), what="capture stopped")

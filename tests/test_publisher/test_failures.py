@@ -26,6 +26,8 @@ from tests.test_publisher.conftest import Collector, Publisher, Sidecar, eventua
 from tests.test_publisher.test_publish_e2e import check_order
 
 LOG_ENTITY = {"LIBERATOR_ID_FIELD": "entity"}
+# A resume token in MongoDB's format from some other server: this one cannot resume from it.
+REJECTED_TOKEN = {"_data": "826A1B2C3D000000012B0229296E04"}
 
 
 @pytest.fixture()
@@ -264,7 +266,7 @@ def _plant_rejected_token(db: Database[dict[str, Any]], publisher: Publisher) ->
     # emulator never raises ChangeStreamHistoryLost (286) itself; a token it cannot resume from
     # takes the same path (source.classify maps both to a park).
     db[CHECKPOINT_COLLECTION].insert_one({"_id": f"{publisher.name}#capture",
-                                          "token": {"_data": "00DEADBEEF"}, "epoch": 0})
+                                          "token": REJECTED_TOKEN, "epoch": 0})
 
 
 def test_lost_resume_point_parks_alive_with_the_reason_everywhere(
@@ -285,7 +287,7 @@ def test_lost_resume_point_parks_alive_with_the_reason_everywhere(
     assert len(parked_lines) == 1
     # The capture checkpoint was not replaced by "now".
     assert db[CHECKPOINT_COLLECTION].find_one(
-        {"_id": f"{publisher.name}#capture"})["token"] == {"_data": "00DEADBEEF"}
+        {"_id": f"{publisher.name}#capture"})["token"] == REJECTED_TOKEN
     assert car.alive()
 
     # Recovery: reset the checkpoint, restart; capture runs again from the current position.
