@@ -82,7 +82,12 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=20_000)
     args = parser.parse_args()
     with Stack(Path(tempfile.mkdtemp(prefix="liberator-bench-store-"))) as stack:
-        exports = stack.up(("mongo", "pubsub"))
+        # LIBERATOR_TEST_MONGO_URI points at a real MongoDB (as for the tests).
+        real = os.environ.get("LIBERATOR_TEST_MONGO_URI")
+        servers = ("pubsub",) if real else ("mongo", "pubsub")
+        exports = stack.up(servers)
+        if real:
+            exports["LIBERATOR_MONGO_URI"] = real
         os.environ.update(exports)
         project = exports["LIBERATOR_PUBSUB_PROJECT"]
         admin = pubsub_v1.SubscriberClient()

@@ -57,7 +57,12 @@ def main() -> int:
     parser.add_argument("--docs", type=int, default=20_000, help="documents per measurement")
     args = parser.parse_args()
     with Stack(Path(tempfile.mkdtemp(prefix="liberator-bench-seed-"))) as stack:
-        exports = stack.up(("mongo", "pubsub", "redis"))
+        # LIBERATOR_TEST_MONGO_URI points at a real MongoDB (as for the tests).
+        real = os.environ.get("LIBERATOR_TEST_MONGO_URI")
+        servers = ("pubsub", "redis") if real else ("mongo", "pubsub", "redis")
+        exports = stack.up(servers)
+        if real:
+            exports["LIBERATOR_MONGO_URI"] = real
         os.environ.update(exports)
         env = {**exports, "LIBERATOR_DATABASE": "benchseed", "LIBERATOR_COLLECTION": "quotes",
                "LIBERATOR_ENTITY_TYPE": "quote", "LIBERATOR_ID_FIELD": "quoteId",
