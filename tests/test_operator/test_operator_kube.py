@@ -710,7 +710,8 @@ def test_peering_lets_one_replica_act(env: Env, operator: Operator, unique: str,
     env.kubectl("apply", "-f", "-", stdin=json.dumps(peering))
     operator.stop()  # the standalone operator would act too
     high = Operator(env, tmp_path / "high.log", "--priority", "200", configure=False)
-    low = Operator(env, tmp_path / "low.log", "--priority", "100", configure=False)
+    # The low replica points the webhook configuration at itself: a paused replica serves too.
+    low = Operator(env, tmp_path / "low.log", "--priority", "100")
     try:
         def peers() -> dict[str, Any]:
             body: dict[str, Any] = env.custom.get_cluster_custom_object(
@@ -720,6 +721,8 @@ def test_peering_lets_one_replica_act(env: Env, operator: Operator, unique: str,
         found = eventually(lambda: (p := peers()) and len(p) == 2 and p, what="two peers")
         assert sorted(peer["priority"] for peer in found.values()) == [100, 200]
         # The lower priority replica starts paused and stays so while the other one lives.
+        assert "Resuming operations" not in low.text()
+        wait_webhook_live(env, low)
         assert "Resuming operations" not in low.text()
 
         ns = make_namespace(env, f"peer-{unique}")
