@@ -223,9 +223,8 @@ def sidecars(pod: Any) -> list[Any]:
 def wait_webhook_live(e: Env, op: Operator) -> None:
     """Until a dry-run pod in a probe namespace comes back injected (no side effects)."""
     ns = make_namespace(e, "liberator-probe")
-    e.core.create_namespaced_secret(ns, {"metadata": {"name": "probe-mongo"},
-                                         "stringData": {"uri": "mongodb://x"}}) \
-        if not _exists(lambda: e.core.read_namespaced_secret("probe-mongo", ns)) else None
+    if not _exists(lambda: e.core.read_namespaced_secret("probe-mongo", ns)):
+        secret(e, ns, "probe-mongo", uri="mongodb://x")
     if not _exists(lambda: e.publisher(ns, "probe")):
         e.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
                                                  ep_body(e, "probe", {"app": "probe"}))
