@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -67,12 +68,14 @@ def raw_pull(subscription: str, count: int) -> float:
 
 
 def store_pull(mongo_uri: str, subscription: str, count: int) -> float:
-    store = EventStore(EventStoreSettings(mongo_uri=mongo_uri, database="benchevents",
+    database = f"benchevents{uuid.uuid4().hex[:8]}"  # fresh, even on a reused server
+    store = EventStore(EventStoreSettings(mongo_uri=mongo_uri, database=database,
                                           subscriptions=(subscription,), http_port=0))
     start = time.perf_counter()
     while store.events.estimated_document_count() < count:
         store.pull_once(subscription)
     elapsed = time.perf_counter() - start
+    store.events.database.client.drop_database(database)
     store.close()
     return elapsed
 

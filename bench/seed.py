@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,11 @@ def seed_rate(env: dict[str, str], mode: str, entities: int, versions: int) -> t
     publisher = pubsub_v1.PublisherClient()
     admin = pubsub_v1.SubscriberClient()
     topic = publisher.create_topic(
-        name=publisher.topic_path(settings.pubsub_project, f"bench-seed-{mode}")).name
+        name=publisher.topic_path(settings.pubsub_project,
+                                  f"bench-seed-{mode}-{settings.database}")).name
     admin.create_subscription(request={
-        "name": admin.subscription_path(settings.pubsub_project, f"bench-seed-{mode}"),
+        "name": admin.subscription_path(settings.pubsub_project,
+                                        f"bench-seed-{mode}-{settings.database}"),
         "topic": topic, "enable_message_ordering": True})
     start = time.perf_counter()
     summary = run_seed(settings, SeedOptions(topic=topic.rsplit("/", 1)[1], mode=mode,
@@ -64,12 +67,12 @@ def main() -> int:
         if real:
             exports["LIBERATOR_MONGO_URI"] = real
         os.environ.update(exports)
-        env = {**exports, "LIBERATOR_DATABASE": "benchseed", "LIBERATOR_COLLECTION": "quotes",
+        database = f"benchseed{uuid.uuid4().hex[:8]}"  # fresh, even on a reused server
+        env = {**exports, "LIBERATOR_DATABASE": database, "LIBERATOR_COLLECTION": "quotes",
                "LIBERATOR_ENTITY_TYPE": "quote", "LIBERATOR_ID_FIELD": "quoteId",
                "LIBERATOR_VERSION_FIELD": "version", "LIBERATOR_LOG_LEVEL": "WARNING"}
         client: MongoClient[dict[str, Any]] = MongoClient(exports["LIBERATOR_MONGO_URI"])
-        ins = b_ins(client, "benchseed", args.docs)
-        client.close()
+        ins = b_ins(client, database, args.docs)
         print(f"B_ins: {ins.per_second:,.0f} docs/s ({ins.count} docs in {ins.seconds:.2f} s)")
         for mode, entities, versions in (("latest", args.docs, 1),
                                          ("history", args.docs // 4, 4)):
@@ -77,6 +80,8 @@ def main() -> int:
             rate = count / seconds
             print(f"seed {mode}: {rate:,.0f} docs/s ({count} docs in {seconds:.2f} s), "
                   f"{rate / ins.per_second:.2f} x B_ins (target 0.8)")
+        client.drop_database(database)
+        client.close()
     return 0
 
 
