@@ -1,14 +1,19 @@
 import java.lang.reflect.Field;
 import java.lang.reflect.Method;
 import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
 
 import de.bwaldvogel.mongo.MongoBackend;
+import de.bwaldvogel.mongo.MongoCollection;
 import de.bwaldvogel.mongo.MongoServer;
 import de.bwaldvogel.mongo.MongoVersion;
 import de.bwaldvogel.mongo.backend.h2.H2Backend;
 import de.bwaldvogel.mongo.backend.memory.MemoryBackend;
 import de.bwaldvogel.mongo.bson.BsonTimestamp;
 import de.bwaldvogel.mongo.bson.Document;
+import de.bwaldvogel.mongo.backend.Cursor;
+import de.bwaldvogel.mongo.backend.aggregation.Aggregation;
 import de.bwaldvogel.mongo.oplog.Oplog;
 import io.netty.channel.Channel;
 
@@ -25,6 +30,11 @@ import io.netty.channel.Channel;
  *       which pymongo refuses: it needs 9 or more);</li>
  *   <li>an {@code aggregate} reply carries {@code operationTime}, as a replica set's does. pymongo
  *       requires it when a change stream opens with an empty first batch and no resume token.</li>
+ *   <li>change events of updates are repaired (see {@link ChangeEvents}): the library puts the
+ *       update operators in {@code documentKey}, reports a replacement as an update, and falls
+ *       back to the update's {@code $set} fields when {@code updateLookup} finds no document.</li>
+ *   <li>{@code findAndModify} (pymongo's {@code find_one_and_*}) writes oplog entries: the library
+ *       writes none, so those changes would never reach a change stream.</li>
  * </ul>
  */
 public final class LiberatorMongo {
@@ -47,7 +57,6 @@ public final class LiberatorMongo {
         backend.version(new Mongo50());
         MongoServer server = new MongoServer(backend);
         server.enableOplog();
-        OperationTime.check(backend);
         // A SIGTERM runs this hook: closing the backend flushes and closes the H2 file, so a
         // restart on the same file finds every acknowledged write and the oplog.
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
@@ -73,9 +82,18 @@ public final class LiberatorMongo {
                 @Override
                 public Document handleCommand(Channel channel, String database, String command,
                                               Document query) {
-                    BsonTimestamp before = OperationTime.next(oplog);
-                    return OperationTime.add(command, before,
-                        super.handleCommand(channel, database, command, query));
+                    BsonTimestamp before = OperationTime.next();
+                    Document reply = super.handleCommand(channel, database, command, query);
+                    FindAndModify.log(this, oplog, database, command, query, reply);
+                    ChangeEvents.repair(database, command, query, reply);
+                    return OperationTime.add(command, before, reply);
+                }
+
+                @Override
+                protected Oplog createOplog() {
+                    Oplog inner = super.createOplog();
+                    OperationTime.bind(inner);
+                    return new MarkingOplog(inner);
                 }
             };
         }
@@ -84,9 +102,18 @@ public final class LiberatorMongo {
                 @Override
                 public Document handleCommand(Channel channel, String database, String command,
                                               Document query) {
-                    BsonTimestamp before = OperationTime.next(oplog);
-                    return OperationTime.add(command, before,
-                        super.handleCommand(channel, database, command, query));
+                    BsonTimestamp before = OperationTime.next();
+                    Document reply = super.handleCommand(channel, database, command, query);
+                    FindAndModify.log(this, oplog, database, command, query, reply);
+                    ChangeEvents.repair(database, command, query, reply);
+                    return OperationTime.add(command, before, reply);
+                }
+
+                @Override
+                protected Oplog createOplog() {
+                    Oplog inner = super.createOplog();
+                    OperationTime.bind(inner);
+                    return new MarkingOplog(inner);
                 }
             };
         }
@@ -121,42 +148,37 @@ public final class LiberatorMongo {
      */
     private static final class OperationTime {
 
-        private static Field clockField;
-        private static Method nowMethod;
+        private static volatile Object clock;
+        private static volatile Method now;
 
         private OperationTime() {
         }
 
-        /** Fails at start (not on the first watch) if the library's internals have moved. */
-        static void check(MongoBackend backend) {
-            if (!(backend instanceof de.bwaldvogel.mongo.backend.AbstractMongoBackend)) {
-                fail("unexpected backend class " + backend.getClass());
-            }
+        /** Reads the library's private oplog clock; fails at start if its internals moved. */
+        static void bind(Oplog oplog) {
             try {
-                Field oplogField = de.bwaldvogel.mongo.backend.AbstractMongoBackend.class
-                    .getDeclaredField("oplog");
-                oplogField.setAccessible(true);
-                Object oplog = oplogField.get(backend);
-                clockField = oplog.getClass().getDeclaredField("oplogClock");
-                clockField.setAccessible(true);
-                Object clock = clockField.get(oplog);
-                nowMethod = clock.getClass().getDeclaredMethod("now");
-                nowMethod.setAccessible(true);
-                nowMethod.invoke(clock);
+                Field field = oplog.getClass().getDeclaredField("oplogClock");
+                field.setAccessible(true);
+                Object value = field.get(oplog);
+                Method method = value.getClass().getDeclaredMethod("now");
+                method.setAccessible(true);
+                method.invoke(value);
+                clock = value;
+                now = method;
             } catch (ReflectiveOperationException | RuntimeException e) {
                 fail("cannot read the oplog clock of this mongo-java-server version (" + e
                     + "); pin the version in hack/mongo/pom.xml");
             }
         }
 
-        static BsonTimestamp next(Oplog oplog) {
-            if (nowMethod == null || oplog == null) {
+        static BsonTimestamp next() {
+            if (now == null) {
                 return null;
             }
             try {
-                BsonTimestamp now = (BsonTimestamp) nowMethod.invoke(clockField.get(oplog));
+                BsonTimestamp current = (BsonTimestamp) now.invoke(clock);
                 // Timestamps order as (seconds << 32 | increment); the next entry is at least +1.
-                return new BsonTimestamp(now.getValue() + 1);
+                return new BsonTimestamp(current.getValue() + 1);
             } catch (ReflectiveOperationException e) {
                 throw new IllegalStateException("cannot read the oplog clock", e);
             }
@@ -168,6 +190,197 @@ public final class LiberatorMongo {
                 reply.put("operationTime", time);
             }
             return reply;
+        }
+    }
+
+    /**
+     * Writes one oplog entry per updated document whose {@code o} also carries the document's id
+     * under {@link ChangeEvents#MARK}: the library's update entries keep the id only in
+     * {@code o2}, which never reaches the change event.
+     */
+    private static final class MarkingOplog implements Oplog {
+
+        private final Oplog inner;
+
+        MarkingOplog(Oplog inner) {
+            this.inner = inner;
+        }
+
+        @Override
+        public void handleInsert(String namespace, List<Document> documents) {
+            inner.handleInsert(namespace, documents);
+        }
+
+        @Override
+        public void handleUpdate(String namespace, Document selector, Document query,
+                                 List<Object> modifiedIds) {
+            for (Object id : modifiedIds) {
+                Document marked = query.clone();
+                marked.put(ChangeEvents.MARK, id);
+                inner.handleUpdate(namespace, selector, marked, List.of(id));
+            }
+        }
+
+        @Override
+        public void handleDelete(String namespace, Document query, List<Object> deletedIds) {
+            inner.handleDelete(namespace, query, deletedIds);
+        }
+
+        @Override
+        public void handleDropCollection(String namespace) {
+            inner.handleDropCollection(namespace);
+        }
+
+        @Override
+        public Cursor createCursor(Document changeStream, String namespace,
+                                   Aggregation aggregation) {
+            return inner.createCursor(changeStream, namespace, aggregation);
+        }
+    }
+
+    /**
+     * Repairs update events in change stream replies ({@code aggregate} and {@code getMore}) to
+     * MongoDB's shape: {@code documentKey} is {@code {_id}}, a replacement is a {@code replace}
+     * event whose {@code fullDocument} is the new document, an update's {@code fullDocument} is
+     * the looked-up document or null ({@code updateLookup}) and absent otherwise, and each event
+     * carries {@code ns}. A {@code $match} in the watch pipeline still sees the library's shape.
+     */
+    private static final class ChangeEvents {
+
+        static final String MARK = "$liberatorDocumentId";
+
+        private record Stream(String database, String collection, boolean lookup) {
+        }
+
+        private static final Map<Long, Stream> STREAMS = new ConcurrentHashMap<>();
+
+        private ChangeEvents() {
+        }
+
+        static void repair(String database, String command, Document query, Document reply) {
+            if (reply == null || !(reply.get("cursor") instanceof Document cursor)) {
+                if (command.equals("killCursors") && query.get("cursors") instanceof List<?> ids) {
+                    ids.forEach(STREAMS::remove);
+                }
+                return;
+            }
+            Stream stream = null;
+            if (command.equals("aggregate")) {
+                stream = open(database, query, cursor);
+            } else if (command.equals("getMore") && query.get("getMore") instanceof Long id) {
+                stream = STREAMS.get(id);
+                if (stream != null && Long.valueOf(0).equals(cursor.get("id"))) {
+                    STREAMS.remove(id);
+                }
+            }
+            if (stream == null) {
+                return;
+            }
+            for (String key : List.of("firstBatch", "nextBatch")) {
+                if (cursor.get(key) instanceof List<?> batch) {
+                    for (Object event : batch) {
+                        if (event instanceof Document document) {
+                            repairEvent(stream, document);
+                        }
+                    }
+                }
+            }
+        }
+
+        private static Stream open(String database, Document query, Document cursor) {
+            if (!(query.get("pipeline") instanceof List<?> pipeline) || pipeline.isEmpty()
+                || !(pipeline.get(0) instanceof Document first)
+                || !(first.get("$changeStream") instanceof Document options)) {
+                return null;
+            }
+            String collection = query.get("aggregate") instanceof String name ? name : null;
+            Stream stream = new Stream(database, collection,
+                "updateLookup".equals(options.get("fullDocument")));
+            if (cursor.get("id") instanceof Long id && id != 0L) {
+                STREAMS.put(id, stream);
+            }
+            return stream;
+        }
+
+        private static void repairEvent(Stream stream, Document event) {
+            Document ns = new Document("db", stream.database());
+            if (stream.collection() != null) {
+                ns.append("coll", stream.collection());
+            }
+            if (!"update".equals(event.get("operationType"))
+                || !(event.get("documentKey") instanceof Document entry)) {
+                if (event.containsKey("documentKey")) {
+                    event.put("ns", ns);
+                }
+                return;
+            }
+            // Never change `entry` itself: it is the oplog's own stored document.
+            Object id = entry.containsKey(MARK) ? entry.get(MARK) : entry.get("_id");
+            boolean replacement = entry.keySet().stream()
+                .noneMatch(k -> k.startsWith("$") && !k.equals(MARK));
+            event.put("ns", ns);
+            event.put("documentKey", new Document("_id", id));
+            if (replacement) {
+                Document document = new Document("_id", id);
+                entry.cloneDeeply().forEach((key, value) -> {
+                    if (!key.equals(MARK) && !key.equals("_id")) {
+                        document.put(key, value);
+                    }
+                });
+                event.put("operationType", "replace");
+                event.put("fullDocument", document);
+            } else if (stream.lookup()) {
+                Object found = event.get("fullDocument");
+                boolean same = found instanceof Document doc && id != null
+                    && id.equals(doc.get("_id"));
+                event.put("fullDocument", same ? found : null);
+            } else {
+                event.remove("fullDocument");
+            }
+        }
+    }
+
+    /**
+     * Writes the oplog entry that the library omits for {@code findAndModify}, from the command
+     * and its reply: a delete, an insert (upsert) or an update of the one matched document.
+     */
+    private static final class FindAndModify {
+
+        private FindAndModify() {
+        }
+
+        static void log(MongoBackend backend, Oplog oplog, String database, String command,
+                        Document query, Document reply) {
+            if (oplog == null || !command.equalsIgnoreCase("findAndModify") || reply == null
+                || !(query.get(command) instanceof String collection)) {
+                return;
+            }
+            // The library's reply has lastErrorObject only when an existing document was updated.
+            String namespace = database + "." + collection;
+            Document selector = query.get("query") instanceof Document q ? q : new Document();
+            Object value = reply.get("value");
+            boolean updated = reply.get("lastErrorObject") instanceof Document outcome
+                && Boolean.TRUE.equals(outcome.get("updatedExisting"));
+            if (Boolean.TRUE.equals(query.get("remove"))) {
+                if (value instanceof Document before && before.containsKey("_id")) {
+                    oplog.handleDelete(namespace, selector, List.of(before.get("_id")));
+                }
+            } else if (updated) {
+                if (value instanceof Document document && document.containsKey("_id")
+                    && query.get("update") instanceof Document update) {
+                    oplog.handleUpdate(namespace, selector, update, List.of(document.get("_id")));
+                }
+            } else if (Boolean.TRUE.equals(query.get("upsert"))) {
+                // An upsert inserted a document: read it back (it matches the selector).
+                MongoCollection<?> target = backend.resolveDatabase(database)
+                    .resolveCollection(collection, false);
+                Document filter = value instanceof Document after && after.containsKey("_id")
+                    ? new Document("_id", after.get("_id")) : selector;
+                if (target != null) {
+                    target.handleQueryAsStream(filter).findFirst().ifPresent(
+                        doc -> oplog.handleInsert(namespace, List.of(doc.cloneDeeply())));
+                }
+            }
         }
     }
 }
