@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -68,13 +69,20 @@ def raw_pull(subscription: str, count: int) -> float:
 
 
 def store_pull(mongo_uri: str, subscription: str, count: int) -> float:
+    """Seconds for ``liberator eventstore``'s loops (default workers) to store ``count``."""
     database = f"benchevents{uuid.uuid4().hex[:8]}"  # fresh, even on a reused server
     store = EventStore(EventStoreSettings(mongo_uri=mongo_uri, database=database,
-                                          subscriptions=(subscription,), http_port=0))
+                                          subscriptions=(subscription,), http_port=0,
+                                          pull_timeout_seconds=2))
+    stop = threading.Event()
+    runner = threading.Thread(target=store.run, args=(stop,))
     start = time.perf_counter()
+    runner.start()
     while store.events.estimated_document_count() < count:
-        store.pull_once(subscription)
+        time.sleep(0.02)
     elapsed = time.perf_counter() - start
+    stop.set()
+    runner.join()
     store.events.database.client.drop_database(database)
     store.close()
     return elapsed
