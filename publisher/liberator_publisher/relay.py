@@ -117,6 +117,7 @@ class Relay:
         self._stretches: deque[_Stretch] = deque()
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._failures: dict[str, int] = {}
+        self._outstanding: dict[str, int] = {}  # per key: sent, neither acked nor failed yet
         self._seq = 0
         self._watermark: Position | None = None
         self._saved: Position | None = None
@@ -228,6 +229,8 @@ class Relay:
         self._publish(flight)
 
     def _publish(self, flight: _Flight) -> None:
+        key = flight.message.ordering_key
+        self._outstanding[key] = self._outstanding.get(key, 0) + 1
         flight.sent = time.monotonic()
         future = self.sink.publish(flight.message.data, flight.message.attributes,
                                    flight.message.ordering_key)
@@ -243,6 +246,12 @@ class Relay:
                 flight, future = self._acks.get_nowait()
             except queue.Empty:
                 break
+            key = flight.message.ordering_key
+            left = self._outstanding.get(key, 1) - 1
+            if left > 0:
+                self._outstanding[key] = left
+            else:
+                self._outstanding.pop(key, None)
             error = future.exception()
             if error is None:
                 published.append((flight, future.result()))
@@ -315,13 +324,17 @@ class Relay:
 
     def _retry_paused(self) -> None:
         now = time.monotonic()
-        for key in [k for k, p in self._paused.items() if p.until <= now]:
+        # A key is retried only once every message it had in flight came back: those fail too
+        # (the client paused the key), and all of them must go out again in their first order.
+        for key in [k for k, p in self._paused.items()
+                    if p.until <= now and not self._outstanding.get(k)]:
             paused = self._paused.pop(key)
             self.sink.resume(key)
             for flight in sorted(paused.flights, key=lambda f: f.seq):
                 self._publish(flight)
 
     def _fail(self, event_id: str, reason: str) -> None:
+        self._recent[event_id] = None  # the stream may bring it again: handled once
         self.outbox.update_one({"_id": event_id},
                                {"$set": {"status": "failed", "reason": reason},
                                 "$inc": {"attempts": 1}})

@@ -30,6 +30,7 @@ from localstack import Server, Stack
 from localstack.process import free_port
 
 LIBERATOR = Path(sys.executable).with_name("liberator")
+OUTBOX = "quotes_outbox"
 DEADLINE = 60.0
 
 
@@ -263,6 +264,10 @@ class Publisher:
         return self.env["LIBERATOR_COLLECTION"]
 
     @property
+    def outbox(self) -> str:
+        return self.env["LIBERATOR_OUTBOX_COLLECTION"]
+
+    @property
     def name(self) -> str:
         return self.env["LIBERATOR_PUBLISHER"]
 
@@ -300,6 +305,10 @@ def publisher(stack: Stack, mongo_uri: str, pubsub: Server, redis_url: str,  # n
         "LIBERATOR_LEASE_TTL_SECONDS": "3",
         "LIBERATOR_LOG_FORMAT": "json",
         "LIBERATOR_MAX_AWAIT_MS": "200",
+        # Not the default "quotes.outbox": mongo-java-server fails the updateLookup of an update
+        # event in a collection whose name holds a dot ("Collection [db.quotes] not found").
+        # MongoDB has no such problem; production keeps the default.
+        "LIBERATOR_OUTBOX_COLLECTION": OUTBOX,
     }
     p = Publisher(env, topic, tmp_path)
     yield p

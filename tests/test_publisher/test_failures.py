@@ -86,7 +86,7 @@ def test_sigkill_at_random_points_loses_nothing_and_keeps_order(
     writer.join()
     eventually(lambda: len(collector.ids()) >= total, what=f"all {total} events", deadline=180)
     check_order(collector.snapshot(), total)
-    outbox = db[f"{publisher.collection}.outbox"]
+    outbox = db[publisher.outbox]
     # The outbox has exactly one event per change, however often the changes were re-read.
     assert outbox.count_documents({}) == total
     eventually(lambda: outbox.count_documents({"status": "published"}) == total,
@@ -171,7 +171,7 @@ def test_pubsub_restart_events_wait_in_the_outbox(
     eventually(lambda: len(collector.ids()) >= 20, what="events before the restart")
     stack.restart("pubsub")
     quotes.insert_many([{"entity": "p", "seq": i} for i in range(20, 60)])
-    outbox = db[f"{publisher.collection}.outbox"]
+    outbox = db[publisher.outbox]
     eventually(lambda: outbox.count_documents({}) >= 60, what="captured during the outage")
     # The emulator forgets topics when it restarts; real Pub/Sub would not need this step.
     publisher.topic.create()
@@ -209,7 +209,7 @@ def test_poison_documents_fail_with_a_reason_and_later_events_still_arrive(
     quotes.insert_one({"_id": "after", "n": 1})
     eventually(lambda: {m.ordering_key for m in collector.snapshot()} >= {"odd-types", "after"},
                what="the good events")
-    outbox = db[f"{publisher.collection}.outbox"]
+    outbox = db[publisher.outbox]
     failed = {d["entityId"]: d["reason"] for d in outbox.find({"status": "failed"})}
     assert set(failed) == {"too-big", "huge-attr", "bad-type"}
     assert "10000000" in failed["too-big"] or "bytes" in failed["too-big"]
@@ -296,7 +296,7 @@ def test_lost_resume_point_parks_alive_with_the_reason_everywhere(
     assert reset.popen is not None and reset.popen.wait(timeout=60) == 0
     fresh = publisher.start()
     db[publisher.collection].insert_one({"_id": "after-reset"})
-    outbox = db[f"{publisher.collection}.outbox"]
+    outbox = db[publisher.outbox]
     eventually(lambda: outbox.find_one({"entityId": "after-reset", "status": "published"}),
                what="publishing again after the reset")
     assert fresh.get("/healthz")[1].startswith("ok")

@@ -70,7 +70,7 @@ def test_insert_update_delete_arrive_in_order_with_cloudevent_attributes(
         assert deleted.json() == {"_id": {"$oid": str(oid)}}  # the document key
 
     # The outbox records every event as published, with the message id.
-    outbox = list(db[f"{publisher.collection}.outbox"].find())
+    outbox = list(db[publisher.outbox].find())
     assert len(outbox) == 9
     assert {d["status"] for d in outbox} == {"published"}
     assert all(d.get("messageId") and d.get("publishedAt") for d in outbox)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from bson import Timestamp
 from pymongo import MongoClient
 from pymongo.database import Database
 
@@ -20,7 +21,7 @@ from liberator_publisher.relay import Relay, RelaySettings, ensure_indexes
 from liberator_publisher.sink import Sink, SinkSettings
 from liberator_publisher.status import Progress
 from localstack import Server
-from tests.test_publisher.conftest import Collector, Topic, eventually
+from tests.test_publisher.conftest import OUTBOX, Collector, Topic, eventually
 
 MAPPING = EventMapping(entity_type="quote", source="//test")
 
@@ -28,7 +29,7 @@ MAPPING = EventMapping(entity_type="quote", source="//test")
 @pytest.fixture()
 def db(mongo_uri: str, unique: str) -> Iterator[Database[dict[str, Any]]]:
     client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
-    ensure_indexes(client[f"rel_{unique}"]["quotes.outbox"])
+    ensure_indexes(client[f"rel_{unique}"][OUTBOX])
     yield client[f"rel_{unique}"]
     client.drop_database(f"rel_{unique}")
     client.close()
@@ -40,9 +41,13 @@ def topic(pubsub: Server, unique: str) -> Topic:
 
 
 def event(entity: str, n: int, *, age_seconds: float = 0.0) -> dict[str, Any]:
+    """A pending outbox event as capture writes it: with the change's oplog time, which orders
+    events captured in the same millisecond (the sweep sorts by ``capturedAt, clusterTime``)."""
     now = datetime.now(UTC) - timedelta(seconds=age_seconds)
-    return outbox_document_for_entity({"_id": entity, "n": n}, MAPPING,
-                                      event_id=f"{entity}-{n}", operation="insert", time=now)
+    document = outbox_document_for_entity({"_id": entity, "n": n}, MAPPING,
+                                          event_id=f"{entity}-{n}", operation="insert", time=now)
+    document["clusterTime"] = Timestamp(int(now.timestamp()), n + 1)
+    return document
 
 
 class Running:
@@ -56,7 +61,7 @@ class Running:
                                  sweep_interval_seconds=tuning.get("sweep", 10.0),
                                  pending_age_seconds=tuning.get("age", 30.0),
                                  max_backoff_seconds=1.0)
-        self.relay = Relay(outbox=db["quotes.outbox"], checkpoints=self.checkpoints,
+        self.relay = Relay(outbox=db[OUTBOX], checkpoints=self.checkpoints,
                            sink=self.sink, metrics=self.metrics, progress=Progress(), epoch=1,
                            pod="test", settings=settings)
         self.stop = threading.Event()
@@ -88,7 +93,7 @@ def collector(topic: Topic) -> Iterator[Collector]:
 
 def test_pending_events_are_published_in_order_and_marked(
         db: Database[dict[str, Any]], topic: Topic, collector: Collector) -> None:
-    outbox = db["quotes.outbox"]
+    outbox = db[OUTBOX]
     outbox.insert_one(event("early", 0))  # before the relay ever ran: the first-start sweep
     running = Running(db, topic)
     outbox.insert_many([event(f"k{i % 5}", i) for i in range(200)])
@@ -107,7 +112,7 @@ def test_pending_events_are_published_in_order_and_marked(
 
 def test_setting_status_back_to_pending_republishes_with_the_same_id(
         db: Database[dict[str, Any]], topic: Topic, collector: Collector) -> None:
-    outbox = db["quotes.outbox"]
+    outbox = db[OUTBOX]
     running = Running(db, topic)
     outbox.insert_one(event("again", 1))
     eventually(lambda: outbox.find_one({"_id": "again-1", "status": "published"}),
@@ -121,7 +126,7 @@ def test_setting_status_back_to_pending_republishes_with_the_same_id(
 
 def test_the_sweep_sends_a_pending_event_the_stream_missed(
         db: Database[dict[str, Any]], topic: Topic, collector: Collector) -> None:
-    outbox = db["quotes.outbox"]
+    outbox = db[OUTBOX]
     first = Running(db, topic)
     outbox.insert_one(event("seen", 1))
     eventually(lambda: not first.checkpoints.load("relay").empty, what="relay checkpoint")
@@ -145,7 +150,7 @@ def test_the_sweep_sends_a_pending_event_the_stream_missed(
 
 def test_a_missing_topic_holds_events_back_and_sends_them_in_order_later(
         db: Database[dict[str, Any]], topic: Topic) -> None:
-    outbox = db["quotes.outbox"]
+    outbox = db[OUTBOX]
     running = Running(db, topic)  # the topic does not exist yet
     outbox.insert_many([event("held", i) for i in range(20)])
     eventually(lambda: running.metrics.publish_errors._value.get() >= 1,
@@ -170,7 +175,7 @@ def test_a_missing_topic_holds_events_back_and_sends_them_in_order_later(
 def test_a_damaged_outbox_document_fails_naming_the_field_and_the_next_goes_out(
         db: Database[dict[str, Any]], topic: Topic, collector: Collector, field: str,
         value: object) -> None:
-    outbox = db["quotes.outbox"]
+    outbox = db[OUTBOX]
     running = Running(db, topic)
     outbox.insert_one({**event("bad", 1), field: value})
     outbox.insert_one(event("good", 1))
