@@ -708,15 +708,19 @@ def test_peering_lets_one_replica_act(env: Env, operator: Operator, unique: str,
                 "crd/clusterkopfpeerings.kopf.dev")
     env.kubectl("apply", "-f", "-", stdin=json.dumps(peering))
     operator.stop()  # the standalone operator would act too
-    high = Operator(env, tmp_path / "high.log", "--priority", "200", configure=False)
-    # The low replica points the webhook configuration at itself: a paused replica serves too.
-    low = Operator(env, tmp_path / "low.log", "--priority", "100")
-    try:
-        def peers() -> dict[str, Any]:
-            body: dict[str, Any] = env.custom.get_cluster_custom_object(
-                "kopf.dev", "v1", "clusterkopfpeerings", "liberator")
-            return dict(body.get("status") or {})
+    def peers() -> dict[str, Any]:
+        body: dict[str, Any] = env.custom.get_cluster_custom_object(
+            "kopf.dev", "v1", "clusterkopfpeerings", "liberator")
+        return dict(body.get("status") or {})
 
+    # One replica first: a replica acts until it has seen a higher peer's record, so the
+    # second starts once the first has registered (as in a rolling update).
+    high = Operator(env, tmp_path / "high.log", "--priority", "200", configure=False)
+    low: Operator | None = None
+    try:
+        eventually(lambda: len(peers()) == 1, what="the first peer to register")
+        # The low replica points the webhook configuration at itself: a paused replica serves.
+        low = Operator(env, tmp_path / "low.log", "--priority", "100")
         found = eventually(lambda: (p := peers()) and len(p) == 2 and p, what="two peers")
         assert sorted(peer["priority"] for peer in found.values()) == [100, 200]
         # The lower priority replica starts paused and stays so while the other one lives.
@@ -741,7 +745,8 @@ def test_peering_lets_one_replica_act(env: Env, operator: Operator, unique: str,
         assert f"[{ns}/p2]" in low.text()
     finally:
         high.stop()
-        low.stop()
+        if low is not None:
+            low.stop()
         operator.start()
         wait_webhook_live(env, operator)
 
