@@ -24,6 +24,7 @@ from localstack.process import (
     StackError,
     cache_dir,
     free_port,
+    log_matches,
     run_checked,
     spawn,
     wait_until,
@@ -153,7 +154,9 @@ def start(run_dir: Path, port: int | None = None) -> Server:
     argv = [java, *JVM_FLAGS, "-cp", classpath, LAUNCHER, "127.0.0.1", str(port), backend]
     proc = spawn("mongo", argv, run_dir / "mongo.log")
     uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
-    wait_until(proc, lambda: _ping(uri), timeout=60, what="mongo-java-server")
+    # The log line first: a ping alone could reach another server that already holds the port.
+    logged = log_matches(proc.log, rf"liberator-mongo: ready on 127\.0\.0\.1:{port} ")
+    wait_until(proc, lambda: logged() and _ping(uri), timeout=60, what="mongo-java-server")
     return Server("mongo", [proc], exports={"LIBERATOR_MONGO_URI": uri},
                   details={"port": str(port), "backend": backend, "version": VERSION},
                   run_dir=run_dir)

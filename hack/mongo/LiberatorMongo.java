@@ -57,6 +57,13 @@ public final class LiberatorMongo {
         backend.version(new Mongo50());
         MongoServer server = new MongoServer(backend);
         server.enableOplog();
+        try {
+            server.bind(host, port);
+        } catch (Exception e) {
+            // Netty rethrows BindException undeclared; bind() has already shut the server down,
+            // but Netty's threads would keep the JVM alive: exit instead.
+            fail("cannot listen on " + host + ":" + port + ": " + e);
+        }
         // A SIGTERM runs this hook: closing the backend flushes and closes the H2 file, so a
         // restart on the same file finds every acknowledged write and the oplog.
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
@@ -65,12 +72,6 @@ public final class LiberatorMongo {
             System.out.println("liberator-mongo: stopped");
             System.out.flush();
         }, "liberator-mongo-shutdown"));
-        try {
-            server.bind(host, port);
-        } catch (RuntimeException e) {
-            // Netty's threads would keep the JVM alive after a failed bind: exit instead.
-            fail("cannot listen on " + host + ":" + port + ": " + e);
-        }
         // hack/localstack/mongo.py waits for a ping; this line is for people reading the log.
         System.out.println("liberator-mongo: ready on " + host + ":" + port + " backend=" + args[2]);
         System.out.flush();
