@@ -217,7 +217,7 @@ class Collector:
         while not self._stop.is_set():
             try:
                 response = self._client.pull(request={"subscription": self.topic.subscription_path,
-                                                      "max_messages": 1000}, timeout=5)
+                                                      "max_messages": 1000}, timeout=2)
             except Exception:  # emulator restarting, subscription recreated: try again
                 time.sleep(0.2)
                 continue
