@@ -293,7 +293,8 @@ def test_start_on_a_busy_port_fails_with_a_clear_error(mongo_server: Server,
                                                        tmp_path: Path) -> None:
     busy = int(mongo_server.details["port"])
     with pytest.raises(StackError) as caught:
-        mongo.start(tmp_path / "second", busy)
+        second = mongo.start(tmp_path / "second", busy)
+        second.stop()  # reached only when the test fails: leave no stray server behind
     assert f"cannot listen on 127.0.0.1:{busy}" in str(caught.value)
     assert mongo_server.alive()
 
