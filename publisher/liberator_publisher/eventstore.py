@@ -360,6 +360,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              f"$LIBERATOR_HTTP_PORT or {DEFAULT_HTTP_PORT})")
     parser.add_argument("--max-messages", default="1000",
                         help="messages per pull and insert (1-1000, default 1000)")
+    parser.add_argument("--workers", default="2",
+                        help="pull loops per subscription (1-16, default 2)")
 
 
 def _pick(flag_value: str | None, env: Mapping[str, str], variable: str, flag: str) -> str:
@@ -409,9 +411,12 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> EventStor
     if not args.max_messages.isdigit() or not 1 <= int(args.max_messages) <= 1000:
         raise UsageError(f"--max-messages: {args.max_messages!r} is not a whole number "
                          "from 1 to 1000")
+    if not args.workers.isdigit() or not 1 <= int(args.workers) <= 16:
+        raise UsageError(f"--workers: {args.workers!r} is not a whole number from 1 to 16")
     return EventStoreSettings(mongo_uri=uri, database=database, subscriptions=subscriptions,
                               collection=check_collection(args.collection, "--collection"),
-                              http_port=int(port_text), max_messages=int(args.max_messages))
+                              http_port=int(port_text), max_messages=int(args.max_messages),
+                              workers=int(args.workers))
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:

@@ -32,7 +32,7 @@ from liberator_publisher.eventstore import (
 from liberator_publisher.seed import SeedOptions, run_seed
 from liberator_publisher.settings import Settings
 from liberator_publisher.subscriber import MalformedEventError
-from localstack import Server
+from localstack import Server, Stack
 from localstack.process import free_port
 
 DEADLINE = 180.0
@@ -124,6 +124,8 @@ GOOD_ENV = {"LIBERATOR_MONGO_URI": "mongodb://127.0.0.1:1/", "LIBERATOR_DATABASE
     (["--subscription", "live-events"], {"LIBERATOR_HTTP_PORT": "70000"}, "LIBERATOR_HTTP_PORT"),
     (["--subscription", "live-events", "--max-messages", "0"], {}, "--max-messages"),
     (["--subscription", "live-events", "--max-messages", "5000"], {}, "--max-messages"),
+    (["--subscription", "live-events", "--workers", "0"], {}, "--workers"),
+    (["--subscription", "live-events", "--workers", "many"], {}, "--workers"),
 ])
 def test_bad_input_exits_2_naming_it(args: list[str], env: dict[str, str], named: str,
                                      monkeypatch: pytest.MonkeyPatch,
@@ -313,3 +315,27 @@ def test_sigkill_mid_stream_loses_nothing(world: World) -> None:
         assert second.wait(timeout=60) == 0
     ids = {doc["_id"] for doc in world.events.find({}, {"_id": 1})}
     assert ids == {attrs["ce-id"] for _, attrs, _ in live}
+
+
+def test_storage_failure_nacks_and_the_events_come_back(world: World, stack: Stack,
+                                                         mongo_server: Server) -> None:
+    first = [live_message(e, 1) for e in range(100)]
+    second = [live_message(e, 2) for e in range(100)]
+    running = Running(world.settings(http_port=0))
+    with running:
+        world.publish("live", first)
+        world.wait_count(world.events, 100)
+        port = int(mongo_server.details["port"])
+        stack.stop("mongo")  # MongoDB goes away: the store's writes fail
+        try:
+            world.publish("live", second)
+            deadline = time.monotonic() + DEADLINE
+            while running.count("failed") == 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        finally:
+            stack.start("mongo", port)  # same port, same H2 file: the first 100 are kept
+        world.wait_count(world.events, 200)
+    ids = {doc["_id"] for doc in world.events.find({}, {"_id": 1})}
+    assert ids == {attrs["ce-id"] for _, attrs, _ in first + second}
+    assert running.count("failed") > 0
