@@ -426,6 +426,10 @@ class _Seeder:
                 log.info("seed %s finished at %s; nothing new to publish", options.seed_id,
                          _rfc3339(checkpoint.completed_at))
                 self.summary.already = checkpoint.counts.get("seeded", 0)
+                # The status shows the seed's own counts again (say, after a Redis restart).
+                self.status.update({**checkpoint.counts, "phase": "Succeeded",
+                                    "startedAt": _rfc3339(checkpoint.started_at),
+                                    "completedAt": _rfc3339(checkpoint.completed_at)})
                 return self.summary
             only = list(checkpoint.retry)  # a finished seed with failures: retry just those
             log.info("seed %s: retrying %d entities whose publish failed", options.seed_id,
