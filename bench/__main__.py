@@ -1,0 +1,320 @@
+"""The data-plane benchmarks of DESIGN.md §7 in one run: ``python -m bench [--json] [...]``.
+
+Starts the local stack (MongoDB emulator, Pub/Sub emulator, Redis) from hack/localstack, measures
+the raw baselines B_ins, B_watch and B_pub, then runs ``liberator publish`` as a subprocess for
+end-to-end throughput, latency at half load, RSS, idle CPU and failover, and prints one table.
+
+Every phase that writes to MongoDB gets a fresh emulator (a new, empty H2 file): the emulator
+scans its whole oplog on each change-stream ``getMore``, so a phase run after another would be
+slowed by the earlier phase's writes. ``LIBERATOR_TEST_MONGO_URI`` runs against a real MongoDB
+instead (a fresh database per phase).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "hack"))
+
+from pymongo import MongoClient  # noqa: E402
+
+from bench import publisher as pub  # noqa: E402
+from bench.baselines import Rate, b_ins, b_pub, b_watch, quote  # noqa: E402
+from localstack import Stack  # noqa: E402
+
+MIB = 1024 * 1024
+PHASES = ("baselines", "e2e", "latency", "failover")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table."""
+
+    metric: str
+    """What was measured."""
+    value: str
+    """The figure with its unit."""
+    target: str
+    """DESIGN.md §7's target, or ``-`` for a baseline."""
+    ratio: str
+    """Figure over target (or over its bound), where that means something."""
+    verdict: str
+    """``met``, ``MISSED`` or ``info``."""
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+class Run:
+    """One benchmark run on one stack: fresh MongoDB per phase, figures collected as rows."""
+
+    def __init__(self, stack: Stack, real_mongo: str | None, args: argparse.Namespace) -> None:
+        self.stack = stack
+        self.real_mongo = real_mongo
+        self.args = args
+        self.exports = stack.exports()
+        self.rows: list[Row] = []
+        self.raw: dict[str, Any] = {}
+        self.tag = uuid.uuid4().hex[:8]
+
+    def say(self, message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    def fresh_mongo(self) -> str:
+        """A MongoDB with an empty oplog (the emulator restarted on a new file)."""
+        if self.real_mongo:
+            uri = self.real_mongo
+        else:
+            if "mongo" in self.stack.servers:
+                self.stack.stop("mongo")
+                shutil.rmtree(self.stack.run_dir / "mongo", ignore_errors=True)
+            uri = self.stack.start("mongo").exports["LIBERATOR_MONGO_URI"]
+        self.exports["LIBERATOR_MONGO_URI"] = uri
+        client: MongoClient[dict[str, Any]] = MongoClient(uri)
+        # The same small warm-up on every fresh server: the JVM's first writes are slow.
+        client[f"warm{self.tag}"]["warm"].insert_many([quote(i) for i in range(500)])
+        client.close()
+        return uri
+
+    def database(self, name: str) -> str:
+        return f"bench{name}{self.tag}"
+
+    def add(self, *row: str) -> None:
+        self.rows.append(Row(*row))
+
+    # -- phases --
+
+    def baselines(self) -> tuple[Rate, Rate, Rate]:
+        n = self.args.baseline_docs
+        uri = self.fresh_mongo()
+        with MongoClient[dict[str, Any]](uri) as client:
+            ins = b_ins(client, self.database("ins"), n)
+        self.say(f"B_ins {ins.per_second:,.0f} docs/s")
+        uri = self.fresh_mongo()
+        with MongoClient[dict[str, Any]](uri) as client:
+            watch = b_watch(client, self.database("watch"), n)
+        self.say(f"B_watch {watch.per_second:,.0f} events/s")
+        bpub = b_pub(self.exports["LIBERATOR_PUBSUB_PROJECT"], f"bench-pub-{self.tag}", n,
+                     self.args.entities)
+        self.say(f"B_pub {bpub.per_second:,.0f} msgs/s")
+        self.raw["baselines"] = {"B_ins": asdict(ins), "B_watch": asdict(watch),
+                                 "B_pub": asdict(bpub)}
+        self.add("B_ins (raw insert_many)", f"{ins.per_second:,.0f} docs/s", "-", "-", "info")
+        self.add("B_watch (raw watch drain)", f"{watch.per_second:,.0f} events/s", "-", "-",
+                 "info")
+        self.add("B_pub (raw batched publish)", f"{bpub.per_second:,.0f} msgs/s", "-", "-",
+                 "info")
+        return ins, watch, bpub
+
+    def setup(self, name: str, lease_ttl: int = 10) -> tuple[pub.SidecarEnv, pub.Load]:
+        uri = self.fresh_mongo()
+        setup = pub.SidecarEnv(dict(self.exports), self.database(name), f"bench-{name}-{self.tag}",
+                               self.stack.run_dir, lease_ttl=lease_ttl)
+        setup.create_topic()
+        return setup, pub.Load(MongoClient(uri), setup.database)
+
+    def e2e(self, base: tuple[Rate, Rate, Rate] | None) -> float:
+        a = self.args
+        setup, load = self.setup("e2e")
+        try:
+            car, idle = pub.idle(setup, load, a.warmup, a.idle_seconds)
+            self.say(f"idle: RSS {idle.rss / MIB:.1f} MiB, CPU {idle.millicores:.1f} mcores")
+            run = pub.end_to_end(car, load, first=a.warmup, count=a.events,
+                                 entities=a.entities, deadline=max(300.0, a.events / 10))
+        finally:
+            setup.stop()
+            load.db.client.close()
+        self.say(f"end to end {run.per_second:,.0f} events/s, k={run.writes_per_event}")
+        self.raw["idle"] = asdict(idle)
+        self.raw["e2e"] = {**asdict(run), "per_second": run.per_second}
+        k = run.writes_per_event if run.writes_per_event is not None else 3.0
+        self.add("k (Mongo writes per event)", f"{k:.3f}", "-", "-",
+                 "info" if run.writes_per_event is not None else "info (assumed)")
+        if base is not None:
+            ins, watch, bpub = base
+            bound = min(watch.per_second, bpub.per_second, ins.per_second / k)
+            self.raw["bound"] = bound
+            which = {watch.per_second: "B_watch", bpub.per_second: "B_pub",
+                     ins.per_second / k: "B_ins/k"}[bound]
+            self.add(f"min(B_watch, B_pub, B_ins/k) = {which}", f"{bound:,.0f} events/s", "-", "-",
+                     "info")
+            ratio = run.per_second / bound
+            self.add("end-to-end insert to publish ack", f"{run.per_second:,.0f} events/s",
+                     ">= 0.7 x bound", f"{ratio:.2f}", verdict(ratio >= 0.7))
+        else:
+            self.add("end-to-end insert to publish ack", f"{run.per_second:,.0f} events/s",
+                     ">= 0.7 x bound", "-", "info (no baselines)")
+        self.add("sidecar RSS idle, cold (leader, before 1st event)",
+                 f"{idle.rss_cold / MIB:.1f} MiB", "<= 100 MiB",
+                 f"{idle.rss_cold / (100 * MIB):.2f}",
+                 verdict(idle.rss_cold <= 100 * MIB))
+        self.add("sidecar RSS idle (after warm-up)", f"{idle.rss / MIB:.1f} MiB", "<= 100 MiB",
+                 f"{idle.rss / (100 * MIB):.2f}", verdict(idle.rss <= 100 * MIB))
+        growth = run.rss_peak - idle.rss
+        self.add("sidecar RSS under load (peak)",
+                 f"{run.rss_peak / MIB:.1f} MiB (+{growth / MIB:.1f})", "<= idle + 40 MiB",
+                 f"{growth / (40 * MIB):.2f}", verdict(growth <= 40 * MIB))
+        self.add(f"idle CPU (leader, {idle.seconds:.0f} s)", f"{idle.millicores:.1f} mcores",
+                 "<= 5 mcores", f"{idle.millicores / 5:.2f}", verdict(idle.millicores <= 5))
+        return run.per_second
+
+    def latency(self, rate: float) -> None:
+        a = self.args
+        setup, load = self.setup("lat")
+        try:
+            pub.start_leader(setup, load, a.warmup)
+            lat = pub.latency(load, a.warmup, rate, a.latency_seconds, deadline=300)
+        finally:
+            setup.stop()
+            load.db.client.close()
+        self.say(f"latency at {lat.achieved:.0f}/s: p50 {lat.p50 * 1000:.0f} ms, "
+                 f"p99 {lat.p99 * 1000:.0f} ms")
+        self.raw["latency"] = {"rate": lat.rate, "achieved": lat.achieved,
+                               "count": len(lat.samples), "p50": lat.p50, "p99": lat.p99,
+                               "max": lat.samples[-1]}
+        where = f"at {lat.achieved:.0f} events/s, n={len(lat.samples)}"
+        self.add(f"latency p50 ({where})", f"{lat.p50 * 1000:.0f} ms", "reported", "-", "info")
+        self.add(f"latency p99 ({where})", f"{lat.p99 * 1000:.0f} ms", "reported", "-", "info")
+
+    def failover(self) -> None:
+        a = self.args
+        setup, load = self.setup("fail", lease_ttl=a.failover_ttl)
+        try:
+            result = pub.failover(setup, load, rate=a.failover_rate, before_kill=a.failover_before,
+                                  after_kill=a.failover_after, deadline=300)
+        finally:
+            setup.stop()
+            load.db.client.close()
+        self.say(f"failover gap {result.gap:.2f} s, missing {result.missing}")
+        self.raw["failover"] = asdict(result)
+        bound = result.ttl + 1
+        self.add(f"failover gap (TTL {result.ttl} s, {a.failover_rate:.0f} events/s)",
+                 f"{result.gap:.2f} s (kill to 1st ack {result.takeover:.2f} s)",
+                 f"<= {bound} s", f"{result.gap / bound:.2f}", verdict(result.gap <= bound))
+        self.add("failover: inserted events never published", f"{result.missing} of "
+                 f"{result.inserted}", "0", "-", verdict(result.missing == 0))
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "kernel": platform.release(), "loadavg_start": os.getloadavg()}
+
+
+def table(rows: list[Row]) -> str:
+    head = Row("metric", "value", "target", "ratio", "verdict")
+    cols = list(zip(*[(r.metric, r.value, r.target, r.ratio, r.verdict) for r in [head, *rows]],
+                    strict=True))
+    widths = [max(len(c) for c in col) for col in cols]
+    lines = []
+    for n, r in enumerate([head, *rows]):
+        cells = (r.metric, r.value, r.target, r.ratio, r.verdict)
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+                     + " |")
+        if n == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--skip", action="append", default=[], choices=PHASES,
+                   help="leave a phase out (repeatable)")
+    p.add_argument("--baseline-docs", type=int, default=5000,
+                   help="documents for B_ins and B_watch, messages for B_pub (default 5000)")
+    p.add_argument("--events", type=int, default=3000,
+                   help="events of the end-to-end throughput run (default 3000)")
+    p.add_argument("--entities", type=int, default=100,
+                   help="distinct entity ids (ordering keys) in B_pub and the throughput run "
+                        "(default 100)")
+    p.add_argument("--warmup", type=int, default=100,
+                   help="events pushed through a sidecar before it is measured (default 100)")
+    p.add_argument("--idle-seconds", type=float, default=20.0,
+                   help="how long idle CPU is sampled (default 20)")
+    p.add_argument("--latency-seconds", type=float, default=15.0,
+                   help="duration of the paced run at half the measured maximum (default 15)")
+    p.add_argument("--latency-rate", type=float, default=0.0,
+                   help="events/s of the latency run (default: half the end-to-end rate)")
+    p.add_argument("--failover-ttl", type=int, default=3, help="lease TTL in s (default 3)")
+    p.add_argument("--failover-rate", type=float, default=50.0,
+                   help="steady insert rate during failover, events/s (default 50)")
+    p.add_argument("--failover-before", type=float, default=5.0,
+                   help="seconds of load before the leader is killed (default 5)")
+    p.add_argument("--failover-after", type=float, default=8.0,
+                   help="seconds of load after the standby took over (default 8)")
+    return p
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse sizes that cannot give a figure, naming the flag."""
+    for flag in ("baseline_docs", "events", "entities", "warmup", "failover_ttl"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"python -m bench: --{flag.replace('_', '-')} must be at least 1, "
+                             f"not {getattr(args, flag)}")
+    for flag in ("idle_seconds", "latency_seconds", "failover_rate", "failover_before",
+                 "failover_after"):
+        if getattr(args, flag) <= 0:
+            raise SystemExit(f"python -m bench: --{flag.replace('_', '-')} must be positive, "
+                             f"not {getattr(args, flag)}")
+    if args.latency_rate < 0:
+        raise SystemExit(f"python -m bench: --latency-rate must be positive (or 0 for half the "
+                         f"measured maximum), not {args.latency_rate}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    check(args)
+    info = machine()
+    started = time.monotonic()
+    real = os.environ.get("LIBERATOR_TEST_MONGO_URI") or None
+    with Stack(Path(tempfile.mkdtemp(prefix="liberator-bench-"))) as stack:
+        stack.up(("pubsub", "redis"))
+        if not real:
+            stack.build(("mongo",))
+        os.environ.update(stack.exports())  # PUBSUB_EMULATOR_HOST for this process's clients
+        run = Run(stack, real, args)
+        base = None if "baselines" in args.skip else run.baselines()
+        rate = 0.0
+        if "e2e" not in args.skip:
+            rate = run.e2e(base)
+        if "latency" not in args.skip:
+            half = args.latency_rate or rate / 2
+            if half <= 0:
+                raise SystemExit("python -m bench: --latency-rate is needed when e2e is skipped")
+            run.latency(half)
+        if "failover" not in args.skip:
+            run.failover()
+    info["loadavg_end"] = os.getloadavg()
+    info["seconds"] = round(time.monotonic() - started, 1)
+    info["mongo"] = "LIBERATOR_TEST_MONGO_URI" if real else "mongo-java-server (fresh per phase)"
+    if args.json:
+        print(json.dumps({"machine": info, "rows": [asdict(r) for r in run.rows],
+                          "raw": run.raw, "args": vars(args)}, indent=2))
+    else:
+        print(table(run.rows))
+        print(f"\nmachine: {info['cpus']} CPUs ({info['cpu']}), load average "
+              f"{info['loadavg_start'][0]:.1f} at start, {info['loadavg_end'][0]:.1f} at end; "
+              f"MongoDB: {info['mongo']}; {info['seconds']:.0f} s")
+    return 0  # a missed target is a finding in the table, not a failure of the run
+
+
+if __name__ == "__main__":
+    sys.exit(main())
