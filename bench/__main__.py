@@ -89,6 +89,9 @@ class Run:
         client.close()
         return uri
 
+    def server_pids(self) -> dict[str, int]:
+        return {name: server.procs[0].pid for name, server in self.stack.servers.items()}
+
     def database(self, name: str) -> str:
         return f"bench{name}{self.tag}"
 
@@ -130,14 +133,16 @@ class Run:
         a = self.args
         setup, load = self.setup("e2e")
         try:
-            car, idle = pub.idle(setup, load, a.warmup, a.idle_seconds)
+            car, idle = pub.idle(setup, load, a.warmup, a.idle_seconds, profile=a.profile)
             self.say(f"idle: RSS {idle.rss / MIB:.1f} MiB, CPU {idle.millicores:.1f} mcores")
             run = pub.end_to_end(car, load, first=a.warmup, count=a.events,
-                                 entities=a.entities, deadline=max(300.0, a.events / 10))
+                                 entities=a.entities, deadline=max(300.0, a.events / 10),
+                                 servers=self.server_pids(), profile=a.profile)
         finally:
             setup.stop()
             load.db.client.close()
-        self.say(f"end to end {run.per_second:,.0f} events/s, k={run.writes_per_event}")
+        self.say(f"end to end {run.per_second:,.0f} events/s, k={run.writes_per_event}, "
+                 f"{run.seconds:.1f} s, CPU s {run.cpu}")
         self.raw["idle"] = asdict(idle)
         self.raw["e2e"] = {**asdict(run), "per_second": run.per_second}
         k = run.writes_per_event if run.writes_per_event is not None else 3.0
@@ -169,6 +174,18 @@ class Run:
                  f"{growth / (40 * MIB):.2f}", verdict(growth <= 40 * MIB))
         self.add(f"idle CPU (leader, {idle.seconds:.0f} s)", f"{idle.millicores:.1f} mcores",
                  "<= 5 mcores", f"{idle.millicores / 5:.2f}", verdict(idle.millicores <= 5))
+        self.add(f"standby idle CPU ({idle.seconds:.0f} s)",
+                 f"{idle.standby_millicores:.1f} mcores",
+                 "<= 5 mcores", f"{idle.standby_millicores / 5:.2f}",
+                 verdict(idle.standby_millicores <= 5))
+        self.add("standby RSS", f"{idle.standby_rss / MIB:.1f} MiB", "<= 100 MiB",
+                 f"{idle.standby_rss / (100 * MIB):.2f}", verdict(idle.standby_rss <= 100 * MIB))
+        if run.oplog is not None:
+            self.add("empty getMore at the end of the run", f"{run.empty_getmore * 1000:.0f} ms",
+                     "-", f"oplog {run.oplog:,}", "info")
+        busy = ", ".join(f"{name} {sec:.1f}" for name, sec in run.cpu.items())
+        self.add("CPU s during the end-to-end run", busy, "-", f"{run.seconds:.1f} s wall",
+                 "info")
         return run.per_second
 
     def latency(self, rate: float) -> None:
@@ -236,6 +253,9 @@ def table(rows: list[Row]) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="record the sidecar with py-spy (if installed) into DIR: idle.txt and "
+                        "load.txt, collapsed stacks")
     p.add_argument("--skip", action="append", default=[], choices=PHASES,
                    help="leave a phase out (repeatable)")
     p.add_argument("--baseline-docs", type=int, default=5000,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -17,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +49,35 @@ def poll(check: Callable[[], Any], *, what: str, deadline: float, every: float =
             return last
         time.sleep(every)
     raise RuntimeError(f"{what}: not reached within {deadline:.0f}s (last: {last!r})")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (all threads), from ``/proc/<pid>/stat``."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+@contextlib.contextmanager
+def py_spy(pid: int, output: Path | None) -> Iterator[None]:
+    """Record ``pid`` with py-spy into ``output`` (collapsed stacks) while the block runs."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if output is None or not Path(spy).exists():
+        yield
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "100",
+                             "--threads", "--output", str(output)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @dataclass
@@ -99,10 +129,7 @@ class Sidecar:
         raise RuntimeError(f"no VmRSS in /proc/{self.pid}/status")
 
     def cpu_seconds(self) -> float:
-        """User plus system CPU time of the process (all threads)."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+        return cpu_seconds(self.pid)
 
     def kill(self) -> None:
         if self.popen is not None and self.popen.poll() is None:
@@ -196,6 +223,21 @@ class Load:
         except Exception:  # a real server may refuse the oplog to this user
             return None
 
+    def oplog_size(self) -> int | None:
+        try:
+            return self.db.client["local"]["oplog.rs"].estimated_document_count()
+        except Exception:  # a real server may refuse the oplog to this user
+            return None
+
+    def empty_getmore(self, rounds: int = 5) -> float:
+        """Mean seconds of a ``getMore`` that finds nothing (what a live stream pays per poll)."""
+        with self.db["quiet"].watch(max_await_time_ms=100) as stream:
+            stream.try_next()
+            start = time.perf_counter()
+            for _ in range(rounds):
+                stream.try_next()
+            return (time.perf_counter() - start) / rounds
+
     def insert(self, first: int, count: int, entities: int) -> None:
         for i in range(first, first + count, INSERT_BATCH):
             self.entities.insert_many([quote(j, entities) for j in
@@ -235,32 +277,46 @@ def start_leader(setup: SidecarEnv, load: Load, warmup: int) -> Sidecar:
 
 @dataclass(frozen=True)
 class Idle:
-    """A leader with nothing to do."""
+    """A leader (and a standby) with nothing to do."""
 
     rss_cold: int
     """VmRSS right after taking the lease, before the first event (bytes)."""
     rss: int
     """VmRSS after the warm-up, once quiet (bytes): the idle figure."""
     millicores: float
-    """CPU used while quiet, in thousandths of a core."""
+    """The leader's CPU while quiet, in thousandths of a core."""
+    standby_rss: int
+    """VmRSS of a standby replica (bytes)."""
+    standby_millicores: float
+    """The standby's CPU over the same window."""
     seconds: float
     """How long the CPU was sampled."""
 
 
-def idle(setup: SidecarEnv, load: Load, warmup: int, seconds: float) -> tuple[Sidecar, Idle]:
-    """Start a leader, note its RSS, warm it up, then sample its idle CPU for ``seconds``."""
+def idle(setup: SidecarEnv, load: Load, warmup: int, seconds: float,
+         profile: Path | None = None) -> tuple[Sidecar, Idle]:
+    """Start a leader and a standby, warm the leader up, then sample both for ``seconds``."""
     car = setup.sidecar()
     poll(car.is_leader, what="the sidecar takes the lease", deadline=120)
+    standby = setup.sidecar()
+    poll(lambda: standby.metric("liberator_leader") == 0.0, what="the standby is up",
+         deadline=120)
     time.sleep(2.0)  # let the term's loops open their streams
     cold = car.rss_bytes()
     load.insert(0, warmup, 0)
     load.wait_published(warmup, deadline=120)
     time.sleep(3.0)  # let the last acks, checkpoints and the backlog count settle
-    cpu0, t0 = car.cpu_seconds(), time.monotonic()
-    time.sleep(seconds)
-    cpu1, t1 = car.cpu_seconds(), time.monotonic()
+    with py_spy(car.pid, profile and profile / "idle.txt"):
+        cpu0, spare0, t0 = car.cpu_seconds(), standby.cpu_seconds(), time.monotonic()
+        time.sleep(seconds)
+        cpu1, spare1, t1 = car.cpu_seconds(), standby.cpu_seconds(), time.monotonic()
+    spare_rss = standby.rss_bytes()
+    standby.stop()
     return car, Idle(rss_cold=cold, rss=car.rss_bytes(),
-                     millicores=1000.0 * (cpu1 - cpu0) / (t1 - t0), seconds=t1 - t0)
+                     millicores=1000.0 * (cpu1 - cpu0) / (t1 - t0),
+                     standby_rss=spare_rss,
+                     standby_millicores=1000.0 * (spare1 - spare0) / (t1 - t0),
+                     seconds=t1 - t0)
 
 
 @dataclass(frozen=True)
@@ -277,6 +333,12 @@ class EndToEnd:
     """Highest VmRSS sampled during the run (bytes)."""
     insert_seconds: float
     """How long the inserts alone took (the load generator shares the emulator)."""
+    cpu: dict[str, float]
+    """CPU seconds each process used during the run (sidecar, servers, the bench itself)."""
+    oplog: int | None
+    """Oplog entries at the end of the run (None if unreadable)."""
+    empty_getmore: float
+    """Seconds one ``getMore`` on a quiet stream takes at the end of the run."""
 
     @property
     def per_second(self) -> float:
@@ -284,8 +346,13 @@ class EndToEnd:
 
 
 def end_to_end(car: Sidecar, load: Load, *, first: int, count: int, entities: int,
-               deadline: float) -> EndToEnd:
-    """Insert ``count`` events as fast as ``insert_many`` goes; time until all are acked."""
+               deadline: float, servers: dict[str, int],
+               profile: Path | None = None) -> EndToEnd:
+    """Insert ``count`` events as fast as ``insert_many`` goes; time until all are acked.
+
+    ``servers`` names other processes (name -> pid) whose CPU time is reported alongside.
+    """
+    pids = {"sidecar": car.pid, "bench": os.getpid(), **servers}
     before = load.published()
     writes0 = load.writes()
     peak = [car.rss_bytes()]
@@ -298,20 +365,22 @@ def end_to_end(car: Sidecar, load: Load, *, first: int, count: int, entities: in
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    try:
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    with py_spy(car.pid, profile and profile / "load.txt"):
         start = time.time()
         load.insert(first, count, entities)
         inserted = time.time()
         load.wait_published(before + count, deadline=deadline)
         end = load.last_published_at()
-    finally:
-        done.set()
-        sampler.join()
+        cpu = {name: round(cpu_seconds(pid) - cpu0[name], 2) for name, pid in pids.items()}
+    done.set()
+    sampler.join()
     time.sleep(2.0)  # the relay checkpoint is written at most once a second: count it in k
     writes1 = load.writes()
     k = None if writes0 is None or writes1 is None else (writes1 - writes0) / count
     return EndToEnd(events=count, seconds=end - start, writes_per_event=k, rss_peak=peak[0],
-                    insert_seconds=inserted - start)
+                    insert_seconds=inserted - start, cpu=cpu, oplog=load.oplog_size(),
+                    empty_getmore=load.empty_getmore())
 
 
 @dataclass(frozen=True)
@@ -340,19 +409,24 @@ class Latency:
 
 def paced_inserts(load: Load, first: int, rate: float, seconds: float,
                   stop: threading.Event | None = None) -> dict[str, float]:
-    """Insert one new entity at a time at ``rate``/s; return entityId -> insert time (epoch)."""
+    """Insert new entities at ``rate``/s; return entityId -> insert time (epoch seconds).
+
+    Every 10 ms the documents that are due go in one ``insert_many``, so the rate holds even
+    when one round trip to the busy emulator takes longer than the spacing of the events.
+    """
     sent: dict[str, float] = {}
     start = time.monotonic()
     i = 0
     while time.monotonic() - start < seconds and not (stop and stop.is_set()):
-        due = start + i / rate
-        pause = due - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
-        doc = quote(first + i)
-        sent[doc["quoteId"]] = time.time()
-        load.entities.insert_one(doc)
-        i += 1
+        due = int((time.monotonic() - start) * rate) + 1 - i
+        if due <= 0:
+            time.sleep(0.01)
+            continue
+        docs = [quote(first + i + n) for n in range(due)]
+        now = time.time()
+        load.entities.insert_many(docs, ordered=False)
+        sent.update((doc["quoteId"], now) for doc in docs)
+        i += due
     return sent
 
 
