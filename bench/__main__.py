@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "hack"))
 from pymongo import MongoClient  # noqa: E402
 
 from bench import publisher as pub  # noqa: E402
-from bench.baselines import Rate, b_ins, b_pub, b_watch, quote  # noqa: E402
+from bench.baselines import Rate, b_idle, b_ins, b_pub, b_watch, quote  # noqa: E402
 from localstack import Stack  # noqa: E402
 
 MIB = 1024 * 1024
@@ -109,17 +109,20 @@ class Run:
         uri = self.fresh_mongo()
         with MongoClient[dict[str, Any]](uri) as client:
             watch = b_watch(client, self.database("watch"), n)
+            poll = b_idle(client, self.database("idle"), min(10.0, self.args.idle_seconds))
         self.say(f"B_watch {watch.per_second:,.0f} events/s")
         bpub = b_pub(self.exports["LIBERATOR_PUBSUB_PROJECT"], f"bench-pub-{self.tag}", n,
                      self.args.entities)
         self.say(f"B_pub {bpub.per_second:,.0f} msgs/s")
         self.raw["baselines"] = {"B_ins": asdict(ins), "B_watch": asdict(watch),
-                                 "B_pub": asdict(bpub)}
+                                 "B_pub": asdict(bpub), "idle_poll": asdict(poll)}
         self.add("B_ins (raw insert_many)", f"{ins.per_second:,.0f} docs/s", "-", "-", "info")
         self.add("B_watch (raw watch drain)", f"{watch.per_second:,.0f} events/s", "-", "-",
                  "info")
         self.add("B_pub (raw batched publish)", f"{bpub.per_second:,.0f} msgs/s", "-", "-",
                  "info")
+        self.add("raw idle poll of 2 quiet streams (pymongo)", f"{poll.millicores:.0f} mcores",
+                 "-", f"{poll.getmores_per_second:,.0f} getMore/s", "info")
         return ins, watch, bpub
 
     def setup(self, name: str, lease_ttl: int = 10) -> tuple[pub.SidecarEnv, pub.Load]:

@@ -11,13 +11,14 @@ ratio compares like with like.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from pymongo import MongoClient
 
-__all__ = ["Rate", "b_ins", "b_pub", "b_watch", "quote"]
+__all__ = ["IdlePoll", "Rate", "b_idle", "b_ins", "b_pub", "b_watch", "quote"]
 
 INSERT_BATCH = 500
 """Documents per ``insert_many``: the publisher benchmark writes its load the same way."""
@@ -84,6 +85,44 @@ def b_watch(client: MongoClient[dict[str, Any]], database: str, count: int,
             if stream.try_next() is not None:
                 seen += 1
         return Rate(seen, time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class IdlePoll:
+    """Two raw change streams polled with ``try_next`` on quiet collections."""
+
+    getmores_per_second: float
+    """``getMore`` round trips per second, both streams together."""
+    millicores: float
+    """CPU of the two polling threads together, in thousandths of a core."""
+
+
+def b_idle(client: MongoClient[dict[str, Any]], database: str, seconds: float,
+           max_await_ms: int = 500) -> IdlePoll:
+    """What two idle streams cost this client (the sidecar keeps two open while it leads).
+
+    On MongoDB a quiet ``getMore`` waits ``max_await_ms``; a server that answers at once makes
+    the poll loop busy, which this figure shows.
+    """
+    results: list[tuple[int, float]] = []
+
+    def loop(name: str) -> None:
+        rounds = 0
+        with client[database][name].watch(max_await_time_ms=max_await_ms) as stream:
+            stream.try_next()
+            cpu, end = time.thread_time(), time.monotonic() + seconds
+            while time.monotonic() < end:
+                stream.try_next()
+                rounds += 1
+            results.append((rounds, time.thread_time() - cpu))
+
+    threads = [threading.Thread(target=loop, args=(name,)) for name in ("idle1", "idle2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return IdlePoll(getmores_per_second=sum(r for r, _ in results) / seconds,
+                    millicores=1000.0 * sum(c for _, c in results) / seconds)
 
 
 def message_for(i: int, entities: int) -> tuple[bytes, dict[str, str], str]:
