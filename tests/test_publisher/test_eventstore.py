@@ -29,11 +29,12 @@ from liberator_publisher.eventstore import (
     event_document,
     subscription_path,
 )
-from liberator_publisher.seed import SeedOptions, run_seed
+from liberator_publisher.seed import SeedOptions, run_seed, seed_event_id
 from liberator_publisher.settings import Settings
 from liberator_publisher.subscriber import MalformedEventError
 from localstack import Server, Stack
 from localstack.process import free_port
+from tests.test_publisher.conftest import Publisher, eventually
 
 DEADLINE = 180.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -339,3 +340,51 @@ def test_storage_failure_nacks_and_the_events_come_back(world: World, stack: Sta
     ids = {doc["_id"] for doc in world.events.find({}, {"_id": 1})}
     assert ids == {attrs["ce-id"] for _, attrs, _ in first + second}
     assert running.count("failed") > 0
+
+
+def test_the_sidecar_and_the_seed_are_stored_exactly_once(
+        publisher: Publisher, world: World) -> None:
+    """The real ``liberator publish`` sidecar and ``liberator seed`` feed the event store."""
+    store_live = world.admin.create_subscription(request={
+        "name": world.admin.subscription_path(world.project, f"store-sidecar-{world.unique}"),
+        "topic": publisher.topic.topic_path, "ack_deadline_seconds": 10}).name
+    car = publisher.start()
+    eventually(car.is_leader, what="the sidecar leads")
+    client: MongoClient[dict[str, Any]] = MongoClient(world.mongo_uri, tz_aware=True)
+    quotes = client[publisher.database][publisher.collection]
+    quotes.insert_many([{"_id": f"q-{i}", "amount": i} for i in range(200)])
+    outbox = client[publisher.database][publisher.outbox]
+    eventually(lambda: outbox.count_documents({}) == 200, what="200 inserts captured")
+    for i in range(0, 200, 2):
+        quotes.update_one({"_id": f"q-{i}"}, {"$set": {"amount": -i}})
+    # Wait until the sidecar is done: nothing pending and the outbox unchanged for a while. The
+    # store is checked against what the sidecar published (the sidecar's own tests check that
+    # each change is published).
+    seen: list[int] = []
+
+    def settled() -> bool:
+        if outbox.count_documents({"status": {"$ne": "published"}}):
+            return False
+        seen.append(outbox.count_documents({}))
+        return len(seen) >= 4 and len(set(seen[-4:])) == 1 and seen[-1] >= 200
+
+    eventually(settled, what="the sidecar published everything", every=1.0)
+    settings = Settings.from_env({**publisher.env, "LIBERATOR_TOPIC": "unused"})
+    summary = run_seed(settings, SeedOptions(topic=world.topics["seed"].rsplit("/", 1)[1],
+                                             seed_id=f"test/{world.unique}"))
+    assert (summary.seeded, summary.skipped, summary.failed) == (200, 0, 0)
+    store = EventStoreSettings(mongo_uri=world.mongo_uri, database=world.database,
+                               subscriptions=(store_live, world.subscriptions["seed"]),
+                               http_port=0, pull_timeout_seconds=2)
+    live_ids = {doc["_id"] for doc in outbox.find({}, {"_id": 1})}
+    running = Running(store)
+    with running:
+        world.wait_count(world.events, len(live_ids) + 200)
+        time.sleep(3)  # anything more (a double store) would show now
+    assert world.events.count_documents({}) == len(live_ids) + 200
+    assert {d["_id"] for d in world.events.find({"attributes.ce-seed": {"$ne": "true"}})} == \
+        live_ids
+    seeded = {d["_id"]: d["subject"] for d in world.events.find({"attributes.ce-seed": "true"})}
+    assert seeded == {seed_event_id(settings.source, f"q-{i}", None): f"q-{i}"
+                      for i in range(200)}
+    client.close()
