@@ -163,30 +163,38 @@ class Summary:
 
 
 class Pacer:
-    """Keeps a rate: ``wait()`` before each document sleeps so that n documents take n/rate s."""
+    """Keeps a rate: ``wait()`` before each document sleeps as needed.
+
+    A token bucket holding one second of documents: after a stall (a slow batch, a pause) it
+    catches up by at most one second's worth, so any window of T seconds sees at most
+    rate x (T + 1) documents.
+    """
+
+    BURST_SECONDS = 1.0
 
     def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.rate = rate
         self._clock = clock
         self._sleep = sleep
-        self._start: float | None = None
-        self._count = 0
+        self._next: float | None = None  # when the next document is due
 
     def delay(self) -> float:
         """Seconds to wait before the next document (0 when unlimited or behind)."""
         if self.rate <= 0:
             return 0.0
         now = self._clock()
-        if self._start is None:
-            self._start = now
-        return max(0.0, self._start + self._count / self.rate - now)
+        if self._next is None:
+            self._next = now
+        self._next = max(self._next, now - self.BURST_SECONDS)  # no credit beyond the burst
+        return max(0.0, self._next - now)
 
     def wait(self) -> None:
         pause = self.delay()
         if pause > 0:
             self._sleep(pause)
-        self._count += 1
+        if self._next is not None:
+            self._next += 1.0 / self.rate
 
 
 @dataclass
