@@ -245,7 +245,8 @@ def test_live_and_seed_events_are_stored_exactly_once(world: World, redis_url: s
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
             assert b'liberator_eventstore_messages_total{outcome="stored"} 1100.0' in reply.read()
     assert running.count("stored") == 1100
-    assert running.count("duplicate") == 100
+    # The 100 republished ids; Pub/Sub may redeliver more (at least once): still stored once.
+    assert running.count("duplicate") >= 100
     assert world.events.count_documents({}) == 1100
     assert world.events.count_documents({"attributes.ce-seed": "true"}) == 200
     assert world.events.count_documents({"subscription": f"store-seed-{world.unique}"}) == 200
