@@ -21,9 +21,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "hack"))
@@ -35,6 +36,7 @@ from bench.baselines import Rate, b_idle, b_ins, b_pub, b_watch, quote  # noqa: 
 from localstack import Stack  # noqa: E402
 
 MIB = 1024 * 1024
+_T = TypeVar("_T")
 PHASES = ("baselines", "e2e", "latency", "failover")
 
 
@@ -99,6 +101,18 @@ class Run:
         self.rows.append(Row(*row))
 
     # -- phases --
+
+    def phase(self, name: str, body: Callable[[], _T]) -> _T | None:
+        """Run one phase unless skipped; a failure becomes a row, and the other phases go on."""
+        if name in self.args.skip:
+            return None
+        try:
+            return body()
+        except Exception as error:  # the table still shows the other figures
+            self.say(f"{name} failed: {error!r}")
+            self.add(f"{name} phase", "FAILED", "-", "-", f"error: {str(error)[:120]}")
+            self.raw.setdefault("errors", {})[name] = repr(error)
+            return None
 
     def baselines(self) -> tuple[Rate, Rate, Rate]:
         n = self.args.baseline_docs
@@ -314,22 +328,21 @@ def main(argv: list[str] | None = None) -> int:
             stack.build(("mongo",))
         os.environ.update(stack.exports())  # PUBSUB_EMULATOR_HOST for this process's clients
         run = Run(stack, real, args)
-        base = None if "baselines" in args.skip else run.baselines()
-        rate = 0.0
-        if "e2e" not in args.skip:
-            rate = run.e2e(base)
-        if "latency" not in args.skip:
-            half = args.latency_rate or rate / 2
-            if half <= 0:
-                raise SystemExit("python -m bench: --latency-rate is needed when e2e is skipped")
-            run.latency(half)
-        if "failover" not in args.skip:
-            run.failover()
+        base = run.phase("baselines", run.baselines)
+        rate = run.phase("e2e", lambda: run.e2e(base)) or 0.0
+        half = args.latency_rate or rate / 2
+        if half > 0:
+            run.phase("latency", lambda: run.latency(half))
+        elif "latency" not in args.skip:
+            run.add("latency", "not measured", "reported", "-",
+                    "skipped: no end-to-end rate (give --latency-rate)")
+        run.phase("failover", run.failover)
     info["loadavg_end"] = os.getloadavg()
     info["seconds"] = round(time.monotonic() - started, 1)
     info["mongo"] = "LIBERATOR_TEST_MONGO_URI" if real else "mongo-java-server (fresh per phase)"
     if args.json:
-        print(json.dumps({"machine": info, "rows": [asdict(r) for r in run.rows],
+        print(json.dumps({"machine": info, "table": table(run.rows),
+                          "rows": [asdict(r) for r in run.rows],
                           "raw": run.raw, "args": vars(args)}, indent=2))
     else:
         print(table(run.rows))

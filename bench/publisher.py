@@ -223,6 +223,15 @@ class Load:
         except Exception:  # a real server may refuse the oplog to this user
             return None
 
+    def wait_capturing(self, deadline: float = 120) -> None:
+        """Wait for the capture checkpoint: the leader's stream is open from then on.
+
+        The lease alone is not enough: a first start captures from "now", so a change written
+        before the capture stream opened is (by design) not captured.
+        """
+        poll(lambda: self.db[CHECKPOINTS].find_one({"_id": f"bench/{self.database}#capture"}),
+             what="the capture checkpoint is written", deadline=deadline)
+
     def oplog_size(self) -> int | None:
         try:
             return self.db.client["local"]["oplog.rs"].estimated_document_count()
@@ -270,6 +279,7 @@ def start_leader(setup: SidecarEnv, load: Load, warmup: int) -> Sidecar:
     """
     car = setup.sidecar()
     poll(car.is_leader, what="the sidecar takes the lease", deadline=120)
+    load.wait_capturing()
     load.insert(0, warmup, 0)
     load.wait_published(warmup, deadline=120)
     return car
@@ -301,7 +311,8 @@ def idle(setup: SidecarEnv, load: Load, warmup: int, seconds: float,
     standby = setup.sidecar()
     poll(lambda: standby.metric("liberator_leader") == 0.0, what="the standby is up",
          deadline=120)
-    time.sleep(2.0)  # let the term's loops open their streams
+    load.wait_capturing()
+    time.sleep(2.0)  # let the relay open its stream too
     cold = car.rss_bytes()
     load.insert(0, warmup, 0)
     load.wait_published(warmup, deadline=120)
@@ -465,6 +476,7 @@ def failover(setup: SidecarEnv, load: Load, *, rate: float, before_kill: float,
     leader = poll(lambda: next((c for c in cars if c.is_leader()), None),
                   what="one of two sidecars takes the lease", deadline=120)
     standby = next(c for c in cars if c is not leader)
+    load.wait_capturing()
     # Warm the leader up, so the measured gap is the takeover and not a first start.
     load.insert(0, 20, 0)
     load.wait_published(20, deadline=120)
