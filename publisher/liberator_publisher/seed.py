@@ -41,6 +41,7 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
 from liberator_publisher import logs
+from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION, CheckpointError, Checkpoints
 from liberator_publisher.command import Command
 from liberator_publisher.event import (
     EventMapping,
@@ -234,17 +235,31 @@ def _rfc3339(moment: datetime | None) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _capture_position(collection: Collection[dict[str, Any]]) -> dict[str, Any]:
-    """The change stream's position now, so live capture and the seed overlap (no gap)."""
+def _capture_position(collection: Collection[dict[str, Any]],
+                      publisher: str) -> dict[str, Any]:
+    """The capture stream's position now, so live capture and the seed overlap (no gap).
+
+    Recorded: the running sidecar's capture checkpoint (read only; absent when no sidecar has
+    captured yet), a fresh change stream's resume token (MongoDB gives one even on a quiet
+    stream; mongo-java-server does not), and the time.
+    """
     now = datetime.now(UTC)
+    position: dict[str, Any] = {"time": now, "publisherCheckpoint": None, "resumeToken": None}
+    try:
+        saved = Checkpoints(collection.database[CHECKPOINT_COLLECTION], publisher).load("capture")
+        if not saved.empty:
+            position["publisherCheckpoint"] = json_util.dumps(
+                {"token": saved.token, "operationTime": saved.operation_time})
+    except (PyMongoError, CheckpointError) as error:
+        log.warning("cannot read the sidecar's capture checkpoint: %s", error)
     try:
         with collection.watch(max_await_time_ms=1) as stream:
             stream.try_next()
-            token = stream.resume_token
+            if stream.resume_token is not None:
+                position["resumeToken"] = json_util.dumps(stream.resume_token)
     except PyMongoError as error:
-        log.warning("cannot open a change stream to record the capture position: %s", error)
-        token = None
-    return {"resumeToken": json_util.dumps(token) if token is not None else None, "time": now}
+        log.info("no change stream position recorded (%s); the time stands for it", error)
+    return position
 
 
 @dataclass
@@ -427,7 +442,8 @@ class _Seeder:
         if checkpoint is None:
             checkpoint = Checkpoint(seed_id=options.seed_id, mode=options.mode,
                                     filter=filter_text, started_at=datetime.now(UTC),
-                                    capture=_capture_position(self.collection))
+                                    capture=_capture_position(self.collection,
+                                                              self.settings.publisher))
             self.ledger.save(checkpoint)
         elif checkpoint.phase == "Succeeded":
             if not checkpoint.retry:

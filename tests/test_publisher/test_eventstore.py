@@ -29,6 +29,7 @@ from liberator_publisher.eventstore import (
     event_document,
     subscription_path,
 )
+from liberator_publisher.ledger import LEDGER_SUFFIX
 from liberator_publisher.seed import SeedOptions, run_seed, seed_event_id
 from liberator_publisher.settings import Settings
 from liberator_publisher.subscriber import MalformedEventError
@@ -374,6 +375,10 @@ def test_the_sidecar_and_the_seed_are_stored_exactly_once(
     summary = run_seed(settings, SeedOptions(topic=world.topics["seed"].rsplit("/", 1)[1],
                                              seed_id=f"test/{world.unique}"))
     assert (summary.seeded, summary.skipped, summary.failed) == (200, 0, 0)
+    # Before scanning, the seed recorded where the sidecar's capture stood (no gap).
+    ledger = client[publisher.database][publisher.collection + LEDGER_SUFFIX]
+    checkpoint = ledger.find_one({"_id": f"test/{world.unique}"})
+    assert checkpoint is not None and checkpoint["capture"]["publisherCheckpoint"]
     store = EventStoreSettings(mongo_uri=world.mongo_uri, database=world.database,
                                subscriptions=(store_live, world.subscriptions["seed"]),
                                http_port=0, pull_timeout_seconds=2)
