@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -204,7 +205,10 @@ class ChangeReader:
     def _read(self) -> None:
         try:
             with self._open() as stream:
+                wait = self._max_await_ms / 1000
+                quiet = 0
                 while not self._stop.is_set():
+                    asked = time.monotonic()
                     change = stream.try_next()
                     token = stream.resume_token
                     after = Position(token=token) if token is not None else self._position
@@ -212,7 +216,15 @@ class ChangeReader:
                         # Quiet: a heartbeat, with the post-batch token when the server sends one.
                         if not self._put(("idle", None, after)):
                             return
+                        # A server that answers an empty getMore at once (the emulator ignores
+                        # maxAwaitTimeMS) would make this a busy loop: wait here instead,
+                        # briefly at first so a burst right after a quiet spell is not delayed.
+                        early = wait - (time.monotonic() - asked)
+                        if early > wait / 2:
+                            self._stop.wait(min(early, 0.01 * 2 ** quiet))
+                            quiet = min(quiet + 1, 10)
                         continue
+                    quiet = 0
                     if change.get("operationType") in END_OPERATIONS:
                         self._put(("error", StreamLostError(
                             "invalidated",
