@@ -71,7 +71,7 @@ def demo(redis_url: str) -> int:
     sub = build(subscription, redis_url)
     while sum(sub.counts.values()) < len(events):
         sub.run_once()
-    print(f"outcomes: {dict(sub.counts)}")
+    print(f"outcomes: {dict(sorted(sub.counts.items()))}")
     sub.close()
     return 0
 

@@ -204,6 +204,11 @@ def test_window_republishes_exactly_the_stored_events_in_it(
               *[a for s in sorted(subjects) for a in ("--subject", s)]]
     assert world.replay(*window, "--dry-run") == 0
     assert capsys.readouterr().out.strip() == f"events={len(expected)}"
+    # A prefix selects by type on the server too ($regex); an unknown prefix selects nothing.
+    assert world.replay("--type", "quote.*", "--dry-run") == 0
+    assert capsys.readouterr().out.strip() == f"events={len(messages)}"
+    assert world.replay("--type", "order.*", "--type", "quote.purchased", "--dry-run") == 0
+    assert capsys.readouterr().out.strip() == f"events={len(entities)}"
     target = world.topic("hydrate")
     sub = world.subscription("hydrate", target)
     assert world.replay(*window, "--topic", target.rsplit("/", 1)[1]) == 0

@@ -8,9 +8,13 @@ tested for real; the library's own path (no policy, ``dead_letter_topic`` set) i
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -289,3 +293,15 @@ def test_malformed_message_goes_to_the_policy_topic(pubsub: Server, redis_url: s
     assert dead[0].attributes["kind"] == "not-a-cloudevent"
     assert "ce-id" in dead[0].attributes[REASON_ATTRIBUTE]
     sub.close()
+
+
+def test_the_example_runs(pubsub: Server, redis_url: str) -> None:
+    """examples/subscriber_example.py --demo, as a newcomer runs it on the local stack."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, **pubsub.exports, "LIBERATOR_REDIS_URL": redis_url}
+    done = subprocess.run([sys.executable, str(root / "examples" / "subscriber_example.py"),
+                           "--demo"], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert "bill q-1: 10.5 (correlation order-7)" in done.stdout
+    assert "outcomes: {'duplicate': 1, 'handled': 2, 'unknown': 1}" in done.stdout
