@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"machine": info, "table": table(run.rows),
                           "rows": [asdict(r) for r in run.rows],
-                          "raw": run.raw, "args": vars(args)}, indent=2))
+                          "raw": run.raw, "args": vars(args)}, indent=2, default=str))
     else:
         print(table(run.rows))
         print(f"\nmachine: {info['cpus']} CPUs ({info['cpu']}), load average "
