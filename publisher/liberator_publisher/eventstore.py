@@ -41,6 +41,7 @@ from liberator_publisher import logs
 from liberator_publisher.command import Command
 from liberator_publisher.contract import DEFAULT_HTTP_PORT
 from liberator_publisher.health import Health, HealthServer
+from liberator_publisher.settings import LOG_FORMATS, LOG_LEVELS
 from liberator_publisher.subscriber import MalformedEventError, parse_message
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_COLLECTION",
     "EventStore",
     "EventStoreSettings",
+    "configure_logs",
     "dead_letter_document",
     "ensure_indexes",
     "event_document",
@@ -419,11 +421,23 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> EventStor
                               workers=int(args.workers))
 
 
+def configure_logs(env: Mapping[str, str]) -> None:
+    """Set up logging from LIBERATOR_LOG_LEVEL and LIBERATOR_LOG_FORMAT; ``UsageError``."""
+    level = env.get("LIBERATOR_LOG_LEVEL", "").strip().upper() or "INFO"
+    if level not in LOG_LEVELS:
+        raise UsageError(f"LIBERATOR_LOG_LEVEL: {level!r} is not a log level; use one of "
+                         f"{', '.join(LOG_LEVELS)}")
+    kind = env.get("LIBERATOR_LOG_FORMAT", "").strip().lower() or "text"
+    if kind not in LOG_FORMATS:
+        raise UsageError(f"LIBERATOR_LOG_FORMAT: {kind!r} is not a log format; use one of "
+                         f"{', '.join(LOG_FORMATS)}")
+    logs.configure(level, kind)
+
+
 def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
-    logs.configure(env.get("LIBERATOR_LOG_LEVEL", "INFO") or "INFO",
-                   env.get("LIBERATOR_LOG_FORMAT", "text") or "text")
     try:
+        configure_logs(env)
         settings = settings_from(args, env)
     except UsageError as error:
         print(f"liberator eventstore: {error}", file=sys.stderr)

@@ -21,13 +21,22 @@ from typing import Any
 
 from pymongo.collection import Collection
 
-__all__ = ["LEDGER_SUFFIX", "MAX_RETRY_IDS", "Checkpoint", "Ledger"]
+__all__ = ["LEDGER_SUFFIX", "MAX_RETRY_IDS", "Checkpoint", "Ledger", "LedgerError"]
 
 LEDGER_SUFFIX = ".seedledger"
 """The ledger collection is ``<collection>`` plus this suffix, in the same database."""
 MAX_RETRY_IDS = 10_000
 """At most this many failed entity ids are kept for a retry (more means Pub/Sub is down: rerun
 with a new seed id)."""
+
+
+class LedgerError(ValueError):
+    """A ledger document that cannot be read (edited by hand, say). The message names the field."""
+
+    def __init__(self, seed_id: str, field: str, problem: str) -> None:
+        super().__init__(f"seed ledger {seed_id!r}: field {field!r} {problem}; fix or delete "
+                         f"the document to start that seed over, or use a new --seed-id")
+        self.field = field
 
 
 @dataclass
@@ -63,13 +72,31 @@ class Checkpoint:
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> Checkpoint:
-        return cls(seed_id=str(document["_id"]), mode=str(document["mode"]),
-                   filter=str(document["filter"]), started_at=document["startedAt"],
-                   phase=str(document.get("phase", "Running")), after=document.get("after"),
-                   counts={k: int(v) for k, v in dict(document.get("counts") or {}).items()},
-                   capture=dict(document.get("capture") or {}),
-                   retry=list(document.get("retry") or []),
-                   completed_at=document.get("completedAt"))
+        """Read a ledger document; ``LedgerError`` names a field that is missing or wrong."""
+        seed_id = str(document.get("_id"))
+
+        def field_of(name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
+            value = document.get(name)
+            if value is None and not required:
+                return None
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise LedgerError(seed_id, name, "is missing" if value is None else
+                                  f"must be {getattr(kind, '__name__', kind)}, not "
+                                  f"{type(value).__name__}")
+            return value
+
+        counts = field_of("counts", dict, required=False) or {}
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts.values()):
+            raise LedgerError(seed_id, "counts", "must hold whole numbers")
+        if field_of("mode", str) not in ("latest", "history"):
+            raise LedgerError(seed_id, "mode", "must be latest or history")
+        return cls(seed_id=seed_id, mode=document["mode"], filter=field_of("filter", str),
+                   started_at=field_of("startedAt", datetime),
+                   phase=field_of("phase", str, required=False) or "Running",
+                   after=document.get("after"), counts=dict(counts),
+                   capture=field_of("capture", dict, required=False) or {},
+                   retry=field_of("retry", list, required=False) or [],
+                   completed_at=field_of("completedAt", datetime, required=False))
 
 
 class Ledger:

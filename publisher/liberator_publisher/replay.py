@@ -32,7 +32,6 @@ from pymongo import ASCENDING, MongoClient
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
-from liberator_publisher import logs
 from liberator_publisher.command import Command
 from liberator_publisher.eventstore import (
     DEFAULT_COLLECTION,
@@ -40,6 +39,7 @@ from liberator_publisher.eventstore import (
     check_collection,
     check_database,
     check_mongo_uri,
+    configure_logs,
 )
 from liberator_publisher.subscriber import check_pattern, parse_time
 
@@ -206,9 +206,8 @@ def _selection(args: argparse.Namespace) -> Selection:
 
 def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
-    logs.configure(env.get("LIBERATOR_LOG_LEVEL", "INFO") or "INFO",
-                   env.get("LIBERATOR_LOG_FORMAT", "text") or "text")
     try:
+        configure_logs(env)
         selection = _selection(args)
         uri_name = "--mongo-uri" if args.mongo_uri is not None else "LIBERATOR_MONGO_URI"
         uri = check_mongo_uri(_value(args.mongo_uri, env, "LIBERATOR_MONGO_URI", "--mongo-uri"),

@@ -49,7 +49,7 @@ from liberator_publisher.event import (
     message_for,
     outbox_document_for_entity,
 )
-from liberator_publisher.ledger import LEDGER_SUFFIX, Checkpoint, Ledger
+from liberator_publisher.ledger import LEDGER_SUFFIX, Checkpoint, Ledger, LedgerError
 from liberator_publisher.settings import ConfigError, Settings
 
 __all__ = [
@@ -639,6 +639,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     except UsageError as error:
         print(f"liberator seed: {error}", file=sys.stderr)
         return 2
+    except LedgerError as error:
+        print(f"liberator seed: {error}", file=sys.stderr)
+        return 1
     except Exception as error:
         log.exception("seed failed")
         print(f"liberator seed: failed: {error}", file=sys.stderr)

@@ -128,6 +128,8 @@ GOOD_ENV = {"LIBERATOR_MONGO_URI": "mongodb://127.0.0.1:1/", "LIBERATOR_DATABASE
     (["--subscription", "live-events", "--max-messages", "5000"], {}, "--max-messages"),
     (["--subscription", "live-events", "--workers", "0"], {}, "--workers"),
     (["--subscription", "live-events", "--workers", "many"], {}, "--workers"),
+    (["--subscription", "live-events"], {"LIBERATOR_LOG_LEVEL": "LOUD"}, "LIBERATOR_LOG_LEVEL"),
+    (["--subscription", "live-events"], {"LIBERATOR_LOG_FORMAT": "xml"}, "LIBERATOR_LOG_FORMAT"),
 ])
 def test_bad_input_exits_2_naming_it(args: list[str], env: dict[str, str], named: str,
                                      monkeypatch: pytest.MonkeyPatch,

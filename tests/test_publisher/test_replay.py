@@ -93,6 +93,8 @@ GOOD_ENV = {"LIBERATOR_MONGO_URI": "mongodb://127.0.0.1:1/", "LIBERATOR_DATABASE
     (["--dry-run"], {"LIBERATOR_DATABASE": ""}, "--database"),
     (["--dry-run"], {"LIBERATOR_DATABASE": "a.b"}, "LIBERATOR_DATABASE"),
     (["--dry-run", "--collection", "$x"], {}, "--collection"),
+    (["--dry-run"], {"LIBERATOR_LOG_LEVEL": "LOUD"}, "LIBERATOR_LOG_LEVEL"),
+    (["--dry-run"], {"LIBERATOR_LOG_FORMAT": "xml"}, "LIBERATOR_LOG_FORMAT"),
 ])
 def test_bad_input_exits_2_naming_it(args: list[str], env: dict[str, str], named: str,
                                      monkeypatch: pytest.MonkeyPatch,

@@ -23,7 +23,7 @@ from google.cloud import pubsub_v1
 from pymongo import MongoClient
 
 from liberator_publisher.cli import main
-from liberator_publisher.ledger import LEDGER_SUFFIX
+from liberator_publisher.ledger import LEDGER_SUFFIX, Checkpoint, LedgerError
 from liberator_publisher.seed import (
     SEED_ATTRIBUTE,
     Pacer,
@@ -125,6 +125,8 @@ GOOD_ENV = {
     ("LIBERATOR_PUBLISHER", "no-slash"),
     ("PUBSUB_EMULATOR_HOST", "no-port"),
     ("LIBERATOR_SEED", "bad seed id"),
+    ("LIBERATOR_LOG_LEVEL", "LOUD"),
+    ("LIBERATOR_LOG_FORMAT", "xml"),
 ])
 def test_bad_variable_exits_2_naming_it(variable: str, value: str,
                                          monkeypatch: pytest.MonkeyPatch,
@@ -390,3 +392,20 @@ def test_unfinished_seed_refuses_other_flags(world: Fixture) -> None:
 def test_missing_topic_is_a_usage_error(world: Fixture) -> None:
     with pytest.raises(UsageError, match="--topic"):
         run_seed(world.settings, SeedOptions(topic=f"absent-{world.unique}", seed_id="x"))
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"mode": "everything"}, "mode"),
+    ({"mode": None}, "mode"),
+    ({"filter": 3}, "filter"),
+    ({"startedAt": "yesterday"}, "startedAt"),
+    ({"counts": {"seeded": "many"}}, "counts"),
+    ({"retry": "q-1"}, "retry"),
+])
+def test_a_damaged_ledger_document_names_the_field(change: dict[str, Any], field: str) -> None:
+    good = {"_id": "shop/seed", "mode": "latest", "filter": "{}",
+            "startedAt": datetime(2026, 1, 1, tzinfo=UTC), "phase": "Running", "after": "q-1",
+            "counts": {"seeded": 3}, "retry": []}
+    assert Checkpoint.from_document(good).after == "q-1"
+    with pytest.raises(LedgerError, match=f"field '{field}'"):
+        Checkpoint.from_document({**good, **change})
