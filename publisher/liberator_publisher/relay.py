@@ -203,6 +203,7 @@ class Relay:
             sent += 1
             if sent % self.settings.batch_size == 0:
                 self.settle()  # keep memory bounded on a large backlog
+                self.progress.beat("relay", time.monotonic())  # a long sweep is not stuck
         if sent:
             log.info("sweep sent pending events", extra=fields(events=sent,
                                                                 min_age=min_age_seconds))

@@ -25,7 +25,9 @@ from typing import Any
 import pytest
 from google.api_core.exceptions import AlreadyExists
 from google.cloud import pubsub_v1
+from pymongo import MongoClient
 
+from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION
 from localstack import Server, Stack
 from localstack.process import free_port
 
@@ -281,7 +283,21 @@ class Publisher:
         return car
 
     def start(self, *args: str, **overrides: str) -> Sidecar:
-        return self.sidecar(*args, **overrides).start().wait_ready()
+        """Start a sidecar and wait until it is ready and some replica captures.
+
+        Ready does not mean capturing (standbys are ready too), and a first start captures from
+        the position where its stream opened: changes made before that are the seed's job.
+        """
+        car = self.sidecar(*args, **overrides).start().wait_ready()
+        eventually(self.capturing, what="a replica captures (start position saved)")
+        return car
+
+    def capturing(self) -> bool:
+        """Whether the capture checkpoint holds a position (saved as soon as capture runs)."""
+        with MongoClient(self.env["LIBERATOR_MONGO_URI"]) as client:
+            found = client[self.database][CHECKPOINT_COLLECTION].find_one(
+                {"_id": f"{self.name}#capture"})
+        return bool(found and (found.get("token") or found.get("operationTime")))
 
 
 @pytest.fixture()
