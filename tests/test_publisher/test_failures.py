@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -240,6 +241,22 @@ def test_malformed_uri_exits_2_naming_the_variable(publisher: Publisher) -> None
     assert car.popen is not None and car.popen.wait(timeout=60) == 2
     lines = car.output().strip().splitlines()
     assert len(lines) == 1 and "LIBERATOR_MONGO_URI" in lines[0], lines
+
+
+def test_unknown_flag_exits_2_naming_it(publisher: Publisher) -> None:
+    car = publisher.sidecar("--exit-on-fatl").start()
+    assert car.popen is not None and car.popen.wait(timeout=60) == 2
+    assert "--exit-on-fatl" in car.output()
+
+
+def test_http_port_in_use_exits_2_naming_the_variable(publisher: Publisher) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        car = publisher.sidecar(LIBERATOR_HTTP_PORT=str(taken.getsockname()[1])).start()
+        assert car.popen is not None and car.popen.wait(timeout=60) == 2
+    lines = car.output().strip().splitlines()
+    assert len(lines) == 1 and "LIBERATOR_HTTP_PORT" in lines[0], lines
 
 
 def test_unreachable_mongo_exits_non_zero_within_bounded_time(publisher: Publisher) -> None:
