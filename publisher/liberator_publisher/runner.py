@@ -71,20 +71,17 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the sidecar until SIGTERM; returns the exit code."""
-
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as error:
         print(f"liberator publish: configuration error: {error}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
-
     logs.configure(settings.log_level, settings.log_format)
     try:
         mongo = _connect_mongo(settings)
     except _StartError as error:
         print(f"liberator publish: {error}", file=sys.stderr, flush=True)
         return EXIT_UNREACHABLE
-
     database = mongo[settings.database]
     checkpoints = Checkpoints(database[CHECKPOINT_COLLECTION], settings.publisher)
     if args.reset_checkpoint:
@@ -198,7 +195,6 @@ class Term:
 
     def _guard(self, name: str, body: Callable[[], None]) -> None:
         """Run a loop; retry transient errors with backoff, park on a lost position."""
-
         backoff = 0.5
         while self.active():
             started = time.monotonic()
@@ -239,10 +235,7 @@ class Sidecar:
     """The process: HTTP, the lease loop, and the current term."""
 
     def __init__(self, settings: Settings, mongo: MongoClient[dict[str, Any]],
-                 checkpoints: Checkpoints, *,
-                 exit_on_fatal: bool) -> None:
-
-
+                 checkpoints: Checkpoints, *, exit_on_fatal: bool) -> None:
         self.settings = settings
         self.mongo = mongo
         self.database: Database[dict[str, Any]] = mongo[settings.database]

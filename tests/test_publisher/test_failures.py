@@ -80,11 +80,14 @@ def test_sigkill_at_random_points_loses_nothing_and_keeps_order(
     car = publisher.start(**LOG_ENTITY)
     writer = Writer(db, publisher.collection, total, pause=0.01)
     rng = random.Random(7)
+    kills_mid_run = 0
     for _ in range(3):
         time.sleep(rng.uniform(1.0, 4.0))
+        kills_mid_run += not writer.done()
         car.kill()
         car = publisher.start(**LOG_ENTITY)
     writer.join()
+    assert kills_mid_run >= 1  # the crashes hit a running stream, not an idle one
     eventually(lambda: len(collector.ids()) >= total, what=f"all {total} events", deadline=180)
     check_order(collector.snapshot(), total)
     outbox = db[publisher.outbox]
