@@ -23,7 +23,7 @@ from liberator_publisher.checkpoint import Checkpoints, Position
 from liberator_publisher.event import DOCUMENT_OPERATIONS, EventMapping, outbox_document_for_change
 from liberator_publisher.logs import fields
 from liberator_publisher.metrics import Metrics
-from liberator_publisher.source import ChangeReader
+from liberator_publisher.source import ChangeReader, ChangeSource
 from liberator_publisher.status import Progress
 
 __all__ = ["Capture", "CaptureSettings", "change_time", "insert_outbox"]
@@ -63,12 +63,21 @@ def insert_outbox(outbox: Collection[dict[str, Any]], documents: list[dict[str, 
         outbox.insert_many(documents, ordered=False)
     except BulkWriteError as error:
         errors = error.details.get("writeErrors", [])
-        other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
-        if other:
-            raise
+        if not all(_duplicate_id(e) for e in errors):
+            raise  # a duplicate on another unique index is a real failure, not "captured"
         duplicates = {int(e["index"]) for e in errors}
         return set(range(len(documents))) - duplicates
     return set(range(len(documents)))
+
+
+def _duplicate_id(write_error: Mapping[str, Any]) -> bool:
+    """Whether a write error is a duplicate ``_id``: the event was captured already."""
+    if write_error.get("code") != DUPLICATE_KEY:
+        return False
+    pattern = write_error.get("keyPattern")
+    if isinstance(pattern, Mapping):
+        return list(pattern) == ["_id"]
+    return "index: _id_ " in str(write_error.get("errmsg", ""))
 
 
 class Capture:
@@ -77,8 +86,10 @@ class Capture:
     def __init__(self, *, entities: Collection[dict[str, Any]],
                  outbox: Collection[dict[str, Any]], checkpoints: Checkpoints,
                  mapping: EventMapping, metrics: Metrics, progress: Progress, epoch: int,
-                 pod: str, settings: CaptureSettings) -> None:
+                 pod: str, settings: CaptureSettings,
+                 open_source: Callable[[Position], ChangeSource] | None = None) -> None:
         self.entities = entities
+        self.open_source = open_source or self._open_source
         self.outbox = outbox
         self.checkpoints = checkpoints
         self.mapping = mapping
@@ -97,9 +108,7 @@ class Capture:
         if saved.empty:
             # The reader's first heartbeat carries the position it opened at; it is saved at once.
             log.info("capture starts at the current position (no checkpoint yet)")
-        reader = ChangeReader(self.entities, saved, full_document="updateLookup",
-                              batch_size=self.settings.batch_size,
-                              max_await_ms=self.settings.max_await_ms, name="capture-reader")
+        reader = self.open_source(saved)
         reader.start()
         saved_at = time.monotonic()
         try:
@@ -124,6 +133,11 @@ class Capture:
             reader.stop()
             reader.join(timeout=2.0)
             self.progress.forget("capture")
+
+    def _open_source(self, position: Position) -> ChangeSource:
+        return ChangeReader(self.entities, position, full_document="updateLookup",
+                            batch_size=self.settings.batch_size,
+                            max_await_ms=self.settings.max_await_ms, name="capture-reader")
 
     def _save(self, position: Position) -> None:
         self.checkpoints.save("capture", self.epoch, position, self.pod)

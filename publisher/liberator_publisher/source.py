@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from bson import Timestamp
 from pymongo.collection import Collection
@@ -21,8 +21,8 @@ from pymongo.errors import OperationFailure
 
 from liberator_publisher.checkpoint import CheckpointError, Position
 
-__all__ = ["END_OPERATIONS", "Batch", "ChangeReader", "StreamLostError", "classify",
-           "rejects_token"]
+__all__ = ["END_OPERATIONS", "Batch", "ChangeReader", "ChangeSource", "StreamLostError",
+           "classify", "rejects_token"]
 
 # Server error codes that mean the stream's position is gone for good.
 _LOST_CODES = {
@@ -95,6 +95,19 @@ def rejects_token(error: OperationFailure) -> bool:
     if "ResumableChangeStreamError" in labels or "RetryableWriteError" in labels:
         return False
     return (error.code or 0) not in _NOT_ABOUT_THE_TOKEN
+
+
+class ChangeSource(Protocol):
+    """What the loops read changes from: :class:`ChangeReader`, or a stand-in in tests of what
+    the emulator cannot produce (post-batch tokens on a quiet stream, server error codes)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def join(self, timeout: float) -> None: ...
+
+    def next_batch(self, timeout: float) -> Batch | None: ...
 
 
 @dataclass(frozen=True)

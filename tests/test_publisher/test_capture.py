@@ -4,19 +4,25 @@ re-reads, checkpoints after the insert; and the pure classification of stream er
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import AutoReconnect, OperationFailure
+from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure
 
 from liberator_publisher.capture import Capture, CaptureSettings, insert_outbox
-from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION, CheckpointError, Checkpoints
+from liberator_publisher.checkpoint import (
+    CHECKPOINT_COLLECTION,
+    CheckpointError,
+    Checkpoints,
+    Position,
+)
 from liberator_publisher.event import EventMapping
 from liberator_publisher.metrics import Metrics
-from liberator_publisher.source import StreamLostError, classify
+from liberator_publisher.source import Batch, StreamLostError, classify
 from liberator_publisher.status import Progress
 from tests.test_publisher.conftest import eventually
 
@@ -31,17 +37,44 @@ def db(mongo_uri: str, unique: str) -> Iterator[Database[dict[str, Any]]]:
     client.close()
 
 
+class ScriptedSource:
+    """Stands in for the change stream through the seam (source.ChangeSource) for what the
+    emulator cannot produce: a quiet stream whose post-batch resume token moves."""
+
+    def __init__(self, *items: Batch | float) -> None:
+        self.items = list(items)  # a float is a pause in seconds
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def join(self, timeout: float) -> None: ...
+
+    def next_batch(self, timeout: float) -> Batch | None:
+        if not self.items:
+            time.sleep(min(timeout, 0.05))
+            return None
+        item = self.items.pop(0)
+        if isinstance(item, float):
+            time.sleep(item)
+            return None
+        return item
+
+
 class Running:
     """A Capture in a thread, stopped at the end."""
 
-    def __init__(self, db: Database[dict[str, Any]], epoch: int = 1) -> None:
+    def __init__(self, db: Database[dict[str, Any]], epoch: int = 1,
+                 source: ScriptedSource | None = None, heartbeat_seconds: float = 5.0) -> None:
         self.metrics = Metrics()
         self.checkpoints = Checkpoints(db[CHECKPOINT_COLLECTION], "test/cap")
         self.capture = Capture(entities=db["quotes"], outbox=db["quotes.outbox"],
                                checkpoints=self.checkpoints, mapping=MAPPING,
                                metrics=self.metrics, progress=Progress(), epoch=epoch,
-                               pod="test", settings=CaptureSettings(batch_size=50,
-                                                                    max_await_ms=100))
+                               pod="test",
+                               settings=CaptureSettings(batch_size=50, max_await_ms=100,
+                                                        heartbeat_seconds=heartbeat_seconds),
+                               open_source=(lambda _: source) if source else None)
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -129,6 +162,29 @@ def test_a_newer_epoch_stops_capture_with_fenced(db: Database[dict[str, Any]]) -
     assert type(running.error).__name__ == "FencedError"
     # The change was captured (idempotent) but the checkpoint stays the newer leader's.
     assert db[CHECKPOINT_COLLECTION].find_one({"_id": "test/cap#capture"})["epoch"] == 2
+
+
+def test_a_quiet_stream_saves_its_post_batch_token(db: Database[dict[str, Any]]) -> None:
+    # MongoDB moves the post-batch resume token on a quiet stream; the emulator does not, so a
+    # scripted source stands in for the change stream here (and only here).
+    first, later = {"_data": "82000000010000"}, {"_data": "82000000020000"}
+    source = ScriptedSource(Batch([], Position(token=first)), 0.3,
+                            Batch([], Position(token=later)))
+    running = Running(db, source=source, heartbeat_seconds=0.2)
+    eventually(lambda: running.checkpoints.load("capture").token == later,
+               what="the heartbeat token saved")
+    running.close()
+    assert running.error is None
+    assert db["quotes.outbox"].count_documents({}) == 0
+
+
+def test_a_duplicate_on_another_unique_index_is_an_error_not_captured(
+        db: Database[dict[str, Any]]) -> None:
+    outbox = db["quotes.outbox"]
+    outbox.create_index("entityId", unique=True)
+    outbox.insert_one({"_id": "first", "entityId": "same"})
+    with pytest.raises(BulkWriteError):
+        insert_outbox(outbox, [{"_id": "second", "entityId": "same"}])
 
 
 def test_insert_outbox_counts_duplicates_as_captured(db: Database[dict[str, Any]]) -> None:
