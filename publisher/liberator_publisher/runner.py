@@ -261,6 +261,7 @@ class Sidecar:
         self.shutdown = threading.Event()
         self.http: HealthServer | None = None
         self._redis_down_logged = False
+        self._reset_seen = threading.Event()
 
     # -- probes --
 
@@ -301,7 +302,9 @@ class Sidecar:
                 break
             if self.term is not None and time.monotonic() - last_backlog > BACKLOG_EVERY_SECONDS:
                 last_backlog = time.monotonic()
-                threading.Thread(target=self._count_backlog, daemon=True).start()
+                # In a thread of its own: a slow MongoDB must never delay a lease renewal.
+                threading.Thread(target=self._poll_mongo, args=(bool(self.parked),),
+                                 daemon=True).start()
             self.wake.wait(self.tick)
             self.wake.clear()
         self._end_term(drain_seconds=10.0)
@@ -335,8 +338,11 @@ class Sidecar:
 
     def _try_lead(self) -> None:
         epoch = self.lease.try_acquire()
-        if not epoch:
-            return
+        if epoch:
+            self._lead(epoch)
+
+    def _lead(self, epoch: int) -> None:
+        """Start a term under the lease just taken (or kept, after a reset)."""
         try:
             floor = max(self.checkpoints.epoch(loop) for loop in LOOPS)
             if epoch <= floor:
@@ -372,6 +378,15 @@ class Sidecar:
         assert term is not None
         if term.parked and not self.parked:
             self.parked = term.parked
+        if term.parked and self._reset_seen.is_set():
+            # The documented recovery ran (--reset-checkpoint): start again from "now". This is
+            # an explicit operator action, never an automatic restart of a lost stream.
+            log.warning("checkpoints were reset; resuming from the current position",
+                        extra=_fields(was=self.parked))
+            self._reset_seen.clear()
+            self._end_term(drain_seconds=0.5)
+            self._lead(self.lease.epoch)
+            return
         if term.fenced or (term.finished() and not term.parked):
             self._end_term(drain_seconds=0.5)
             self.lease.release()
@@ -402,6 +417,17 @@ class Sidecar:
             parked=self.parked, updatedAt=now_rfc3339())
         write_status(self.redis, self.settings.publisher, record,
                      ttl_seconds=max(60.0, self.settings.lease_ttl_seconds * 6))
+
+    def _poll_mongo(self, parked: bool) -> None:
+        """Count the backlog; while parked, notice a reset of the checkpoints."""
+        if parked:
+            try:
+                if all(self.checkpoints.epoch(loop) == 0 for loop in LOOPS):
+                    self._reset_seen.set()
+                    self.wake.set()
+            except Exception:
+                pass  # MongoDB away: look again next time
+        self._count_backlog()
 
     def _count_backlog(self) -> None:
         try:

@@ -310,16 +310,20 @@ def test_lost_resume_point_parks_alive_with_the_reason_everywhere(
         {"_id": f"{publisher.name}#capture"})["token"] == REJECTED_TOKEN
     assert car.alive()
 
-    # Recovery: reset the checkpoint, restart; capture runs again from the current position.
-    assert car.stop() == 0
+    # Recovery (after an EventSeed): reset the checkpoints. The parked leader notices and
+    # captures again from the current position, without a restart.
     reset = publisher.sidecar("--reset-checkpoint").start()
     assert reset.popen is not None and reset.popen.wait(timeout=60) == 0
-    fresh = publisher.start()
+    assert "removed 2 checkpoint(s)" in reset.output()
+    eventually(lambda: car.get("/healthz")[1].startswith("ok (leader"), what="resumed")
+    eventually(publisher.capturing, what="capturing from a fresh position")
     db[publisher.collection].insert_one({"_id": "after-reset"})
     outbox = db[publisher.outbox]
     eventually(lambda: outbox.find_one({"entityId": "after-reset", "status": "published"}),
                what="publishing again after the reset")
-    assert fresh.get("/healthz")[1].startswith("ok")
+    assert not [line for line in car.get("/metrics")[1].splitlines()
+                if line.startswith("liberator_parked{")]
+    assert car.stop() == 0
 
 
 def test_lost_resume_point_under_exit_on_fatal_exits_non_zero(
