@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from liberator_publisher.contract import status_key
 from liberator_publisher.leader import Lease, epoch_key, lease_key
 from liberator_publisher.status import StatusRecord, read_status, write_status
 
@@ -34,12 +35,12 @@ def test_one_holder_at_a_time_and_each_term_gets_a_larger_epoch(client: redis.Re
 
 
 def test_renewal_extends_only_the_holders_lease(client: redis.Redis, unique: str) -> None:
-    a = Lease(client, f"ns/{unique}", "pod-a", ttl_seconds=2)
-    b = Lease(client, f"ns/{unique}", "pod-b", ttl_seconds=2)
+    a = Lease(client, f"ns/{unique}", "pod-a", ttl_seconds=60)
+    b = Lease(client, f"ns/{unique}", "pod-b", ttl_seconds=60)
     assert a.try_acquire()
-    client.pexpire(lease_key(f"ns/{unique}"), 100)  # nearly expired on the server
+    client.pexpire(lease_key(f"ns/{unique}"), 10_000)  # run down on the server
     assert a.renew()
-    assert client.pttl(lease_key(f"ns/{unique}")) > 1000
+    assert client.pttl(lease_key(f"ns/{unique}")) > 30_000
     # b never held it: renewing must not extend (or create) anything.
     assert not b.renew()
     assert a.holder() == a.token
@@ -74,11 +75,13 @@ def test_status_record_round_trips_and_expires(client: redis.Redis, unique: str)
     record = StatusRecord(pod="pod-a", epoch=3, lastEventTime=None, captureLagSeconds=0.5,
                           relayLagSeconds=0.25, backlog=7, parked="",
                           updatedAt="2026-01-01T00:00:00Z")
-    write_status(client, f"ns/{unique}", record, ttl_seconds=0.3)
+    write_status(client, f"ns/{unique}", record, ttl_seconds=60)
+    assert 0 < client.pttl(status_key(f"ns/{unique}")) <= 60_000
     stored = read_status(client, f"ns/{unique}")
     assert stored == {"pod": "pod-a", "epoch": 3, "lastEventTime": None, "captureLagSeconds": 0.5,
                       "relayLagSeconds": 0.25, "backlog": 7, "parked": "",
                       "updatedAt": "2026-01-01T00:00:00Z"}
+    write_status(client, f"ns/{unique}", record, ttl_seconds=0.2)
     deadline = time.monotonic() + 10
     while read_status(client, f"ns/{unique}") is not None and time.monotonic() < deadline:
         time.sleep(0.05)
