@@ -14,13 +14,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hack/stack", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build what is missing, start servers, print export lines")
-    up.add_argument("names", nargs="*", choices=[*SERVER_NAMES, []], metavar="SERVER",
+    up.add_argument("names", nargs="*", metavar="SERVER",
                     help=f"any of {', '.join(SERVER_NAMES)} (default: all)")
     sub.add_parser("build", help="only build or install the servers")
     sub.add_parser("status", help="list running servers")
     sub.add_parser("env", help="print the export lines of running servers")
     sub.add_parser("down", help="stop every server")
     args = parser.parse_args(argv)
+    unknown = [n for n in getattr(args, "names", []) if n not in SERVER_NAMES]
+    if unknown:
+        parser.error(f"unknown server {unknown[0]!r}: choose from {', '.join(SERVER_NAMES)}")
     run_dir = default_run_dir()
     stack = Stack.load(run_dir)
     try:

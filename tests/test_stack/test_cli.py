@@ -1,0 +1,51 @@
+"""``hack/stack``: the command line people and scripts use to run the local stack."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stack(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LIBERATOR_STACK_DIR": str(run_dir)}
+    return subprocess.run([str(ROOT / "hack" / "stack"), *args], env=env, capture_output=True,
+                          text=True, timeout=120, check=False, stdin=subprocess.DEVNULL)
+
+
+def running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_up_prints_exports_status_lists_and_down_stops(tmp_path: Path) -> None:
+    up = stack(tmp_path, "up", "redis")
+    assert up.returncode == 0, up.stderr
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines())
+    assert set(exports) == {"LIBERATOR_REDIS_URL"}
+    assert exports["LIBERATOR_REDIS_URL"].startswith("redis://127.0.0.1:")
+
+    status = stack(tmp_path, "status")
+    assert status.returncode == 0
+    assert status.stdout.startswith("redis") and "running" in status.stdout
+    pid = int(status.stdout.split("pids=")[1].split()[0])
+    assert running(pid)
+    assert stack(tmp_path, "env").stdout == up.stdout  # the same settings, for another shell
+
+    down = stack(tmp_path, "down")
+    assert down.returncode == 0
+    assert not running(pid)
+    assert stack(tmp_path, "status").stdout.strip() == "nothing runs"
+
+
+def test_unknown_server_is_refused_with_the_choices(tmp_path: Path) -> None:
+    result = stack(tmp_path, "up", "postgres")
+    assert result.returncode == 2
+    assert "postgres" in result.stderr
+    assert "mongo" in result.stderr and "kube" in result.stderr
+    assert stack(tmp_path, "status").stdout.strip() == "nothing runs"  # nothing started
