@@ -54,7 +54,7 @@ class Stack:
 
     def start(self, name: str, port: int | None = None) -> Server:
         started = time.monotonic()
-        server = server_module(name).start(self.run_dir / name, port)
+        server: Server = server_module(name).start(self.run_dir / name, port)
         self.servers[name] = server
         self.say(f"{name} ready in {time.monotonic() - started:.1f}s: {server.details}")
         return server
