@@ -3,7 +3,7 @@
 No MongoDB server can be installed here. mongo-java-server speaks the wire protocol and serves
 change streams from an oplog that our launcher (``hack/mongo/LiberatorMongo.java``) enables. The
 H2 backend keeps data and oplog in one file under the run directory, so a restart on the same
-port resumes where it stopped. Differences from MongoDB: docs/local-stack-mongo.md.
+port resumes where it stopped. Differences from MongoDB: docs/local-stack.md (MongoDB section).
 """
 
 from __future__ import annotations

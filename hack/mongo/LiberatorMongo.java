@@ -14,6 +14,7 @@ import de.bwaldvogel.mongo.bson.BsonTimestamp;
 import de.bwaldvogel.mongo.bson.Document;
 import de.bwaldvogel.mongo.backend.Cursor;
 import de.bwaldvogel.mongo.backend.aggregation.Aggregation;
+import de.bwaldvogel.mongo.backend.aggregation.stage.AggregationStage;
 import de.bwaldvogel.mongo.oplog.Oplog;
 import io.netty.channel.Channel;
 
@@ -23,8 +24,8 @@ import io.netty.channel.Channel;
  *
  * <p>Usage: {@code java LiberatorMongo HOST PORT memory|h2:FILE}
  *
- * <p>Two shims make current pymongo (4.x) work against the emulator; both are documented in
- * docs/local-stack-mongo.md:
+ * <p>These shims make current pymongo (4.x) work against the emulator as it works against
+ * MongoDB; all are documented in docs/local-stack.md (MongoDB section):
  * <ul>
  *   <li>it reports MongoDB 5.0 with wire version 13 (the library's own 5.0 says wire version 8,
  *       which pymongo refuses: it needs 9 or more);</li>
@@ -35,6 +36,8 @@ import io.netty.channel.Channel;
  *       back to the update's {@code $set} fields when {@code updateLookup} finds no document.</li>
  *   <li>{@code findAndModify} (pymongo's {@code find_one_and_*}) writes oplog entries: the library
  *       writes none, so those changes would never reach a change stream.</li>
+ *   <li>{@code updateLookup} is done by the launcher: the library splits the namespace at the
+ *       wrong dot, so a collection named like {@code quotes.outbox} failed the lookup.</li>
  * </ul>
  */
 public final class LiberatorMongo {
@@ -94,7 +97,7 @@ public final class LiberatorMongo {
                 protected Oplog createOplog() {
                     Oplog inner = super.createOplog();
                     OperationTime.bind(inner);
-                    return new MarkingOplog(inner);
+                    return new MarkingOplog(this, inner);
                 }
             };
         }
@@ -114,7 +117,7 @@ public final class LiberatorMongo {
                 protected Oplog createOplog() {
                     Oplog inner = super.createOplog();
                     OperationTime.bind(inner);
-                    return new MarkingOplog(inner);
+                    return new MarkingOplog(this, inner);
                 }
             };
         }
@@ -197,13 +200,16 @@ public final class LiberatorMongo {
     /**
      * Writes one oplog entry per updated document whose {@code o} also carries the document's id
      * under {@link ChangeEvents#MARK}: the library's update entries keep the id only in
-     * {@code o2}, which never reaches the change event.
+     * {@code o2}, which never reaches the change event. Also does the {@code updateLookup} of
+     * change streams itself (see {@link UpdateLookup}).
      */
     private static final class MarkingOplog implements Oplog {
 
+        private final MongoBackend backend;
         private final Oplog inner;
 
-        MarkingOplog(Oplog inner) {
+        MarkingOplog(MongoBackend backend, Oplog inner) {
+            this.backend = backend;
             this.inner = inner;
         }
 
@@ -235,7 +241,54 @@ public final class LiberatorMongo {
         @Override
         public Cursor createCursor(Document changeStream, String namespace,
                                    Aggregation aggregation) {
-            return inner.createCursor(changeStream, namespace, aggregation);
+            if (!"updateLookup".equals(changeStream.get("fullDocument"))) {
+                return inner.createCursor(changeStream, namespace, aggregation);
+            }
+            // The library's lookup splits "db.quotes.outbox" at the last dot and fails with
+            // "Collection [db.quotes] not found": hide the option from it and look up ourselves,
+            // first in the pipeline, so a $match still sees the looked-up document.
+            Document options = changeStream.clone();
+            options.remove("fullDocument");
+            aggregation.getStages().add(0, new UpdateLookup(backend, namespace));
+            return inner.createCursor(options, namespace, aggregation);
+        }
+    }
+
+    /**
+     * The {@code updateLookup} of a change stream on {@code namespace}: an update event's
+     * {@code fullDocument} becomes the document's current version, or null when it is gone.
+     * The database name ends at the first dot (MongoDB allows dots in collection names).
+     */
+    private record UpdateLookup(MongoBackend backend, String namespace)
+        implements AggregationStage {
+
+        @Override
+        public String name() {
+            return "$liberatorUpdateLookup";
+        }
+
+        @Override
+        public java.util.stream.Stream<Document> apply(java.util.stream.Stream<Document> events) {
+            return events.map(this::lookUp);
+        }
+
+        private Document lookUp(Document event) {
+            if (!"update".equals(event.get("operationType"))
+                || !(event.get("documentKey") instanceof Document entry)) {
+                return event;
+            }
+            Object id = entry.containsKey(ChangeEvents.MARK)
+                ? entry.get(ChangeEvents.MARK) : entry.get("_id");
+            int dot = namespace.indexOf('.');
+            MongoCollection<?> collection = id == null || dot < 0 ? null
+                : backend.resolveDatabase(namespace.substring(0, dot))
+                    .resolveCollection(namespace.substring(dot + 1), false);
+            Document found = collection == null ? null
+                : collection.handleQueryAsStream(new Document("_id", id)).findFirst()
+                    .map(Document::cloneDeeply).orElse(null);
+            // The event is the library's fresh copy, not the stored oplog entry: safe to change.
+            event.put("fullDocument", found);
+            return event;
         }
     }
 
@@ -368,20 +421,41 @@ public final class LiberatorMongo {
                 }
             } else if (updated) {
                 if (value instanceof Document document && document.containsKey("_id")
-                    && query.get("update") instanceof Document update) {
+                    && query.get("update") instanceof Document update
+                    && !unchanged(backend, database, collection, query, document)) {
                     oplog.handleUpdate(namespace, selector, update, List.of(document.get("_id")));
                 }
             } else if (Boolean.TRUE.equals(query.get("upsert"))) {
                 // An upsert inserted a document: read it back (it matches the selector).
-                MongoCollection<?> target = backend.resolveDatabase(database)
-                    .resolveCollection(collection, false);
                 Document filter = value instanceof Document after && after.containsKey("_id")
                     ? new Document("_id", after.get("_id")) : selector;
-                if (target != null) {
-                    target.handleQueryAsStream(filter).findFirst().ifPresent(
-                        doc -> oplog.handleInsert(namespace, List.of(doc.cloneDeeply())));
+                Document inserted = current(backend, database, collection, filter);
+                if (inserted != null) {
+                    oplog.handleInsert(namespace, List.of(inserted));
                 }
             }
+        }
+
+        /**
+         * Whether the update left the document as it was: MongoDB writes no oplog entry (so no
+         * change event) for such a no-op. Known only when the reply holds the whole document
+         * before the update (no {@code new}, no {@code fields}); otherwise assume a change.
+         */
+        private static boolean unchanged(MongoBackend backend, String database,
+                                         String collection, Document query, Document before) {
+            if (Boolean.TRUE.equals(query.get("new")) || query.get("fields") != null) {
+                return false;
+            }
+            return before.equals(current(backend, database, collection,
+                new Document("_id", before.get("_id"))));
+        }
+
+        private static Document current(MongoBackend backend, String database,
+                                        String collection, Document filter) {
+            MongoCollection<?> target = backend.resolveDatabase(database)
+                .resolveCollection(collection, false);
+            return target == null ? null : target.handleQueryAsStream(filter).findFirst()
+                .map(Document::cloneDeeply).orElse(null);
         }
     }
 }

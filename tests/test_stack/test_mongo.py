@@ -2,7 +2,7 @@
 
 They check the behaviour the data plane relies on, against the real local server (or a real
 MongoDB when ``LIBERATOR_TEST_MONGO_URI`` is set). Where the emulator differs from MongoDB the
-test says so; the full list is in docs/local-stack-mongo.md.
+test says so; the full list is in docs/local-stack.md (MongoDB section).
 """
 
 from __future__ import annotations
@@ -130,6 +130,92 @@ def test_replace_and_find_and_modify_produce_events(coll: Collection[Doc]) -> No
                              ("delete", 1)]
     assert events[1]["fullDocument"] == {"_id": 1, "v": 2}
     assert events[3]["fullDocument"] == {"_id": 2, "v": 1}
+
+
+@pytest.fixture()
+def dotted(client: pymongo.MongoClient[Doc], unique: str) -> Collection[Doc]:
+    """A collection whose name has a dot, like the publisher's default outbox ``<coll>.outbox``."""
+    return client[f"smoke_{unique}"]["quotes.outbox"]
+
+
+def test_update_lookup_on_a_collection_name_with_a_dot(dotted: Collection[Doc]) -> None:
+    # The bare emulator splits "db.quotes.outbox" at the last dot and fails the whole getMore
+    # with "Collection [db.quotes] not found"; the database name ends at the first dot.
+    with dotted.watch(full_document="updateLookup") as stream:
+        dotted.insert_one({"_id": "e1", "state": "draft", "n": 0})
+        dotted.update_one({"_id": "e1"}, {"$set": {"state": "published"}, "$inc": {"n": 1}})
+        events = take(stream, 2)
+    assert kinds(events) == [("insert", "e1"), ("update", "e1")]
+    assert events[1]["fullDocument"] == {"_id": "e1", "state": "published", "n": 1}
+    assert events[1]["ns"] == {"db": dotted.database.name, "coll": "quotes.outbox"}
+
+
+def test_insert_replace_delete_on_a_collection_name_with_a_dot(dotted: Collection[Doc]) -> None:
+    prefix = dotted.database["quotes"]  # "db.quotes" must not be mistaken for "db.quotes.outbox"
+    with dotted.watch(full_document="updateLookup") as stream:
+        prefix.insert_one({"_id": "other"})
+        dotted.insert_one({"_id": 1, "v": 1})
+        dotted.replace_one({"_id": 1}, {"v": 2})
+        dotted.update_one({"_id": 1}, {"$set": {"w": 3}})
+        dotted.delete_one({"_id": 1})
+        prefix.update_one({"_id": "other"}, {"$set": {"v": 1}})
+        events = take(stream, 4)
+        assert quiet(stream) == []
+    assert kinds(events) == [("insert", 1), ("replace", 1), ("update", 1), ("delete", 1)]
+    assert events[0]["fullDocument"] == {"_id": 1, "v": 1}
+    assert events[1]["fullDocument"] == {"_id": 1, "v": 2}
+    # Read after the delete: the lookup finds nothing, so null (as MongoDB).
+    assert events[2]["fullDocument"] is None
+    assert events[3].get("fullDocument") is None
+    assert all(e["ns"] == {"db": dotted.database.name, "coll": "quotes.outbox"} for e in events)
+    assert list(dotted.find()) == []
+    assert prefix.find_one({"_id": "other"}) == {"_id": "other", "v": 1}
+
+
+def test_update_lookup_runs_before_a_match_stage(dotted: Collection[Doc]) -> None:
+    # The $match sees the looked-up document, so an update that does not touch "state" still
+    # matches on it (the launcher puts its lookup first in the pipeline).
+    pipeline = [{"$match": {"fullDocument.state": "published"}}]
+    with dotted.watch(pipeline, full_document="updateLookup") as stream:
+        dotted.insert_one({"_id": "d", "state": "draft"})
+        dotted.insert_one({"_id": "p", "state": "published", "n": 0})
+        dotted.update_one({"_id": "p"}, {"$inc": {"n": 1}})
+        dotted.update_one({"_id": "d"}, {"$inc": {"n": 1}})
+        events = take(stream, 2)
+        assert quiet(stream) == []
+    assert kinds(events) == [("insert", "p"), ("update", "p")]
+    assert events[1]["fullDocument"] == {"_id": "p", "state": "published", "n": 1}
+
+
+def test_update_on_a_collection_name_with_a_dot_without_lookup(dotted: Collection[Doc]) -> None:
+    with dotted.watch() as stream:
+        dotted.insert_one({"_id": 1, "v": 1})
+        dotted.update_one({"_id": 1}, {"$set": {"v": 2}})
+        events = take(stream, 2)
+    assert kinds(events) == [("insert", 1), ("update", 1)]
+    assert events[1].get("fullDocument") is None
+
+
+def test_a_no_op_update_writes_no_event_and_no_oplog_entry(
+        client: pymongo.MongoClient[Doc], dotted: Collection[Doc]) -> None:
+    """Setting a field to the value it has changes nothing: MongoDB logs nothing, nor do we.
+
+    Not a lost event: a reader waiting for an event after such an update waits forever.
+    """
+    namespace = f"{dotted.database.name}.{dotted.name}"
+    with dotted.watch(full_document="updateLookup") as stream:
+        dotted.insert_one({"_id": "q", "n": 0})
+        same = dotted.update_one({"_id": "q"}, {"$set": {"n": 0}})
+        assert (same.matched_count, same.modified_count) == (1, 0)
+        assert dotted.find_one_and_update({"_id": "q"}, {"$set": {"n": 0}}) == {"_id": "q", "n": 0}
+        # A real change after the no-ops: the stream must give it right after the insert.
+        dotted.update_one({"_id": "q"}, {"$set": {"n": 1}})
+        events = take(stream, 2)
+        assert quiet(stream) == []
+    assert kinds(events) == [("insert", "q"), ("update", "q")]
+    assert events[1]["fullDocument"] == {"_id": "q", "n": 1}
+    entries = list(client["local"]["oplog.rs"].find({"ns": namespace}))
+    assert [e["op"] for e in entries] == ["i", "u"]
 
 
 def test_resume_after_a_token_sees_exactly_the_later_events(coll: Collection[Doc]) -> None:
