@@ -702,7 +702,7 @@ def test_operator_restart_resumes_and_creates_nothing_twice(env: Env, operator: 
 
 def test_peering_lets_one_replica_act(env: Env, operator: Operator, unique: str,
                                       tmp_path: Path) -> None:
-    crd, peering = yaml.safe_load_all((ROOT / "deploy" / "peering.yaml").read_text())
+    crd, peering = yaml.safe_load_all((ROOT / "deploy" / "base" / "peering.yaml").read_text())
     env.kubectl("apply", "-f", "-", stdin=json.dumps(crd))
     env.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                 "crd/clusterkopfpeerings.kopf.dev")
