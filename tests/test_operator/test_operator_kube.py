@@ -171,7 +171,8 @@ class Operator:
                      "--webhook-addr", "127.0.0.1", "--webhook-host", "127.0.0.1",
                      "--webhook-port", str(self.port), *extra]
         if configure:
-            self.argv += ["--webhook-configure", "liberator-injector"]
+            # Not deploy/'s name: the deploy dry-run test applies that one to the same server.
+            self.argv += ["--webhook-configure", "liberator-injector-test"]
         self.environment = {**os.environ, "KUBECONFIG": e.kubeconfig,
                             "PUBSUB_EMULATOR_HOST": e.emulator,
                             "LIBERATOR_OPERATOR_NAMESPACE": "liberator-system",
