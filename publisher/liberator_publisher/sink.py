@@ -29,8 +29,9 @@ class SinkSettings:
     """Flow control: publish() blocks beyond this many unacknowledged bytes."""
     batch_max_messages: int = 500
     """Largest batch the client sends in one request."""
-    batch_max_latency_seconds: float = 0.005
-    """How long the client waits to fill a batch; small, since ordering keys batch apart."""
+    batch_max_latency_seconds: float = 0.02
+    """How long the client waits to fill a batch. Ordering keys batch apart (one batch in flight
+    per key), so a live stream over many keys fills a batch only if it waits a little."""
     publish_timeout_seconds: float = 60.0
     """Total time the client retries one publish before its future fails."""
 
