@@ -42,6 +42,9 @@ class CaptureSettings:
     """How long one ``getMore`` waits on a quiet stream."""
     heartbeat_seconds: float = 5.0
     """Least time between checkpoint writes of a quiet stream's post-batch token."""
+    gather_ms: int = 25
+    """After a short batch, how long the reader waits before its next ``getMore`` (fewer,
+    larger batches under load; see ``ChangeReader``)."""
 
 
 def change_time(change: Mapping[str, Any]) -> datetime | None:
@@ -87,8 +90,11 @@ class Capture:
                  outbox: Collection[dict[str, Any]], checkpoints: Checkpoints,
                  mapping: EventMapping, metrics: Metrics, progress: Progress, epoch: int,
                  pod: str, settings: CaptureSettings,
-                 open_source: Callable[[Position], ChangeSource] | None = None) -> None:
+                 open_source: Callable[[Position], ChangeSource] | None = None,
+                 on_written: Callable[[], None] = lambda: None) -> None:
+        """``on_written`` is called after each outbox insert (the relay reads it sooner)."""
         self.entities = entities
+        self.on_written = on_written
         self.open_source = open_source or self._open_source
         self.outbox = outbox
         self.checkpoints = checkpoints
@@ -119,6 +125,7 @@ class Capture:
                     continue
                 if batch.changes:
                     self._write(batch.changes)
+                    self.on_written()
                     self._save(batch.position)
                     saved, saved_at = batch.position, time.monotonic()
                     continue
@@ -137,7 +144,8 @@ class Capture:
     def _open_source(self, position: Position) -> ChangeSource:
         return ChangeReader(self.entities, position, full_document="updateLookup",
                             batch_size=self.settings.batch_size,
-                            max_await_ms=self.settings.max_await_ms, name="capture-reader")
+                            max_await_ms=self.settings.max_await_ms,
+                            gather_ms=self.settings.gather_ms, name="capture-reader")
 
     def _save(self, position: Position) -> None:
         self.checkpoints.save("capture", self.epoch, position, self.pod)

@@ -70,6 +70,12 @@ class RelaySettings:
     """Least time between relay checkpoint writes."""
     max_backoff_seconds: float = 10.0
     """Longest wait before a failed ordering key is tried again."""
+    gather_ms: int = 25
+    """After a short batch, how long the reader waits before its next ``getMore`` unless
+    :meth:`Relay.nudge` says capture wrote (fewer, larger batches; see ``ChangeReader``)."""
+    quiet_pause_ms: int = 2000
+    """Longest pause between empty ``getMore`` s on a server that answers them at once: capture's
+    inserts nudge the reader, so only outbox changes made by others wait this long."""
 
 
 @dataclass
@@ -122,6 +128,7 @@ class Relay:
         self._watermark: Position | None = None
         self._saved: Position | None = None
         self._saved_at = 0.0
+        self._reader: ChangeReader | None = None
 
     # -- the loop --
 
@@ -131,7 +138,10 @@ class Relay:
         self._saved = position
         reader = ChangeReader(self.outbox, position, pipeline=PIPELINE,
                               full_document="updateLookup", batch_size=self.settings.batch_size,
-                              max_await_ms=self.settings.max_await_ms, name="relay-reader")
+                              max_await_ms=self.settings.max_await_ms,
+                              gather_ms=self.settings.gather_ms,
+                              quiet_pause_ms=self.settings.quiet_pause_ms, name="relay-reader")
+        self._reader = reader
         reader.start()
         try:
             if position.empty:
@@ -157,6 +167,12 @@ class Relay:
             self._drain(drain_seconds())
             self.progress.forget("relay")
             reader.join(timeout=2.0)
+
+    def nudge(self) -> None:
+        """New pending events were written to the outbox: read the stream now."""
+        reader = self._reader
+        if reader is not None:
+            reader.nudge()
 
     def _drain(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

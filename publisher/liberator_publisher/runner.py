@@ -145,6 +145,7 @@ class Term:
         self.parked_code = ""
         self.fenced = False
         self._loops: list[_Loop] = []
+        self._relay_loop: Relay | None = None
 
     def active(self) -> bool:
         """Whether the loops may go on: not stopped, and the lease surely still ours."""
@@ -181,17 +182,22 @@ class Term:
                 checkpoints=sc.checkpoints, mapping=s.mapping(), metrics=sc.metrics,
                 progress=sc.progress, epoch=self.epoch, pod=s.pod_name,
                 settings=CaptureSettings(batch_size=s.batch_size, max_await_ms=s.max_await_ms),
-                ).run(self.active)
+                on_written=self._nudge_relay).run(self.active)
+
+    def _nudge_relay(self) -> None:
+        relay = self._relay_loop
+        if relay is not None:
+            relay.nudge()
 
     def _relay(self) -> None:
         sc, s = self.sidecar, self.sidecar.settings
-        Relay(outbox=sc.database[s.outbox_collection], checkpoints=sc.checkpoints,
-              sink=self.sink, metrics=sc.metrics, progress=sc.progress, epoch=self.epoch,
-              pod=s.pod_name,
-              settings=RelaySettings(batch_size=s.batch_size, max_await_ms=s.max_await_ms,
-                                     sweep_interval_seconds=s.sweep_interval_seconds,
-                                     pending_age_seconds=s.pending_age_seconds),
-              ).run(self.active, lambda: self.drain_seconds)
+        relay = self._relay_loop = Relay(
+            outbox=sc.database[s.outbox_collection], checkpoints=sc.checkpoints, sink=self.sink,
+            metrics=sc.metrics, progress=sc.progress, epoch=self.epoch, pod=s.pod_name,
+            settings=RelaySettings(batch_size=s.batch_size, max_await_ms=s.max_await_ms,
+                                   sweep_interval_seconds=s.sweep_interval_seconds,
+                                   pending_age_seconds=s.pending_age_seconds))
+        relay.run(self.active, lambda: self.drain_seconds)
 
     def _guard(self, name: str, body: Callable[[], None]) -> None:
         """Run a loop; retry transient errors with backoff, park on a lost position."""

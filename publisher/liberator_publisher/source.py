@@ -125,13 +125,25 @@ class ChangeReader:
 
     def __init__(self, collection: Collection[dict[str, Any]], position: Position, *,
                  pipeline: Sequence[Mapping[str, Any]] = (), full_document: str | None = None,
-                 batch_size: int = 500, max_await_ms: int = 500, name: str = "reader") -> None:
+                 batch_size: int = 500, max_await_ms: int = 500, gather_ms: int = 0,
+                 quiet_pause_ms: int | None = None, name: str = "reader") -> None:
+        """``gather_ms``: after a ``getMore`` that brought fewer than ``batch_size`` changes, wait
+        this long (or until :meth:`nudge`) before the next, so changes that trickle in come in
+        fewer, larger batches: the emulator scans its whole oplog on every ``getMore``.
+
+        ``quiet_pause_ms``: the longest pause on a quiet stream whose server answers an empty
+        ``getMore`` at once (default ``max_await_ms``); only worth raising when something calls
+        :meth:`nudge` on a new change, so a quiet spell does not delay the first event.
+        """
         self._collection = collection
         self._position = position
         self._pipeline = [dict(stage) for stage in pipeline]
         self._full_document = full_document
         self._batch_size = batch_size
         self._max_await_ms = max_await_ms
+        self._gather = gather_ms / 1000
+        self._quiet_pause = (max_await_ms if quiet_pause_ms is None else quiet_pause_ms) / 1000
+        self._nudged = threading.Event()
         self._queue: queue.Queue[tuple[str, Any, Position | None]] = queue.Queue(
             maxsize=batch_size * 2)
         self._stop = threading.Event()
@@ -142,6 +154,15 @@ class ChangeReader:
 
     def stop(self) -> None:
         self._stop.set()
+        self._nudged.set()
+
+    def nudge(self) -> None:
+        """Cut the current (or next) pause short: there is probably something to read."""
+        self._nudged.set()
+
+    def _pause(self, seconds: float) -> None:
+        if seconds > 0 and self._nudged.wait(seconds):
+            self._nudged.clear()
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
@@ -220,24 +241,31 @@ class ChangeReader:
             with self._open() as stream:
                 wait = self._max_await_ms / 1000
                 quiet = 0
+                trip = 0  # changes taken from the current getMore's batch
                 while not self._stop.is_set():
                     asked = time.monotonic()
                     change = stream.try_next()
                     token = stream.resume_token
                     after = Position(token=token) if token is not None else self._position
                     if change is None:
+                        trip = 0
                         # Quiet: a heartbeat, with the post-batch token when the server sends one.
                         if not self._put(("idle", None, after)):
                             return
                         # A server that answers an empty getMore at once (the emulator ignores
                         # maxAwaitTimeMS) would make this a busy loop: wait here instead,
                         # briefly at first so a burst right after a quiet spell is not delayed.
-                        early = wait - (time.monotonic() - asked)
-                        if early > wait / 2:
-                            self._stop.wait(min(early, 0.01 * 2 ** quiet))
+                        took = time.monotonic() - asked
+                        if wait - took > wait / 2:
+                            self._pause(min(self._quiet_pause - took, 0.01 * 2 ** quiet))
                             quiet = min(quiet + 1, 10)
                         continue
                     quiet = 0
+                    trip += 1
+                    # The last change of a short batch: let more accumulate before asking again.
+                    last = not _buffered(stream)
+                    gather = last and trip < self._batch_size
+                    trip = 0 if last else trip
                     if change.get("operationType") in END_OPERATIONS:
                         self._put(("error", StreamLostError(
                             "invalidated",
@@ -246,5 +274,16 @@ class ChangeReader:
                         return
                     if not self._put(("change", change, after)):
                         return
+                    if gather:
+                        self._pause(self._gather)
         except Exception as error:
             self._put(("error", classify(error) or error, None))
+
+
+def _buffered(stream: Any) -> bool:
+    """Whether changes of the last ``getMore`` are still buffered in the stream's cursor.
+
+    pymongo exposes this only privately; if that changes, the answer is True (never pause).
+    """
+    has_next = getattr(getattr(stream, "_cursor", None), "_has_next", None)
+    return bool(has_next()) if callable(has_next) else True
