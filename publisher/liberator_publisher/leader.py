@@ -18,12 +18,12 @@ __all__ = ["EPOCH_KEY_PREFIX", "LEASE_KEY_PREFIX", "Lease", "epoch_key", "lease_
 LEASE_KEY_PREFIX = "liberator:lease:"
 EPOCH_KEY_PREFIX = "liberator:epoch:"
 
-# Returns the new epoch, or 0 when someone else holds the lease.
+# Returns {new epoch, 0}, or {0, milliseconds the holder's lease has left} when it is held.
 _ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
+  return {redis.call('INCR', KEYS[2]), 0}
 end
-return 0
+return {0, redis.call('PTTL', KEYS[1])}
 """
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -80,6 +80,9 @@ class Lease:
         """Fencing epoch of the current term; 0 when not held."""
         self.deadline = 0.0
         """Monotonic time by which the lease has surely expired unless renewed."""
+        self.free_in: float | None = None
+        """After a failed :meth:`try_acquire`: seconds the holder's lease had left (None when
+        unknown), so a standby can try again right when it expires instead of a tick later."""
 
     @property
     def held(self) -> bool:
@@ -93,9 +96,12 @@ class Lease:
     def try_acquire(self) -> int:
         """Take the lease if it is free; return the new epoch, or 0 when another holds it."""
         sent = self._clock()
-        epoch = int(self._acquire(keys=self._keys, args=[self.token, self._ttl_ms()]))
+        epoch, left_ms = (int(v) for v in self._acquire(keys=self._keys,
+                                                         args=[self.token, self._ttl_ms()]))
         if epoch:
             self.epoch, self.deadline = epoch, sent + self.ttl_seconds
+        # PTTL is negative when the key vanished meanwhile (-2) or has no expiry (-1).
+        self.free_in = left_ms / 1000 if not epoch and left_ms >= 0 else None
         return epoch
 
     def advance_epoch(self, floor: int) -> int:

@@ -12,7 +12,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Sink", "SinkSettings"]
+__all__ = ["Sink", "SinkSettings", "preload"]
+
+
+def preload() -> None:
+    """Import the Pub/Sub client ahead of need (about a second of CPU): a standby that does
+    this in the background publishes sooner when it takes over."""
+    from google.api_core import retry  # noqa: F401, PLC0415
+    from google.cloud import pubsub_v1  # noqa: F401, PLC0415
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,8 @@ class Sink:
 
     def _ensure(self) -> Any:
         if self._client is None:
-            # Imported here: google-cloud-pubsub (grpc) costs memory and start-up time.
+            # Imported here, not at module level: the process starts (and answers its probes)
+            # at once, and `preload` does the import in the background.
             from google.api_core import retry as retries  # noqa: PLC0415
             from google.cloud import pubsub_v1  # noqa: PLC0415
             from google.cloud.pubsub_v1 import types  # noqa: PLC0415
