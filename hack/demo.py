@@ -227,6 +227,12 @@ class Demo:
         client: MongoClient[dict[str, Any]] = MongoClient(self.env["LIBERATOR_MONGO_URI"])
         quotes = client["quotes"]["quotes"]
         expected: list[tuple[str | None, str]] = []
+        written: dict[tuple[str | None, str], dt.datetime] = {}
+
+        def wrote(kind: str, quote_id: str) -> None:
+            expected.append((kind, quote_id))
+            written[(kind, quote_id)] = utcnow()
+
         ids = [f"Q-{1001 + i}" for i in range(self.quotes)]
         for i, quote_id in enumerate(ids):
             quotes.insert_one({"_id": quote_id, "version": 1, "customer": f"ACME-{i % 3}",
@@ -234,26 +240,32 @@ class Demo:
                                "currency": "EUR", "status": "draft",
                                "internalNotes": "never published",
                                "createdAt": dt.datetime.now(dt.UTC)})
-            expected.append(("quote.created", quote_id))
+            wrote("quote.created", quote_id)
         # A new version of the first quote (the service bumps the version on each change).
         quotes.update_one({"_id": ids[0]}, {"$set": {"amount": Decimal128("1190.00"),
                                                      "version": 2}})
-        expected.append(("quote.updated", ids[0]))
+        wrote("quote.updated", ids[0])
         # A purchase: the service names the business event in the document's _event field.
         quotes.update_one({"_id": ids[1]}, {"$set": {
             "status": "purchased", "version": 2,
             "_event": {"type": "quote.purchased", "correlationId": "order-77"}}})
-        expected.append(("quote.purchased", ids[1]))
+        wrote("quote.purchased", ids[1])
         quotes.update_one({"_id": ids[2]}, {"$set": {"status": "sent", "version": 2}})
-        expected.append(("quote.updated", ids[2]))
+        wrote("quote.updated", ids[2])
         quotes.delete_one({"_id": ids[-1]})
-        expected.append(("quote.deleted", ids[-1]))
-        self.show_events(client, expected, source="live")
+        wrote("quote.deleted", ids[-1])
+        self.show_events(client, expected, source="live", written=written)
         client.close()
         return expected
 
-    def show_events(self, client: Any, expected: list[tuple[str | None, str]],
-                    source: str) -> None:
+    def show_events(self, client: Any, expected: list[tuple[str | None, str]], source: str,
+                    written: dict[tuple[str | None, str], dt.datetime] | None = None,
+                    since: dt.datetime | None = None) -> None:
+        """Print events as the event store receives them, until every expected one is there.
+
+        Latency is from the write (or ``since``, the seed's start) to the event store's receipt;
+        the emulator's change times have only whole seconds, so they are not used for it.
+        """
         events = client[EVENTS_DB]["liberator_events"]
         wanted = list(expected)
         shown: set[str] = set()
@@ -271,7 +283,8 @@ class Demo:
                     if key[1] == event["subject"] and key[0] in (event["type"], None):
                         wanted.remove(key)
                         break
-                latency = (event["receivedAt"] - event["time"]).total_seconds()
+                start = (written or {}).get((event["type"], event["subject"])) or since
+                latency = (event["receivedAt"] - (start or event["time"])).total_seconds()
                 version = event["attributes"].get("ce-entityversion", "-")
                 print(f"      {event['type']:<18} {event['subject']:<8} {version:>7} "
                       f"{latency * 1000:>7.0f}ms  {event['_id'][:8]}", flush=True)
@@ -298,6 +311,7 @@ class Demo:
         pod = {"metadata": {"name": f"{job_name}-local", "namespace": NAMESPACE}}
         env = self.resolve_env(container, pod)
         started = dt.datetime.now(dt.UTC)
+        seed_started = utcnow()
         self.patch_job(job_name, {"startTime": rfc3339(started), "active": 1})
         proc = self.spawn("seed", [LIBERATOR if a == "liberator" else a
                                    for a in container_argv(container)], env)
@@ -329,7 +343,7 @@ class Demo:
         ids = [doc["_id"] for doc in client["quotes"]["quotes"].find({}, {"_id": 1})]
         if len(ids) != remaining:
             raise DemoError(f"expected {remaining} quotes in the collection, found {len(ids)}")
-        self.show_events(client, [(None, i) for i in ids], source="seed")
+        self.show_events(client, [(None, i) for i in ids], source="seed", since=seed_started)
         client.close()
 
     def seed_succeeded(self) -> dict[str, Any] | None:
@@ -412,6 +426,11 @@ def container_argv(container: dict[str, Any]) -> list[str]:
 def http_get(port: int, path: str) -> bytes:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
         return bytes(response.read())
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC, as pymongo returns stored datetimes."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def rfc3339(moment: dt.datetime) -> str:
