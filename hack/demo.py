@@ -127,7 +127,12 @@ class Demo:
         self.kubectl("apply", "-f", str(ROOT / "crds"))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                      "crd/entitypublishers.liberator.io", "crd/eventseeds.liberator.io")
-        print("      kubectl explain entitypublisher.spec works now", flush=True)
+        # The API server publishes the schema a moment after the CRD is Established.
+        explained = self.wait("the CRD schema in the API server's OpenAPI", lambda: self.kubectl(
+            "explain", "entitypublisher.spec.deletionPolicy"), 30).splitlines()
+        print("      $ kubectl explain entitypublisher.spec.deletionPolicy", flush=True)
+        for line in [line for line in explained if line.strip()][3:7]:
+            print(f"        {line.strip()}", flush=True)
 
     def start_operator(self) -> None:
         self.step(3, "starting the operator (kopf) with its mutating webhook on loopback")
