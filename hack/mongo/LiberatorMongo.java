@@ -3,6 +3,8 @@ import java.lang.reflect.Method;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.function.Supplier;
 
 import de.bwaldvogel.mongo.MongoBackend;
 import de.bwaldvogel.mongo.MongoCollection;
@@ -86,18 +88,13 @@ public final class LiberatorMongo {
                 @Override
                 public Document handleCommand(Channel channel, String database, String command,
                                               Document query) {
-                    BsonTimestamp before = OperationTime.next();
-                    Document reply = super.handleCommand(channel, database, command, query);
-                    FindAndModify.log(this, oplog, database, command, query, reply);
-                    ChangeEvents.repair(database, command, query, reply);
-                    return OperationTime.add(command, before, reply);
+                    return Patches.command(this, oplog, database, command, query,
+                        () -> super.handleCommand(channel, database, command, query));
                 }
 
                 @Override
                 protected Oplog createOplog() {
-                    Oplog inner = super.createOplog();
-                    OperationTime.bind(inner);
-                    return new MarkingOplog(this, inner);
+                    return Patches.oplog(this, super.createOplog());
                 }
             };
         }
@@ -106,23 +103,39 @@ public final class LiberatorMongo {
                 @Override
                 public Document handleCommand(Channel channel, String database, String command,
                                               Document query) {
-                    BsonTimestamp before = OperationTime.next();
-                    Document reply = super.handleCommand(channel, database, command, query);
-                    FindAndModify.log(this, oplog, database, command, query, reply);
-                    ChangeEvents.repair(database, command, query, reply);
-                    return OperationTime.add(command, before, reply);
+                    return Patches.command(this, oplog, database, command, query,
+                        () -> super.handleCommand(channel, database, command, query));
                 }
 
                 @Override
                 protected Oplog createOplog() {
-                    Oplog inner = super.createOplog();
-                    OperationTime.bind(inner);
-                    return new MarkingOplog(this, inner);
+                    return Patches.oplog(this, super.createOplog());
                 }
             };
         }
         fail("backend must be 'memory' or 'h2:<file>', got '" + spec + "'");
         throw new AssertionError("unreachable");
+    }
+
+    /** What both backends add around the library (the same for memory and H2). */
+    private static final class Patches {
+
+        private Patches() {
+        }
+
+        static Document command(MongoBackend backend, Oplog oplog, String database,
+                                String command, Document query, Supplier<Document> handle) {
+            BsonTimestamp before = OperationTime.next();
+            Document reply = handle.get();
+            FindAndModify.log(backend, oplog, database, command, query, reply);
+            ChangeEvents.repair(database, command, query, reply);
+            return OperationTime.add(command, before, reply);
+        }
+
+        static Oplog oplog(MongoBackend backend, Oplog inner) {
+            OperationTime.bind(inner);
+            return new MarkingOplog(backend, inner);
+        }
     }
 
     private static void fail(String message) {
@@ -169,10 +182,32 @@ public final class LiberatorMongo {
                 method.invoke(value);
                 clock = value;
                 now = method;
+                continueAfter(oplog, value);
             } catch (ReflectiveOperationException | RuntimeException e) {
                 fail("cannot read the oplog clock of this mongo-java-server version (" + e
                     + "); pin the version in hack/mongo/pom.xml");
             }
+        }
+
+        /**
+         * The library's clock restarts its increment at 0, so a restart within the same second
+         * as the last write would stamp new entries before old ones, and a stream resumed from
+         * an old token would miss them. Continue from the highest increment in the oplog.
+         */
+        @SuppressWarnings("unchecked")
+        private static void continueAfter(Oplog oplog, Object value)
+            throws ReflectiveOperationException {
+            Field field = oplog.getClass().getDeclaredField("collection");
+            field.setAccessible(true);
+            MongoCollection<Document> entries = (MongoCollection<Document>) field.get(oplog);
+            int highest = entries.queryAllAsStream()
+                .map(entry -> entry.get("ts"))
+                .filter(BsonTimestamp.class::isInstance)
+                .mapToInt(ts -> ((BsonTimestamp) ts).getInc())
+                .max().orElse(0);
+            Field counter = value.getClass().getDeclaredField("atomicIncrement");
+            counter.setAccessible(true);
+            ((AtomicInteger) counter.get(value)).accumulateAndGet(highest, Math::max);
         }
 
         static BsonTimestamp next() {
