@@ -93,8 +93,8 @@ class Cluster:
             raise
         return True
 
-    def secret_value(self, namespace: str, name: str, key: str) -> str | None:
-        """The decoded value, or None when the Secret or the key is missing."""
+    def _secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's (base64) data, or None when it does not exist."""
         try:
             secret = self.core.read_namespaced_secret(name, namespace,
                                                       _request_timeout=REQUEST_TIMEOUT)
@@ -102,21 +102,19 @@ class Cluster:
             if exc.status == 404:
                 return None
             raise
-        data = secret.data or {}
-        if key not in data:
+        return dict(secret.data or {})
+
+    def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """The decoded value, or None when the Secret or the key is missing."""
+        data = self._secret_data(namespace, name)
+        if data is None or key not in data:
             return None
         return base64.b64decode(data[key]).decode()
 
     def secret_keys(self, namespace: str, name: str) -> list[str] | None:
-        """The Secret's keys (values are not read), or None when it does not exist."""
-        try:
-            secret = self.core.read_namespaced_secret(name, namespace,
-                                                      _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return sorted((secret.data or {}).keys())
+        """The Secret's keys, or None when it does not exist."""
+        data = self._secret_data(namespace, name)
+        return None if data is None else sorted(data)
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
