@@ -20,7 +20,13 @@ from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
 from liberator_publisher.checkpoint import Checkpoints, Position
-from liberator_publisher.event import DOCUMENT_OPERATIONS, EventMapping, outbox_document_for_change
+from liberator_publisher.event import (
+    DOCUMENT_OPERATIONS,
+    EventMapping,
+    needs_identity,
+    outbox_document_for_change,
+)
+from liberator_publisher.identity import Identities
 from liberator_publisher.logs import fields
 from liberator_publisher.metrics import Metrics
 from liberator_publisher.source import ChangeReader, ChangeSource
@@ -87,7 +93,8 @@ class Capture:
     """One run of the capture loop for one leader term."""
 
     def __init__(self, *, entities: Collection[dict[str, Any]],
-                 outbox: Collection[dict[str, Any]], checkpoints: Checkpoints,
+                 outbox: Collection[dict[str, Any]], identities: Identities,
+                 checkpoints: Checkpoints,
                  mapping: EventMapping, metrics: Metrics, progress: Progress, epoch: int,
                  pod: str, settings: CaptureSettings,
                  open_source: Callable[[Position], ChangeSource] | None = None,
@@ -97,6 +104,7 @@ class Capture:
         self.on_written = on_written
         self.open_source = open_source or self._open_source
         self.outbox = outbox
+        self.identities = identities
         self.checkpoints = checkpoints
         self.mapping = mapping
         self.metrics = metrics
@@ -111,10 +119,18 @@ class Capture:
         Raises ``StreamLostError``, ``FencedError`` or the error that stopped it.
         """
         saved = self.checkpoints.load("capture")
+        start = saved
         if saved.empty:
-            # The reader's first heartbeat carries the position it opened at; it is saved at once.
-            log.info("capture starts at the current position (no checkpoint yet)")
-        reader = self.open_source(saved)
+            origin = self.checkpoints.origin()
+            if origin is not None:
+                start = Position(operation_time=origin)
+                log.info("capture starts at the origin (no checkpoint yet)",
+                         extra=fields(origin=origin.as_datetime().isoformat()))
+            else:
+                # The reader's first heartbeat carries the position it opened at; saved at once.
+                log.warning("capture starts at the current position (no checkpoint, no origin: "
+                            "MongoDB reported no cluster time)")
+        reader = self.open_source(start)
         reader.start()
         saved_at = time.monotonic()
         try:
@@ -141,6 +157,22 @@ class Capture:
             reader.join(timeout=2.0)
             self.progress.forget("capture")
 
+    def _known_id(self, change: Mapping[str, Any], seen: dict[Any, Any]) -> Any:
+        """For a delete by business id: the id value last seen for its document, else None.
+
+        Also notes what ``change`` shows of its document, for later deletes in the same batch
+        (not in the outbox yet)."""
+        key = change.get("documentKey")
+        key_id = key.get("_id") if isinstance(key, Mapping) else None
+        document = change.get("fullDocument")
+        if isinstance(document, Mapping) and document.get(self.mapping.id_field) is not None:
+            seen[key_id] = document[self.mapping.id_field]
+        if not needs_identity(change, self.mapping):
+            return None
+        if key_id in seen:
+            return seen[key_id]
+        return self.identities.find(key_id)
+
     def _open_source(self, position: Position) -> ChangeSource:
         return ChangeReader(self.entities, position, full_document="updateLookup",
                             batch_size=self.settings.batch_size,
@@ -153,10 +185,13 @@ class Capture:
     def _write(self, changes: list[dict[str, Any]]) -> None:
         now = datetime.now(UTC)
         documents = []
+        seen: dict[Any, Any] = {}  # document _id -> id value, from this batch's earlier changes
         for change in changes:
             if change.get("operationType") not in DOCUMENT_OPERATIONS:
                 continue  # e.g. createIndexes with expanded events: nothing to publish
-            document = outbox_document_for_change(change, self.mapping, captured_at=now)
+            known = self._known_id(change, seen)
+            document = outbox_document_for_change(change, self.mapping, captured_at=now,
+                                                  known_id=known)
             # The oplog position orders the sweep among events captured in the same batch.
             if "clusterTime" in change:
                 document.setdefault("clusterTime", change["clusterTime"])

@@ -2,6 +2,11 @@
 
 One document per loop and publisher in the ``liberator.checkpoints`` collection of the watched
 database: ``{_id: "<publisher>#capture", token, operationTime, epoch, pod, updatedAt}``.
+
+Before the first checkpoint there is the origin, ``{_id: "<publisher>#origin", operationTime,
+recordedAt}``: the earliest cluster time at which any replica of the publisher was connected to
+MongoDB. A first capture starts there (``startAtOperationTime``), not where its stream happens to
+open, so writes made while the replicas started, waited for the lease or connected are captured.
 Every write is a conditional upsert whose filter holds ``epoch <= mine``: when a newer leader has
 written (or claimed) the document, the filter misses, the upsert collides on ``_id``, and the
 write is refused with :class:`FencedError`. A paused old leader that wakes up therefore cannot
@@ -17,10 +22,11 @@ from typing import Any
 
 from bson import Timestamp
 from pymongo.collection import Collection
+from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 __all__ = ["CHECKPOINT_COLLECTION", "LOOPS", "CheckpointError", "Checkpoints", "FencedError",
-           "Position"]
+           "Position", "cluster_time"]
 
 CHECKPOINT_COLLECTION = "liberator.checkpoints"
 LOOPS = ("capture", "relay")
@@ -52,6 +58,13 @@ class Position:
     @property
     def empty(self) -> bool:
         return self.token is None and self.operation_time is None
+
+
+def cluster_time(database: Database[dict[str, Any]]) -> Timestamp | None:
+    """MongoDB's current cluster time: the ``operationTime`` of a ``ping`` reply, which every
+    replica set member sends; None from a server that has none (a standalone)."""
+    when = database.command("ping").get("operationTime")
+    return when if isinstance(when, Timestamp) else None
 
 
 class Checkpoints:
@@ -99,9 +112,36 @@ class Checkpoints:
                                   "epoch": epoch, "pod": pod})
 
     def reset(self) -> int:
-        """Delete both checkpoints (the documented recovery from a park); returns how many."""
+        """Delete both checkpoints and the origin (the documented recovery from a park); returns
+        how many checkpoints there were. The next start records a new origin."""
         result = self.collection.delete_many({"_id": {"$in": [self._id(loop) for loop in LOOPS]}})
+        self.collection.delete_one({"_id": self._origin_id})
         return int(result.deleted_count)
+
+    @property
+    def _origin_id(self) -> str:
+        return f"{self.publisher}#origin"
+
+    def record_origin(self, when: Timestamp) -> None:
+        """Keep ``when`` as the origin unless an earlier one is recorded (``$min``)."""
+        for _ in range(2):  # two replicas upserting at once: the loser's retry is an update
+            try:
+                self.collection.update_one(
+                    {"_id": self._origin_id},
+                    {"$min": {"operationTime": when, "recordedAt": datetime.now(UTC)}},
+                    upsert=True)
+                return
+            except DuplicateKeyError:
+                continue
+
+    def origin(self) -> Timestamp | None:
+        """The recorded origin, or None."""
+        found = self.collection.find_one({"_id": self._origin_id})
+        when = found.get("operationTime") if found else None
+        if when is not None and not isinstance(when, Timestamp):
+            raise CheckpointError(self._origin_id, "operationTime",
+                                  f"must be a BSON timestamp, not {type(when).__name__}")
+        return when
 
     def _write(self, loop: str, epoch: int, fields: dict[str, Any]) -> None:
         fields = {**fields, "updatedAt": datetime.now(UTC)}

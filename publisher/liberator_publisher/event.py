@@ -36,6 +36,7 @@ __all__ = [
     "check_limits",
     "event_id_for_token",
     "message_for",
+    "needs_identity",
     "outbox_document_for_change",
     "outbox_document_for_entity",
 ]
@@ -134,13 +135,26 @@ def event_id_for_token(resume_token: Mapping[str, Any]) -> str:
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, encoded.hex()))
 
 
+def needs_identity(change: Mapping[str, Any], mapping: EventMapping) -> bool:
+    """Whether ``change`` is a delete that names its entity only through a look-up: no
+    before-image, and a document key without the id field (a business id)."""
+    if change.get("operationType") != "delete":
+        return False
+    key = change.get("documentKey")
+    return (not isinstance(change.get("fullDocumentBeforeChange"), Mapping)
+            and isinstance(key, Mapping) and mapping.id_field not in key)
+
+
 def outbox_document_for_change(
-    change: Mapping[str, Any], mapping: EventMapping, *, captured_at: datetime.datetime
+    change: Mapping[str, Any], mapping: EventMapping, *, captured_at: datetime.datetime,
+    known_id: Any = None,
 ) -> dict[str, Any]:
     """The outbox document for one change stream event, ``pending`` or ``failed``.
 
-    Never raises for a bad entity document. Raises ``ValueError`` only for a change without a
-    resume token (``_id``), which MongoDB never sends.
+    ``known_id`` is the id field's value last seen for the document of a delete that
+    ``needs_identity``; the delete's data is then its key and that id (see
+    :mod:`liberator_publisher.identity`). Never raises for a bad entity document. Raises
+    ``ValueError`` only for a change without a resume token (``_id``), which MongoDB never sends.
     """
     token = change.get("_id")
     if not isinstance(token, Mapping):
@@ -150,6 +164,8 @@ def outbox_document_for_change(
     key = change.get("documentKey")
     base: dict[str, Any] = {"_id": event_id, "operation": operation, "token": token,
                             "capturedAt": captured_at}
+    if isinstance(key, Mapping) and "_id" in key:
+        base["key"] = key["_id"]  # finds this document's entity again for its delete
     if operation not in DOCUMENT_OPERATIONS:
         return _failed(base, f"change operation {operation!r} is not a document change "
                              f"(only {', '.join(DOCUMENT_OPERATIONS)} become events)")
@@ -159,9 +175,19 @@ def outbox_document_for_change(
         state = before if isinstance(before, Mapping) else key
         if not isinstance(state, Mapping):
             return _failed(base, "the delete has neither a document key nor a before-image")
-        hint = ("" if isinstance(before, Mapping) else
-                "; a delete carries only the document key unless the collection has "
-                "changeStreamPreAndPostImages enabled")
+        hint = ""
+        if needs_identity(change, mapping):
+            if known_id is None:
+                return _failed(base, (
+                    f"the delete of document _id {_short_key(state)} carries only its document "
+                    f"key, and Liberator never saw that document (no earlier event in the "
+                    f"outbox, not seeded), so its {mapping.id_field!r} is unknown; enable "
+                    f"changeStreamPreAndPostImages on the collection, or run an EventSeed so "
+                    f"that documents older than the publisher are known"))
+            state = {**state, mapping.id_field: known_id}
+        elif not isinstance(before, Mapping):
+            hint = ("; a delete carries only the document key unless the collection has "
+                    "changeStreamPreAndPostImages enabled")
         return _build(state, mapping, base, operation=operation, time=time,
                       use_context=False, extra_attributes=_NO_ATTRIBUTES, id_hint=hint)
     document = change.get("fullDocument")
@@ -383,6 +409,7 @@ def _pending(
         "data": text,
         "orderingKey": entity_id,
         **({"token": base["token"]} if "token" in base else {}),
+        **({"key": base["key"]} if "key" in base else {}),
         "capturedAt": base["capturedAt"],
         "attempts": 0,
     }
@@ -436,6 +463,15 @@ def _rfc3339(time: datetime.datetime) -> str:
     if time.tzinfo is not None:
         time = time.astimezone(datetime.UTC).replace(tzinfo=None)
     return time.isoformat(timespec="milliseconds") + "Z"
+
+
+def _short_key(key: Mapping[str, Any]) -> str:
+    """A document key's ``_id`` as extended JSON, bounded for a reason."""
+    try:
+        text = value_to_json(key.get("_id"))
+    except EncodingError:
+        text = repr(key.get("_id"))
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _short(value: Any) -> str:

@@ -34,9 +34,11 @@ from liberator_publisher.checkpoint import (
     LOOPS,
     Checkpoints,
     FencedError,
+    cluster_time,
 )
 from liberator_publisher.command import Command
 from liberator_publisher.health import Health, HealthServer
+from liberator_publisher.identity import IDENTITY_SUFFIX, Identities, ensure_key_index
 from liberator_publisher.leader import Lease
 from liberator_publisher.metrics import Metrics
 from liberator_publisher.relay import Relay, RelaySettings, ensure_indexes
@@ -90,6 +92,15 @@ def main(args: argparse.Namespace) -> int:
               f"next start captures from the current position", file=sys.stderr, flush=True)
         mongo.close()
         return 0
+    # Before anything else: every write from this moment on is captured, however long this
+    # replica then waits for the lease (see checkpoint.py, the origin).
+    try:
+        _record_origin(checkpoints, database)
+    except PyMongoError as error:
+        print(f"liberator publish: LIBERATOR_MONGO_URI: cannot record the capture origin: "
+              f"{error}", file=sys.stderr, flush=True)
+        mongo.close()
+        return EXIT_UNREACHABLE
     sidecar = Sidecar(settings, mongo, checkpoints, exit_on_fatal=args.exit_on_fatal)
     try:
         sidecar.start_http()
@@ -104,6 +115,18 @@ def main(args: argparse.Namespace) -> int:
 
 class _StartError(Exception):
     pass
+
+
+def _record_origin(checkpoints: Checkpoints, database: Database[dict[str, Any]]) -> None:
+    """Record the cluster time now as the origin, while capture has no checkpoint yet."""
+    if not checkpoints.load("capture").empty:
+        return
+    when = cluster_time(database)
+    if when is None:
+        log.warning("MongoDB reports no cluster time (not a replica set?): a first capture "
+                    "starts where its stream opens")
+        return
+    checkpoints.record_origin(when)
 
 
 def _connect_mongo(settings: Settings) -> MongoClient[dict[str, Any]]:
@@ -178,7 +201,10 @@ class Term:
 
     def _capture(self) -> None:
         sc, s = self.sidecar, self.sidecar.settings
-        Capture(entities=sc.database[s.collection], outbox=sc.database[s.outbox_collection],
+        outbox = sc.database[s.outbox_collection]
+        identities = Identities(outbox, sc.database[s.collection + IDENTITY_SUFFIX],
+                                s.mapping().id_field)
+        Capture(entities=sc.database[s.collection], outbox=outbox, identities=identities,
                 checkpoints=sc.checkpoints, mapping=s.mapping(), metrics=sc.metrics,
                 progress=sc.progress, epoch=self.epoch, pod=s.pod_name,
                 settings=CaptureSettings(batch_size=s.batch_size, max_await_ms=s.max_await_ms),
@@ -262,6 +288,7 @@ class Sidecar:
         self.metrics = Metrics()
         self.progress = Progress()
         self.term: Term | None = None
+        self.capture_since: str | None = None
         self.parked = ""
         self.wake = threading.Event()
         self.shutdown = threading.Event()
@@ -369,8 +396,13 @@ class Sidecar:
                 if not epoch:
                     return
             self.checkpoints.claim(epoch, self.settings.pod_name)
+            _record_origin(self.checkpoints, self.database)  # after a reset: from now on
+            origin = self.checkpoints.origin()
+            self.capture_since = rfc3339(origin.as_datetime()) if origin else None
 
-            ensure_indexes(self.database[self.settings.outbox_collection])
+            outbox = self.database[self.settings.outbox_collection]
+            ensure_indexes(outbox)
+            ensure_key_index(outbox)
         except FencedError:
             log.warning("a newer epoch owns the checkpoints; giving the lease up",
                         extra=_fields(epoch=epoch))
@@ -431,7 +463,7 @@ class Sidecar:
             lastEventTime=rfc3339(p.last_event_time) if p.last_event_time else None,
             captureLagSeconds=round(p.capture_lag_seconds, 3),
             relayLagSeconds=round(p.relay_lag_seconds, 3), backlog=p.backlog,
-            parked=self.parked, updatedAt=now_rfc3339())
+            parked=self.parked, captureSince=self.capture_since, updatedAt=now_rfc3339())
         write_status(self.redis, self.settings.publisher, record,
                      ttl_seconds=max(60.0, self.settings.lease_ttl_seconds * 6))
 

@@ -49,6 +49,7 @@ from liberator_publisher.event import (
     message_for,
     outbox_document_for_entity,
 )
+from liberator_publisher.identity import IDENTITY_SUFFIX, remember_identities
 from liberator_publisher.ledger import LEDGER_SUFFIX, Checkpoint, Ledger, LedgerError
 from liberator_publisher.settings import ConfigError, Settings
 
@@ -283,6 +284,10 @@ class _Seeder:
         self.collection: Collection[dict[str, Any]] = mongo[settings.database][settings.collection]
         self.ledger = Ledger(mongo[settings.database][settings.collection + LEDGER_SUFFIX],
                              options.seed_id)
+        # Deletes carry only the document _id: with a business id, record it (see identity.py).
+        self.identities: Collection[dict[str, Any]] | None = (
+            None if self.mapping.id_field == "_id"
+            else mongo[settings.database][settings.collection + IDENTITY_SUFFIX])
         self.publisher = publisher
         self.topic = publisher.topic_path(settings.pubsub_project, options.topic)
         self.status = status
@@ -489,22 +494,34 @@ class _Seeder:
         inflight: _Batch | None = None
         pending: list[_Event] = []
         pending_docs = 0
+        keys: list[tuple[Any, Any]] = []  # (document _id, entity id) for deletes by business id
         last: Any = None
         for entity, documents in self._groups(checkpoint.after, only):
             pending.extend(self._events_of(entity, documents))
             pending_docs += len(documents)
+            if self.identities is not None and entity is not None:
+                keys.extend((document["_id"], entity) for document in documents)
             last = entity if entity is not None else last
             if pending_docs >= self._batch():
+                self._remember(keys)
+                keys = []
                 batch = self._send(pending, last)
                 if inflight is not None:
                     self._settle(inflight, checkpoint)
                 inflight, pending, pending_docs = batch, [], 0
+        self._remember(keys)
         batch = self._send(pending, last)
         if inflight is not None:
             self._settle(inflight, checkpoint)
         self._settle(batch, checkpoint)
         if only is not None:
             checkpoint.retry = list(self.retry)
+
+    def _remember(self, keys: list[tuple[Any, Any]]) -> None:
+        """Record which entity each scanned document is, before its events go out, so the
+        sidecar can name the entity of a later delete (see ``identity``)."""
+        if self.identities is not None and keys:
+            remember_identities(self.identities, keys)
 
     def _batch(self) -> int:
         if self.options.rate_limit > 0:  # publish about once a second when paced

@@ -41,9 +41,9 @@ _LOST_PHRASES = (
 END_OPERATIONS = frozenset({"invalidate", "drop", "rename", "dropDatabase"})
 """Change events after which a collection's stream ends."""
 
-RECOVERY = ("recovery: run an EventSeed for this publisher, then restart from a fresh position "
-            "with 'liberator publish --reset-checkpoint' (or delete its documents in "
-            "liberator.checkpoints) and restart the pod")
+RECOVERY = ("recovery: run an EventSeed for this publisher, then 'liberator publish "
+            "--reset-checkpoint' in any replica; the parked leader then captures again from the "
+            "current position by itself (no restart needed)")
 
 
 class StreamLostError(RuntimeError):

@@ -35,6 +35,9 @@ class StatusRecord:
     """Outbox events still pending."""
     parked: str
     """Why the publisher is parked; empty while it runs."""
+    captureSince: str | None  # noqa: N815
+    """RFC 3339 time of the capture origin: every write from then on is captured live (earlier
+    ones need an EventSeed). None when MongoDB reported no cluster time."""
     updatedAt: str  # noqa: N815
     """RFC 3339 time of this write."""
 

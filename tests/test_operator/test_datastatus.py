@@ -15,7 +15,7 @@ def test_reads_the_record_the_publisher_writes(redis_url: str, unique: str) -> N
     assert read_status(client, ident) is None
     record = StatusRecord(pod="app-7", epoch=4, lastEventTime="2026-01-01T00:00:00Z",
                           captureLagSeconds=0.5, relayLagSeconds=0.2, backlog=12, parked="",
-                          updatedAt="2026-01-01T00:00:01Z")
+                          captureSince=None, updatedAt="2026-01-01T00:00:01Z")
     write_status(client, ident, record, ttl_seconds=30)
     data = read_status(client, ident)
     assert data is not None

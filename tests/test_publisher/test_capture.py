@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from bson import ObjectId, Timestamp, json_util
 from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure
@@ -21,6 +22,7 @@ from liberator_publisher.checkpoint import (
     Position,
 )
 from liberator_publisher.event import EventMapping
+from liberator_publisher.identity import IDENTITY_SUFFIX, Identities
 from liberator_publisher.metrics import Metrics
 from liberator_publisher.source import Batch, StreamLostError, classify
 from liberator_publisher.status import Progress
@@ -65,11 +67,15 @@ class Running:
     """A Capture in a thread, stopped at the end."""
 
     def __init__(self, db: Database[dict[str, Any]], epoch: int = 1,
-                 source: ScriptedSource | None = None, heartbeat_seconds: float = 5.0) -> None:
+                 source: ScriptedSource | None = None, heartbeat_seconds: float = 5.0,
+                 mapping: EventMapping = MAPPING) -> None:
         self.metrics = Metrics()
         self.checkpoints = Checkpoints(db[CHECKPOINT_COLLECTION], "test/cap")
         self.capture = Capture(entities=db["quotes"], outbox=db["quotes.outbox"],
-                               checkpoints=self.checkpoints, mapping=MAPPING,
+                               identities=Identities(db["quotes.outbox"],
+                                                     db["quotes" + IDENTITY_SUFFIX],
+                                                     mapping.id_field),
+                               checkpoints=self.checkpoints, mapping=mapping,
                                metrics=self.metrics, progress=Progress(), epoch=epoch,
                                pod="test",
                                settings=CaptureSettings(batch_size=50, max_await_ms=100,
@@ -114,6 +120,31 @@ def test_each_change_becomes_one_outbox_document(db: Database[dict[str, Any]]) -
     assert outbox.count_documents({"status": "pending"}) == 122
     update = outbox.find_one({"operation": "update"})
     assert update is not None and update["type"] == "quote.updated" and "-1" in update["data"]
+
+
+def test_insert_then_delete_by_business_id_in_one_batch(db: Database[dict[str, Any]]) -> None:
+    # One batch through the change-source seam: the outbox holds nothing of the document yet,
+    # so only the batch itself can name the deleted entity.
+    oid = ObjectId()
+    batch = Batch([
+        {"_id": {"_data": "01"}, "operationType": "insert", "documentKey": {"_id": oid},
+         "fullDocument": {"_id": oid, "quoteId": "Q-5", "p": 1},
+         "clusterTime": Timestamp(1700000000, 1)},
+        {"_id": {"_data": "02"}, "operationType": "delete", "documentKey": {"_id": oid},
+         "clusterTime": Timestamp(1700000000, 2)},
+    ], Position(token={"_data": "02"}))
+    mapping = EventMapping(entity_type="quote", source="//test", id_field="quoteId")
+    running = Running(db, source=ScriptedSource(batch), mapping=mapping)
+    outbox = db["quotes.outbox"]
+    eventually(lambda: outbox.count_documents({}) == 2, what="both changes captured")
+    running.close()
+    created, deleted = outbox.find(sort=[("clusterTime", 1)])
+    assert (created["type"], created["entityId"]) == ("quote.created", "Q-5")
+    assert (deleted["type"], deleted["status"], deleted["entityId"]) == (
+        "quote.deleted", "pending", "Q-5")
+    assert deleted["attributes"]["ce-subject"] == "Q-5"
+    assert json_util.loads(deleted["data"]) == {"_id": oid, "quoteId": "Q-5"}
+    assert running.metrics.failed.labels(stage="capture")._value.get() == 0
 
 
 def test_changes_read_again_from_an_older_checkpoint_are_not_duplicated(

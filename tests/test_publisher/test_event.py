@@ -28,6 +28,7 @@ from liberator_publisher.event import (
     check_limits,
     event_id_for_token,
     message_for,
+    needs_identity,
     outbox_document_for_change,
     outbox_document_for_entity,
 )
@@ -222,15 +223,62 @@ def test_delete_with_before_image_carries_it_stripped_and_ignores_its_context() 
     assert data_of(document) == {"_id": OID, "v": 4, "price": 1}
 
 
-def test_delete_when_id_field_is_not_in_the_key_fails_with_a_hint() -> None:
+def test_delete_of_a_never_seen_document_fails_saying_so() -> None:
     mapping = EventMapping("quote", "src", id_field="quoteId")
     document = outbox(change("delete"), mapping)
-    assert_failed(document, "'quoteId'", "changeStreamPreAndPostImages")
+    assert_failed(document, f'{{"$oid":"{OID}"}}', "never saw", "'quoteId'",
+                  "changeStreamPreAndPostImages", "EventSeed")
     assert "entityId" not in document
+    assert document["key"] == OID  # still findable by its document
     with_before = outbox(change("delete", fullDocumentBeforeChange={"_id": OID,
                                                                     "quoteId": "Q-9"}), mapping)
     assert with_before["status"] == "pending"
     assert with_before["entityId"] == "Q-9"
+
+
+def test_delete_by_business_id_carries_the_key_and_the_known_id() -> None:
+    mapping = EventMapping("quote", "src", id_field="quoteId", version_field="v")
+    ch = change("delete")
+    assert needs_identity(ch, mapping)
+    document = outbox_document_for_change(ch, mapping, captured_at=CAPTURED, known_id="Q-7")
+    assert document["status"] == "pending"
+    assert (document["entityId"], document["orderingKey"]) == ("Q-7", "Q-7")
+    assert document["attributes"]["ce-subject"] == "Q-7"
+    assert document["attributes"]["ce-type"] == "quote.deleted"
+    assert "ce-entityversion" not in document["attributes"]  # the key holds no version
+    assert data_of(document) == {"_id": OID, "quoteId": "Q-7"}
+    assert document["key"] == OID
+
+
+def test_delete_keeps_the_id_value_type_it_was_seen_with() -> None:
+    mapping = EventMapping("quote", "src", id_field="quoteId")
+    document = outbox_document_for_change(change("delete"), mapping, captured_at=CAPTURED,
+                                          known_id=1042)
+    assert document["entityId"] == "1042"
+    assert data_of(document) == {"_id": OID, "quoteId": 1042}
+
+
+def test_real_before_image_wins_over_a_known_id() -> None:
+    mapping = EventMapping("quote", "src", id_field="quoteId")
+    ch = change("delete", fullDocumentBeforeChange={"_id": OID, "quoteId": "Q-real", "p": 1})
+    assert not needs_identity(ch, mapping)
+    document = outbox_document_for_change(ch, mapping, captured_at=CAPTURED, known_id="Q-old")
+    assert document["entityId"] == "Q-real"
+    assert data_of(document) == {"_id": OID, "quoteId": "Q-real", "p": 1}
+
+
+def test_only_deletes_without_the_id_in_their_key_need_a_look_up() -> None:
+    by_business_id = EventMapping("quote", "src", id_field="quoteId")
+    assert not needs_identity(change("delete"), MAPPING)  # the key is the entity id
+    assert not needs_identity(change("update", {"_id": OID, "quoteId": "Q"}), by_business_id)
+    assert needs_identity(change("delete", key={"_id": OID, "shard": 1}), by_business_id)
+    assert not needs_identity(change("delete", key={"_id": OID, "quoteId": "Q"}),
+                              by_business_id)  # a shard key that holds it
+
+
+def test_every_change_records_its_document_key() -> None:
+    assert outbox(change("insert", {"_id": OID, "p": 1}))["key"] == OID
+    assert outbox(change("update"))["key"] == OID  # failed (no fullDocument), still keyed
 
 
 # --- ids --------------------------------------------------------------------------------------

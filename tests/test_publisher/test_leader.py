@@ -74,12 +74,14 @@ def test_local_deadline_never_outlives_the_server_expiry(client: redis.Redis, un
 def test_status_record_round_trips_and_expires(client: redis.Redis, unique: str) -> None:
     record = StatusRecord(pod="pod-a", epoch=3, lastEventTime=None, captureLagSeconds=0.5,
                           relayLagSeconds=0.25, backlog=7, parked="",
+                          captureSince="2025-12-31T23:00:00.000Z",
                           updatedAt="2026-01-01T00:00:00Z")
     write_status(client, f"ns/{unique}", record, ttl_seconds=60)
     assert 0 < client.pttl(status_key(f"ns/{unique}")) <= 60_000
     stored = read_status(client, f"ns/{unique}")
     assert stored == {"pod": "pod-a", "epoch": 3, "lastEventTime": None, "captureLagSeconds": 0.5,
                       "relayLagSeconds": 0.25, "backlog": 7, "parked": "",
+                      "captureSince": "2025-12-31T23:00:00.000Z",
                       "updatedAt": "2026-01-01T00:00:00Z"}
     write_status(client, f"ns/{unique}", record, ttl_seconds=0.2)
     deadline = time.monotonic() + 10
