@@ -32,6 +32,7 @@ from liberator_publisher.capture import Capture, CaptureSettings
 from liberator_publisher.checkpoint import (
     CHECKPOINT_COLLECTION,
     LOOPS,
+    CheckpointError,
     Checkpoints,
     FencedError,
     cluster_time,
@@ -119,8 +120,11 @@ class _StartError(Exception):
 
 def _record_origin(checkpoints: Checkpoints, database: Database[dict[str, Any]]) -> None:
     """Record the cluster time now as the origin, while capture has no checkpoint yet."""
-    if not checkpoints.load("capture").empty:
-        return
+    try:
+        if not checkpoints.load("capture").empty:
+            return
+    except CheckpointError:
+        return  # a damaged checkpoint is not empty: the leader parks on it, naming the field
     when = cluster_time(database)
     if when is None:
         log.warning("MongoDB reports no cluster time (not a replica set?): a first capture "
