@@ -329,6 +329,7 @@ class Sidecar:
             publisher=self.settings.publisher, pod=self.settings.pod_name,
             collection=f"{self.settings.database}.{self.settings.collection}",
             topic=self.settings.topic, http_port=self.settings.http_port))
+        self._warn_if_no_collection()
         # Any replica may have to publish within TTL + 1 s of a failover; the import alone takes
         # about a second of CPU, so do it now, in the background, and keep the main thread free.
         threading.Thread(target=preload, name="liberator-preload", daemon=True).start()
@@ -358,6 +359,19 @@ class Sidecar:
         self.mongo.close()
         log.info("publisher stopped", extra=_fields(exit_code=code))
         return code
+
+    def _warn_if_no_collection(self) -> None:
+        """A typo in LIBERATOR_COLLECTION looks like a quiet collection: say so once."""
+        s = self.settings
+        try:
+            exists = bool(self.database.list_collection_names(filter={"name": s.collection}))
+        except PyMongoError:
+            return  # MongoDB away: the loops will say so
+        if not exists:
+            log.warning("the collection %s.%s does not exist yet: its changes are captured from "
+                        "when it is created; check LIBERATOR_COLLECTION for a typo",
+                        s.database, s.collection,
+                        extra=_fields(collection=f"{s.database}.{s.collection}"))
 
     def _next_tick(self) -> float:
         """A standby tries again just after the holder's lease expires (a failover then waits

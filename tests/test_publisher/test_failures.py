@@ -341,3 +341,19 @@ def test_damaged_checkpoint_document_parks_naming_the_field(
     car = publisher.start()
     _, body = eventually(lambda: parked_health(car), what="parked")
     assert "'token'" in body and "checkpoint" in body
+
+
+def test_a_collection_that_does_not_exist_is_named_in_the_log(
+        publisher: Publisher, collector: Collector) -> None:
+    # A typo in LIBERATOR_COLLECTION would look like a quiet collection: the log says it.
+    car = publisher.start(LIBERATOR_COLLECTION="qoutes")
+    warnings = [line for line in car.log_lines()
+                if "does not exist yet" in line.get("event", "")]
+    assert len(warnings) == 1
+    assert f"{publisher.database}.qoutes" in warnings[0]["event"]
+    assert "LIBERATOR_COLLECTION" in warnings[0]["event"]
+    with MongoClient(publisher.env["LIBERATOR_MONGO_URI"]) as client:  # created later: captured
+        client[publisher.database]["qoutes"].insert_one({"_id": "first"})
+    eventually(lambda: {m.attributes["ce-subject"] for m in collector.snapshot()} == {"first"},
+               what="the first change of the new collection published")
+    assert car.alive()
