@@ -364,7 +364,8 @@ class Sidecar:
         """A typo in LIBERATOR_COLLECTION looks like a quiet collection: say so once."""
         s = self.settings
         try:
-            exists = bool(self.database.list_collection_names(filter={"name": s.collection}))
+            exists = s.collection in self.database.list_collection_names(
+                filter={"name": s.collection})
         except PyMongoError:
             return  # MongoDB away: the loops will say so
         if not exists:
