@@ -149,8 +149,12 @@ def parse_seed_progress(raw: Mapping[str, Any] | None) -> SeedProgress | None:
 
 
 def connect(url: str) -> redis.Redis:
-    """A client with short timeouts: a slow Redis must not stall the operator's timers."""
-    client: redis.Redis = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3,
+    """A client with short timeouts: a slow Redis must not stall the operator's timers.
+
+    The status timer's tick holds up an EntityPublisher's deletion until it ends, so a read
+    gives up after 1 s (the next tick tries again).
+    """
+    client: redis.Redis = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1,
                                                decode_responses=True)
     return client
 

@@ -49,9 +49,10 @@ from liberator_operator.patch import (
 )
 from liberator_operator.provisioning import ProvisioningError, PubSubAdmin, build_plan
 from liberator_operator.settings import OperatorSettings
+from liberator_operator.sidecar import container_name, sidecar_running
 from liberator_operator.webhook import HANDLER_ID
 
-__all__ = ["Runtime", "register"]
+__all__ = ["Runtime", "parked_message", "register"]
 
 TERMINAL = ("Succeeded", "Failed")
 
@@ -242,13 +243,11 @@ def finalize(rt: Runtime, *, spec: Mapping[str, Any], status: Mapping[str, Any],
 
 
 def _count_pods(rt: Runtime, namespace: str, name: str) -> int:
+    """Pods whose sidecar for this publisher runs (what the PODS column shows)."""
     count = 0
     for pod in rt.cluster.list_pods(namespace, f"{INJECTED_LABEL}=true"):
         meta = pod.get("metadata") or {}
-        phase = (pod.get("status") or {}).get("phase")
-        if meta.get("deletionTimestamp") or phase in TERMINAL:
-            continue
-        if name in injected_publishers(meta.get("annotations")):
+        if name in injected_publishers(meta.get("annotations")) and sidecar_running(pod, name):
             count += 1
     return count
 
@@ -283,18 +282,39 @@ def _publishing(rt: Runtime, publisher: Publisher, pods: int,
                       "no leader has written a status record recently; sidecars may be starting "
                       "or unable to reach Redis")
     if data.parked_reason:
-        return data, ("False", "Parked",
-                      f"{data.leader or 'the leader'} parked: {data.parked_reason}. Recover with "
-                      "an EventSeed, then restart the publisher's pods (docs/operator.md)")
+        return data, ("False", "Parked", parked_message(publisher, data))
     return data, ("True", "Leading", f"{data.leader or 'a pod'} leads (epoch {data.epoch})")
 
 
+def parked_message(publisher: Publisher, data: DataStatus) -> str:
+    """The Parked condition's message: the cause, and the documented recovery as one command.
+
+    Not "restart the pods": a restart resumes from the same lost position and parks again.
+    """
+    namespace, name = publisher["namespace"], publisher["name"]
+    pod = data.leader or "POD"
+    return (f"{data.leader or 'the leader'} parked: {data.parked_reason}. Recover (a restart "
+            f"parks again): apply an EventSeed for {name} and wait for Succeeded, then run "
+            f"kubectl exec -n {namespace} {pod} -c {container_name(name)} -- liberator publish "
+            "--reset-checkpoint (the leader resumes from the current position; "
+            "docs/operations.md)")
+
+
 def observe(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
-            status: Mapping[str, Any], name: str, namespace: str, logger: Any) -> None:
-    """Pods and data plane into the status, written only if the object did not move on."""
+            status: Mapping[str, Any], name: str, namespace: str, stopped: Any,
+            logger: Any) -> None:
+    """Pods and data plane into the status, written only if the object did not move on.
+
+    ``stopped`` turns true when the object is being deleted (or the operator stops): the tick
+    then ends before its slow part, so the finalizer does not wait for it.
+    """
     publisher = _publisher(namespace, name, spec)
     pods = _count_pods(rt, namespace, name)
+    if stopped:
+        return
     data, (state, reason, message) = _publishing(rt, publisher, pods)
+    if stopped:
+        return
     conds = _Conditions(status.get("conditions"), meta.get("generation"))
     conds.set(cond.PUBLISHING, state, reason, message)
     new: dict[str, Any] = {
@@ -330,8 +350,9 @@ def sync_seed(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
     body = rt.cluster.get_custom(GROUP, VERSION, PUBLISHERS, namespace, publisher_name)
     if body is None:
         conds.set(cond.PUBLISHER_FOUND, False, "PublisherNotFound",
-                  f"EntityPublisher {namespace}/{publisher_name} not found: create it or fix "
-                  "spec.publisher; the seed waits")
+                  f"EntityPublisher {namespace}/{publisher_name} not found: the seed waits and "
+                  "starts once it exists; for another publisher, delete this EventSeed and apply "
+                  "it again with that spec.publisher (the spec is immutable)")
         patch.status["phase"] = status.get("phase") or "Pending"
         patch.status["conditions"] = conds.items
         return
@@ -453,7 +474,7 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         bind(finalize, "spec", "status", "name", "namespace", "retry", "logger"))
     kopf.timer(GROUP, VERSION, PUBLISHERS, id="observe", interval=s.status_interval,
                registry=registry)(
-        bind(observe, "spec", "meta", "status", "name", "namespace", "logger"))
+        bind(observe, "spec", "meta", "status", "name", "namespace", "stopped", "logger"))
     kopf.timer(GROUP, VERSION, SEEDS, id="seed", interval=s.seed_interval, registry=registry,
                when=lambda status, **_: status.get("phase") not in TERMINAL)(
         bind(sync_seed, "spec", "meta", "status", "name", "namespace", "patch", "logger"))

@@ -59,6 +59,8 @@ def seed_args(namespace: str, name: str, spec: EventSeedSpec, publisher: Publish
             "--seed-id", seed_id(namespace, name)]
     if spec.get("filter"):
         args += ["--filter", json.dumps(spec["filter"], sort_keys=True, separators=(",", ":"))]
+    if spec.get("allowEmpty"):
+        args.append("--allow-empty")
     return args
 
 
@@ -69,6 +71,10 @@ def build_seed_job(namespace: str, name: str, *, uid: str, spec: EventSeedSpec,
     env_list = [{"name": k, **v} for k, v in env.items() if k not in _NOT_FOR_SEED]
     env_list.append({"name": SEED_ENV, "value": seed_id(namespace, name)})
     sidecar = publisher["spec"].get("sidecar", {})
+    pod_spec: dict[str, Any] = {}
+    if spec.get("serviceAccountName"):
+        # The identity that publishes (Workload Identity); default: the namespace's "default".
+        pod_spec["serviceAccountName"] = spec["serviceAccountName"]
     labels = {"app.kubernetes.io/name": "liberator-seed",
               "app.kubernetes.io/managed-by": "liberator-operator",
               SEED_LABEL: name[:63]}
@@ -92,6 +98,7 @@ def build_seed_job(namespace: str, name: str, *, uid: str, spec: EventSeedSpec,
                     "annotations": {"liberator.io/inject": "false"},
                 },
                 "spec": {
+                    **pod_spec,
                     "restartPolicy": "Never",
                     "securityContext": {"runAsNonRoot": True,
                                         "seccompProfile": {"type": "RuntimeDefault"}},

@@ -128,6 +128,8 @@ class EventSeedSpec(TypedDict):
     backoffLimit: int
     filter: NotRequired[dict[str, Any]]
     topic: NotRequired[str]
+    allowEmpty: NotRequired[bool]
+    serviceAccountName: NotRequired[str]
 
 
 class Condition(TypedDict):

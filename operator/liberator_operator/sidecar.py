@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from liberator_operator.model import Publisher, SecretKeyRef
@@ -23,6 +24,7 @@ __all__ = [
     "container_name",
     "default_outbox",
     "seed_topic",
+    "sidecar_running",
 ]
 
 CONTAINER_PREFIX = "liberator-"
@@ -42,6 +44,24 @@ def container_name(publisher_name: str) -> str:
         return base
     digest = hashlib.sha256(publisher_name.encode()).hexdigest()[:8]
     return f"{base[:54].rstrip('-')}-{digest}"
+
+
+def sidecar_running(pod: Mapping[str, Any], publisher_name: str) -> bool:
+    """Whether the pod's ``liberator-<publisher>`` container is running now.
+
+    What ``status.pods`` counts: a Pending pod, or one whose sidecar waits or has terminated,
+    publishes nothing. A native sidecar reports in ``initContainerStatuses``, a regular one in
+    ``containerStatuses``; both are read, so the injection mode does not matter.
+    """
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    status: Mapping[str, Any] = pod.get("status") or {}
+    name = container_name(publisher_name)
+    for item in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses")
+                                                                or []):
+        if item.get("name") == name:
+            return bool((item.get("state") or {}).get("running") is not None)
+    return False
 
 
 def default_outbox(collection: str) -> str:

@@ -8,6 +8,11 @@ It pulls the live and seed subscriptions (one thread each) and writes each batch
 - a message that is not a CloudEvent goes to the dead-letter collection with the reason, and is
   acknowledged.
 
+A subscription that does not exist yet (the EntityPublisher that declares it comes later) is
+tried again with a doubling pause up to 30 s, logged each time; ``/readyz`` answers 503 with the
+reason meanwhile, and consuming starts once it appears. No ``get_subscription`` call: pull and
+acknowledge need only ``pubsub.subscriptions.consume`` (roles/pubsub.subscriber).
+
 Messages are acknowledged only after MongoDB confirmed the write, so a SIGKILL loses nothing: the
 unacknowledged messages come back, and their repeats are duplicates. ``/healthz``, ``/readyz`` and
 ``/metrics`` come from the sidecar's ``health`` module. See docs/consuming.md.
@@ -41,6 +46,7 @@ from liberator_publisher import logs
 from liberator_publisher.command import Command
 from liberator_publisher.contract import DEFAULT_HTTP_PORT
 from liberator_publisher.health import Health, HealthServer
+from liberator_publisher.iam import denied_message
 from liberator_publisher.settings import LOG_FORMATS, LOG_LEVELS
 from liberator_publisher.subscriber import MalformedEventError, parse_message
 
@@ -194,6 +200,9 @@ class EventStoreSettings:
     workers: int = 2
     """Pull loops per subscription, so one stores while another pulls (order does not matter
     here: the store is ordered by its ``time`` index)."""
+    wait_max_seconds: float = 30.0
+    """Longest pause between tries of a subscription that does not exist yet (or is denied):
+    the pauses double from 1 s up to this."""
 
 
 class EventStore:
@@ -211,6 +220,7 @@ class EventStore:
         self._client = pubsub_v1.SubscriberClient()
         self._stop = threading.Event()
         self._beats: dict[str, float] = {}
+        self._waiting: dict[str, str] = {}  # subscription -> why it is not consumed yet
         self._started = time.monotonic()
         self.registry = registry if registry is not None else CollectorRegistry()
         self.messages = Counter("liberator_eventstore_messages",
@@ -283,22 +293,42 @@ class EventStore:
 
     # -- the loops --
 
-    def _loop(self, subscription: str) -> None:
+    def _loop(self, subscription: str, worker: int = 0) -> None:
+        delay = 0.0
         while not self._stop.is_set():
             try:
                 self.pull_once(subscription)
+            except (gexc.NotFound, gexc.PermissionDenied) as error:
+                # Not a crash: the operator may create the subscription later (it is declared by
+                # an EntityPublisher applied after this Deployment), or IAM may still propagate.
+                delay = min(self.settings.wait_max_seconds, max(1.0, delay * 2))
+                reason = (f"subscription {subscription} does not exist yet"
+                          if isinstance(error, gexc.NotFound)
+                          else denied_message("pull", subscription, error))
+                self._waiting[subscription] = reason
+                self._beats[subscription] = time.monotonic()  # waiting is not stuck
+                if worker == 0:
+                    log.warning("%s; not ready, retrying in %.0fs", reason, delay)
+                self._stop.wait(delay)
+                continue
             except Exception:  # keep pulling; the next pull retries (and /healthz shows age)
                 log.exception("pull of %s failed", subscription)
                 self._stop.wait(1.0)
                 continue
+            if self._waiting.pop(subscription, None) is not None:
+                log.info("subscription %s is there: consuming", subscription)
+            delay = 0.0
             self._beats[subscription] = time.monotonic()
 
     def health(self) -> Health:
         now = time.monotonic()
         stuck = [s for s in self.settings.subscriptions
                  if now - self._beats.get(s, self._started) > _STUCK_AFTER]
+        waiting = [self._waiting[s] for s in self.settings.subscriptions if s in self._waiting]
         detail = "ok" if not stuck else "stuck: " + ", ".join(stuck)
-        return Health(alive=not stuck, ready=True, detail=detail)
+        if waiting:
+            detail = "waiting: " + "; ".join(waiting)
+        return Health(alive=not stuck, ready=not waiting, detail=detail)
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Create the indexes, then pull every subscription until ``stop`` (or ``self.stop()``)."""
@@ -311,7 +341,7 @@ class EventStore:
             server = HealthServer(self.settings.http_port, self.health,
                                   lambda: generate_latest(self.registry))
             server.start()
-        threads = [threading.Thread(target=self._loop, args=(s,), daemon=True,
+        threads = [threading.Thread(target=self._loop, args=(s, n), daemon=True,
                                     name=f"eventstore-{s.rsplit('/', 1)[-1]}-{n}")
                    for s in self.settings.subscriptions for n in range(self.settings.workers)]
         for thread in threads:
@@ -328,15 +358,6 @@ class EventStore:
 
     def stop(self) -> None:
         self._stop.set()
-
-    def check_subscriptions(self) -> None:
-        """Raise ``UsageError`` naming a subscription that does not exist."""
-        for subscription in self.settings.subscriptions:
-            try:
-                self._client.get_subscription(subscription=subscription)
-            except gexc.NotFound:
-                raise UsageError(f"--subscription: {subscription} does not exist; create it "
-                                 "(the operator provisions declared subscriptions)") from None
 
     def close(self) -> None:
         self._client.close()
@@ -447,7 +468,6 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        store.check_subscriptions()
         store.run(stop)
     except UsageError as error:
         print(f"liberator eventstore: {error}", file=sys.stderr)

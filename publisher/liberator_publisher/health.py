@@ -65,7 +65,8 @@ def _handler(probe: Probe, metrics: Callable[[], bytes]) -> type[BaseHTTPRequest
             elif path == "/readyz":
                 health = probe()
                 self._reply(200 if health.ready else 503,
-                            b"ready\n" if health.ready else b"not ready\n")
+                            b"ready\n" if health.ready
+                            else b"not ready: " + health.detail.encode() + b"\n")
             else:
                 self._reply(404, b"not found\n")
 

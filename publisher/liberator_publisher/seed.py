@@ -49,6 +49,7 @@ from liberator_publisher.event import (
     message_for,
     outbox_document_for_entity,
 )
+from liberator_publisher.iam import denied_message
 from liberator_publisher.identity import IDENTITY_SUFFIX, remember_identities
 from liberator_publisher.ledger import LEDGER_SUFFIX, Checkpoint, Ledger, LedgerError
 from liberator_publisher.settings import ConfigError, Settings
@@ -60,6 +61,7 @@ __all__ = [
     "Pacer",
     "SeedOptions",
     "Summary",
+    "check_collection",
     "parse_filter",
     "run_seed",
     "seed_event_id",
@@ -125,6 +127,10 @@ class SeedOptions:
     """Documents per batch: per publish wait and checkpoint (``--batch-size``)."""
     rate_limit: float = 0.0
     """Documents per second, 0 for no limit (``--rate-limit``)."""
+    allow_empty: bool = False
+    """Seed a collection that does not exist (yet) on purpose: nothing to publish, and the seed
+    succeeds. Without it such a seed is refused, since it is most often a typo
+    (``--allow-empty``, EventSeed ``spec.allowEmpty``)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -413,8 +419,8 @@ class _Seeder:
         for event, future in batch.sent:
             try:
                 future.result(timeout=600)
-            except gexc.NotFound:
-                raise
+            except (gexc.NotFound, gexc.PermissionDenied):
+                raise  # every other event would fail the same way: stop the seed
             except Exception as error:  # the client already retried what is retryable
                 self.summary.failed += 1
                 if event.entity not in self.retry:
@@ -550,6 +556,27 @@ class _Seeder:
               f"rate={rate:.0f} docs/s eta={eta}", file=sys.stderr, flush=True)
 
 
+def check_collection(mongo: MongoClient[Any], settings: Settings, allow_empty: bool) -> None:
+    """Refuse a collection that does not exist (a typo, most often) unless ``allow_empty``.
+
+    Read only: a refused seed writes nothing (no ledger collection, no status record).
+    """
+    database = mongo[settings.database]
+    # The membership test, not just a non-empty answer: mongo-java-server ignores the filter
+    # (MongoDB applies it), and the test is right on both.
+    if settings.collection in database.list_collection_names(
+            filter={"name": settings.collection}):
+        return
+    if allow_empty:
+        log.warning("collection %s.%s does not exist; --allow-empty: seeding nothing",
+                    settings.database, settings.collection)
+        return
+    raise UsageError(
+        f"LIBERATOR_COLLECTION: collection {settings.collection!r} does not exist in database "
+        f"{settings.database!r}; fix the name (spec.mongo.collection), or pass --allow-empty "
+        "(EventSeed spec.allowEmpty: true) to seed an absent collection on purpose")
+
+
 def run_seed(settings: Settings, options: SeedOptions) -> Summary:
     """Run one seed to completion with clients built from ``settings``."""
     publisher = pubsub_v1.PublisherClient(
@@ -564,17 +591,23 @@ def run_seed(settings: Settings, options: SeedOptions) -> Summary:
                 limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK)))
     mongo: MongoClient[Any] = MongoClient(settings.mongo_uri, tz_aware=True)
     status = _Status(settings.redis_url, options.seed_id)
+    topic = publisher.topic_path(settings.pubsub_project, options.topic)
     try:
         try:
-            publisher.get_topic(topic=publisher.topic_path(settings.pubsub_project,
-                                                           options.topic))
+            publisher.get_topic(topic=topic)
         except gexc.NotFound:
             raise UsageError(f"--topic: topic {options.topic!r} does not exist in project "
                              f"{settings.pubsub_project}; create it (the operator provisions "
                              "the seed topic) or fix the name") from None
+        except gexc.PermissionDenied as error:
+            raise UsageError(f"--topic: {denied_message('get_topic', topic, error)}") from None
+        check_collection(mongo, settings, options.allow_empty)
         seeder = _Seeder(settings, options, mongo, publisher, status)
         try:
             return seeder.run()
+        except gexc.PermissionDenied as error:
+            status.update({"phase": "Failed", **seeder.summary.counts()})
+            raise UsageError(f"--topic: {denied_message('publish', topic, error)}") from None
         except BaseException:
             status.update({"phase": "Failed", **seeder.summary.counts()})
             raise
@@ -626,6 +659,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="documents per batch (default 500)")
     parser.add_argument("--rate-limit", type=_rate, default=0.0,
                         help="documents per second, 0 = unlimited (default)")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="succeed with nothing to seed when the collection does not exist "
+                             "(default: refuse, it is most often a typo)")
     parser.add_argument("--seed-id", default=None,
                         help="keys the ledger and checkpoint (default: $LIBERATOR_SEED or "
                              "'manual')")
@@ -651,7 +687,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
                              "EventSeed; fix it or pass --seed-id")
         options = SeedOptions(topic=args.topic, mode=args.mode, filter=parse_filter(args.filter),
                               batch_size=args.batch_size, rate_limit=args.rate_limit,
-                              seed_id=seed_id)
+                              seed_id=seed_id, allow_empty=args.allow_empty)
         summary = run_seed(settings, options)
     except UsageError as error:
         print(f"liberator seed: {error}", file=sys.stderr)

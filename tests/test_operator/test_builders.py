@@ -9,13 +9,19 @@ import jsonpatch
 import pytest
 
 from liberator_operator.conditions import find, set_condition
-from liberator_operator.datastatus import parse_seed_progress, parse_status_record
+from liberator_operator.datastatus import DataStatus, parse_seed_progress, parse_status_record
+from liberator_operator.handlers import parked_message
 from liberator_operator.job import build_seed_job, job_name, job_phase, seed_args
 from liberator_operator.patch import INJECTED_ANNOTATION, build_patch
 from liberator_operator.provisioning import build_plan
 from liberator_operator.selector import matches
 from liberator_operator.settings import OperatorSettings
-from liberator_operator.sidecar import build_contract_env, build_sidecar, container_name
+from liberator_operator.sidecar import (
+    build_contract_env,
+    build_sidecar,
+    container_name,
+    sidecar_running,
+)
 from liberator_publisher.contract import CONTRACT
 from tests.test_operator.builders import pod, publisher
 
@@ -228,6 +234,56 @@ def test_seed_topic_override_and_no_filter() -> None:
     assert "--filter" not in args
     assert args[args.index("--topic") + 1] == "replay-1"
     assert args[args.index("--mode") + 1] == "latest"
+
+
+def test_seed_service_account_and_allow_empty_reach_the_job() -> None:
+    minimal: Any = {"publisher": "quotes"}
+    plain = build_seed_job("shop", "s", uid="u", spec=minimal, publisher=publisher(),
+                           settings=SETTINGS)
+    assert "serviceAccountName" not in plain["spec"]["template"]["spec"]  # namespace default
+    assert "--allow-empty" not in plain["spec"]["template"]["spec"]["containers"][0]["command"]
+    spec: Any = {"publisher": "quotes", "serviceAccountName": "quotes-seeder",
+                 "allowEmpty": True}
+    job = build_seed_job("shop", "s", uid="u", spec=spec, publisher=publisher(),
+                         settings=SETTINGS)
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "quotes-seeder"
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "--allow-empty"
+
+
+
+@pytest.mark.parametrize(("status", "running"), [
+    ({"phase": "Pending"}, False),
+    ({"phase": "Pending", "initContainerStatuses": [
+        {"name": "liberator-quotes", "state": {"waiting": {"reason": "ContainerCreating"}}}]},
+     False),
+    ({"phase": "Pending", "initContainerStatuses": [
+        {"name": "liberator-quotes", "state": {"running": {"startedAt": "T"}}}]}, True),
+    ({"phase": "Running", "containerStatuses": [
+        {"name": "app", "state": {"running": {}}},
+        {"name": "liberator-quotes", "state": {"running": {}}}]}, True),
+    ({"phase": "Running", "initContainerStatuses": [
+        {"name": "liberator-quotes", "state": {"terminated": {"exitCode": 1}}}],
+      "containerStatuses": [{"name": "app", "state": {"running": {}}}]}, False),
+    ({"phase": "Running", "initContainerStatuses": [
+        {"name": "liberator-other", "state": {"running": {}}}]}, False),
+])
+def test_sidecar_running_means_its_container_runs(status: dict[str, Any], running: bool) -> None:
+    assert sidecar_running({"metadata": {}, "status": status}, "quotes") is running
+    deleting = {"metadata": {"deletionTimestamp": "T"}, "status": status}
+    assert sidecar_running(deleting, "quotes") is False
+
+
+def test_parked_message_gives_the_recovery_command() -> None:
+    data = DataStatus(leader="quotes-7d9f-abcde", epoch=3,
+                      parked_reason="ChangeStreamHistoryLost: resume point fell off the oplog")
+    message = parked_message(publisher(), data)
+    assert "ChangeStreamHistoryLost" in message
+    assert ("kubectl exec -n shop quotes-7d9f-abcde -c liberator-quotes -- liberator publish "
+            "--reset-checkpoint") in message
+    assert "EventSeed" in message
+    assert "restart the" not in message
+    unknown = parked_message(publisher(), DataStatus(parked_reason="invalidated"))
+    assert "kubectl exec -n shop POD -c liberator-quotes --" in unknown
 
 
 def test_job_name_is_deterministic_and_short() -> None:

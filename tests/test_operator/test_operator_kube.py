@@ -354,10 +354,27 @@ def test_seed_without_publisher_is_refused_and_spec_is_immutable(env: Env, ns: s
     stored = env.seed(ns, "s")
     assert stored["spec"]["mode"] == "latest", "defaulted by the schema"
     assert stored["spec"]["batchSize"] == 500
+    assert stored["spec"]["allowEmpty"] is False
     seed["spec"] = {"publisher": "other"}
     result = env.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(seed), check=False)
     assert "spec is immutable" in result.stderr
     assert env.seed(ns, "s")["spec"]["publisher"] == "p"
+
+
+@pytest.mark.parametrize("bad", ["Quotes_Seeder", "-seeder", "seeder.", "a" * 254])
+def test_seed_service_account_name_is_validated(env: Env, ns: str, bad: str) -> None:
+    seed = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EventSeed", "metadata": {"name": "sa"},
+            "spec": {"publisher": "p", "serviceAccountName": bad}}
+    result = env.kubectl("apply", "--dry-run=server", "-n", ns, "-f", "-",
+                         stdin=json.dumps(seed), check=False)
+    assert result.returncode != 0
+    assert "spec.serviceAccountName" in result.stderr
+    seed["spec"] = {"publisher": "p", "serviceAccountName": "quotes-seeder.v2", "allowEmpty": "yes"}
+    result = env.kubectl("apply", "--dry-run=server", "-n", ns, "-f", "-",
+                         stdin=json.dumps(seed), check=False)
+    assert "spec.allowEmpty" in result.stderr
+    seed["spec"] = {"publisher": "p", "serviceAccountName": "quotes-seeder.v2"}
+    env.kubectl("apply", "--dry-run=server", "-n", ns, "-f", "-", stdin=json.dumps(seed))
 
 
 def test_examples_validate_against_the_crds(env: Env, ns: str) -> None:
@@ -412,6 +429,15 @@ def test_publisher_provisions_pubsub_and_deletes_under_delete(env: Env, operator
     assert {topic, f"{topic}.seed"} <= topics(env)
     assert sub in subscriptions(env)
 
+    # The short name: kubectl finds the publisher by it, with no warning, and no other resource
+    # served by this API server claims it (ep would have been core Endpoints).
+    by_short = env.kubectl("get", "entpub", "quotes", "-n", ns, "-o", "name")
+    assert by_short.stdout.strip() == "entitypublisher.liberator.io/quotes"
+    assert by_short.stderr == ""
+    claims = [line.split() for line in env.kubectl("api-resources", "--no-headers").stdout
+              .splitlines() if "entpub" in line.split()]
+    assert [row[0] for row in claims] == ["entitypublishers"]
+
     def table() -> list[list[str]]:
         return [line.split() for line in
                 env.kubectl("get", "entitypublishers", "-n", ns).stdout.splitlines()]
@@ -435,6 +461,75 @@ def test_publisher_provisions_pubsub_and_deletes_under_delete(env: Env, operator
                what="the finalizer to let the publisher go")
     assert not {topic, f"{topic}.seed"} & topics(env)
     assert sub not in subscriptions(env)
+
+
+@pytest.fixture()
+def slow_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real redis-server of this test's own, which the test pauses (SIGSTOP) to answer late."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (the local stack's Redis needs it too)")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis_lib.Redis.from_url(url, socket_timeout=1)
+        eventually(lambda: _pings(client), what="the test's redis-server", deadline=20)
+        client.close()
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _pings(client: redis_lib.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis_lib.RedisError:
+        return False
+
+
+DELETIONS = 10
+DELETE_WITHIN = 5.0  # seconds; the issue's functional bound, not a performance target
+
+
+def test_deletion_finishes_while_the_status_read_hangs(
+        env: Env, operator: Operator, ns: str,
+        slow_redis: tuple[str, subprocess.Popen[bytes]]) -> None:
+    """A deletion that arrives while the status timer waits on Redis must not wait kopf's
+    default 60 s re-check. Redis is paused, so each tick hangs in its read until the client's
+    timeout; deleting at varied moments lands some deletions inside a read."""
+    url, redis_proc = slow_redis
+    took: dict[str, float] = {}
+    for i in range(DELETIONS):
+        name = f"slow-{i}"
+        secret(env, ns, f"{name}-mongo", uri="mongodb://x")
+        env.custom.create_namespaced_custom_object(
+            GROUP, VERSION, ns, "entitypublishers",
+            ep_body(env, name, {"app": name}, redis={"url": url}))
+        eventually(lambda: condition(env.publisher(ns, name), "Publishing"),  # noqa: B023
+                   what=f"{name}: the status timer has ticked")
+        redis_proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(1.0 + 0.2 * i)  # ticks now take the read timeout (1 s) plus the interval
+            started = time.monotonic()
+            env.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                                       name)
+            eventually(lambda: not _exists(lambda: env.publisher(ns, name)),  # noqa: B023
+                       what=f"{name} to be deleted", deadline=90)
+            took[name] = time.monotonic() - started
+        finally:
+            redis_proc.send_signal(signal.SIGCONT)
+    slow = {n: round(t, 1) for n, t in took.items() if t >= DELETE_WITHIN}
+    assert not slow, f"deletions over {DELETE_WITHIN:.0f}s: {slow} (all: {took})"
+    # The race was hit: some deletion found a tick still running and re-checked it.
+    raced = [n for n in took if f"[{ns}/{n}] Timer 'observe' is still exiting" in operator.text()]
+    assert raced, f"no deletion landed inside a status read in {DELETIONS} tries: {took}"
+    print(f"deletion seconds: {took}; inside a read: {raced}")
 
 
 def test_retain_keeps_topics(env: Env, operator: Operator, ns: str, unique: str) -> None:
@@ -490,6 +585,10 @@ def test_parked_leader_turns_publishing_false(env: Env, operator: Operator, ns: 
                         == "Parked" else None, what="Publishing=False Parked")
     assert parked["status"] == "False"
     assert "ChangeStreamHistoryLost" in parked["message"]
+    # The documented recovery as one command with the real names; not "restart the pods".
+    assert (f"kubectl exec -n {ns} app-0 -c liberator-parked -- liberator publish "
+            "--reset-checkpoint") in parked["message"]
+    assert "EventSeed" in parked["message"] and "restart the" not in parked["message"]
     assert condition(env.publisher(ns, "parked"), "Ready")["status"] == "True", \
         "the timer did not overwrite the reconciler's conditions"
 
@@ -537,8 +636,25 @@ def test_injection_through_the_api_server(env: Env, operator: Operator, ns: str)
     assert len(sidecars(dry)) == 1
     assert not _exists(lambda: env.core.read_namespaced_pod("dry", ns))
 
-    eventually(lambda: env.publisher(ns, "shop").get("status", {}).get("pods") == 2,
-               what="status.pods to count the two injected pods")
+    # PODS counts pods whose sidecar runs. There is no kubelet here: the pods stay Pending until
+    # the test writes what a kubelet would report.
+    eventually(lambda: env.publisher(ns, "shop").get("status", {}).get("pods") == 0,
+               what="status.pods 0 while both injected pods are Pending")
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    env.core.patch_namespaced_pod_status("match", ns, {"status": {
+        "phase": "Running",
+        "initContainerStatuses": [{"name": "liberator-shop", "image": "x", "imageID": "",
+                                   "ready": True, "restartCount": 0,
+                                   "state": {"running": {"startedAt": now}}}],
+        "containerStatuses": [{"name": "app", "image": "busybox", "imageID": "", "ready": True,
+                               "restartCount": 0, "state": {"running": {"startedAt": now}}}]}})
+    env.core.patch_namespaced_pod_status("again", ns, {"status": {
+        "phase": "Pending",
+        "initContainerStatuses": [{"name": "liberator-shop", "image": "x", "imageID": "",
+                                   "ready": False, "restartCount": 0,
+                                   "state": {"waiting": {"reason": "ContainerCreating"}}}]}})
+    eventually(lambda: env.publisher(ns, "shop").get("status", {}).get("pods") == 1,
+               what="status.pods to count the one pod whose sidecar runs")
 
 
 def test_kube_system_is_never_injected(env: Env, operator: Operator) -> None:
@@ -652,6 +768,9 @@ def test_seed_without_its_publisher_waits(env: Env, operator: Operator, ns: str)
     assert cond["status"] == "False"
     assert cond["reason"] == "PublisherNotFound"
     assert "nobody" in cond["message"]
+    # The spec is immutable: the message says what works instead of "fix spec.publisher".
+    assert "delete this EventSeed and apply it again" in cond["message"]
+    assert "fix spec.publisher" not in cond["message"]
     assert env.seed(ns, "early")["status"]["phase"] == "Pending"
     assert env.batch.list_namespaced_job(ns).items == []
 

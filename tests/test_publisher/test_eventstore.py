@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -396,3 +397,41 @@ def test_the_sidecar_and_the_seed_are_stored_exactly_once(
     assert seeded == {seed_event_id(settings.source, f"q-{i}", None): f"q-{i}"
                       for i in range(200)}
     client.close()
+
+
+def readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError as error:  # not listening yet
+        return 0, str(error)
+
+
+def test_waits_for_a_subscription_created_later(world: World,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Started before the EntityPublisher that declares its subscription: it waits, then stores."""
+    late = world.admin.subscription_path(world.project, f"store-late-{world.unique}")
+    port = free_port()
+    settings = EventStoreSettings(mongo_uri=world.mongo_uri, database=world.database,
+                                  subscriptions=(late,), http_port=port, pull_timeout_seconds=2,
+                                  wait_max_seconds=1.0)
+    caplog.set_level("INFO", logger="liberator_publisher.eventstore")
+    running = Running(settings)
+    with running:
+        _, body = eventually(lambda: (r := readyz(port))[0] == 503 and r,
+                             what="/readyz 503 while the subscription is missing")
+        assert late in body and "does not exist yet" in body
+        waits = lambda: [r for r in caplog.records  # noqa: E731
+                         if late in r.getMessage() and "retrying" in r.getMessage()]
+        eventually(lambda: len(waits()) >= 3, what="a log line for each try")
+        assert running.thread.is_alive()
+        world.admin.create_subscription(request={"name": late, "topic": world.topics["live"],
+                                                 "ack_deadline_seconds": 10})
+        world.publish("live", [live_message(42, 1)])
+        world.wait_count(world.events, 1)
+        assert readyz(port) == (200, "ready\n")
+    stored = world.events.find_one({"_id": "live-42-1"})
+    assert stored is not None and stored["subscription"] == f"store-late-{world.unique}"
+    assert any("consuming" in r.getMessage() for r in caplog.records)

@@ -19,10 +19,12 @@ from typing import Any
 
 import pytest
 import redis
+from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 from pymongo import MongoClient
 
 from liberator_publisher.cli import main
+from liberator_publisher.iam import denied_message
 from liberator_publisher.ledger import LEDGER_SUFFIX, Checkpoint, LedgerError
 from liberator_publisher.seed import (
     SEED_ATTRIBUTE,
@@ -76,6 +78,19 @@ def test_pacer_spaces_documents_at_the_rate() -> None:
         pacer.wait()
     # 4 documents of credit go at once; 8 more take 8/4 s, the last one due at 7/4 s.
     assert now[0] - stalled_at == pytest.approx(1.75)
+
+
+def test_permission_denied_names_the_permission() -> None:
+    # The emulator has no IAM: it never answers PermissionDenied, so the mapping from the
+    # failed call to the permission it needs is tested as a pure function.
+    error = gexc.PermissionDenied("User not authorized to perform this action.")
+    topic = "projects/p/topics/quotes.seed"
+    line = denied_message("get_topic", topic, error)
+    assert "pubsub.topics.get" in line and topic in line and "roles/pubsub.viewer" in line
+    assert "User not authorized" in line and "\n" not in line
+    assert "pubsub.topics.publish" in denied_message("publish", topic, error)
+    assert "pubsub.subscriptions.consume" in denied_message("pull", "projects/p/subscriptions/s")
+    assert "docs/operations.md" in denied_message("other", topic)
 
 
 def test_parse_filter() -> None:
@@ -153,6 +168,7 @@ def test_bad_variable_exits_2_naming_it(variable: str, value: str,
     (["--topic", "seed-topic", "--filter", "{bad"], "--filter"),
     (["--topic", "seed-topic", "--filter", "[]"], "--filter"),
     (["--topic", "seed-topic", "--seed-id", "a b"], "--seed-id"),
+    (["--topic", "seed-topic", "--allow-empty=yes"], "--allow-empty"),
 ])
 def test_bad_flag_exits_2_naming_it(flags: list[str], flag: str,
                                      monkeypatch: pytest.MonkeyPatch,
@@ -387,6 +403,36 @@ def test_unfinished_seed_refuses_other_flags(world: Fixture) -> None:
     ledger.update_one({"_id": "shop/flags"}, {"$set": {"phase": "Running"}})
     with pytest.raises(UsageError, match="--seed-id"):
         world.seed("shop/flags", mode="history")
+
+
+def test_a_missing_collection_is_refused_and_nothing_is_written(
+        world: Fixture, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    world.insert(5, 1)  # the real collection is "quotes"; the seed names a typo
+    for name, value in {**world.env, "LIBERATOR_COLLECTION": "qoutes"}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["seed", "--topic", world.topic_id, "--seed-id", "shop/typo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "'qoutes'" in err[0] and repr(world.settings.database) in err[0]
+    assert "--allow-empty" in err[0]
+    database = world.mongo[world.settings.database]
+    assert sorted(database.list_collection_names()) == ["quotes"]  # no ledger, no checkpoint
+    assert world.redis.exists(status_key("shop/typo")) == 0
+    assert world.drain(0) == []
+
+
+def test_allow_empty_seeds_an_absent_collection_on_purpose(
+        world: Fixture, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for name, value in world.env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["seed", "--topic", world.topic_id, "--seed-id", "shop/empty",
+                 "--allow-empty"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "seeded=0 skipped=0 failed=0"
+    status = world.redis.hgetall(status_key("shop/empty"))
+    assert (status["phase"], status["seeded"]) == ("Succeeded", "0")
+    assert world.drain(0) == []
 
 
 def test_missing_topic_is_a_usage_error(world: Fixture) -> None:
