@@ -50,6 +50,8 @@ class DataStatus:
     """Time of the last published event."""
     parked_reason: str | None = None
     """Why the loops are parked; None when running."""
+    capture_since: str | None = None
+    """RFC 3339 time of the capture origin: writes from then on are captured live."""
     updated: str | None = None
     """When the leader wrote the record."""
 
@@ -129,6 +131,7 @@ def parse_status_record(raw: Mapping[str, Any] | str | bytes | None) -> DataStat
         last_event_time=_str(_pick(record, "lastEventTime", "last_event_time",
                                    "lastPublishTime", "last_publish_time")),
         parked_reason=_str(parked),
+        capture_since=_str(_pick(record, "captureSince")),
         updated=_str(_pick(record, "updatedAt", "updated_at", "updated", "time")),
     )
 

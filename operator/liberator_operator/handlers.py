@@ -325,6 +325,7 @@ def observe(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
         "backlog": data.backlog if data else None,
         "lastEventTime": data.last_event_time if data else None,
         "parkedReason": data.parked_reason if data else None,
+        "captureSince": data.capture_since if data else None,
     }
     changed = {k: v for k, v in new.items() if status.get(k) != v}
     if conds.items != list(status.get("conditions") or []):

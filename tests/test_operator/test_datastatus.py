@@ -15,12 +15,14 @@ def test_reads_the_record_the_publisher_writes(redis_url: str, unique: str) -> N
     assert read_status(client, ident) is None
     record = StatusRecord(pod="app-7", epoch=4, lastEventTime="2026-01-01T00:00:00Z",
                           captureLagSeconds=0.5, relayLagSeconds=0.2, backlog=12, parked="",
-                          captureSince=None, updatedAt="2026-01-01T00:00:01Z")
+                          captureSince="2025-12-31T00:00:00.000Z",
+                          updatedAt="2026-01-01T00:00:01Z")
     write_status(client, ident, record, ttl_seconds=30)
     data = read_status(client, ident)
     assert data is not None
     assert (data.leader, data.epoch, data.lag_seconds, data.backlog, data.parked_reason,
             data.last_event_time) == ("app-7", 4, 0.5, 12, None, "2026-01-01T00:00:00Z")
+    assert data.capture_since == "2025-12-31T00:00:00.000Z"
 
 
 def test_reads_a_hash_record_too(redis_url: str, unique: str) -> None:

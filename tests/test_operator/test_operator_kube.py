@@ -570,7 +570,7 @@ def test_parked_leader_turns_publishing_false(env: Env, operator: Operator, ns: 
     r = redis_lib.Redis.from_url(env.redis_url)
     record = {"pod": "app-0", "epoch": 7, "lastEventTime": "2026-01-01T00:00:00Z",
               "captureLagSeconds": 0.5, "relayLagSeconds": 0.1, "backlog": 3, "parked": "",
-              "updatedAt": "2026-01-01T00:00:00Z"}
+              "captureSince": "2025-12-31T08:00:00.000Z", "updatedAt": "2026-01-01T00:00:00Z"}
     r.set(status_key(f"{ns}/parked"), json.dumps(record), ex=120)
     leading = eventually(when(lambda: env.publisher(ns, "parked"),
                               lambda p: condition(p, "Publishing").get("status") == "True"),
@@ -578,6 +578,7 @@ def test_parked_leader_turns_publishing_false(env: Env, operator: Operator, ns: 
     assert leading["status"]["leader"] == "app-0"
     assert leading["status"]["epoch"] == 7
     assert leading["status"]["backlog"] == 3
+    assert leading["status"]["captureSince"] == "2025-12-31T08:00:00.000Z"
     record["parked"] = "ChangeStreamHistoryLost: resume point fell off the oplog"
     r.set(status_key(f"{ns}/parked"), json.dumps(record), ex=120)
     parked = eventually(lambda: condition(env.publisher(ns, "parked"), "Publishing")
