@@ -50,8 +50,13 @@ JVM_FLAGS = ("-Xmx512m", "-Xss512k", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=
 
 
 def home() -> Path:
-    """The build's cache folder: ``lib/`` (jars) and ``classes/`` (our launcher)."""
-    return cache_dir() / "mongo" / VERSION
+    """This launcher's build folder: ``lib/`` (jars) and ``classes/`` (our launcher).
+
+    Named by the pom's and the launcher's hash, so checkouts with different launchers (the
+    worktrees of one machine share the cache) each keep their own build instead of rebuilding
+    over each other's.
+    """
+    return cache_dir() / "mongo" / VERSION / _fingerprint()[:16]
 
 
 def _fingerprint() -> str:
