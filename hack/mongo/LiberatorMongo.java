@@ -41,8 +41,7 @@ import io.netty.channel.Channel;
  * docs/local-stack.md, MongoDB section):
  * <ul>
  *   <li>it reports MongoDB 5.0 with wire version 13, answers {@code hello} (and {@code helloOk}),
- *       and puts {@code operationTime} and {@code $clusterTime} on hello, isMaster, aggregate
- *       and getMore replies;</li>
+ *       and puts {@code operationTime} and {@code $clusterTime} on every reply;</li>
  *   <li>{@link LiberatorOplog} replaces the library's oplog and change stream cursor: entries
  *       shaped like MongoDB's, written only for documents that were stored, events shaped like
  *       MongoDB's before any client stage runs, {@code postBatchResumeToken} on every reply, an
@@ -265,18 +264,16 @@ public final class LiberatorMongo {
             return reply;
         }
 
-        private static final Set<String> TIMED = Set.of("hello", "ismaster", "aggregate",
-            "getmore");
-
         /**
-         * {@code operationTime} and {@code $clusterTime}, as a replica set member adds them. For
-         * {@code aggregate} the position just after the last entry written before the command
-         * ran: pymongo keeps it as {@code startAtOperationTime} (inclusive) when a stream has no
-         * token, so a write racing with the command is delivered twice rather than lost.
+         * {@code operationTime} and {@code $clusterTime} on every reply, as a replica set member
+         * sends them: the newest oplog entry (a write's own, after it). For {@code aggregate},
+         * the position just after the last entry written before the command ran: pymongo keeps
+         * it as {@code startAtOperationTime} (inclusive) when a stream has no token, so a write
+         * racing with the command is delivered twice rather than lost.
          */
         private static Document times(LiberatorOplog oplog, String command, BsonTimestamp before,
                                       Document reply) {
-            if (oplog == null || reply == null || !TIMED.contains(command.toLowerCase())) {
+            if (oplog == null || reply == null) {
                 return reply;
             }
             BsonTimestamp now = oplog.currentTime();

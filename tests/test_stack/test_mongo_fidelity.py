@@ -127,6 +127,19 @@ def test_is_master_carries_operation_time_and_hello_ok(client: pymongo.MongoClie
     assert isinstance(reply["operationTime"], Timestamp)
 
 
+def test_every_reply_carries_the_operation_time(client: pymongo.MongoClient[Doc],
+                                               coll: Collection[Doc]) -> None:
+    # MongoDB: a replica set member's replies carry operationTime, the optime of the last
+    # operation (a write's own). The publisher records its origin from a ping's.
+    with coll.watch() as stream:
+        before = client.admin.command("ping")["operationTime"]
+        written = coll.database.command("insert", coll.name, documents=[{"_id": "w"}])
+        event = take(stream, 1)[0]
+    assert written["n"] == 1
+    assert before < written["operationTime"] == event["clusterTime"]
+    assert client.admin.command("ping")["operationTime"] >= written["operationTime"]
+
+
 # -- 3. Client stages see MongoDB-shaped events ------------------------------------------------
 
 def test_a_match_on_ns_coll_sees_every_event(coll: Collection[Doc]) -> None:
