@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 
+from localstack import mongo
 from localstack.process import StackError, log_tail
 from localstack.stack import SERVER_NAMES, Stack, default_run_dir
 
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
             stack.build()
         elif args.command == "up":
             names = tuple(args.names) or SERVER_NAMES
+            if "mongo" in names:
+                # Before any build or start: a missing pymongo or a bad cap fails now.
+                mongo.require_client()
+                mongo.oplog_limits()
             for name in list(stack.servers):
                 if not stack.servers[name].alive():
                     print(f"[stack] {name} is no longer running; restarting it", file=sys.stderr)

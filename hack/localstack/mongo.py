@@ -13,9 +13,10 @@ import fcntl
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from localstack.process import (
@@ -30,7 +31,8 @@ from localstack.process import (
     wait_until,
 )
 
-__all__ = ["VERSION", "build", "home", "start"]
+__all__ = ["MAX_AGE_ENV", "MAX_ENTRIES_ENV", "VERSION", "build", "home", "oplog_limits",
+           "require_client", "start"]
 
 VERSION = "1.47.0"
 """mongo-java-server release; keep in step with ``hack/mongo/pom.xml``."""
@@ -48,8 +50,13 @@ JVM_FLAGS = ("-Xmx512m", "-Xss512k", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=
 
 
 def home() -> Path:
-    """The build's cache folder: ``lib/`` (jars) and ``classes/`` (our launcher)."""
-    return cache_dir() / "mongo" / VERSION
+    """This launcher's build folder: ``lib/`` (jars) and ``classes/`` (our launcher).
+
+    Named by the pom's and the launcher's hash, so checkouts with different launchers (the
+    worktrees of one machine share the cache) each keep their own build instead of rebuilding
+    over each other's.
+    """
+    return cache_dir() / "mongo" / VERSION / _fingerprint()[:16]
 
 
 def _fingerprint() -> str:
@@ -125,6 +132,56 @@ def build(say: Say) -> None:
         say(f"mongo-java-server built in {time.monotonic() - started:.1f}s")
 
 
+MAX_ENTRIES_ENV = "LIBERATOR_MONGO_OPLOG_MAX_ENTRIES"
+"""Caps the oplog of a ``hack/stack up mongo`` server by entries (unset: unbounded)."""
+MAX_AGE_ENV = "LIBERATOR_MONGO_OPLOG_MAX_AGE_SECONDS"
+"""Caps it by age in seconds: older entries are trimmed (unset: unbounded)."""
+
+
+def oplog_limits(max_entries: int | None = None, max_age_seconds: float | None = None,
+                 env: Mapping[str, str] | None = None) -> tuple[int | None, float | None]:
+    """The oplog cap: the arguments, else :data:`MAX_ENTRIES_ENV` / :data:`MAX_AGE_ENV`.
+
+    A bad value fails with a :class:`StackError` that names the argument or variable.
+    """
+    env = os.environ if env is None else env
+    entries: int | None = max_entries
+    if entries is None and env.get(MAX_ENTRIES_ENV, "").strip():
+        raw = env[MAX_ENTRIES_ENV].strip()
+        if not raw.isdigit():
+            raise StackError(f"{MAX_ENTRIES_ENV} must be a whole number of oplog entries, such "
+                             f"as 1000, got {raw!r}")
+        entries = int(raw)
+    if entries is not None and (isinstance(entries, bool) or not isinstance(entries, int)
+                                or entries < 1):
+        what = "oplog_max_entries" if max_entries is not None else MAX_ENTRIES_ENV
+        raise StackError(f"{what} must be a whole number of oplog entries of at least 1, got "
+                         f"{entries!r}")
+    age: float | None = max_age_seconds
+    if age is None and env.get(MAX_AGE_ENV, "").strip():
+        raw = env[MAX_AGE_ENV].strip()
+        try:
+            age = float(raw)
+        except ValueError:
+            raise StackError(f"{MAX_AGE_ENV} must be a number of seconds, such as 3600, got "
+                             f"{raw!r}") from None
+    if age is not None and (isinstance(age, bool) or not isinstance(age, int | float)
+                            or not 0 < age < float("inf")):
+        what = "oplog_max_age_seconds" if max_age_seconds is not None else MAX_AGE_ENV
+        raise StackError(f"{what} must be a positive number of seconds, got {age!r}")
+    return entries, age
+
+
+def require_client() -> None:
+    """Fail at once, not after the start timeout, when the running python lacks pymongo."""
+    try:
+        import pymongo  # noqa: F401, PLC0415 - late, so `hack/stack build` needs no venv
+    except ImportError as error:
+        raise StackError(f"python module {error.name or 'pymongo'!r} is missing from "
+                         f"{sys.executable}: run 'make venv' (hack/stack uses .venv when it "
+                         f"exists)") from None
+
+
 def _ping(uri: str) -> bool:
     import pymongo  # noqa: PLC0415 - late, so `hack/stack build` works without the venv
 
@@ -137,8 +194,16 @@ def _ping(uri: str) -> bool:
     return True
 
 
-def start(run_dir: Path, port: int | None = None) -> Server:
-    """Start on ``port`` (or a free one) with the H2 file ``run_dir/mongo.h2``; wait for a ping."""
+def start(run_dir: Path, port: int | None = None, *, oplog_max_entries: int | None = None,
+          oplog_max_age_seconds: float | None = None) -> Server:
+    """Start on ``port`` (or a free one) with the H2 file ``run_dir/mongo.h2``; wait for a ping.
+
+    ``oplog_max_entries`` and ``oplog_max_age_seconds`` cap the oplog (default: the variables
+    :data:`MAX_ENTRIES_ENV` and :data:`MAX_AGE_ENV`, else unbounded). A change stream that
+    resumes from a trimmed point fails with ChangeStreamHistoryLost (286), as on MongoDB.
+    """
+    entries, age = oplog_limits(oplog_max_entries, oplog_max_age_seconds)
+    require_client()
     target = home()
     if not _built(target):
         raise StackError("mongo-java-server is not built (or the launcher changed): run "
@@ -152,11 +217,17 @@ def start(run_dir: Path, port: int | None = None) -> Server:
     backend = f"h2:{data}"
     classpath = os.pathsep.join([str(target / "classes"), str(target / "lib" / "*")])
     argv = [java, *JVM_FLAGS, "-cp", classpath, LAUNCHER, "127.0.0.1", str(port), backend]
+    details = {"port": str(port), "backend": backend, "version": VERSION}
+    if entries is not None:
+        argv += ["--oplog-max-entries", str(entries)]
+        details["oplog_max_entries"] = str(entries)
+    if age is not None:
+        argv += ["--oplog-max-age-seconds", repr(float(age))]
+        details["oplog_max_age_seconds"] = repr(float(age))
     proc = spawn("mongo", argv, run_dir / "mongo.log")
     uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
     # The log line first: a ping alone could reach another server that already holds the port.
     logged = log_matches(proc.log, rf"liberator-mongo: ready on 127\.0\.0\.1:{port} ")
     wait_until(proc, lambda: logged() and _ping(uri), timeout=60, what="mongo-java-server")
     return Server("mongo", [proc], exports={"LIBERATOR_MONGO_URI": uri},
-                  details={"port": str(port), "backend": backend, "version": VERSION},
-                  run_dir=run_dir)
+                  details=details, run_dir=run_dir)

@@ -1,55 +1,67 @@
-import java.lang.reflect.Field;
-import java.lang.reflect.Method;
+import java.time.Instant;
+import java.util.ArrayList;
+import java.util.Date;
+import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
-import java.util.concurrent.ConcurrentHashMap;
-import java.util.concurrent.atomic.AtomicInteger;
-import java.util.function.Supplier;
+import java.util.Set;
+import java.util.UUID;
+import java.util.concurrent.ConcurrentSkipListMap;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.TimeUnit;
 
 import de.bwaldvogel.mongo.MongoBackend;
 import de.bwaldvogel.mongo.MongoCollection;
+import de.bwaldvogel.mongo.MongoDatabase;
 import de.bwaldvogel.mongo.MongoServer;
 import de.bwaldvogel.mongo.MongoVersion;
+import de.bwaldvogel.mongo.backend.AbstractCursor;
+import de.bwaldvogel.mongo.backend.Cursor;
+import de.bwaldvogel.mongo.backend.CursorRegistry;
+import de.bwaldvogel.mongo.backend.Utils;
+import de.bwaldvogel.mongo.backend.aggregation.Aggregation;
 import de.bwaldvogel.mongo.backend.h2.H2Backend;
 import de.bwaldvogel.mongo.backend.memory.MemoryBackend;
+import de.bwaldvogel.mongo.bson.BinData;
 import de.bwaldvogel.mongo.bson.BsonTimestamp;
 import de.bwaldvogel.mongo.bson.Document;
-import de.bwaldvogel.mongo.backend.Cursor;
-import de.bwaldvogel.mongo.backend.aggregation.Aggregation;
-import de.bwaldvogel.mongo.backend.aggregation.stage.AggregationStage;
+import de.bwaldvogel.mongo.exception.MongoServerError;
 import de.bwaldvogel.mongo.oplog.Oplog;
 import io.netty.channel.Channel;
 
 /**
- * Starts mongo-java-server with its oplog enabled (so change streams work) on a given host and
- * port. The library's own main classes bind 27017 and leave the oplog off, hence this launcher.
+ * Starts mongo-java-server with an oplog and change streams of our own on a given host and port.
+ * The library's own main classes bind 27017 and leave the oplog off, hence this launcher.
  *
- * <p>Usage: {@code java LiberatorMongo HOST PORT memory|h2:FILE}
+ * <p>Usage: {@code java LiberatorMongo HOST PORT memory|h2:FILE [--oplog-max-entries N]
+ * [--oplog-max-age-seconds S]}
  *
- * <p>These shims make current pymongo (4.x) work against the emulator as it works against
- * MongoDB; all are documented in docs/local-stack.md (MongoDB section):
+ * <p>What it changes so that pymongo 4.x sees what it sees on MongoDB (all documented in
+ * docs/local-stack.md, MongoDB section):
  * <ul>
- *   <li>it reports MongoDB 5.0 with wire version 13 (the library's own 5.0 says wire version 8,
- *       which pymongo refuses: it needs 9 or more);</li>
- *   <li>an {@code aggregate} reply carries {@code operationTime}, as a replica set's does. pymongo
- *       requires it when a change stream opens with an empty first batch and no resume token.</li>
- *   <li>change events of updates are repaired (see {@link ChangeEvents}): the library puts the
- *       update operators in {@code documentKey}, reports a replacement as an update, and falls
- *       back to the update's {@code $set} fields when {@code updateLookup} finds no document.</li>
- *   <li>{@code findAndModify} (pymongo's {@code find_one_and_*}) writes oplog entries: the library
- *       writes none, so those changes would never reach a change stream.</li>
- *   <li>{@code updateLookup} is done by the launcher: the library splits the namespace at the
- *       wrong dot, so a collection named like {@code quotes.outbox} failed the lookup.</li>
+ *   <li>it reports MongoDB 5.0 with wire version 13, answers {@code hello} (and {@code helloOk}),
+ *       and puts {@code operationTime} and {@code $clusterTime} on every reply;</li>
+ *   <li>{@link LiberatorOplog} replaces the library's oplog and change stream cursor: entries
+ *       shaped like MongoDB's, written only for documents that were stored, events shaped like
+ *       MongoDB's before any client stage runs, {@code postBatchResumeToken} on every reply, an
+ *       optional cap (by entries, by age) with {@code ChangeStreamHistoryLost} past it, and a
+ *       scan that starts at the cursor's position instead of the oplog's beginning;</li>
+ *   <li>{@code findAndModify} writes oplog entries (the library writes none);</li>
+ *   <li>an insert reports {@code n} as the number of documents stored.</li>
  * </ul>
  */
 public final class LiberatorMongo {
+
+    private static final String USAGE = "usage: LiberatorMongo HOST PORT memory|h2:FILE"
+        + " [--oplog-max-entries N] [--oplog-max-age-seconds S]";
 
     private LiberatorMongo() {
     }
 
     public static void main(String[] args) {
-        if (args.length != 3) {
-            fail("usage: LiberatorMongo HOST PORT memory|h2:FILE");
+        if (args.length < 3) {
+            fail(USAGE);
         }
         String host = args[0];
         int port = 0;
@@ -58,7 +70,8 @@ public final class LiberatorMongo {
         } catch (NumberFormatException e) {
             fail("PORT must be a number, got '" + args[1] + "'");
         }
-        MongoBackend backend = backend(args[2]);
+        Limits limits = Limits.parse(List.of(args).subList(3, args.length));
+        MongoBackend backend = backend(args[2], limits);
         backend.version(new Mongo50());
         MongoServer server = new MongoServer(backend);
         server.enableOplog();
@@ -78,23 +91,83 @@ public final class LiberatorMongo {
             System.out.flush();
         }, "liberator-mongo-shutdown"));
         // hack/localstack/mongo.py waits for a ping; this line is for people reading the log.
-        System.out.println("liberator-mongo: ready on " + host + ":" + port + " backend=" + args[2]);
+        System.out.println("liberator-mongo: ready on " + host + ":" + port + " backend=" + args[2]
+            + " oplog=" + limits);
         System.out.flush();
     }
 
-    private static MongoBackend backend(String spec) {
+    /** The oplog cap: at most {@code maxEntries} entries, none older than {@code maxAgeMillis}. */
+    record Limits(long maxEntries, long maxAgeMillis) {
+
+        static Limits parse(List<String> options) {
+            long entries = 0;
+            long age = 0;
+            for (int i = 0; i < options.size(); i += 2) {
+                String name = options.get(i);
+                if (!name.equals("--oplog-max-entries") && !name.equals("--oplog-max-age-seconds")) {
+                    fail("unknown option '" + name + "'; " + USAGE);
+                }
+                String value = i + 1 < options.size() ? options.get(i + 1) : "";
+                if (name.equals("--oplog-max-entries")) {
+                    entries = positive(name, value, "a whole number of entries, such as 1000");
+                } else {
+                    double seconds = 0;
+                    try {
+                        seconds = Double.parseDouble(value);
+                    } catch (NumberFormatException e) {
+                        seconds = -1;
+                    }
+                    if (!(seconds > 0) || Double.isInfinite(seconds)) {
+                        fail(name + " must be a positive number of seconds, such as 3600, got '"
+                            + value + "'");
+                    }
+                    age = Math.max(1, Math.round(seconds * 1000));
+                }
+            }
+            return new Limits(entries, age);
+        }
+
+        private static long positive(String name, String value, String what) {
+            try {
+                long parsed = Long.parseLong(value);
+                if (parsed > 0) {
+                    return parsed;
+                }
+            } catch (NumberFormatException e) {
+                // reported below
+            }
+            fail(name + " must be " + what + " (at least 1), got '" + value + "'");
+            return 0;
+        }
+
+        boolean bounded() {
+            return maxEntries > 0 || maxAgeMillis > 0;
+        }
+
+        @Override
+        public String toString() {
+            if (!bounded()) {
+                return "unbounded";
+            }
+            return (maxEntries > 0 ? "max-entries=" + maxEntries : "")
+                + (maxEntries > 0 && maxAgeMillis > 0 ? "," : "")
+                + (maxAgeMillis > 0 ? "max-age-ms=" + maxAgeMillis : "");
+        }
+    }
+
+    private static MongoBackend backend(String spec, Limits limits) {
         if (spec.equals("memory")) {
             return new MemoryBackend() {
                 @Override
                 public Document handleCommand(Channel channel, String database, String command,
                                               Document query) {
                     return Patches.command(this, oplog, database, command, query,
-                        () -> super.handleCommand(channel, database, command, query));
+                        (name, q) -> super.handleCommand(channel, database, name, q));
                 }
 
                 @Override
                 protected Oplog createOplog() {
-                    return Patches.oplog(this, super.createOplog());
+                    return LiberatorOplog.open(this, getCursorRegistry(), limits);
                 }
             };
         }
@@ -104,38 +177,17 @@ public final class LiberatorMongo {
                 public Document handleCommand(Channel channel, String database, String command,
                                               Document query) {
                     return Patches.command(this, oplog, database, command, query,
-                        () -> super.handleCommand(channel, database, command, query));
+                        (name, q) -> super.handleCommand(channel, database, name, q));
                 }
 
                 @Override
                 protected Oplog createOplog() {
-                    return Patches.oplog(this, super.createOplog());
+                    return LiberatorOplog.open(this, getCursorRegistry(), limits);
                 }
             };
         }
         fail("backend must be 'memory' or 'h2:<file>', got '" + spec + "'");
         throw new AssertionError("unreachable");
-    }
-
-    /** What both backends add around the library (the same for memory and H2). */
-    private static final class Patches {
-
-        private Patches() {
-        }
-
-        static Document command(MongoBackend backend, Oplog oplog, String database,
-                                String command, Document query, Supplier<Document> handle) {
-            BsonTimestamp before = OperationTime.next();
-            Document reply = handle.get();
-            FindAndModify.log(backend, oplog, database, command, query, reply);
-            ChangeEvents.repair(database, command, query, reply);
-            return OperationTime.add(command, before, reply);
-        }
-
-        static Oplog oplog(MongoBackend backend, Oplog inner) {
-            OperationTime.bind(inner);
-            return new MarkingOplog(backend, inner);
-        }
     }
 
     private static void fail(String message) {
@@ -156,276 +208,692 @@ public final class LiberatorMongo {
         }
     }
 
-    /**
-     * The {@code operationTime} of an aggregate reply: the oplog position just after the last
-     * entry written before the command ran. pymongo keeps it as {@code startAtOperationTime}
-     * (inclusive) to resume a stream that has seen no event yet, so it must not be at or before
-     * an entry the new stream does not return. Read before the command, so a write racing with
-     * it is delivered twice on such a resume rather than lost.
-     */
-    private static final class OperationTime {
+    @FunctionalInterface
+    private interface Handler {
+        Document handle(String command, Document query);
+    }
 
-        private static volatile Object clock;
-        private static volatile Method now;
+    /** What both backends add around the library's command handling. */
+    private static final class Patches {
 
-        private OperationTime() {
+        private Patches() {
         }
 
-        /** Reads the library's private oplog clock; fails at start if its internals moved. */
-        static void bind(Oplog oplog) {
+        static Document command(MongoBackend backend, Oplog current, String database,
+                                String command, Document query, Handler handle) {
+            LiberatorOplog oplog = current instanceof LiberatorOplog ours ? ours : null;
+            // Drivers gossip back the $clusterTime we send; the library knows no such field.
+            query.remove("$clusterTime");
+            BsonTimestamp before = oplog == null ? null : oplog.nextTime();
+            ChangeCursor.LAST.remove();
             try {
-                Field field = oplog.getClass().getDeclaredField("oplogClock");
-                field.setAccessible(true);
-                Object value = field.get(oplog);
-                Method method = value.getClass().getDeclaredMethod("now");
-                method.setAccessible(true);
-                method.invoke(value);
-                clock = value;
-                now = method;
-                continueAfter(oplog, value);
-            } catch (ReflectiveOperationException | RuntimeException e) {
-                fail("cannot read the oplog clock of this mongo-java-server version (" + e
-                    + "); pin the version in hack/mongo/pom.xml");
+                Document reply;
+                if (command.equals("hello")) {
+                    reply = hello(handle.handle("isMaster", query));
+                } else if (command.equals("insert") && oplog != null) {
+                    reply = oplog.insert(query, () -> handle.handle(command, query));
+                } else {
+                    reply = handle.handle(command, query);
+                    if (command.equalsIgnoreCase("isMaster") && reply != null
+                        && Boolean.TRUE.equals(query.get("helloOk"))) {
+                        reply.put("helloOk", Boolean.TRUE); // MongoDB 4.4.2+: drivers use hello
+                    }
+                }
+                FindAndModify.log(backend, current, database, command, query, reply);
+                ChangeCursor cursor = ChangeCursor.LAST.get();
+                if (cursor != null && reply != null
+                    && reply.get("cursor") instanceof Document batch) {
+                    batch.put("postBatchResumeToken", cursor.postBatchResumeToken());
+                }
+                return times(oplog, command, before, reply);
+            } catch (ChangeStreamError e) {
+                return times(oplog, command, before, e.reply());
+            } finally {
+                ChangeCursor.LAST.remove();
             }
+        }
+
+        /** MongoDB's hello: isMaster's reply with {@code isWritablePrimary} for {@code ismaster}. */
+        private static Document hello(Document isMaster) {
+            Document reply = new Document("isWritablePrimary", Boolean.TRUE);
+            isMaster.forEach((key, value) -> {
+                if (!key.equals("ismaster")) {
+                    reply.put(key, value);
+                }
+            });
+            return reply;
         }
 
         /**
-         * The library's clock restarts its increment at 0, so a restart within the same second
-         * as the last write would stamp new entries before old ones, and a stream resumed from
-         * an old token would miss them. Continue from the highest increment in the oplog.
+         * {@code operationTime} and {@code $clusterTime} on every reply, as a replica set member
+         * sends them: the newest oplog entry (a write's own, after it). For {@code aggregate},
+         * the position just after the last entry written before the command ran: pymongo keeps
+         * it as {@code startAtOperationTime} (inclusive) when a stream has no token, so a write
+         * racing with the command is delivered twice rather than lost.
          */
-        @SuppressWarnings("unchecked")
-        private static void continueAfter(Oplog oplog, Object value)
-            throws ReflectiveOperationException {
-            Field field = oplog.getClass().getDeclaredField("collection");
-            field.setAccessible(true);
-            MongoCollection<Document> entries = (MongoCollection<Document>) field.get(oplog);
-            int highest = entries.queryAllAsStream()
-                .map(entry -> entry.get("ts"))
-                .filter(BsonTimestamp.class::isInstance)
-                .mapToInt(ts -> ((BsonTimestamp) ts).getInc())
-                .max().orElse(0);
-            Field counter = value.getClass().getDeclaredField("atomicIncrement");
-            counter.setAccessible(true);
-            ((AtomicInteger) counter.get(value)).accumulateAndGet(highest, Math::max);
+        private static Document times(LiberatorOplog oplog, String command, BsonTimestamp before,
+                                      Document reply) {
+            if (oplog == null || reply == null) {
+                return reply;
+            }
+            BsonTimestamp now = oplog.currentTime();
+            reply.putIfAbsent("operationTime", command.equals("aggregate") ? before : now);
+            reply.put("$clusterTime", new Document("clusterTime", now)
+                .append("signature", new Document("hash", new BinData(new byte[20]))
+                    .append("keyId", 0L)));
+            return reply;
+        }
+    }
+
+    /** A server error that MongoDB sends with error labels (the library has no such field). */
+    static final class ChangeStreamError extends MongoServerError {
+
+        private final List<String> labels;
+
+        ChangeStreamError(int code, String codeName, String message, List<String> labels) {
+            super(code, codeName, message);
+            this.labels = labels;
         }
 
-        static BsonTimestamp next() {
-            if (now == null) {
-                return null;
-            }
-            try {
-                BsonTimestamp current = (BsonTimestamp) now.invoke(clock);
-                // Timestamps order as (seconds << 32 | increment); the next entry is at least +1.
-                return new BsonTimestamp(current.getValue() + 1);
-            } catch (ReflectiveOperationException e) {
-                throw new IllegalStateException("cannot read the oplog clock", e);
-            }
+        static ChangeStreamError historyLost() {
+            return new ChangeStreamError(286, "ChangeStreamHistoryLost",
+                "Resume of change stream was not possible, as the resume point may no longer be"
+                    + " in the oplog.", List.of("NonResumableChangeStreamError"));
         }
 
-        static Document add(String command, BsonTimestamp time, Document reply) {
-            if (time != null && reply != null && command.equals("aggregate")
-                && !reply.containsKey("operationTime")) {
-                reply.put("operationTime", time);
+        Document reply() {
+            Document reply = new Document("ok", 0.0)
+                .append("errmsg", getMessageWithoutErrorCode())
+                .append("code", getCode())
+                .append("codeName", getCodeName());
+            if (!labels.isEmpty()) {
+                reply.append("errorLabels", labels);
             }
             return reply;
         }
     }
 
     /**
-     * Writes one oplog entry per updated document whose {@code o} also carries the document's id
-     * under {@link ChangeEvents#MARK}: the library's update entries keep the id only in
-     * {@code o2}, which never reaches the change event. Also does the {@code updateLookup} of
-     * change streams itself (see {@link UpdateLookup}).
+     * The oplog and change streams, as MongoDB has them, in place of the library's. Entries live
+     * in {@code local.oplog.rs} (so the H2 file keeps them) and in a map ordered by timestamp,
+     * which every change stream scan starts from at its own position.
+     *
+     * <ul>
+     *   <li>Entries: {@code i} (o: the document), {@code u} (o: {@code {$v: 2, diff}} for an
+     *       update, the whole new document for a replacement; o2: {@code {_id}}), {@code d},
+     *       {@code c} ({@code {drop: coll}}), {@code n} (no-op: the first entry, and the marker
+     *       left where the oplog was trimmed). Nothing is logged for the {@code local} database.</li>
+     *   <li>Timestamps: (seconds, counter from 1 within each second), as MongoDB's; after a
+     *       restart they continue after the highest stored one.</li>
+     *   <li>Cap: oldest entries go first; a no-op entry with the newest trimmed timestamp stays
+     *       at the front, so a resume point before it fails with 286 even after a restart.</li>
+     * </ul>
      */
-    private static final class MarkingOplog implements Oplog {
+    static final class LiberatorOplog implements Oplog {
+
+        private static final String COLLECTION = "oplog.rs";
+        private static final String TRIMMED = "liberator: oplog trimmed up to here";
 
         private final MongoBackend backend;
-        private final Oplog inner;
+        private final MongoCollection<Document> store;
+        private final CursorRegistry registry;
+        private final Limits limits;
+        /** Timestamp value to entry, in timestamp order; written only under {@code lock}. */
+        final ConcurrentSkipListMap<Long, Document> entries = new ConcurrentSkipListMap<>();
+        private final Object lock = new Object();
+        private volatile long last;
+        private static final ThreadLocal<List<Object[]>> PENDING = new ThreadLocal<>();
 
-        MarkingOplog(MongoBackend backend, Oplog inner) {
+        private LiberatorOplog(MongoBackend backend, MongoCollection<Document> store,
+                               CursorRegistry registry, Limits limits) {
             this.backend = backend;
-            this.inner = inner;
+            this.store = store;
+            this.registry = registry;
+            this.limits = limits;
+        }
+
+        @SuppressWarnings("unchecked")
+        static LiberatorOplog open(MongoBackend backend, CursorRegistry registry, Limits limits) {
+            MongoDatabase local = backend.resolveDatabase("local");
+            MongoCollection<Document> store =
+                (MongoCollection<Document>) local.resolveCollection(COLLECTION, false);
+            if (store == null) {
+                store = (MongoCollection<Document>) local.createCollectionOrThrowIfExists(
+                    COLLECTION);
+            }
+            LiberatorOplog oplog = new LiberatorOplog(backend, store, registry, limits);
+            store.queryAllAsStream().forEach(entry -> {
+                if (entry.get("ts") instanceof BsonTimestamp ts) {
+                    oplog.entries.put(ts.getValue(), entry);
+                }
+            });
+            synchronized (oplog.lock) {
+                oplog.last = oplog.entries.isEmpty() ? 0 : oplog.entries.lastKey();
+                if (oplog.entries.isEmpty()) {
+                    // A replica set's oplog begins with this no-op: nothing is older.
+                    oplog.appendLocked(List.of(entry("n", "", new Document("msg",
+                        "initiating set"), null)));
+                }
+                oplog.trimLocked();
+            }
+            if (limits.maxAgeMillis() > 0) {
+                ScheduledExecutorService timer = Executors.newSingleThreadScheduledExecutor(r -> {
+                    Thread thread = new Thread(r, "liberator-oplog-trim");
+                    thread.setDaemon(true);
+                    return thread;
+                });
+                long every = Math.max(50, Math.min(1000, limits.maxAgeMillis() / 4));
+                timer.scheduleWithFixedDelay(() -> {
+                    synchronized (oplog.lock) {
+                        oplog.trimLocked();
+                    }
+                }, every, every, TimeUnit.MILLISECONDS);
+            }
+            return oplog;
+        }
+
+        // ---- time ----
+
+        /** The timestamp of the newest entry. */
+        BsonTimestamp currentTime() {
+            long value = last;
+            return value == 0 ? new BsonTimestamp(Instant.now(), 0) : new BsonTimestamp(value);
+        }
+
+        /** At or before the timestamp of the next entry. */
+        BsonTimestamp nextTime() {
+            return new BsonTimestamp(currentTime().getValue() + 1);
+        }
+
+        private BsonTimestamp tick() {
+            long seconds = Math.max(Instant.now().getEpochSecond(), last >>> 32);
+            long value = seconds == last >>> 32 ? last + 1 : seconds << 32 | 1;
+            last = value;
+            return new BsonTimestamp(value);
+        }
+
+        // ---- writing ----
+
+        private static Document entry(String op, String namespace, Document o, Document o2) {
+            Document entry = new Document("op", op).append("ns", namespace).append("o", o);
+            if (o2 != null) {
+                entry.append("o2", o2);
+            }
+            return entry;
+        }
+
+        private static boolean logged(String namespace) {
+            return !namespace.startsWith("local.");
+        }
+
+        private void append(List<Document> batch) {
+            if (batch.isEmpty()) {
+                return;
+            }
+            synchronized (lock) {
+                appendLocked(batch);
+                trimLocked();
+            }
+        }
+
+        private void appendLocked(List<Document> batch) {
+            for (Document body : batch) {
+                BsonTimestamp ts = tick();
+                Document entry = new Document("ts", ts).append("t", 1L).append("v", 2L);
+                entry.putAll(body);
+                entry.append("wall", Instant.now());
+                store.addDocument(entry);
+                entries.put(ts.getValue(), entry);
+            }
+        }
+
+        /**
+         * Runs an {@code insert} command and logs only the documents it stored: MongoDB writes
+         * no oplog entry for a failed insert, nor for the documents an ordered insert never
+         * reached after its first error. Also sets {@code n} to that count (the library counts
+         * every document sent).
+         */
+        Document insert(Document query, java.util.function.Supplier<Document> run) {
+            List<Object[]> pending = new ArrayList<>();
+            PENDING.set(pending);
+            Document reply;
+            try {
+                reply = run.get();
+            } finally {
+                PENDING.remove();
+            }
+            Set<Integer> failed = new HashSet<>();
+            if (reply != null && reply.get("writeErrors") instanceof List<?> errors) {
+                for (Object error : errors) {
+                    if (error instanceof Document e && e.get("index") instanceof Number index) {
+                        failed.add(index.intValue());
+                    }
+                }
+            }
+            int first = failed.stream().mapToInt(Integer::intValue).min().orElse(Integer.MAX_VALUE);
+            boolean ordered = Utils.isTrue(query.get("ordered")); // as the library reads it
+            int stored = 0;
+            for (Object[] call : pending) {
+                @SuppressWarnings("unchecked")
+                List<Document> documents = (List<Document>) call[1];
+                List<Document> batch = new ArrayList<>();
+                for (int i = 0; i < documents.size(); i++) {
+                    if (ordered ? i < first : !failed.contains(i)) {
+                        batch.add(entry("i", (String) call[0], documents.get(i).cloneDeeply(),
+                            null));
+                    }
+                }
+                stored += batch.size();
+                if (logged((String) call[0])) {
+                    append(batch);
+                }
+            }
+            if (reply != null && !pending.isEmpty()) {
+                reply.put("n", stored);
+            }
+            return reply;
         }
 
         @Override
         public void handleInsert(String namespace, List<Document> documents) {
-            inner.handleInsert(namespace, documents);
+            List<Object[]> pending = PENDING.get();
+            if (pending != null) {
+                pending.add(new Object[] {namespace, documents}); // logged by insert()
+                return;
+            }
+            if (logged(namespace)) {
+                append(documents.stream()
+                    .map(document -> entry("i", namespace, document.cloneDeeply(), null))
+                    .toList());
+            }
         }
 
         @Override
         public void handleUpdate(String namespace, Document selector, Document query,
                                  List<Object> modifiedIds) {
-            for (Object id : modifiedIds) {
-                Document marked = query.clone();
-                marked.put(ChangeEvents.MARK, id);
-                inner.handleUpdate(namespace, selector, marked, List.of(id));
+            if (!logged(namespace)) {
+                return;
             }
+            boolean replacement = query.keySet().stream().noneMatch(k -> k.startsWith("$"));
+            List<Document> batch = new ArrayList<>();
+            for (Object id : modifiedIds) {
+                // Called after the update was applied: the stored document is the post-image.
+                Document after = find(backend, namespace, id);
+                Document o;
+                if (replacement) {
+                    o = after != null ? after : new Document("_id", id).appendAll(query);
+                } else {
+                    o = new Document("$v", 2).append("diff", Diff.of(query, after));
+                }
+                batch.add(entry("u", namespace, o, new Document("_id", id)));
+            }
+            append(batch);
         }
 
         @Override
         public void handleDelete(String namespace, Document query, List<Object> deletedIds) {
-            inner.handleDelete(namespace, query, deletedIds);
+            if (logged(namespace)) {
+                append(deletedIds.stream()
+                    .map(id -> entry("d", namespace, new Document("_id", id), null)).toList());
+            }
         }
 
         @Override
         public void handleDropCollection(String namespace) {
-            inner.handleDropCollection(namespace);
+            if (logged(namespace)) {
+                int dot = namespace.indexOf('.');
+                append(List.of(entry("c", namespace.substring(0, dot) + ".$cmd",
+                    new Document("drop", namespace.substring(dot + 1)), null)));
+            }
         }
+
+        // ---- the cap ----
+
+        private static long millis(Object wall) {
+            if (wall instanceof Instant instant) {
+                return instant.toEpochMilli();
+            }
+            if (wall instanceof Date date) {
+                return date.getTime();
+            }
+            return Long.MAX_VALUE; // unknown: never too old
+        }
+
+        private void trimLocked() {
+            if (!limits.bounded()) {
+                return;
+            }
+            long cutoff = limits.maxAgeMillis() > 0
+                ? System.currentTimeMillis() - limits.maxAgeMillis() : Long.MIN_VALUE;
+            Map.Entry<Long, Document> removed = null;
+            while (true) {
+                Map.Entry<Long, Document> head = entries.firstEntry();
+                if (head == null) {
+                    break;
+                }
+                boolean noop = "n".equals(head.getValue().get("op"));
+                long count = entries.size() - (noop ? 1 : 0);
+                Map.Entry<Long, Document> oldest = noop ? entries.higherEntry(head.getKey()) : head;
+                if (oldest == null || oldest.getKey().equals(entries.lastKey())) {
+                    break; // as MongoDB's, the oplog keeps its newest entry, however old
+                }
+                boolean tooMany = limits.maxEntries() > 0 && count > limits.maxEntries();
+                boolean tooOld = millis(oldest.getValue().get("wall")) < cutoff;
+                if (!tooMany && !tooOld) {
+                    break;
+                }
+                if (noop) {
+                    remove(head);
+                }
+                remove(oldest);
+                removed = oldest;
+            }
+            if (removed != null) {
+                // The marker takes the timestamp of the newest trimmed entry: a resume point
+                // before it has lost history (see checkHistory).
+                Document marker = new Document("ts", new BsonTimestamp(removed.getKey()))
+                    .append("t", 1L).append("v", 2L)
+                    .appendAll(entry("n", "", new Document("msg", TRIMMED), null))
+                    .append("wall", removed.getValue().get("wall"));
+                store.addDocument(marker);
+                entries.put(removed.getKey(), marker);
+            }
+        }
+
+        private void remove(Map.Entry<Long, Document> entry) {
+            entries.remove(entry.getKey());
+            store.removeDocument(entry.getValue());
+        }
+
+        /**
+         * MongoDB: a resume point whose oplog entry is gone (older than the oplog's oldest
+         * entry) fails with 286. The first entry is a real one (a start inclusive at it is
+         * fine) or the marker of a trimmed one: a token ({@code token} true) at or before the
+         * marker has lost its entry. A start time, or an open cursor's position, fails only when
+         * entries after it were trimmed.
+         */
+        void checkHistory(long position, boolean token) {
+            Map.Entry<Long, Document> first = entries.firstEntry();
+            if (first == null) {
+                return;
+            }
+            Document o = first.getValue().get("o") instanceof Document d ? d : new Document();
+            boolean marker = TRIMMED.equals(o.get("msg"));
+            long oldest = !marker ? first.getKey() - 1 : token ? first.getKey() + 1
+                : first.getKey();
+            if (Long.compareUnsigned(position, oldest) < 0) {
+                throw ChangeStreamError.historyLost();
+            }
+        }
+
+        // ---- reading ----
 
         @Override
         public Cursor createCursor(Document changeStream, String namespace,
                                    Aggregation aggregation) {
-            if (!"updateLookup".equals(changeStream.get("fullDocument"))) {
-                return inner.createCursor(changeStream, namespace, aggregation);
+            long position;
+            boolean fromToken = true;
+            if (changeStream.get("startAfter") instanceof Document token) {
+                position = Tokens.position(token);
+            } else if (changeStream.get("resumeAfter") instanceof Document token) {
+                if (Tokens.invalidate(token)) {
+                    // MongoDB: only startAfter may continue after an invalidate event.
+                    throw new ChangeStreamError(260, "InvalidResumeToken",
+                        "Attempting to resume a change stream using 'resumeAfter' is not allowed"
+                            + " from an invalidate notification.", List.of());
+                }
+                position = Tokens.position(token);
+            } else if (changeStream.get("startAtOperationTime") instanceof BsonTimestamp time) {
+                position = time.getValue() - 1; // inclusive
+                fromToken = false;
+            } else {
+                position = currentTime().getValue();
+                fromToken = false;
             }
-            // The library's lookup splits "db.quotes.outbox" at the last dot and fails with
-            // "Collection [db.quotes] not found": hide the option from it and look up ourselves,
-            // first in the pipeline, so a $match still sees the looked-up document.
-            Document options = changeStream.clone();
-            options.remove("fullDocument");
-            aggregation.getStages().add(0, new UpdateLookup(backend, namespace));
-            return inner.createCursor(options, namespace, aggregation);
-        }
-    }
-
-    /**
-     * The {@code updateLookup} of a change stream on {@code namespace}: an update event's
-     * {@code fullDocument} becomes the document's current version, or null when it is gone.
-     * The database name ends at the first dot (MongoDB allows dots in collection names).
-     */
-    private record UpdateLookup(MongoBackend backend, String namespace)
-        implements AggregationStage {
-
-        @Override
-        public String name() {
-            return "$liberatorUpdateLookup";
+            checkHistory(position, fromToken);
+            ChangeCursor cursor = new ChangeCursor(registry.generateCursorId(), this, namespace,
+                "updateLookup".equals(changeStream.get("fullDocument")), aggregation, position);
+            registry.add(cursor);
+            return cursor;
         }
 
-        @Override
-        public java.util.stream.Stream<Document> apply(java.util.stream.Stream<Document> events) {
-            return events.map(this::lookUp);
-        }
-
-        private Document lookUp(Document event) {
-            if (!"update".equals(event.get("operationType"))
-                || !(event.get("documentKey") instanceof Document entry)) {
-                return event;
+        /**
+         * The change event of {@code entry} for a stream on {@code namespace}, shaped as
+         * MongoDB's, or null when the entry is not this stream's.
+         */
+        Document event(long ts, Document entry, String namespace, boolean lookup) {
+            int dot = namespace.indexOf('.');
+            String database = namespace.substring(0, dot);
+            String collection = namespace.substring(dot + 1);
+            Object op = entry.get("op");
+            Document o = entry.get("o") instanceof Document d ? d : new Document();
+            Document event = new Document("_id", Tokens.token(ts, false));
+            BsonTimestamp time = new BsonTimestamp(ts);
+            if ("c".equals(op)) {
+                if (!entry.get("ns").equals(database + ".$cmd")
+                    || !collection.equals(o.get("drop"))) {
+                    return null;
+                }
+                return event.append("operationType", "drop").append("clusterTime", time)
+                    .append("ns", new Document("db", database).append("coll", collection));
             }
-            Object id = entry.containsKey(ChangeEvents.MARK)
-                ? entry.get(ChangeEvents.MARK) : entry.get("_id");
+            if (!namespace.equals(entry.get("ns"))) {
+                return null;
+            }
+            Object id = "u".equals(op) && entry.get("o2") instanceof Document o2
+                ? o2.get("_id") : o.get("_id");
+            String type = switch (String.valueOf(op)) {
+                case "i" -> "insert";
+                case "d" -> "delete";
+                case "u" -> o.containsKey("$v") && o.get("diff") instanceof Document
+                    ? "update" : "replace";
+                default -> null;
+            };
+            if (type == null) {
+                return null;
+            }
+            event.append("operationType", type).append("clusterTime", time)
+                .append("ns", new Document("db", database).append("coll", collection))
+                .append("documentKey", new Document("_id", id));
+            switch (type) {
+                case "insert", "replace" -> event.append("fullDocument", o.cloneDeeply());
+                case "update" -> {
+                    Document diff = (Document) o.get("diff");
+                    Document updated = diff.get("u") instanceof Document u
+                        ? u.cloneDeeply() : new Document();
+                    List<String> removedFields = diff.get("d") instanceof Document d
+                        ? new ArrayList<>(d.keySet()) : new ArrayList<>();
+                    event.append("updateDescription", new Document("updatedFields", updated)
+                        .append("removedFields", removedFields)
+                        .append("truncatedArrays", new ArrayList<>()));
+                    if (lookup) {
+                        // MongoDB looks the document up when the event is read: null if gone.
+                        event.append("fullDocument", find(backend, namespace, id));
+                    }
+                }
+                default -> {
+                }
+            }
+            return event;
+        }
+
+        /** The current version of a document by id (the database name ends at the first dot). */
+        static Document find(MongoBackend backend, String namespace, Object id) {
             int dot = namespace.indexOf('.');
             MongoCollection<?> collection = id == null || dot < 0 ? null
                 : backend.resolveDatabase(namespace.substring(0, dot))
                     .resolveCollection(namespace.substring(dot + 1), false);
-            Document found = collection == null ? null
+            return collection == null ? null
                 : collection.handleQueryAsStream(new Document("_id", id)).findFirst()
                     .map(Document::cloneDeeply).orElse(null);
-            // The event is the library's fresh copy, not the stored oplog entry: safe to change.
-            event.put("fullDocument", found);
-            return event;
+        }
+    }
+
+    /** Resume tokens: {@code {_data: hex(timestamp)}}, an invalidate event's with a suffix. */
+    private static final class Tokens {
+
+        private static final String INVALIDATE = "ff";
+
+        private Tokens() {
+        }
+
+        static Document token(long ts, boolean invalidate) {
+            return new Document("_data", Long.toHexString(ts) + (invalidate ? INVALIDATE : ""));
+        }
+
+        static boolean invalidate(Document token) {
+            return token.get("_data") instanceof String data && data.length() > 16
+                && data.endsWith(INVALIDATE) && data.length() == 16 + INVALIDATE.length();
+        }
+
+        /** A malformed token fails with the library's old message (NumberFormatException). */
+        static long position(Document token) {
+            String data = String.valueOf(token.get("_data"));
+            if (invalidate(token)) {
+                data = data.substring(0, 16);
+            }
+            return Long.parseUnsignedLong(data, 16);
         }
     }
 
     /**
-     * Repairs update events in change stream replies ({@code aggregate} and {@code getMore}) to
-     * MongoDB's shape: {@code documentKey} is {@code {_id}}, a replacement is a {@code replace}
-     * event whose {@code fullDocument} is the new document, an update's {@code fullDocument} is
-     * the looked-up document or null ({@code updateLookup}) and absent otherwise, and each event
-     * carries {@code ns}. A {@code $match} in the watch pipeline still sees the library's shape.
+     * A change stream's cursor. Each batch scans the oplog from the cursor's position on (not
+     * from its beginning), shapes each entry of its collection as MongoDB's event, then runs the
+     * client's stages on it. The position moves past every entry scanned, matched or not, and is
+     * the batch's {@code postBatchResumeToken} (MongoDB 4.0.7+).
      */
-    private static final class ChangeEvents {
+    static final class ChangeCursor extends AbstractCursor {
 
-        static final String MARK = "$liberatorDocumentId";
+        /** The cursor that the current command read, for the reply's postBatchResumeToken. */
+        static final ThreadLocal<ChangeCursor> LAST = new ThreadLocal<>();
 
-        private record Stream(String database, String collection, boolean lookup) {
+        private final LiberatorOplog oplog;
+        private final String namespace;
+        private final boolean lookup;
+        private final Aggregation aggregation;
+        private long position;
+        private boolean invalidated;
+
+        ChangeCursor(long id, LiberatorOplog oplog, String namespace, boolean lookup,
+                     Aggregation aggregation, long position) {
+            super(id);
+            this.oplog = oplog;
+            this.namespace = namespace;
+            this.lookup = lookup;
+            this.aggregation = aggregation;
+            this.position = position;
         }
 
-        private static final Map<Long, Stream> STREAMS = new ConcurrentHashMap<>();
-
-        private ChangeEvents() {
+        @Override
+        public boolean isEmpty() {
+            return invalidated;
         }
 
-        static void repair(String database, String command, Document query, Document reply) {
-            if (reply == null || !(reply.get("cursor") instanceof Document cursor)) {
-                if (command.equals("killCursors") && query.get("cursors") instanceof List<?> ids) {
-                    ids.forEach(STREAMS::remove);
+        Document postBatchResumeToken() {
+            return Tokens.token(position, invalidated);
+        }
+
+        @Override
+        public synchronized List<Document> takeDocuments(int numberToReturn) {
+            LAST.set(this);
+            List<Document> batch = new ArrayList<>();
+            if (invalidated) {
+                return batch;
+            }
+            long start = position;
+            oplog.checkHistory(start, false);
+            for (Map.Entry<Long, Document> entry : oplog.entries.tailMap(start, false)
+                .entrySet()) {
+                if (numberToReturn > 0 && batch.size() >= numberToReturn) {
+                    break;
                 }
-                return;
-            }
-            Stream stream = null;
-            if (command.equals("aggregate")) {
-                stream = open(database, query, cursor);
-            } else if (command.equals("getMore") && query.get("getMore") instanceof Long id) {
-                stream = STREAMS.get(id);
-                if (stream != null && Long.valueOf(0).equals(cursor.get("id"))) {
-                    STREAMS.remove(id);
+                long ts = entry.getKey();
+                Document event = oplog.event(ts, entry.getValue(), namespace, lookup);
+                position = ts;
+                if (event == null) {
+                    continue;
                 }
+                if ("drop".equals(event.get("operationType"))) {
+                    // MongoDB: a dropped collection's stream ends with drop, then invalidate
+                    // (which no client stage filters out).
+                    batch.addAll(aggregation.runStages(java.util.stream.Stream.of(event)));
+                    batch.add(new Document("_id", Tokens.token(ts, true))
+                        .append("operationType", "invalidate")
+                        .append("clusterTime", new BsonTimestamp(ts)));
+                    invalidated = true;
+                    break;
+                }
+                batch.addAll(aggregation.runStages(java.util.stream.Stream.of(event)));
             }
-            if (stream == null) {
-                return;
-            }
-            for (String key : List.of("firstBatch", "nextBatch")) {
-                if (cursor.get(key) instanceof List<?> batch) {
-                    for (Object event : batch) {
-                        if (event instanceof Document document) {
-                            repairEvent(stream, document);
+            // A trim that overtook the scan removed entries it might not have seen.
+            oplog.checkHistory(start, false);
+            return batch;
+        }
+    }
+
+    /**
+     * The {@code diff} of an update entry, from the update operators and the post-image: which
+     * fields now have which values ({@code u}) and which were removed ({@code d}). It gives the
+     * event's {@code updateDescription}; paths are the operators' own (dotted) paths, and a
+     * positional path reports its whole top-level field.
+     */
+    private static final class Diff {
+
+        private static final Set<String> SETTING = Set.of("$set", "$inc", "$mul", "$min", "$max",
+            "$currentDate", "$push", "$addToSet", "$pull", "$pullAll", "$pop", "$bit");
+
+        private Diff() {
+        }
+
+        static Document of(Document update, Document after) {
+            Document updated = new Document();
+            Document removed = new Document();
+            update.forEach((operator, value) -> {
+                if (!(value instanceof Document fields)) {
+                    return;
+                }
+                for (String path : fields.keySet()) {
+                    if (operator.equals("$unset")) {
+                        removed.put(path, Boolean.FALSE);
+                    } else if (operator.equals("$rename")) {
+                        removed.put(path, Boolean.FALSE);
+                        if (fields.get(path) instanceof String target) {
+                            set(updated, target, after);
                         }
+                    } else if (SETTING.contains(operator)) {
+                        set(updated, path, after);
                     }
                 }
+            });
+            return new Document("u", updated).append("d", removed);
+        }
+
+        private static void set(Document updated, String path, Document after) {
+            String key = path.contains(".$") || path.startsWith("$")
+                ? path.substring(0, Math.max(0, path.indexOf('.'))) : path;
+            if (key.isEmpty()) {
+                key = path;
+            }
+            Object value = valueAt(after, key);
+            if (value != Absent.VALUE) {
+                updated.put(key, value instanceof Document d ? d.cloneDeeply() : value);
             }
         }
 
-        private static Stream open(String database, Document query, Document cursor) {
-            if (!(query.get("pipeline") instanceof List<?> pipeline) || pipeline.isEmpty()
-                || !(pipeline.get(0) instanceof Document first)
-                || !(first.get("$changeStream") instanceof Document options)) {
-                return null;
-            }
-            String collection = query.get("aggregate") instanceof String name ? name : null;
-            Stream stream = new Stream(database, collection,
-                "updateLookup".equals(options.get("fullDocument")));
-            if (cursor.get("id") instanceof Long id && id != 0L) {
-                STREAMS.put(id, stream);
-            }
-            return stream;
-        }
+        private enum Absent { VALUE }
 
-        private static void repairEvent(Stream stream, Document event) {
-            Document ns = new Document("db", stream.database());
-            if (stream.collection() != null) {
-                ns.append("coll", stream.collection());
-            }
-            if (!"update".equals(event.get("operationType"))
-                || !(event.get("documentKey") instanceof Document entry)) {
-                if (event.containsKey("documentKey")) {
-                    event.put("ns", ns);
+        private static Object valueAt(Object current, String path) {
+            for (String part : path.split("\\.")) {
+                if (current instanceof Document document && document.containsKey(part)) {
+                    current = document.get(part);
+                } else if (current instanceof List<?> list && part.chars().allMatch(
+                    Character::isDigit) && !part.isEmpty() && Integer.parseInt(part) < list.size()) {
+                    current = list.get(Integer.parseInt(part));
+                } else {
+                    return Absent.VALUE;
                 }
-                return;
             }
-            // Never change `entry` itself: it is the oplog's own stored document.
-            Object id = entry.containsKey(MARK) ? entry.get(MARK) : entry.get("_id");
-            boolean replacement = entry.keySet().stream()
-                .noneMatch(k -> k.startsWith("$") && !k.equals(MARK));
-            event.put("ns", ns);
-            event.put("documentKey", new Document("_id", id));
-            if (replacement) {
-                Document document = new Document("_id", id);
-                entry.cloneDeeply().forEach((key, value) -> {
-                    if (!key.equals(MARK) && !key.equals("_id")) {
-                        document.put(key, value);
-                    }
-                });
-                event.put("operationType", "replace");
-                event.put("fullDocument", document);
-            } else if (stream.lookup()) {
-                Object found = event.get("fullDocument");
-                boolean same = found instanceof Document doc && id != null
-                    && id.equals(doc.get("_id"));
-                event.put("fullDocument", same ? found : null);
-            } else {
-                event.remove("fullDocument");
-            }
+            return current;
         }
     }
 
@@ -457,14 +925,14 @@ public final class LiberatorMongo {
             } else if (updated) {
                 if (value instanceof Document document && document.containsKey("_id")
                     && query.get("update") instanceof Document update
-                    && !unchanged(backend, database, collection, query, document)) {
+                    && !unchanged(backend, namespace, query, document)) {
                     oplog.handleUpdate(namespace, selector, update, List.of(document.get("_id")));
                 }
             } else if (Boolean.TRUE.equals(query.get("upsert"))) {
                 // An upsert inserted a document: read it back (it matches the selector).
-                Document filter = value instanceof Document after && after.containsKey("_id")
-                    ? new Document("_id", after.get("_id")) : selector;
-                Document inserted = current(backend, database, collection, filter);
+                Object id = value instanceof Document after ? after.get("_id") : null;
+                Document inserted = id != null ? LiberatorOplog.find(backend, namespace, id)
+                    : current(backend, database, collection, selector);
                 if (inserted != null) {
                     oplog.handleInsert(namespace, List.of(inserted));
                 }
@@ -476,13 +944,12 @@ public final class LiberatorMongo {
          * change event) for such a no-op. Known only when the reply holds the whole document
          * before the update (no {@code new}, no {@code fields}); otherwise assume a change.
          */
-        private static boolean unchanged(MongoBackend backend, String database,
-                                         String collection, Document query, Document before) {
+        private static boolean unchanged(MongoBackend backend, String namespace, Document query,
+                                         Document before) {
             if (Boolean.TRUE.equals(query.get("new")) || query.get("fields") != null) {
                 return false;
             }
-            return before.equals(current(backend, database, collection,
-                new Document("_id", before.get("_id"))));
+            return before.equals(LiberatorOplog.find(backend, namespace, before.get("_id")));
         }
 
         private static Document current(MongoBackend backend, String database,

@@ -222,6 +222,10 @@ class ChangeReader:
             stream = self._collection.watch(self._pipeline, **options)
         except OperationFailure as error:
             if self._position.token is not None and rejects_token(error):
+                # A server that says why (286: the token fell off the oplog) keeps its reason.
+                lost = classify(error)
+                if lost is not None:
+                    raise lost from error
                 raise StreamLostError("resume_token_rejected",
                                       f"the server refused to resume the change stream from the "
                                       f"checkpoint's token: {error}") from error

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,3 +51,34 @@ def test_unknown_server_is_refused_with_the_choices(tmp_path: Path) -> None:
     assert "postgres" in result.stderr
     assert "mongo" in result.stderr and "kube" in result.stderr
     assert stack(tmp_path, "status").stdout.strip() == "nothing runs"  # nothing started
+
+
+def test_up_mongo_without_pymongo_fails_at_once_naming_make_venv(tmp_path: Path) -> None:
+    # As `hack/stack up mongo` under a system python without pymongo (before `make venv`): the
+    # import is made to fail in the child only (None in sys.modules), nothing else changes.
+    code = ("import sys, runpy; sys.modules['pymongo'] = None; "
+            "sys.argv = ['localstack', 'up', 'mongo']; runpy.run_module('localstack', "
+            "run_name='__main__')")
+    env = {**os.environ, "LIBERATOR_STACK_DIR": str(tmp_path), "PYTHONPATH": str(ROOT / "hack")}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+    took = time.monotonic() - started
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "'pymongo'" in lines[0] and "make venv" in lines[0]
+    assert took < 30  # not the 60 s start timeout; no server was started
+    assert stack(tmp_path, "status").stdout.strip() == "nothing runs"
+
+
+def test_up_mongo_with_a_bad_oplog_cap_names_the_variable(tmp_path: Path) -> None:
+    env = {**os.environ, "LIBERATOR_STACK_DIR": str(tmp_path),
+           "LIBERATOR_MONGO_OPLOG_MAX_ENTRIES": "lots"}
+    result = subprocess.run([str(ROOT / "hack" / "stack"), "up", "mongo"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 1
+    assert "LIBERATOR_MONGO_OPLOG_MAX_ENTRIES must be a whole number" in result.stderr
+    assert "'lots'" in result.stderr
+    assert stack(tmp_path, "status").stdout.strip() == "nothing runs"

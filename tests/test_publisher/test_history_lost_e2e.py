@@ -1,0 +1,126 @@
+"""A lost resume point, end to end on real servers: no injected error, a bounded oplog.
+
+The MongoDB stand-in runs with a small oplog cap (hack/localstack's ``mongo.start(...,
+oplog_max_entries=...)``). A stopped sidecar misses enough writes that its capture checkpoint
+falls off the oplog; on restart MongoDB (and the stand-in) answer 286 ChangeStreamHistoryLost. The
+sidecar must park alive and ready, say why everywhere, and recover through the documented
+``liberator publish --reset-checkpoint``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure
+
+from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION
+from liberator_publisher.contract import status_key
+from localstack import Server, mongo
+from tests.test_publisher.conftest import OUTBOX, Collector, Publisher, Topic, eventually
+
+CAP = 200
+"""Oplog entries kept: room for the sidecar's own writes, few enough to trim quickly."""
+
+
+@pytest.fixture()
+def bounded_mongo(tmp_path: Path, real_mongo_uri: str | None) -> Iterator[Server]:
+    if real_mongo_uri:
+        pytest.skip("drives the local stand-in's oplog cap")
+    server = mongo.start(tmp_path / "mongo", oplog_max_entries=CAP)
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def bounded_publisher(bounded_mongo: Server, pubsub: Server, redis_url: str, unique: str,
+                      tmp_path: Path) -> Iterator[Publisher]:
+    project = pubsub.exports["LIBERATOR_PUBSUB_PROJECT"]
+    topic = Topic(project, f"events-{unique}", f"sub-{unique}").create()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", ""),
+        "LIBERATOR_MONGO_URI": bounded_mongo.exports["LIBERATOR_MONGO_URI"],
+        "LIBERATOR_DATABASE": f"db_{unique}",
+        "LIBERATOR_COLLECTION": "quotes",
+        "LIBERATOR_ENTITY_TYPE": "quote",
+        "LIBERATOR_PUBSUB_PROJECT": project,
+        "LIBERATOR_TOPIC": topic.topic_id,
+        "LIBERATOR_REDIS_URL": redis_url,
+        "PUBSUB_EMULATOR_HOST": pubsub.exports["PUBSUB_EMULATOR_HOST"],
+        "LIBERATOR_PUBLISHER": f"test/{unique}",
+        "LIBERATOR_LEASE_TTL_SECONDS": "3",
+        "LIBERATOR_LOG_FORMAT": "json",
+        "LIBERATOR_MAX_AWAIT_MS": "200",
+        "LIBERATOR_OUTBOX_COLLECTION": OUTBOX,
+    }
+    p = Publisher(env, topic, tmp_path)
+    yield p
+    for car in p.sidecars:
+        car.stop(timeout=15)
+
+
+def test_a_trimmed_checkpoint_parks_the_sidecar_and_reset_recovers(
+        bounded_publisher: Publisher, bounded_mongo: Server) -> None:
+    publisher = bounded_publisher
+    collector = Collector(publisher.topic)
+    client: MongoClient[dict[str, Any]] = MongoClient(bounded_mongo.exports["LIBERATOR_MONGO_URI"])
+    try:
+        db = client[publisher.database]
+        outbox = db[publisher.outbox]
+        car = publisher.start()
+        db[publisher.collection].insert_many([{"_id": f"q{i}"} for i in range(5)])
+        eventually(lambda: outbox.count_documents({"status": "published"}) == 5,
+                   what="the first writes published")
+        assert car.stop() == 0
+
+        checkpoint = db[CHECKPOINT_COLLECTION].find_one({"_id": f"{publisher.name}#capture"})
+        assert checkpoint is not None and checkpoint.get("token")
+        token = checkpoint["token"]
+        # While the sidecar is down the collection gets more writes than the oplog keeps.
+        db[publisher.collection].insert_many([{"_id": f"m{i}"} for i in range(CAP + 50)])
+        with pytest.raises(OperationFailure) as caught:  # the server's answer, as MongoDB's
+            db[publisher.collection].watch(resume_after=token).try_next()
+        assert caught.value.code == 286
+
+        restarted = publisher.sidecar().start().wait_ready()
+        code, body = eventually(
+            lambda: (reply if "parked" in (reply := restarted.get("/healthz"))[1] else None),
+            what="parked in /healthz")
+        assert code == 200 and "history_lost" in body and "--reset-checkpoint" in body
+        assert restarted.get("/readyz")[0] == 200
+        assert restarted.metric("liberator_parked", 'reason="history_lost"') == 1.0
+        with redis.Redis.from_url(publisher.env["LIBERATOR_REDIS_URL"]) as r:
+            record = eventually(
+                lambda: (v if (v := r.get(status_key(publisher.name)))
+                         and json.loads(v)["parked"] else None),
+                what="parked in the status record")
+        assert "history_lost" in json.loads(record)["parked"]
+        # Parked, not restarted from "now": the checkpoint is the one that was lost.
+        assert db[CHECKPOINT_COLLECTION].find_one(
+            {"_id": f"{publisher.name}#capture"})["token"] == checkpoint["token"]
+        assert restarted.alive()
+
+        # The documented recovery (after an EventSeed for the missed writes).
+        reset = publisher.sidecar("--reset-checkpoint").start()
+        assert reset.popen is not None and reset.popen.wait(timeout=60) == 0
+        eventually(lambda: restarted.get("/healthz")[1].startswith("ok (leader"),
+                   what="capturing again after the reset")
+        eventually(publisher.capturing, what="a fresh capture position")
+        db[publisher.collection].insert_one({"_id": "after-reset"})
+        eventually(lambda: outbox.find_one({"entityId": "after-reset", "status": "published"}),
+                   what="the new write published")
+        eventually(lambda: any(m.attributes.get("ce-subject") == "after-reset"
+                               for m in collector.snapshot()),
+                   what="the new write's event on Pub/Sub")
+        assert restarted.metric("liberator_parked", 'reason="history_lost"') is None
+        assert restarted.stop() == 0
+    finally:
+        collector.close()
+        client.close()
