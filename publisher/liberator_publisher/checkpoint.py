@@ -61,10 +61,16 @@ class Position:
 
 
 def cluster_time(database: Database[dict[str, Any]]) -> Timestamp | None:
-    """MongoDB's current cluster time: the ``operationTime`` of a ``ping`` reply, which every
-    replica set member sends; None from a server that has none (a standalone)."""
+    """The cluster time just after the last write MongoDB has applied: one increment past the
+    ``operationTime`` of a ``ping`` reply (which every replica set member sends, and which is
+    that write's own time), so ``startAtOperationTime`` there returns only later writes. None
+    from a server that has no cluster time (a standalone)."""
     when = database.command("ping").get("operationTime")
-    return when if isinstance(when, Timestamp) else None
+    if not isinstance(when, Timestamp):
+        return None
+    if when.inc >= 0xFFFFFFFF:
+        return Timestamp(when.time + 1, 0)
+    return Timestamp(when.time, when.inc + 1)
 
 
 class Checkpoints:
