@@ -58,6 +58,8 @@ class Puller:
         """seq -> when it was first pulled."""
         self.messages = 0
         """Messages pulled, duplicates included."""
+        self.sample: bytes | None = None
+        """The data of the first message pulled (what the subscriber sees)."""
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="puller", daemon=True)
@@ -80,6 +82,8 @@ class Puller:
             if not received:
                 self._stop.wait(0.05)  # the emulator may answer an empty pull at once
                 continue
+            if self.sample is None:
+                self.sample = received[0].message.data
             for item in received:
                 seq = seq_of(item.message.data)
                 if seq is not None:
