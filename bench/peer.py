@@ -194,11 +194,12 @@ def measure(fig: Figures, subject: Subject, load: Load, puller: Puller, *,
     deadline = max(300.0, n / 10)
     fig.loadavg = os.getloadavg()[0]
     step = "start"
+    expected = (PROBE, 1)  # the events the current step waits for: (first seq, count)
     sampler: Sampler | None = None
     try:
         subject.start()
         wait_ready(subject, load, puller)
-        step = "warm-up"
+        step, expected = "warm-up", (0, w)
         load.insert(0, w, entities)
         puller.wait(0, w, deadline=deadline, stall=args.stall_seconds, alive=subject.alive)
         time.sleep(3.0)  # let the last acks and offsets settle
@@ -211,7 +212,7 @@ def measure(fig: Figures, subject: Subject, load: Load, puller: Puller, *,
         say(f"{fig.system}: idle RSS {fig.idle_rss / MIB:.0f} MiB, "
             f"CPU {fig.idle_millicores:.1f} mcores")
 
-        step = "e2e"
+        step, expected = "e2e", (w, n)
         sampler = Sampler(subject.pid)
         pids = {"process": pid, **servers}
         before = {name: cpu_seconds(p) for name, p in pids.items()}
@@ -224,7 +225,7 @@ def measure(fig: Figures, subject: Subject, load: Load, puller: Puller, *,
         say(f"{fig.system}: end to end {n / fig.e2e_seconds:,.0f} events/s "
             f"({fig.e2e_seconds:.1f} s), CPU s {fig.cpu}")
 
-        step = "drain"
+        step, expected = "drain", (w + n, n)
         subject.stop()
         load.insert(w + n, n, entities)
         start = time.time()
@@ -237,7 +238,9 @@ def measure(fig: Figures, subject: Subject, load: Load, puller: Puller, *,
         say(f"{fig.system}: backlog of {n} drained in {fig.drain_seconds:.1f} s "
             f"(first after {fig.drain_first:.1f} s)")
     except Exception as error:  # the table shows the failed step; the other systems still run
-        fig.errors[step] = f"{type(error).__name__}: {error}".splitlines()[0][:160]
+        got = puller.count(*expected) if step != "start" else 0
+        reason = f"{type(error).__name__}: {error}".splitlines()[0][:160]
+        fig.errors[step] = f"{reason} [{got} of {expected[1]} events of this step pulled]"
         say(f"{fig.system}: {step} failed: {error}")
         if not isinstance(error, StalledError | RuntimeError):
             traceback.print_exc()
