@@ -30,8 +30,8 @@ from pymongo.collection import Collection
 from bench.baselines import INSERT_BATCH, quote
 from localstack.process import free_port
 
-__all__ = ["EndToEnd", "Failover", "Idle", "Latency", "Sidecar", "SidecarEnv", "end_to_end",
-           "failover", "idle", "latency", "start_leader"]
+__all__ = ["EndToEnd", "Failover", "Idle", "Latency", "Sidecar", "SidecarEnv", "cpu_seconds",
+           "end_to_end", "failover", "idle", "latency", "poll", "rss_bytes", "start_leader"]
 
 LIBERATOR = Path(sys.executable).with_name("liberator")
 OUTBOX = "quotes_outbox"
@@ -56,6 +56,14 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from ``VmRSS`` in ``/proc/<pid>/status``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
 @contextlib.contextmanager
@@ -123,10 +131,7 @@ class Sidecar:
         return self.metric("liberator_leader") == 1.0
 
     def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError(f"no VmRSS in /proc/{self.pid}/status")
+        return rss_bytes(self.pid)
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
