@@ -6,7 +6,12 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["Metrics"]
+from liberator_publisher.source import PARK_REASONS
+
+__all__ = ["FAILED_STAGES", "Metrics"]
+
+FAILED_STAGES = ("capture", "relay")
+"""The ``stage`` label of ``liberator_events_failed_total``."""
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -49,10 +54,16 @@ class Metrics:
         self.fenced = Counter("liberator_checkpoint_refused",
                               "Checkpoint writes refused because a newer epoch holds the lease.",
                               registry=r)
+        # Every labelled series exists at 0 from the start, so alerts and dashboards see it
+        # before the first failure (an absent series is not 0 to PromQL).
+        for stage in FAILED_STAGES:
+            self.failed.labels(stage=stage)
+        self.set_parked("")
 
     def set_parked(self, reason: str) -> None:
-        """Record a park (``reason`` empty clears it)."""
-        self.parked.clear()
+        """Record a park: 1 for ``reason``, 0 for every other (``reason`` empty clears it)."""
+        for known in PARK_REASONS:
+            self.parked.labels(reason=known).set(0)
         if reason:
             self.parked.labels(reason=reason).set(1)
 

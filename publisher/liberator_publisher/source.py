@@ -21,8 +21,8 @@ from pymongo.errors import OperationFailure
 
 from liberator_publisher.checkpoint import CheckpointError, Position
 
-__all__ = ["END_OPERATIONS", "Batch", "ChangeReader", "ChangeSource", "StreamLostError",
-           "classify", "rejects_token"]
+__all__ = ["END_OPERATIONS", "PARK_REASONS", "Batch", "ChangeReader", "ChangeSource",
+           "StreamLostError", "classify", "rejects_token"]
 
 # Server error codes that mean the stream's position is gone for good.
 _LOST_CODES = {
@@ -38,6 +38,9 @@ _LOST_PHRASES = (
     ("resumeafter", "resume_token_rejected"),
     ("startafter", "resume_token_rejected"),
 )
+PARK_REASONS = ("history_lost", "resume_token_rejected", "stream_fatal", "invalidated",
+                "checkpoint_invalid")
+"""Every :attr:`StreamLostError.code`: the ``reason`` label of ``liberator_parked``."""
 END_OPERATIONS = frozenset({"invalidate", "drop", "rename", "dropDatabase"})
 """Change events after which a collection's stream ends."""
 

@@ -1,0 +1,41 @@
+"""The sidecar's metrics exposition (pure: no server)."""
+
+from __future__ import annotations
+
+from liberator_publisher import source
+from liberator_publisher.metrics import FAILED_STAGES, Metrics
+
+
+def samples(metrics: Metrics) -> dict[str, float]:
+    out = {}
+    for line in metrics.render().decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_labelled_series_exist_at_zero_before_any_failure() -> None:
+    got = samples(Metrics())
+    for stage in ("capture", "relay"):
+        assert got[f'liberator_events_failed_total{{stage="{stage}"}}'] == 0.0
+    for reason in ("history_lost", "resume_token_rejected", "stream_fatal", "invalidated",
+                   "checkpoint_invalid"):
+        assert got[f'liberator_parked{{reason="{reason}"}}'] == 0.0
+
+
+def test_a_park_sets_its_reason_to_one_and_clearing_it_back_to_zero() -> None:
+    metrics = Metrics()
+    metrics.set_parked("history_lost")
+    got = samples(metrics)
+    assert got['liberator_parked{reason="history_lost"}'] == 1.0
+    assert got['liberator_parked{reason="invalidated"}'] == 0.0
+    metrics.set_parked("")
+    assert samples(metrics)['liberator_parked{reason="history_lost"}'] == 0.0
+
+
+def test_every_code_a_stream_can_park_with_is_a_known_reason() -> None:
+    codes = set(source._LOST_CODES.values()) | {label for _, label in source._LOST_PHRASES}
+    codes |= {"invalidated", "checkpoint_invalid"}  # raised by name in source.py
+    assert codes == set(source.PARK_REASONS)
+    assert FAILED_STAGES == ("capture", "relay")
