@@ -22,8 +22,10 @@ __all__ = [
     "SUBSCRIPTIONS_READY",
     "TOPIC_READY",
     "find",
+    "lag_text",
     "now_rfc3339",
     "set_condition",
+    "summary_reason",
 ]
 
 # EntityPublisher
@@ -71,3 +73,36 @@ def set_condition(conditions: Sequence[Condition] | None, type_: str, status: St
     index = next((i for i, c in enumerate(conditions or ()) if c.get("type") == type_), len(result))
     result.insert(index, new)
     return result
+
+
+def summary_reason(conditions: Iterable[Condition] | None, *, paused: bool) -> str:
+    """The one word the STATUS column shows: what matters most about the publisher now.
+
+    ``Paused`` first (the user asked for it); then why it is not Ready (a missing Secret, Pub/Sub
+    unavailable...), since nothing can publish before that; then why it does not publish
+    (``NoSidecar``, ``NoLeader``, ``Parked``...); ``Publishing`` when a leader runs. ``Unknown``
+    before the first status check.
+    """
+    if paused:
+        return "Paused"
+    ready = find(conditions, READY)
+    if ready is not None and ready.get("status") != "True":
+        return str(ready.get("reason") or "NotReady")
+    publishing = find(conditions, PUBLISHING)
+    if publishing is None:
+        return "Unknown"
+    if publishing.get("status") == "True":
+        return "Publishing"
+    return str(publishing.get("reason") or "NotPublishing")
+
+
+def lag_text(lag_seconds: float | None) -> str:
+    """The LAG column: the leader's capture lag, or ``Unknown`` without a leader's record (never
+    a 0 that reads as "up to date")."""
+    if lag_seconds is None:
+        return "Unknown"
+    if lag_seconds < 10:
+        return f"{lag_seconds:.1f}s"
+    if lag_seconds < 3600:
+        return f"{lag_seconds:.0f}s"
+    return f"{lag_seconds / 3600:.1f}h"

@@ -326,6 +326,8 @@ def observe(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
         "lastEventTime": data.last_event_time if data else None,
         "parkedReason": data.parked_reason if data else None,
         "captureSince": data.capture_since if data else None,
+        "lag": cond.lag_text(data.lag_seconds if data else None),
+        "reason": cond.summary_reason(conds.items, paused=bool(spec.get("paused"))),
     }
     changed = {k: v for k, v in new.items() if status.get(k) != v}
     if conds.items != list(status.get("conditions") or []):

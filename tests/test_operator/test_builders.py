@@ -8,7 +8,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from liberator_operator.conditions import find, set_condition
+from liberator_operator.conditions import find, lag_text, set_condition, summary_reason
 from liberator_operator.datastatus import DataStatus, parse_seed_progress, parse_status_record
 from liberator_operator.handlers import parked_message
 from liberator_operator.job import build_seed_job, job_name, job_phase, seed_args
@@ -384,3 +384,23 @@ def test_seed_progress_hash() -> None:
     assert (progress.seeded, progress.skipped, progress.failed, progress.total) == (10, 2, 0, 20)
     assert progress.started_at == "2026-01-01T00:00:00Z"
     assert parse_seed_progress({}) is None
+
+
+def test_status_column_gives_the_top_reason() -> None:
+    ready = set_condition(None, "Ready", True, "Provisioned", "", now="T")
+    leading = set_condition(ready, "Publishing", True, "Leading", "", now="T")
+    assert summary_reason(None, paused=False) == "Unknown"
+    assert summary_reason(leading, paused=False) == "Publishing"
+    assert summary_reason(leading, paused=True) == "Paused"
+    parked = set_condition(leading, "Publishing", False, "Parked", "", now="T")
+    assert summary_reason(parked, paused=False) == "Parked"
+    broken = set_condition(parked, "Ready", False, "MongoSecretMissing", "", now="T")
+    assert summary_reason(broken, paused=False) == "MongoSecretMissing"  # first things first
+
+
+def test_lag_column_never_reads_zero_when_unknown() -> None:
+    assert lag_text(None) == "Unknown"
+    assert lag_text(0.0) == "0.0s"
+    assert lag_text(0.46) == "0.5s"
+    assert lag_text(75) == "75s"
+    assert lag_text(7560) == "2.1h"

@@ -567,6 +567,10 @@ def test_parked_leader_turns_publishing_false(env: Env, operator: Operator, ns: 
                                                ep_body(env, "parked", {"app": "parked"}))
     eventually(lambda: condition(env.publisher(ns, "parked"), "Publishing").get("reason")
                == "NoSidecar", what="Publishing=False NoSidecar")
+    waiting = eventually(when(lambda: env.publisher(ns, "parked"),
+                              lambda p: p["status"].get("reason") == "NoSidecar"),
+                         what="STATUS NoSidecar")
+    assert waiting["status"]["lag"] == "Unknown"  # no leader's record: not a reassuring 0
     r = redis_lib.Redis.from_url(env.redis_url)
     record = {"pod": "app-0", "epoch": 7, "lastEventTime": "2026-01-01T00:00:00Z",
               "captureLagSeconds": 0.5, "relayLagSeconds": 0.1, "backlog": 3, "parked": "",
@@ -579,6 +583,11 @@ def test_parked_leader_turns_publishing_false(env: Env, operator: Operator, ns: 
     assert leading["status"]["epoch"] == 7
     assert leading["status"]["backlog"] == 3
     assert leading["status"]["captureSince"] == "2025-12-31T08:00:00.000Z"
+    eventually(when(lambda: env.publisher(ns, "parked"),
+                    lambda p: p["status"].get("reason") == "Publishing"), what="STATUS Publishing")
+    header, row = env.kubectl("get", "entitypublishers", "parked", "-n", ns).stdout.splitlines()
+    assert header.split()[5:8] == ["READY", "STATUS", "LAG"], header
+    assert row.split()[5:8] == ["True", "Publishing", "0.5s"], row
     record["parked"] = "ChangeStreamHistoryLost: resume point fell off the oplog"
     r.set(status_key(f"{ns}/parked"), json.dumps(record), ex=120)
     parked = eventually(lambda: condition(env.publisher(ns, "parked"), "Publishing")
@@ -586,12 +595,25 @@ def test_parked_leader_turns_publishing_false(env: Env, operator: Operator, ns: 
                         == "Parked" else None, what="Publishing=False Parked")
     assert parked["status"] == "False"
     assert "ChangeStreamHistoryLost" in parked["message"]
+    eventually(when(lambda: env.publisher(ns, "parked"),
+                    lambda p: p["status"].get("reason") == "Parked"), what="STATUS Parked")
     # The documented recovery as one command with the real names; not "restart the pods".
     assert (f"kubectl exec -n {ns} app-0 -c liberator-parked -- liberator publish "
             "--reset-checkpoint") in parked["message"]
     assert "EventSeed" in parked["message"] and "restart the" not in parked["message"]
     assert condition(env.publisher(ns, "parked"), "Ready")["status"] == "True", \
         "the timer did not overwrite the reconciler's conditions"
+
+
+def test_paused_publisher_shows_paused(env: Env, operator: Operator, ns: str) -> None:
+    secret(env, ns, "held-mongo", uri="mongodb://x")
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                               ep_body(env, "held", {"app": "held"}, paused=True))
+    held = eventually(when(lambda: env.publisher(ns, "held"),
+                           lambda p: (p.get("status") or {}).get("reason") == "Paused"),
+                      what="STATUS Paused")
+    assert condition(held, "Ready")["reason"] == "Paused"
+    assert held["status"]["lag"] == "Unknown"
 
 
 # -- injection ------------------------------------------------------------------------------------
