@@ -6,8 +6,9 @@ import argparse
 import shlex
 import sys
 
+from localstack import cluster
 from localstack.process import StackError, log_tail
-from localstack.stack import SERVER_NAMES, Stack, default_run_dir
+from localstack.stack import DEFAULT_NAMES, SERVER_NAMES, Stack, default_run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,8 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build what is missing, start servers, print export lines")
     up.add_argument("names", nargs="*", metavar="SERVER",
-                    help=f"any of {', '.join(SERVER_NAMES)} (default: all)")
-    sub.add_parser("build", help="only build or install the servers")
+                    help=f"any of {', '.join(SERVER_NAMES)} (default: "
+                         f"{' '.join(DEFAULT_NAMES)}; the cluster needs root)")
+    build = sub.add_parser("build", help="only build or install the servers")
+    build.add_argument("names", nargs="*", metavar="SERVER", help="as for up")
     sub.add_parser("status", help="list running servers")
     sub.add_parser("env", help="print the export lines of running servers")
     sub.add_parser("down", help="stop every server")
@@ -28,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack.load(run_dir)
     try:
         if args.command == "build":
-            stack.build()
+            stack.build(tuple(args.names) or DEFAULT_NAMES)
         elif args.command == "up":
-            names = tuple(args.names) or SERVER_NAMES
+            names = tuple(args.names) or DEFAULT_NAMES
             for name in list(stack.servers):
                 if not stack.servers[name].alive():
                     print(f"[stack] {name} is no longer running; restarting it", file=sys.stderr)
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "down":
             stack.down()
             stack.forget()
+            # Also what a crashed cluster left without a state file (fixed paths, see host.py).
+            cluster.cleanup(stack.say)
             print("[stack] stopped", file=sys.stderr)
     except StackError as error:
         print(f"hack/stack: {error}", file=sys.stderr)

@@ -12,12 +12,14 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from localstack.nodeconf import listen_host
 from localstack.process import (
     Say,
     Server,
@@ -151,11 +153,13 @@ def start(run_dir: Path, port: int | None = None) -> Server:
     data = run_dir / "mongo.h2"
     backend = f"h2:{data}"
     classpath = os.pathsep.join([str(target / "classes"), str(target / "lib" / "*")])
-    argv = [java, *JVM_FLAGS, "-cp", classpath, LAUNCHER, "127.0.0.1", str(port), backend]
+    # One address only: the node IP while the node runs (pods and host clients reach it there).
+    host = listen_host()
+    argv = [java, *JVM_FLAGS, "-cp", classpath, LAUNCHER, host, str(port), backend]
     proc = spawn("mongo", argv, run_dir / "mongo.log")
-    uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    uri = f"mongodb://{host}:{port}/?directConnection=true"
     # The log line first: a ping alone could reach another server that already holds the port.
-    logged = log_matches(proc.log, rf"liberator-mongo: ready on 127\.0\.0\.1:{port} ")
+    logged = log_matches(proc.log, rf"liberator-mongo: ready on {re.escape(host)}:{port} ")
     wait_until(proc, lambda: logged() and _ping(uri), timeout=60, what="mongo-java-server")
     return Server("mongo", [proc], exports={"LIBERATOR_MONGO_URI": uri},
                   details={"port": str(port), "backend": backend, "version": VERSION},

@@ -11,7 +11,9 @@ from types import ModuleType
 
 from localstack.process import Proc, Say, Server, StackError, say_stderr
 
-SERVER_NAMES = ("mongo", "pubsub", "redis", "kube")
+SERVER_NAMES = ("mongo", "pubsub", "redis", "kube", "cluster")
+# `hack/stack up` with no names: the cluster needs root, so it is asked for by name.
+DEFAULT_NAMES = ("mongo", "pubsub", "redis", "kube")
 STATE_FILE = "stack.json"
 
 
@@ -36,12 +38,16 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         self.down()
 
-    def build(self, names: tuple[str, ...] = SERVER_NAMES) -> None:
+    def build(self, names: tuple[str, ...] = DEFAULT_NAMES) -> None:
         for name in names:
             server_module(name).build(self.say)
 
-    def up(self, names: tuple[str, ...] = SERVER_NAMES) -> dict[str, str]:
-        """Build what is missing, then start each named server that is not running yet."""
+    def up(self, names: tuple[str, ...] = DEFAULT_NAMES) -> dict[str, str]:
+        """Build what is missing, then start each named server that is not running yet.
+
+        The cluster starts first: the others then listen on the node address too, for pods.
+        """
+        names = tuple(sorted(names, key=lambda n: n != "cluster"))
         self.build(names)
         try:
             for name in names:
@@ -63,6 +69,9 @@ class Stack:
         server = self.servers.pop(name, None)
         if server is not None:
             server.stop()
+            cleanup = getattr(server_module(name), "cleanup", None)
+            if cleanup is not None:
+                cleanup(self.say)
 
     def restart(self, name: str) -> Server:
         """Stop a server and start it again on the same port, with the same data directory."""
