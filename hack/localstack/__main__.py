@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
                          f"{' '.join(DEFAULT_NAMES)}; the cluster needs root)")
     build = sub.add_parser("build", help="only build or install the servers")
     build.add_argument("names", nargs="*", metavar="SERVER", help="as for up")
+    sub.add_parser("image", help="build the project's image from the Dockerfile (buildah) and "
+                   "load it into the node when it runs")
     sub.add_parser("status", help="list running servers")
     sub.add_parser("env", help="print the export lines of running servers")
     sub.add_parser("down", help="stop every server")
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.up(names)
             stack.save()
             print_exports(stack)
+        elif args.command == "image":
+            cluster.build_image(stack.say)
         elif args.command == "env":
             print_exports(stack)
         elif args.command == "status":

@@ -82,6 +82,18 @@ def install_packages(say: Say) -> None:
                 log=log, what=f"apt-get install {' '.join(missing)}", env=env)
 
 
+def build_image(say: Say) -> None:
+    """``make image``: the Dockerfile built with buildah, loaded into the node if it runs."""
+    problem = host.missing_privileges()
+    if problem:
+        raise StackError(problem.replace("up cluster", "make image"))
+    install_packages(say)
+    tar = images.build_project(say)
+    if nc.CONTAINERD_SOCKET.exists():
+        images.import_into_node(tar, cache_dir() / "logs" / "image-liberator.log")
+        say(f"loaded {images.project_image()} into the node")
+
+
 # -- configuration files --------------------------------------------------------------------------
 
 def containerd_config() -> str:

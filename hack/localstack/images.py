@@ -65,6 +65,7 @@ Suites: {nc.DEBIAN_SUITE}-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 """
+HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 BASE_RECIPE = "1"  # bump when the base recipe changes
 
 
@@ -216,12 +217,18 @@ def build_project(say: Say, ref: str | None = None) -> Path:
     log = _log("liberator")
     say(f"building {ref} from the Dockerfile with buildah (log: {log})")
     started = time.monotonic()
-    # runc, not crun: crun refuses hybrid cgroups. The host network reaches the registries.
+    # runc, not crun: crun refuses hybrid cgroups. The host network reaches the registries, and
+    # the host's CA bundle (which may hold a proxy's CA) is lent to RUN steps, not kept.
+    trust = [f"--volume={HOST_CA}:{HOST_CA}:ro"] if Path(HOST_CA).exists() else []
+    iidfile = image_dir() / "liberator.iid"
     run_checked(buildah("bud", "--runtime", nc.RUNC, "--pull=never", "--network", "host",
-                        "--layers", "-t", ref, "-f", str(ROOT / "Dockerfile"), str(ROOT)),
+                        *trust, "--layers", f"--iidfile={iidfile}", "-t", ref,
+                        "-f", str(ROOT / "Dockerfile"), str(ROOT)),
                 log=log, what=f"buildah bud {ref}")
     tar = image_dir() / "liberator.tar"
-    _save(ref, tar, ref, log)
+    image_id = f"{ref} {iidfile.read_text().strip()}"
+    if not _stamped(tar, image_id):  # an unchanged build (all layers cached) is not saved again
+        _save(ref, tar, image_id, log)
     say(f"built {ref} in {time.monotonic() - started:.0f}s; {image_size(ref) / 1e6:.0f} MB")
     return tar
 
