@@ -35,6 +35,11 @@ LABEL org.opencontainers.image.title="liberator" \
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log
+# The user also gets a passwd entry: kopf names its peering identity after getpass.getuser(),
+# which fails for a uid that /etc/passwd lacks.
+RUN groupadd --gid 65532 liberator \
+ && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin liberator
 COPY --from=build /opt/liberator /opt/liberator
 ENV PATH=/opt/liberator/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -12,7 +12,11 @@ without a state file.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from pathlib import Path
+
+from localstack.process import StackError
 
 NODE_NAME = "liberator-node"
 NODE_LINK = "liberator0"
@@ -97,6 +101,15 @@ def sysctl_path(key: str) -> Path:
 
 
 def listen_host() -> str:
-    """Where host servers listen: the node IP while the node runs (pods reach them there, and
-    so do host clients), else loopback."""
+    """Where host servers listen: ``LIBERATOR_LISTEN_HOST`` if set (an address pods of another
+    cluster reach this machine at, e.g. kind's bridge gateway), else the node IP while the node
+    runs (pods reach them there, and so do host clients), else loopback."""
+    chosen = os.environ.get("LIBERATOR_LISTEN_HOST", "").strip()
+    if chosen:
+        try:
+            ipaddress.ip_address(chosen)
+        except ValueError:
+            raise StackError(f"LIBERATOR_LISTEN_HOST={chosen!r} is not an IP address: give one "
+                             "of this machine's addresses that pods can reach") from None
+        return chosen
     return NODE_IP if Path("/sys/class/net", NODE_LINK).exists() else "127.0.0.1"

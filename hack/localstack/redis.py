@@ -52,7 +52,10 @@ def start(run_dir: Path, port: int | None = None) -> Server:
     # No persistence: tests restart Redis to simulate an outage, and a lease must not survive it.
     host = listen_host()
     binds = sorted({"127.0.0.1", host})
+    # Protected mode refuses every non-loopback client without a password; the node address is
+    # reachable only from this machine and its pods.
     argv = [exe, "--port", str(port), "--bind", *binds, "--save", "", "--appendonly", "no",
+            "--protected-mode", "yes" if host == "127.0.0.1" else "no",
             "--dir", str(run_dir), "--daemonize", "no"]
     proc = spawn("redis", argv, log)
     wait_until(proc, lambda: ping(port, host), timeout=20, what="redis-server")
