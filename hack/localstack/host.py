@@ -11,6 +11,7 @@ tables the node made, and puts each recorded sysctl back.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -122,12 +123,42 @@ def link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
 
+def address_conflicts() -> list[str]:
+    """Routes or addresses of this machine (not the node's) that overlap the node's ranges."""
+    ours = {nc.NODE_LINK, nc.CNI_BRIDGE}
+    ranges = [ipaddress.ip_network(r, strict=False) for r in
+              (f"{nc.NODE_IP}/{nc.NODE_PREFIX}", nc.POD_CIDR, nc.SERVICE_CIDR)]
+    found = []
+    for line in _run(["ip", "-4", "route", "show", "table", "all"], check=False).splitlines():
+        words = line.split()
+        if not words:
+            continue
+        dev = words[words.index("dev") + 1] if "dev" in words else ""
+        dest = words[1] if words[0] in ("local", "broadcast", "unicast") else words[0]
+        if dev in ours or dest == "default":
+            continue
+        with contextlib.suppress(ValueError):
+            net = ipaddress.ip_network(dest, strict=False)
+            found += [f"{line.strip()} (overlaps {r})" for r in ranges if net.overlaps(r)]
+        if "via" in words:
+            via = ipaddress.ip_address(words[words.index("via") + 1])
+            found += [f"{line.strip()} (gateway in {r})" for r in ranges if via in r]
+    return found
+
+
 def network_up() -> None:
     """The node bridge with the node IP, forwarding for pods, and the firewall chains."""
+    conflicts = address_conflicts()
+    if conflicts:
+        raise StackError(f"the node's addresses clash with this machine's network: "
+                         f"{conflicts[0]}; change them in hack/localstack/nodeconf.py")
     if not link_exists(nc.NODE_LINK):
         _run(["ip", "link", "add", nc.NODE_LINK, "type", "bridge"])
     _run(["ip", "addr", "replace", f"{nc.NODE_IP}/{nc.NODE_PREFIX}", "dev", nc.NODE_LINK])
     _run(["ip", "link", "set", nc.NODE_LINK, "up"])
+    # Host clients of Services (the API server calling a webhook) speak from the node IP, which
+    # pods may answer; without the route they would use the uplink's address.
+    _run(["ip", "route", "replace", nc.SERVICE_CIDR, "dev", nc.NODE_LINK, "src", nc.NODE_IP])
     # Pod to Service to pod on one bridge is routed and DNATed: it needs both.
     write_sysctl("net.ipv4.ip_forward", "1")
     with contextlib.suppress(OSError):
@@ -136,11 +167,14 @@ def network_up() -> None:
 
 
 def firewall_up() -> None:
-    """Drop pod packets to anything but the node IP or another pod (first rule, re-run safe)."""
+    """Drop pod packets to anything but the node IP or another pod (first rule, re-run safe).
+
+    Replies within connections the host opened pass: they go back to the host only."""
     for chain, parent in ((nc.FORWARD_CHAIN, "FORWARD"), (nc.INPUT_CHAIN, "INPUT")):
         _run(["iptables", "-t", "filter", "-N", chain], check=False)
         _run(["iptables", "-t", "filter", "-F", chain])
-        rules = [["-s", nc.POD_CIDR, "-d", nc.POD_CIDR, "-j", "RETURN"],
+        rules = [["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"],
+                 ["-s", nc.POD_CIDR, "-d", nc.POD_CIDR, "-j", "RETURN"],
                  ["-s", nc.POD_CIDR, "-d", f"{nc.NODE_IP}/32", "-j", "RETURN"],
                  ["-s", nc.POD_CIDR, "-j", "DROP"]]
         for rule in rules:

@@ -1,9 +1,12 @@
 """Facts about the local single-node cluster, each in one place: addresses, names, paths, packages.
 
 Addresses come from ranges reserved for documentation (RFC 5737) and benchmarking (RFC 2544), so
-no real network can use them: the node is 192.0.2.1 on a bridge the stack creates, pods get
-198.18.0.0/24 and Services 198.18.128.0/24. Nothing is masqueraded, and a firewall chain drops
-pod packets addressed to anything but the node or another pod (:mod:`localstack.hostnet`).
+no real network should use them: the node is 198.51.100.1 on a bridge the stack creates, pods
+get 198.18.0.0/24 and Services 198.18.128.0/24. Not 192.0.2.0/24: machines of this kind use it
+for their own uplink (eth0 192.0.2.2, gateway 192.0.2.1). ``up`` refuses to start when any of
+these ranges overlaps an address or route the machine already has. Nothing is masqueraded, and
+a firewall chain drops pod packets addressed to anything but the node or another pod
+(:mod:`localstack.host`).
 
 Everything the node writes outside the stack's run folder lives under :data:`VAR_DIR` and
 :data:`RUN_ROOT`, fixed paths, so ``hack/stack down`` finds the leftovers of a crashed run
@@ -21,7 +24,7 @@ from localstack.process import StackError
 NODE_NAME = "liberator-node"
 NODE_LINK = "liberator0"
 """A bridge with no ports that carries the node IP (the node IP cannot be loopback)."""
-NODE_IP = "192.0.2.1"
+NODE_IP = "198.51.100.1"
 NODE_PREFIX = 24
 POD_CIDR = "198.18.0.0/24"
 POD_GATEWAY = "198.18.0.1"

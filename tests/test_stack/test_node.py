@@ -4,6 +4,7 @@ also after a crash. Needs root; the cluster tier (tests/test_cluster) needs it t
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from localstack import host
+from localstack import nodeconf as nc
 from tests.test_stack.hostsnap import differences, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,10 +70,10 @@ def test_up_gets_the_node_ready_and_down_leaves_the_host_as_it_was(
         ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
         assert ready == "True"
         addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
-        assert addresses["InternalIP"] == "192.0.2.1"
+        assert addresses["InternalIP"] == nc.NODE_IP
         run_a_pod(kubeconfig)
         pod = json.loads(kubectl(kubeconfig, "get", "pod", "probe", "-o", "json").stdout)
-        assert pod["status"]["podIP"].startswith("198.18.0.")
+        assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(nc.POD_CIDR)
         status = stack(tmp_path, "status")
         assert "cluster" in status.stdout and "running" in status.stdout
     finally:
