@@ -6,11 +6,13 @@ printed as a figure instead.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from localstack import nodeconf as nc
 from tests.test_cluster.kit import (
     Node,
     Quotes,
@@ -113,3 +115,35 @@ def test_a_restricted_namespace_admits_the_injected_pod(node: Node) -> None:
         assert pod_ready(pod)
     finally:
         node.kubectl("delete", "namespace", q.ns, "--wait=false")
+
+
+PROBE = """
+import socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        print(target, "open")
+    except OSError as error:
+        print(target, "blocked", type(error).__name__)
+"""
+
+
+def test_pods_reach_the_node_and_nothing_beyond(node: Node, quotes: Quotes) -> None:
+    mongo = quotes.mongo_uri.split("//", 1)[1].split("/", 1)[0]
+    # Addresses of this machine off the node, and beyond it: its uplink and default gateway.
+    routes = subprocess.run(["ip", "-4", "route", "show", "default"], capture_output=True,
+                            text=True, check=False).stdout.split()
+    outside = [f"{routes[routes.index('via') + 1]}:80"] if "via" in routes else []
+    outside += ["203.0.113.7:443"]  # TEST-NET-3: routed out by default, if at all
+    uplinks = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
+                             capture_output=True, text=True, check=False).stdout
+    outside += [f"{line.split()[3].split('/')[0]}:22" for line in uplinks.splitlines()
+                if line.split()[1] not in (nc.NODE_LINK, nc.CNI_BRIDGE)]
+    pod = quotes.pods()[0]["metadata"]["name"]
+    out = node.kubectl("-n", quotes.ns, "exec", pod, "-c", "app", "--", "python3", "-c",
+                       PROBE, mongo, *outside)
+    seen = dict(line.split(" ", 1) for line in out.splitlines())
+    assert seen[mongo] == "open", out
+    for target in outside:
+        assert seen[target].startswith("blocked"), out
