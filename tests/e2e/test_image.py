@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -221,3 +222,24 @@ def test_the_size_target_is_documented() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^# Size target: under \d+ MB", text, re.MULTILINE)
     assert re.search(r"under \d+ MB", (ROOT / "docs" / "operations.md").read_text())
+
+
+def test_retagging_in_an_overlay_moves_every_process(tmp_path: Path) -> None:
+    """An overlay's ``images:`` entry is the one value: the operator's container takes it, and
+    the operator hands its own image to sidecars and seed Jobs (no env keeps the old one)."""
+    name = image_reference().rpartition(":")[0]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        # kustomize takes relative paths only
+        "resources": [os.path.relpath(ROOT / "deploy" / "overlays" / "local", tmp_path)],
+        "images": [{"name": name, "newName": "registry.example.com/team/liberator",
+                    "newTag": "7.7.7"}]}))
+    docs = rendered(tmp_path)
+    text = yaml.safe_dump_all(docs)
+    assert image_reference() not in text and f"{name}:" not in text
+    operator = next(c for workload, _, c in containers(docs) if workload == "liberator-operator")
+    assert operator["image"] == "registry.example.com/team/liberator:7.7.7"
+    env = {e["name"]: e for e in operator["env"]}
+    assert "LIBERATOR_OPERATOR_IMAGE" not in env
+    assert env["LIBERATOR_OPERATOR_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.name")
