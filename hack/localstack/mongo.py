@@ -139,7 +139,7 @@ def _ping(uri: str) -> bool:
     return True
 
 
-def start(run_dir: Path, port: int | None = None) -> Server:
+def start(run_dir: Path, port: int | None = None, host: str | None = None) -> Server:
     """Start on ``port`` (or a free one) with the H2 file ``run_dir/mongo.h2``; wait for a ping."""
     target = home()
     if not _built(target):
@@ -153,8 +153,9 @@ def start(run_dir: Path, port: int | None = None) -> Server:
     data = run_dir / "mongo.h2"
     backend = f"h2:{data}"
     classpath = os.pathsep.join([str(target / "classes"), str(target / "lib" / "*")])
-    # One address only: the node IP while the node runs (pods and host clients reach it there).
-    host = listen_host()
+    # One address only: the node IP for a stack that runs the node (pods and host clients reach
+    # it there), else loopback.
+    host = listen_host(host)
     argv = [java, *JVM_FLAGS, "-cp", classpath, LAUNCHER, host, str(port), backend]
     proc = spawn("mongo", argv, run_dir / "mongo.log")
     uri = f"mongodb://{host}:{port}/?directConnection=true"

@@ -103,16 +103,17 @@ def sysctl_path(key: str) -> Path:
     return Path("/proc/sys") / key.replace(".", "/")
 
 
-def listen_host() -> str:
-    """Where host servers listen: ``LIBERATOR_LISTEN_HOST`` if set (an address pods of another
-    cluster reach this machine at, e.g. kind's bridge gateway), else the node IP while the node
-    runs (pods reach them there, and so do host clients), else loopback."""
-    chosen = os.environ.get("LIBERATOR_LISTEN_HOST", "").strip()
-    if chosen:
-        try:
-            ipaddress.ip_address(chosen)
-        except ValueError:
-            raise StackError(f"LIBERATOR_LISTEN_HOST={chosen!r} is not an IP address: give one "
-                             "of this machine's addresses that pods can reach") from None
-        return chosen
-    return NODE_IP if Path("/sys/class/net", NODE_LINK).exists() else "127.0.0.1"
+def listen_host(host: str | None = None) -> str:
+    """Where a host server listens: ``host`` (the node IP when a Stack runs the node: pods reach
+    the servers there, and so do host clients), else ``LIBERATOR_LISTEN_HOST`` (an address pods of
+    another cluster reach this machine at, e.g. kind's bridge gateway), else loopback. Never
+    guessed from the machine's links: another session's servers must not follow this node."""
+    chosen = (host or os.environ.get("LIBERATOR_LISTEN_HOST", "")).strip()
+    if not chosen:
+        return "127.0.0.1"
+    try:
+        ipaddress.ip_address(chosen)
+    except ValueError:
+        raise StackError(f"LIBERATOR_LISTEN_HOST={chosen!r} is not an IP address: give one of "
+                         "this machine's addresses that pods can reach") from None
+    return chosen

@@ -33,12 +33,12 @@ def build(say: Say) -> None:
         raise StackError("java is not on PATH: the Pub/Sub emulator needs Java 17")
 
 
-def start(run_dir: Path, port: int | None = None) -> Server:
+def start(run_dir: Path, port: int | None = None, host: str | None = None) -> Server:
     port = port or free_port()
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "pubsub.log"
-    # One address only: the node IP while the node runs (host clients reach it too).
-    listen = listen_host()
+    # One address only: the node IP for a stack that runs the node (host clients reach it too).
+    listen = listen_host(host)
     proc = spawn("pubsub", [str(emulator_path()), f"--host={listen}", f"--port={port}"], log)
     wait_until(proc, log_matches(log, rf"Server started, listening on {port}"), timeout=60,
                what="Pub/Sub emulator")

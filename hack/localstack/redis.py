@@ -42,7 +42,7 @@ def ping(port: int, host: str = "127.0.0.1") -> bool:
         return sock.recv(16).startswith(b"+PONG")
 
 
-def start(run_dir: Path, port: int | None = None) -> Server:
+def start(run_dir: Path, port: int | None = None, host: str | None = None) -> Server:
     exe = binary()
     if exe is None:
         raise StackError("redis-server is not installed; run hack/stack build")
@@ -50,7 +50,7 @@ def start(run_dir: Path, port: int | None = None) -> Server:
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "redis.log"
     # No persistence: tests restart Redis to simulate an outage, and a lease must not survive it.
-    host = listen_host()
+    host = listen_host(host)
     binds = sorted({"127.0.0.1", host})
     # Protected mode refuses every non-loopback client without a password; the node address is
     # reachable only from this machine and its pods.

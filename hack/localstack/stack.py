@@ -15,6 +15,7 @@ SERVER_NAMES = ("mongo", "pubsub", "redis", "kube", "cluster")
 # `hack/stack up` with no names: the cluster needs root, so it is asked for by name.
 DEFAULT_NAMES = ("mongo", "pubsub", "redis", "kube")
 STATE_FILE = "stack.json"
+NODE_CLIENTS = ("mongo", "pubsub", "redis")
 
 
 def server_module(name: str) -> ModuleType:
@@ -60,7 +61,13 @@ class Stack:
 
     def start(self, name: str, port: int | None = None) -> Server:
         started = time.monotonic()
-        server: Server = server_module(name).start(self.run_dir / name, port)
+        if name in NODE_CLIENTS and "cluster" in self.servers:
+            # Pods reach host servers at the node IP; only this stack's servers move there.
+            server: Server = server_module(name).start(self.run_dir / name, port,
+                                                       host=self.servers["cluster"]
+                                                       .details["node_ip"])
+        else:
+            server = server_module(name).start(self.run_dir / name, port)
         self.servers[name] = server
         self.say(f"{name} ready in {time.monotonic() - started:.1f}s: {server.details}")
         return server
