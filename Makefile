@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo bench stack-build clean
+.PHONY: test lint demo bench stack-build image clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# As root (CI), also the node and the image, for the cluster tier (tests/test_cluster); with
+# LIBERATOR_TEST_KUBECONFIG the tier runs on that cluster instead (docs/cluster.md).
 stack-build: $(STAMP)
 	hack/stack build
+	@if [ "$$(id -u)" = 0 ] && [ -z "$${LIBERATOR_TEST_KUBECONFIG:-}" ]; then \
+	  hack/stack build cluster && hack/stack image; \
+	else echo "[stack] not root: the node is not built and tests/test_cluster will skip" >&2; fi
+
+# The Dockerfile built with buildah, loaded into the local node when it runs (needs root).
+image: $(STAMP)
+	hack/stack image
 
 test: $(STAMP) stack-build
 	$(PY) -m pytest $(PYTEST_ARGS)

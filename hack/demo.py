@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
 from bson.decimal128 import Decimal128
 from pymongo import MongoClient
 
@@ -166,7 +167,15 @@ class Demo:
                   lambda: condition(self.kube_json("-n", NAMESPACE, "get", "entitypublisher",
                                                    PUBLISHER), "Ready") == "True", 90,
                   logs=("operator",))
-        self.kubectl("apply", "-f", str(quickstart / "30-quotes-service.yaml"))
+        # This stack's API server has no controllers (docs/cluster.md has a real node): one Pod
+        # from the quickstart Deployment's template shows what its ReplicaSet would create.
+        deployment = yaml.safe_load((quickstart / "30-quotes-service.yaml").read_text())
+        template = deployment["spec"]["template"]
+        self.kubectl("apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {**template["metadata"], "name": "quotes-service",
+                         "namespace": NAMESPACE},
+            "spec": template["spec"]}))
         pod: dict[str, Any] = self.kube_json("-n", NAMESPACE, "get", "pod", "quotes-service")
         sidecar = injected_sidecar(pod)
         if sidecar is None:

@@ -6,9 +6,9 @@ import argparse
 import shlex
 import sys
 
-from localstack import mongo
+from localstack import cluster, mongo
 from localstack.process import StackError, log_tail
-from localstack.stack import SERVER_NAMES, Stack, default_run_dir
+from localstack.stack import DEFAULT_NAMES, SERVER_NAMES, Stack, default_run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,8 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build what is missing, start servers, print export lines")
     up.add_argument("names", nargs="*", metavar="SERVER",
-                    help=f"any of {', '.join(SERVER_NAMES)} (default: all)")
-    sub.add_parser("build", help="only build or install the servers")
+                    help=f"any of {', '.join(SERVER_NAMES)} (default: "
+                         f"{' '.join(DEFAULT_NAMES)}; the cluster needs root)")
+    build = sub.add_parser("build", help="only build or install the servers")
+    build.add_argument("names", nargs="*", metavar="SERVER", help="as for up")
+    sub.add_parser("image", help="build the project's image from the Dockerfile (buildah) and "
+                   "load it into the node when it runs")
     sub.add_parser("status", help="list running servers")
     sub.add_parser("env", help="print the export lines of running servers")
     sub.add_parser("down", help="stop every server")
@@ -29,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack.load(run_dir)
     try:
         if args.command == "build":
-            stack.build()
+            stack.build(tuple(args.names) or DEFAULT_NAMES)
         elif args.command == "up":
-            names = tuple(args.names) or SERVER_NAMES
+            names = tuple(args.names) or DEFAULT_NAMES
             if "mongo" in names:
                 # Before any build or start: a missing pymongo or a bad cap fails now.
                 mongo.require_client()
@@ -43,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.up(names)
             stack.save()
             print_exports(stack)
+        elif args.command == "image":
+            cluster.build_image(stack.say)
         elif args.command == "env":
             print_exports(stack)
         elif args.command == "status":
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "down":
             stack.down()
             stack.forget()
+            # Also what a crashed cluster left without a state file (fixed paths, see host.py).
+            cluster.cleanup(stack.say)
             print("[stack] stopped", file=sys.stderr)
     except StackError as error:
         print(f"hack/stack: {error}", file=sys.stderr)

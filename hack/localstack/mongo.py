@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from localstack.nodeconf import listen_host
 from localstack.process import (
     Say,
     Server,
@@ -194,7 +196,8 @@ def _ping(uri: str) -> bool:
     return True
 
 
-def start(run_dir: Path, port: int | None = None, *, oplog_max_entries: int | None = None,
+def start(run_dir: Path, port: int | None = None, host: str | None = None, *,
+          oplog_max_entries: int | None = None,
           oplog_max_age_seconds: float | None = None) -> Server:
     """Start on ``port`` (or a free one) with the H2 file ``run_dir/mongo.h2``; wait for a ping.
 
@@ -216,7 +219,10 @@ def start(run_dir: Path, port: int | None = None, *, oplog_max_entries: int | No
     data = run_dir / "mongo.h2"
     backend = f"h2:{data}"
     classpath = os.pathsep.join([str(target / "classes"), str(target / "lib" / "*")])
-    argv = [java, *JVM_FLAGS, "-cp", classpath, LAUNCHER, "127.0.0.1", str(port), backend]
+    # One address only: the node IP for a stack that runs the node (pods and host clients reach
+    # it there), else loopback.
+    host = listen_host(host)
+    argv = [java, *JVM_FLAGS, "-cp", classpath, LAUNCHER, host, str(port), backend]
     details = {"port": str(port), "backend": backend, "version": VERSION}
     if entries is not None:
         argv += ["--oplog-max-entries", str(entries)]
@@ -225,9 +231,9 @@ def start(run_dir: Path, port: int | None = None, *, oplog_max_entries: int | No
         argv += ["--oplog-max-age-seconds", repr(float(age))]
         details["oplog_max_age_seconds"] = repr(float(age))
     proc = spawn("mongo", argv, run_dir / "mongo.log")
-    uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    uri = f"mongodb://{host}:{port}/?directConnection=true"
     # The log line first: a ping alone could reach another server that already holds the port.
-    logged = log_matches(proc.log, rf"liberator-mongo: ready on 127\.0\.0\.1:{port} ")
+    logged = log_matches(proc.log, rf"liberator-mongo: ready on {re.escape(host)}:{port} ")
     wait_until(proc, lambda: logged() and _ping(uri), timeout=60, what="mongo-java-server")
     return Server("mongo", [proc], exports={"LIBERATOR_MONGO_URI": uri},
                   details=details, run_dir=run_dir)

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from localstack.nodeconf import listen_host
 from localstack.process import Say, Server, StackError, free_port, log_matches, spawn, wait_until
 
 PROJECT = "liberator-local"
@@ -32,14 +33,16 @@ def build(say: Say) -> None:
         raise StackError("java is not on PATH: the Pub/Sub emulator needs Java 17")
 
 
-def start(run_dir: Path, port: int | None = None) -> Server:
+def start(run_dir: Path, port: int | None = None, host: str | None = None) -> Server:
     port = port or free_port()
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "pubsub.log"
-    proc = spawn("pubsub", [str(emulator_path()), "--host=127.0.0.1", f"--port={port}"], log)
+    # One address only: the node IP for a stack that runs the node (host clients reach it too).
+    listen = listen_host(host)
+    proc = spawn("pubsub", [str(emulator_path()), f"--host={listen}", f"--port={port}"], log)
     wait_until(proc, log_matches(log, rf"Server started, listening on {port}"), timeout=60,
                what="Pub/Sub emulator")
-    host = f"127.0.0.1:{port}"
+    host = f"{listen}:{port}"
     return Server("pubsub", [proc],
                   exports={"PUBSUB_EMULATOR_HOST": host, "LIBERATOR_PUBSUB_PROJECT": PROJECT},
                   details={"port": str(port), "host": host}, run_dir=run_dir)

@@ -6,6 +6,7 @@ import shutil
 import socket
 from pathlib import Path
 
+from localstack.nodeconf import listen_host
 from localstack.process import (
     Say,
     Server,
@@ -35,13 +36,13 @@ def build(say: Say) -> None:
                 what="apt-get install redis-server")
 
 
-def ping(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+def ping(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.create_connection((host, port), timeout=0.5) as sock:
         sock.sendall(b"PING\r\n")
         return sock.recv(16).startswith(b"+PONG")
 
 
-def start(run_dir: Path, port: int | None = None) -> Server:
+def start(run_dir: Path, port: int | None = None, host: str | None = None) -> Server:
     exe = binary()
     if exe is None:
         raise StackError("redis-server is not installed; run hack/stack build")
@@ -49,10 +50,15 @@ def start(run_dir: Path, port: int | None = None) -> Server:
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "redis.log"
     # No persistence: tests restart Redis to simulate an outage, and a lease must not survive it.
-    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+    host = listen_host(host)
+    binds = sorted({"127.0.0.1", host})
+    # Protected mode refuses every non-loopback client without a password; the node address is
+    # reachable only from this machine and its pods.
+    argv = [exe, "--port", str(port), "--bind", *binds, "--save", "", "--appendonly", "no",
+            "--protected-mode", "yes" if host == "127.0.0.1" else "no",
             "--dir", str(run_dir), "--daemonize", "no"]
     proc = spawn("redis", argv, log)
-    wait_until(proc, lambda: ping(port), timeout=20, what="redis-server")
-    url = f"redis://127.0.0.1:{port}/0"
+    wait_until(proc, lambda: ping(port, host), timeout=20, what="redis-server")
+    url = f"redis://{host}:{port}/0"
     return Server("redis", [proc], exports={"LIBERATOR_REDIS_URL": url},
                   details={"port": str(port), "url": url}, run_dir=run_dir)

@@ -11,8 +11,11 @@ from types import ModuleType
 
 from localstack.process import Proc, Say, Server, StackError, say_stderr
 
-SERVER_NAMES = ("mongo", "pubsub", "redis", "kube")
+SERVER_NAMES = ("mongo", "pubsub", "redis", "kube", "cluster")
+# `hack/stack up` with no names: the cluster needs root, so it is asked for by name.
+DEFAULT_NAMES = ("mongo", "pubsub", "redis", "kube")
 STATE_FILE = "stack.json"
+NODE_CLIENTS = ("mongo", "pubsub", "redis")
 
 
 def server_module(name: str) -> ModuleType:
@@ -36,12 +39,16 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         self.down()
 
-    def build(self, names: tuple[str, ...] = SERVER_NAMES) -> None:
+    def build(self, names: tuple[str, ...] = DEFAULT_NAMES) -> None:
         for name in names:
             server_module(name).build(self.say)
 
-    def up(self, names: tuple[str, ...] = SERVER_NAMES) -> dict[str, str]:
-        """Build what is missing, then start each named server that is not running yet."""
+    def up(self, names: tuple[str, ...] = DEFAULT_NAMES) -> dict[str, str]:
+        """Build what is missing, then start each named server that is not running yet.
+
+        The cluster starts first: the others then listen on the node address too, for pods.
+        """
+        names = tuple(sorted(names, key=lambda n: n != "cluster"))
         self.build(names)
         try:
             for name in names:
@@ -54,7 +61,13 @@ class Stack:
 
     def start(self, name: str, port: int | None = None) -> Server:
         started = time.monotonic()
-        server: Server = server_module(name).start(self.run_dir / name, port)
+        if name in NODE_CLIENTS and "cluster" in self.servers:
+            # Pods reach host servers at the node IP; only this stack's servers move there.
+            server: Server = server_module(name).start(self.run_dir / name, port,
+                                                       host=self.servers["cluster"]
+                                                       .details["node_ip"])
+        else:
+            server = server_module(name).start(self.run_dir / name, port)
         self.servers[name] = server
         self.say(f"{name} ready in {time.monotonic() - started:.1f}s: {server.details}")
         return server
@@ -63,6 +76,9 @@ class Stack:
         server = self.servers.pop(name, None)
         if server is not None:
             server.stop()
+            cleanup = getattr(server_module(name), "cleanup", None)
+            if cleanup is not None:
+                cleanup(self.say)
 
     def restart(self, name: str) -> Server:
         """Stop a server and start it again on the same port, with the same data directory."""

@@ -144,6 +144,16 @@ class Cluster:
         items: list[dict[str, Any]] = self.api.sanitize_for_serialization(pods).get("items") or []
         return items
 
+    def pod_image(self, namespace: str, pod: str, container: str) -> str | None:
+        """The image ``container`` of ``pod`` runs (a list by name: RBAC grants list only)."""
+        pods = self.core.list_namespaced_pod(namespace, field_selector=f"metadata.name={pod}",
+                                             _request_timeout=REQUEST_TIMEOUT)
+        for item in pods.items:
+            for spec in item.spec.containers:
+                if spec.name == container:
+                    return str(spec.image)
+        return None
+
     def apply_webhook_configuration(self, body: dict[str, Any]) -> None:
         """Create or replace a MutatingWebhookConfiguration."""
         name = body["metadata"]["name"]

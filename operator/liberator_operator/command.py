@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import logging
+import os
 import random
 import sys
 import tempfile
@@ -26,6 +28,7 @@ from liberator_publisher.command import Command
 __all__ = ["COMMAND", "kopf_settings"]
 
 PEERING_NAME = "liberator"
+OPERATOR_CONTAINER = "operator"  # the container's name in deploy/base/operator.yaml
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +85,23 @@ def kopf_settings(*, standalone: bool, server: kopf.WebhookServer) -> kopf.Opera
     return ks
 
 
+def own_image(settings: OperatorSettings, cluster: Cluster) -> OperatorSettings:
+    """Without ``LIBERATOR_OPERATOR_IMAGE``, sidecars and seed Jobs run the operator's own image.
+
+    A kustomize ``images:`` entry retags containers, never environment values; reading the
+    image from this pod (``LIBERATOR_OPERATOR_POD_NAME``) lets one entry move every process.
+    """
+    pod = os.environ.get("LIBERATOR_OPERATOR_POD_NAME", "").strip()
+    if "LIBERATOR_OPERATOR_IMAGE" in os.environ or not pod:
+        return settings
+    image = cluster.pod_image(settings.namespace, pod, OPERATOR_CONTAINER)
+    if image is None:
+        raise SettingsError(f"LIBERATOR_OPERATOR_POD_NAME={pod!r}: no container "
+                            f"{OPERATOR_CONTAINER!r} in that pod of {settings.namespace}; set "
+                            "LIBERATOR_OPERATOR_IMAGE or the pod name from metadata.name")
+    return dataclasses.replace(settings, image=image)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         settings = OperatorSettings.from_env()
@@ -110,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
                                     host=args.webhook_host, certfile=str(certfile),
                                     pkeyfile=str(pkeyfile))
         cluster = Cluster()
+        try:
+            settings = own_image(settings, cluster)
+        except SettingsError as exc:
+            print(f"liberator operator: {exc}", file=sys.stderr)
+            return 2
         if args.webhook_configure:
             url = f"https://{args.webhook_host}:{args.webhook_port}"
             ca = base64.b64encode(certfile.read_bytes()).decode()

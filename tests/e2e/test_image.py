@@ -1,6 +1,7 @@
 """The Dockerfile and the manifests agree (no server, no Docker engine).
 
-The image cannot be built here, so this checks what a build would have to get right: two stages,
+No image is built here (``make image`` and the cluster tier build and run it), so this checks
+what a build has to get right: two stages,
 a numeric non-root user that the Deployments' ``runAsUser`` matches, the ``liberator`` console
 script as entrypoint, every ``liberator <subcommand>`` (and its flags) that deploy/ and the
 operator's builders run, and one image name:tag everywhere: the Dockerfile's build line, tagged
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -108,13 +110,19 @@ def test_multi_stage_and_only_the_built_venv_reaches_the_final_stage(
     assert needed <= sources, f"not copied into the build stage: {needed - sources}"
 
 
+# The python3 each Debian release ships (the Dockerfile installs Debian's python3).
+DEBIAN_PYTHON = {"bookworm": (3, 11), "trixie": (3, 13)}
+
+
 def test_base_python_satisfies_requires_python(dockerfile: list[list[tuple[str, str]]]) -> None:
     required = PYPROJECT["project"]["requires-python"]
     minimum = tuple(int(p) for p in required.removeprefix(">=").split("."))
     for stage in dockerfile:
-        match = re.match(r"python:(\d+)\.(\d+)", stage[0][1])
-        assert match, f"stage base is not a python image: {stage[0][1]}"
-        assert (int(match[1]), int(match[2])) >= minimum
+        match = re.match(r"debian:(\w+)-slim\b", stage[0][1])
+        assert match, f"stage base is not debian:<release>-slim: {stage[0][1]}"
+        assert DEBIAN_PYTHON[match[1]] >= minimum
+        runs = " ".join(args for word, args in stage if word == "RUN")
+        assert "apt-get install" in runs and "python3" in runs, "Debian's python3 is installed"
 
 
 def test_final_stage_runs_as_a_numeric_non_root_user(
@@ -214,3 +222,24 @@ def test_the_size_target_is_documented() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^# Size target: under \d+ MB", text, re.MULTILINE)
     assert re.search(r"under \d+ MB", (ROOT / "docs" / "operations.md").read_text())
+
+
+def test_retagging_in_an_overlay_moves_every_process(tmp_path: Path) -> None:
+    """An overlay's ``images:`` entry is the one value: the operator's container takes it, and
+    the operator hands its own image to sidecars and seed Jobs (no env keeps the old one)."""
+    name = image_reference().rpartition(":")[0]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        # kustomize takes relative paths only
+        "resources": [os.path.relpath(ROOT / "deploy" / "overlays" / "local", tmp_path)],
+        "images": [{"name": name, "newName": "registry.example.com/team/liberator",
+                    "newTag": "7.7.7"}]}))
+    docs = rendered(tmp_path)
+    text = yaml.safe_dump_all(docs)
+    assert image_reference() not in text and f"{name}:" not in text
+    operator = next(c for workload, _, c in containers(docs) if workload == "liberator-operator")
+    assert operator["image"] == "registry.example.com/team/liberator:7.7.7"
+    env = {e["name"]: e for e in operator["env"]}
+    assert "LIBERATOR_OPERATOR_IMAGE" not in env
+    assert env["LIBERATOR_OPERATOR_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.name")
