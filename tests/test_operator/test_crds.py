@@ -45,7 +45,8 @@ def test_short_name_is_not_endpoints() -> None:
 
 
 @pytest.mark.parametrize(("file", "columns"), [
-    ("entitypublisher.yaml", ["Entity", "Collection", "Topic", "Pods", "Ready", "Age"]),
+    ("entitypublisher.yaml", ["Entity", "Collection", "Topic", "Pods", "Ready", "Status", "Lag",
+                              "Age"]),
     ("eventseed.yaml", ["Publisher", "Mode", "Phase", "Seeded", "Age"]),
 ])
 def test_printer_columns(file: str, columns: list[str]) -> None:
