@@ -373,8 +373,10 @@ def observe(rt: Runtime, *, body: Any, spec: Mapping[str, Any], meta: Mapping[st
         logger.debug("status moved on meanwhile; the next tick writes the data plane")
         return
     if "restart" in changed and done:
-        kopf.info(body, reason="Restarted", message=outcome.message if outcome.reason == "Done"
-                  else f"restart {done.get('id')!r} ran at {done.get('doneAt')}")
+        # kopf.event, not kopf.info: posting.level is WARNING, and this one must be seen.
+        text = (outcome.message if outcome.reason == "Done"
+                else f"restart {done.get('id')!r} ran at {done.get('doneAt')}")
+        kopf.event(body, type="Normal", reason="Restarted", message=text)
     if "restartRejected" in changed and new["restartRejected"]:
         kopf.warn(body, reason="RestartRejected", message=outcome.message)
 
