@@ -19,6 +19,7 @@ __all__ = [
     "PUBLISHER_FOUND",
     "PUBLISHING",
     "READY",
+    "RESTART_REJECTED",
     "SUBSCRIPTIONS_READY",
     "TOPIC_READY",
     "find",
@@ -34,6 +35,7 @@ TOPIC_READY = "TopicReady"
 SUBSCRIPTIONS_READY = "SubscriptionsReady"
 INJECTING = "Injecting"
 PUBLISHING = "Publishing"
+RESTART_REJECTED = "RestartRejected"
 # EventSeed
 PUBLISHER_FOUND = "PublisherFound"
 JOB_CREATED = "JobCreated"

@@ -54,6 +54,12 @@ class DataStatus:
     """RFC 3339 time of the capture origin: writes from then on are captured live."""
     updated: str | None = None
     """When the leader wrote the record."""
+    paused: bool = False
+    """The leader's relay stopped for spec.paused."""
+    restart: dict[str, Any] | None = None
+    """The last restart request the leader carried out (``{id, doneAt, position, ...}``)."""
+    restart_rejected: dict[str, Any] | None = None
+    """A restart request the leader refused (``{id, message}``)."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,14 @@ def parse_status_record(raw: Mapping[str, Any] | str | bytes | None) -> DataStat
         parked_reason=_str(parked),
         capture_since=_str(_pick(record, "captureSince")),
         updated=_str(_pick(record, "updatedAt", "updated_at", "updated", "time")),
+        paused=record.get("paused") is True,
+        restart=_dict(record.get("restart")),
+        restart_rejected=_dict(record.get("restartRejected")),
     )
+
+
+def _dict(value: Any) -> dict[str, Any] | None:
+    return {str(k): v for k, v in value.items()} if isinstance(value, Mapping) and value else None
 
 
 def parse_seed_progress(raw: Mapping[str, Any] | None) -> SeedProgress | None:

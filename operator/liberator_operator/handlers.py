@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import jsonpatch
@@ -48,9 +49,12 @@ from liberator_operator.patch import (
     skip_reason,
 )
 from liberator_operator.provisioning import ProvisioningError, PubSubAdmin, build_plan
+from liberator_operator.restart import control_for, restart_outcome
 from liberator_operator.settings import OperatorSettings
 from liberator_operator.sidecar import container_name, sidecar_running
 from liberator_operator.webhook import HANDLER_ID
+from liberator_publisher.contract import control_key
+from liberator_publisher.control import ControlRecord, write_control
 
 __all__ = ["Runtime", "parked_message", "register"]
 
@@ -149,7 +153,8 @@ def reconcile(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
 
     if spec.get("paused"):
         conds.set(cond.INJECTING, False, "Paused",
-                  "spec.paused is true: new pods get no sidecar; running sidecars are untouched")
+                  "spec.paused is true: new pods get no sidecar; running sidecars publish "
+                  "nothing (capture goes on) until it is false")
         conds.set(cond.READY, False, "Paused", "spec.paused is true: provisioning is stopped")
         flush()
         return
@@ -211,6 +216,7 @@ def reconcile(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
 
 def finalize(rt: Runtime, *, spec: Mapping[str, Any], status: Mapping[str, Any], name: str,
              namespace: str, retry: int, logger: Any) -> None:
+    _forget_control(rt, _publisher(namespace, name, spec), logger)
     if spec.get("deletionPolicy", "Retain") != "Delete":
         logger.info("deletionPolicy is Retain: topics and subscriptions are kept")
         return
@@ -242,6 +248,16 @@ def finalize(rt: Runtime, *, spec: Mapping[str, Any], status: Mapping[str, Any],
     logger.info("deletionPolicy is Delete: removed the topics and subscriptions it created")
 
 
+def _forget_control(rt: Runtime, publisher: Publisher, logger: Any) -> None:
+    """Delete the control record (it has no expiry, so a paused record would outlive us)."""
+    try:
+        url, _ = _redis_url(rt, publisher)
+        if url is not None:
+            rt.redis(url).delete(control_key(f"{publisher['namespace']}/{publisher['name']}"))
+    except Exception as exc:  # Redis away, Secret gone: deletion must not hang on it
+        logger.warning(f"could not delete the control record: {exc}")
+
+
 def _count_pods(rt: Runtime, namespace: str, name: str) -> int:
     """Pods whose sidecar for this publisher runs (what the PODS column shows)."""
     count = 0
@@ -265,13 +281,15 @@ def _redis_url(rt: Runtime, publisher: Publisher) -> tuple[str | None, str]:
     return value, ""
 
 
-def _publishing(rt: Runtime, publisher: Publisher, pods: int,
+def _publishing(rt: Runtime, publisher: Publisher, pods: int, control: ControlRecord,
                 ) -> tuple[DataStatus | None, tuple[cond.Status, str, str]]:
     ident = f"{publisher['namespace']}/{publisher['name']}"
     url, why = _redis_url(rt, publisher)
     if url is None:
         return None, ("Unknown", "RedisSecretMissing", why)
     try:
+        # The control record first: the leader reads it on its next renewal.
+        write_control(rt.redis(url), ident, control)
         data = read_status(rt.redis(url), ident)
     except redis.RedisError as exc:
         return None, ("Unknown", "RedisUnavailable", f"cannot read the status record: {exc}")
@@ -283,6 +301,10 @@ def _publishing(rt: Runtime, publisher: Publisher, pods: int,
                       "or unable to reach Redis")
     if data.parked_reason:
         return data, ("False", "Parked", parked_message(publisher, data))
+    if data.paused:
+        return data, ("False", "Paused", "spec.paused is true: the leader publishes nothing; "
+                                         "capture goes on, and the backlog goes out in order "
+                                         "when it is false")
     return data, ("True", "Leading", f"{data.leader or 'a pod'} leads (epoch {data.epoch})")
 
 
@@ -294,13 +316,13 @@ def parked_message(publisher: Publisher, data: DataStatus) -> str:
     namespace, name = publisher["namespace"], publisher["name"]
     pod = data.leader or "POD"
     return (f"{data.leader or 'the leader'} parked: {data.parked_reason}. Recover (a restart "
-            f"parks again): apply an EventSeed for {name} and wait for Succeeded, then run "
-            f"kubectl exec -n {namespace} {pod} -c {container_name(name)} -- liberator publish "
-            "--reset-checkpoint (the leader resumes from the current position; "
-            "docs/operations.md)")
+            f"parks again): apply an EventSeed for {name} and wait for Succeeded, then set "
+            f"spec.restartFrom: {{id: <new id>, position: now}} (the leader resumes from the "
+            f"current position; or kubectl exec -n {namespace} {pod} -c {container_name(name)} "
+            "-- liberator publish --reset-checkpoint; docs/operations.md)")
 
 
-def observe(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
+def observe(rt: Runtime, *, body: Any, spec: Mapping[str, Any], meta: Mapping[str, Any],
             status: Mapping[str, Any], name: str, namespace: str, stopped: Any,
             logger: Any) -> None:
     """Pods and data plane into the status, written only if the object did not move on.
@@ -312,11 +334,19 @@ def observe(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
     pods = _count_pods(rt, namespace, name)
     if stopped:
         return
-    data, (state, reason, message) = _publishing(rt, publisher, pods)
+    control, refused = control_for(spec, status, datetime.now(UTC))
+    data, (state, reason, message) = _publishing(rt, publisher, pods, control)
     if stopped:
         return
     conds = _Conditions(status.get("conditions"), meta.get("generation"))
     conds.set(cond.PUBLISHING, state, reason, message)
+    done = (data.restart if data else None) or status.get("restart")
+    outcome = restart_outcome(spec, refused, data, done)
+    if outcome.status:
+        conds.set(cond.RESTART_REJECTED, cast(cond.Status, outcome.status), outcome.reason,
+                  outcome.message)
+    elif cond.find(conds.items, cond.RESTART_REJECTED) is not None:
+        conds.set(cond.RESTART_REJECTED, False, "NoRequest", "spec.restartFrom is not set")
     new: dict[str, Any] = {
         "pods": pods,
         "leader": data.leader if data else None,
@@ -328,6 +358,8 @@ def observe(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
         "captureSince": data.capture_since if data else None,
         "lag": cond.lag_text(data.lag_seconds if data else None),
         "reason": cond.summary_reason(conds.items, paused=bool(spec.get("paused"))),
+        "restart": dict(done) if done else None,
+        "restartRejected": outcome.rejected,
     }
     changed = {k: v for k, v in new.items() if status.get(k) != v}
     if conds.items != list(status.get("conditions") or []):
@@ -339,6 +371,14 @@ def observe(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
                                              resource_version=str(meta.get("resourceVersion")))
     if not written:
         logger.debug("status moved on meanwhile; the next tick writes the data plane")
+        return
+    if "restart" in changed and done:
+        # kopf.event, not kopf.info: posting.level is WARNING, and this one must be seen.
+        text = (outcome.message if outcome.reason == "Done"
+                else f"restart {done.get('id')!r} ran at {done.get('doneAt')}")
+        kopf.event(body, type="Normal", reason="Restarted", message=text)
+    if "restartRejected" in changed and new["restartRejected"]:
+        kopf.warn(body, reason="RestartRejected", message=outcome.message)
 
 
 # -- EventSeed --------------------------------------------------------------------------------
@@ -477,7 +517,8 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         bind(finalize, "spec", "status", "name", "namespace", "retry", "logger"))
     kopf.timer(GROUP, VERSION, PUBLISHERS, id="observe", interval=s.status_interval,
                registry=registry)(
-        bind(observe, "spec", "meta", "status", "name", "namespace", "stopped", "logger"))
+        bind(observe, "body", "spec", "meta", "status", "name", "namespace", "stopped",
+             "logger"))
     kopf.timer(GROUP, VERSION, SEEDS, id="seed", interval=s.seed_interval, registry=registry,
                when=lambda status, **_: status.get("phase") not in TERMINAL)(
         bind(sync_seed, "spec", "meta", "status", "name", "namespace", "patch", "logger"))

@@ -149,11 +149,40 @@ class Checkpoints:
                                   f"must be a BSON timestamp, not {type(when).__name__}")
         return when
 
+    def restart(self, epoch: int, pod: str, when: Timestamp, done: Mapping[str, Any]) -> None:
+        """Carry out a restart request, fenced by ``epoch``: capture starts at ``when``
+        (``startAtOperationTime``; the one deliberate move backwards), the relay sweeps what is
+        pending (as after ``reset``), the origin becomes ``when``, and ``done`` is recorded so
+        the request's id never runs again. Raises :class:`FencedError` under a newer epoch."""
+        self._write("capture", epoch, {"token": None, "operationTime": when, "epoch": epoch,
+                                       "pod": pod})
+        self._write("relay", epoch, {"token": None, "operationTime": None, "epoch": epoch,
+                                     "pod": pod})
+        self.collection.update_one({"_id": self._origin_id},
+                                   {"$set": {"operationTime": when,
+                                             "recordedAt": datetime.now(UTC)}}, upsert=True)
+        # Last: a crash before this line runs the request again, which moves to the same place.
+        self._write_id(self._restart_id, epoch, {**done, "epoch": epoch})
+
+    def restart_done(self) -> dict[str, Any] | None:
+        """The last restart request carried out (``{id, doneAt, position}``), or None. Kept
+        apart from the checkpoints, so ``reset`` does not make a done request run again."""
+        found = self.collection.find_one({"_id": self._restart_id}, {"_id": 0, "epoch": 0,
+                                                                       "updatedAt": 0})
+        return dict(found) if found else None
+
+    @property
+    def _restart_id(self) -> str:
+        return f"{self.publisher}#restart"
+
     def _write(self, loop: str, epoch: int, fields: dict[str, Any]) -> None:
+        self._write_id(self._id(loop), epoch, fields)
+
+    def _write_id(self, document_id: str, epoch: int, fields: dict[str, Any]) -> None:
         fields = {**fields, "updatedAt": datetime.now(UTC)}
         try:
-            self.collection.update_one({"_id": self._id(loop), "epoch": {"$lte": epoch}},
+            self.collection.update_one({"_id": document_id, "epoch": {"$lte": epoch}},
                                        {"$set": fields}, upsert=True)
         except DuplicateKeyError:
-            raise FencedError(f"checkpoint {self._id(loop)!r} belongs to a newer epoch than "
-                         f"{epoch}; another replica leads") from None
+            raise FencedError(f"checkpoint {document_id!r} belongs to a newer epoch than "
+                              f"{epoch}; another replica leads") from None

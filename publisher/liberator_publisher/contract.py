@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CONTRACT", "DEFAULT_HTTP_PORT", "STATUS_KEY_PREFIX", "EnvVar", "status_key"]
+__all__ = ["CONTRACT", "CONTROL_KEY_PREFIX", "DEFAULT_HTTP_PORT", "STATUS_KEY_PREFIX", "EnvVar",
+           "control_key", "status_key"]
 
 DEFAULT_HTTP_PORT = 8099
 STATUS_KEY_PREFIX = "liberator:status:"
+CONTROL_KEY_PREFIX = "liberator:control:"
 
 
 @dataclass(frozen=True)
@@ -75,3 +77,8 @@ CONTRACT: tuple[EnvVar, ...] = (
 def status_key(publisher: str) -> str:
     """Redis key of the leader's status record for the ``<namespace>/<name>`` publisher."""
     return f"{STATUS_KEY_PREFIX}{publisher}"
+
+
+def control_key(publisher: str) -> str:
+    """Redis key of the operator's control record (pause, restart) for ``<namespace>/<name>``."""
+    return f"{CONTROL_KEY_PREFIX}{publisher}"

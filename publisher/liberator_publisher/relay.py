@@ -153,7 +153,8 @@ class Relay:
                 self.progress.beat("relay", now)
                 busy = bool(self._inflight)
                 batch = reader.next_batch(timeout=0.02 if busy else 0.5)
-                if batch is not None:
+                # Stopped (or paused) while waiting: leave the batch; the checkpoint is before it.
+                if batch is not None and active():
                     self._handle(batch.changes, batch.position)
                 self.settle()
                 self._retry_paused()

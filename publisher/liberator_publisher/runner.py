@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -35,9 +36,11 @@ from liberator_publisher.checkpoint import (
     CheckpointError,
     Checkpoints,
     FencedError,
+    Position,
     cluster_time,
 )
 from liberator_publisher.command import Command
+from liberator_publisher.control import ControlError, ControlRecord, RestartRequest, read_control
 from liberator_publisher.health import Health, HealthServer
 from liberator_publisher.identity import IDENTITY_SUFFIX, Identities, ensure_key_index
 from liberator_publisher.leader import Lease
@@ -173,6 +176,8 @@ class Term:
         self.fenced = False
         self._loops: list[_Loop] = []
         self._relay_loop: Relay | None = None
+        self.relay_paused = threading.Event()
+        """Set once the relay stopped for spec.paused (in-flight acks drained)."""
 
     def active(self) -> bool:
         """Whether the loops may go on: not stopped, and the lease surely still ours."""
@@ -221,13 +226,27 @@ class Term:
 
     def _relay(self) -> None:
         sc, s = self.sidecar, self.sidecar.settings
-        relay = self._relay_loop = Relay(
-            outbox=sc.database[s.outbox_collection], checkpoints=sc.checkpoints, sink=self.sink,
-            metrics=sc.metrics, progress=sc.progress, epoch=self.epoch, pod=s.pod_name,
-            settings=RelaySettings(batch_size=s.batch_size, max_await_ms=s.max_await_ms,
-                                   sweep_interval_seconds=s.sweep_interval_seconds,
-                                   pending_age_seconds=s.pending_age_seconds))
-        relay.run(self.active, lambda: self.drain_seconds)
+        while self.active():
+            if sc.paused:
+                self.relay_paused.set()
+                self.stopping.wait(0.2)  # spec.paused: publish nothing; capture goes on
+                continue
+            self.relay_paused.clear()
+            relay = self._relay_loop = Relay(
+                outbox=sc.database[s.outbox_collection], checkpoints=sc.checkpoints,
+                sink=self.sink, metrics=sc.metrics, progress=sc.progress, epoch=self.epoch,
+                pod=s.pod_name,
+                settings=RelaySettings(batch_size=s.batch_size, max_await_ms=s.max_await_ms,
+                                       sweep_interval_seconds=s.sweep_interval_seconds,
+                                       pending_age_seconds=s.pending_age_seconds))
+            relay.run(lambda: self.active() and not sc.paused, lambda: self.drain_seconds)
+            self._relay_loop = None
+            if self.active() and sc.paused:
+                # Resume with a sweep of everything pending, in capture order: a pause of any
+                # length (even past the oplog window) then loses nothing.
+                sc.checkpoints.save("relay", self.epoch, Position(), s.pod_name)
+                log.info("paused: publishing nothing until spec.paused is false",
+                         extra=_fields(epoch=self.epoch))
 
     def _guard(self, name: str, body: Callable[[], None]) -> None:
         """Run a loop; retry transient errors with backoff, park on a lost position."""
@@ -299,6 +318,15 @@ class Sidecar:
         self.http: HealthServer | None = None
         self._redis_down_logged = False
         self._reset_seen = threading.Event()
+        self.paused = False
+        """spec.paused, from the control record: the relay publishes nothing."""
+        self.restart_done: dict[str, Any] | None = None
+        """The last restart request carried out (persisted in MongoDB, read when leading)."""
+        self.restart_rejected: dict[str, str] | None = None
+        """A restart request refused, ``{id, message}``."""
+        self._restart_term = False
+        self._control = ControlRecord()
+        self._control_error = ""
 
     # -- probes --
 
@@ -404,17 +432,21 @@ class Sidecar:
         if epoch:
             self._lead(epoch)
 
-    def _lead(self, epoch: int) -> None:
-        """Start a term under the lease just taken (or kept, after a reset)."""
+    def _lead(self, epoch: int, *, again: bool = False) -> None:
+        """Start a term under the lease just taken (or kept, ``again``, after a reset or a
+        restart request: the checkpoints may then carry this very epoch)."""
         try:
             floor = max(self.checkpoints.epoch(loop) for loop in LOOPS)
-            if epoch <= floor:
+            if epoch < floor or (epoch == floor and not again):
                 log.warning("the epoch counter is behind the checkpoints (Redis lost its data?); "
                             "advancing it", extra=_fields(epoch=epoch, checkpoint_epoch=floor))
                 epoch = self.lease.advance_epoch(floor)
                 if not epoch:
                     return
             self.checkpoints.claim(epoch, self.settings.pod_name)
+            self._read_control()
+            self.restart_done = self.checkpoints.restart_done()
+            self._restart_term = self._restart_if_due(epoch)
             _record_origin(self.checkpoints, self.database)  # after a reset: from now on
             origin = self.checkpoints.origin()
             self.capture_since = rfc3339(origin.as_datetime()) if origin else None
@@ -444,8 +476,23 @@ class Sidecar:
     def _keep_leading(self) -> None:
         term = self.term
         assert term is not None
+        self._read_control()
         if term.parked and not self.parked:
             self.parked = term.parked
+            if (self._restart_term and self.restart_done is not None
+                    and term.parked_code == "history_lost" and term.parked.startswith("capture")):
+                # The position the request chose is gone too (older than the oplog window).
+                self.restart_done = {**self.restart_done, "error": (
+                    f"capture could not start at {self.restart_done.get('position')}: "
+                    f"{term.parked}; the time is older than the oplog window: choose a later "
+                    f"time, or position: now after an EventSeed")}
+        request = self._restart_due()
+        if request is not None and not self._refuse(request):
+            log.warning("restart requested; moving the checkpoints",
+                        extra=_fields(request=request.to_dict(), was=self.parked))
+            self._end_term(drain_seconds=0.5)
+            self._lead(self.lease.epoch, again=True)
+            return
         if term.parked and self._reset_seen.is_set():
             # The documented recovery ran (--reset-checkpoint): start again from "now". This is
             # an explicit operator action, never an automatic restart of a lost stream.
@@ -453,7 +500,7 @@ class Sidecar:
                         extra=_fields(was=self.parked))
             self._reset_seen.clear()
             self._end_term(drain_seconds=0.5)
-            self._lead(self.lease.epoch)
+            self._lead(self.lease.epoch, again=True)
             return
         if term.fenced or (term.finished() and not term.parked):
             self._end_term(drain_seconds=0.5)
@@ -465,6 +512,59 @@ class Sidecar:
             self._end_term(drain_seconds=0.5)
             return
         self._write_status()
+
+    def _read_control(self) -> None:
+        """The operator's control record; the last good one when Redis or the record fail."""
+        try:
+            self._control = read_control(self.redis, self.settings.publisher)
+            self._control_error = ""
+        except ControlError as error:
+            if str(error) != self._control_error:
+                log.warning("ignoring a malformed control record", extra=_fields(error=str(error)))
+            self._control_error = str(error)
+        except redis.RedisError:
+            pass  # the lease renewal says so
+        if self._control.paused != self.paused:
+            log.info("paused" if self._control.paused else "unpaused: publishing what is pending",
+                     extra=_fields(paused=self._control.paused))
+        self.paused = self._control.paused
+
+    def _restart_due(self) -> RestartRequest | None:
+        request = self._control.restartFrom
+        if request is None:
+            return None
+        if self.restart_done is not None and self.restart_done.get("id") == request.id:
+            return None
+        if self.restart_rejected is not None and self.restart_rejected.get("id") == request.id:
+            return None
+        return request
+
+    def _restart_if_due(self, epoch: int) -> bool:
+        """Carry out a new restart request before the term starts; whether one ran."""
+        request = self._restart_due()
+        if request is None or self._refuse(request):
+            return False
+        when = request.timestamp() or cluster_time(self.database)
+        if when is None:
+            self._refuse(request, "MongoDB reports no cluster time (not a replica set?): cannot "
+                                  "take spec.restartFrom.position: now")
+            return False
+        done = {"id": request.id, "doneAt": now_rfc3339(), "position": request.describe,
+                "operationTime": rfc3339(when.as_datetime()), "pod": self.settings.pod_name}
+        self.checkpoints.restart(epoch, self.settings.pod_name, when, done)
+        self.restart_done, self.restart_rejected = done, None
+        log.warning("restarted capture from the requested position (spec.restartFrom)",
+                    extra=_fields(**done))
+        return True
+
+    def _refuse(self, request: RestartRequest, problem: str | None = None) -> bool:
+        """Refuse ``request`` (reported in the status record) if it cannot run; whether so."""
+        problem = problem or request.future_problem(datetime.now(UTC))
+        if problem is None:
+            return False
+        log.warning("restart request refused", extra=_fields(id=request.id, error=problem))
+        self.restart_rejected = {"id": request.id, "message": problem}
+        return True
 
     def _end_term(self, drain_seconds: float) -> None:
         term, self.term = self.term, None
@@ -482,7 +582,10 @@ class Sidecar:
             lastEventTime=rfc3339(p.last_event_time) if p.last_event_time else None,
             captureLagSeconds=round(p.capture_lag_seconds, 3),
             relayLagSeconds=round(p.relay_lag_seconds, 3), backlog=p.backlog,
-            parked=self.parked, captureSince=self.capture_since, updatedAt=now_rfc3339())
+            parked=self.parked, captureSince=self.capture_since,
+            paused=self.paused and (self.term is None or self.term.relay_paused.is_set()),
+            restart=self.restart_done, restartRejected=self.restart_rejected,
+            updatedAt=now_rfc3339())
         write_status(self.redis, self.settings.publisher, record,
                      ttl_seconds=max(60.0, self.settings.lease_ttl_seconds * 6))
 

@@ -40,6 +40,13 @@ class StatusRecord:
     ones need an EventSeed). None when MongoDB reported no cluster time."""
     updatedAt: str  # noqa: N815
     """RFC 3339 time of this write."""
+    paused: bool = False
+    """The control record says paused and the relay has stopped: nothing is published."""
+    restart: dict[str, Any] | None = None
+    """The last restart request carried out: ``{id, doneAt, position, operationTime, pod}``,
+    plus ``error`` when capture could not start there (history lost)."""
+    restartRejected: dict[str, str] | None = None  # noqa: N815
+    """A restart request the leader refused: ``{id, message}``."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

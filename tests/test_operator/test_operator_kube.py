@@ -33,7 +33,7 @@ from kubernetes.client.exceptions import ApiException
 
 from liberator_operator.cluster import Cluster
 from liberator_operator.datastatus import seed_key
-from liberator_publisher.contract import status_key
+from liberator_publisher.contract import control_key, status_key
 from localstack import Server, Stack
 from localstack.process import free_port
 
@@ -319,6 +319,20 @@ BAD_SPECS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("bad redis url", lambda s: s["redis"].update(url="http://x"), "redis url must"),
     ("duplicate subscriptions", lambda s: s["pubsub"].update(subscriptions=[
         {"name": "dup-sub"}, {"name": "dup-sub"}]), "subscription names must be unique"),
+    ("restart without id", lambda s: s.update(restartFrom={"position": "now"}),
+     "spec.restartFrom.id: Required value"),
+    ("restart with position and time", lambda s: s.update(restartFrom={
+        "id": "r", "position": "now", "time": "2026-01-01T00:00:00Z"}),
+     "spec.restartFrom needs exactly one of position (now) or time"),
+    ("restart with neither", lambda s: s.update(restartFrom={"id": "r"}),
+     "spec.restartFrom needs exactly one of position (now) or time"),
+    ("restart from an unknown position", lambda s: s.update(restartFrom={
+        "id": "r", "position": "earliest"}), 'Unsupported value: "earliest"'),
+    ("restart from a bad time", lambda s: s.update(restartFrom={"id": "r", "time": "yesterday"}),
+     "spec.restartFrom.time must be an RFC 3339 time with a zone"),
+    ("restart from a time without a zone", lambda s: s.update(restartFrom={
+        "id": "r", "time": "2026-01-01T00:00:00"}),
+     "spec.restartFrom.time must be an RFC 3339 time with a zone"),
 ]
 
 
@@ -614,6 +628,57 @@ def test_paused_publisher_shows_paused(env: Env, operator: Operator, ns: str) ->
                       what="STATUS Paused")
     assert condition(held, "Ready")["reason"] == "Paused"
     assert held["status"]["lag"] == "Unknown"
+    # The leader learns it from the control record, which the operator keeps in Redis.
+    r = redis_lib.Redis.from_url(env.redis_url)
+    eventually(lambda: json.loads(r.get(control_key(f"{ns}/held")) or "{}").get("paused"),
+               what="control record paused")
+    env.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "held",
+                                              {"spec": {"paused": False}})
+    eventually(lambda: json.loads(r.get(control_key(f"{ns}/held")) or "{}").get("paused")
+               is False, what="control record unpaused")
+    env.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "held")
+    eventually(lambda: r.get(control_key(f"{ns}/held")) is None,
+               what="control record deleted with the publisher")
+
+
+def test_restart_from_reaches_the_leader_and_its_report_the_status(
+        env: Env, operator: Operator, ns: str) -> None:
+    secret(env, ns, "rs-mongo", uri="mongodb://x")
+    body = ep_body(env, "rs", {"app": "rs"}, restartFrom={"id": "recover-1", "position": "now"})
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", body)
+    r = redis_lib.Redis.from_url(env.redis_url)
+    sent = eventually(lambda: json.loads(r.get(control_key(f"{ns}/rs")) or "{}").get(
+        "restartFrom"), what="control record carries the request")
+    assert sent == {"id": "recover-1", "position": "now"}
+    pending = eventually(lambda: condition(env.publisher(ns, "rs"), "RestartRejected") or None,
+                         what="RestartRejected condition")
+    assert pending["status"] == "False" and pending["reason"] == "Pending"
+    # What the leader reports once it ran (test_publisher/test_control.py runs the real one).
+    done = {"id": "recover-1", "doneAt": "2026-01-01T00:00:01.000Z", "position": "now",
+            "operationTime": "2026-01-01T00:00:01.000Z", "pod": "app-0"}
+    record = {"pod": "app-0", "epoch": 3, "captureLagSeconds": 0.0, "relayLagSeconds": 0.0,
+              "backlog": 0, "parked": "", "updatedAt": "2026-01-01T00:00:00Z", "restart": done}
+    r.set(status_key(f"{ns}/rs"), json.dumps(record), ex=120)
+    shown = eventually(when(lambda: env.publisher(ns, "rs"),
+                            lambda p: (p.get("status") or {}).get("restart")),
+                       what="status.restart")
+    assert shown["status"]["restart"] == done
+    eventually(lambda: condition(env.publisher(ns, "rs"), "RestartRejected").get("reason")
+               == "Done", what="RestartRejected=False Done")
+    events = eventually(lambda: [e for e in env.core.list_namespaced_event(ns).items
+                                 if e.reason == "Restarted"], what="a Restarted event")
+    assert "recover-1" in events[0].message
+
+    # A time in the future is refused by the operator: not sent, a clear condition instead.
+    env.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "rs", {
+        "spec": {"restartFrom": {"id": "later", "time": "2999-01-01T00:00:00Z",
+                                 "position": None}}})
+    refused = eventually(lambda: condition(env.publisher(ns, "rs"), "RestartRejected")
+                         if condition(env.publisher(ns, "rs"), "RestartRejected").get("status")
+                         == "True" else None, what="RestartRejected=True")
+    assert refused["reason"] == "FutureTime"
+    assert "spec.restartFrom.time 2999-01-01T00:00:00Z is in the future" in refused["message"]
+    assert json.loads(r.get(control_key(f"{ns}/rs")) or "{}").get("restartFrom") is None
 
 
 # -- injection ------------------------------------------------------------------------------------
