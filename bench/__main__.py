@@ -4,10 +4,10 @@ Starts the local stack (MongoDB emulator, Pub/Sub emulator, Redis) from hack/loc
 the raw baselines B_ins, B_watch and B_pub, then runs ``liberator publish`` as a subprocess for
 end-to-end throughput, latency at half load, RSS, idle CPU and failover, and prints one table.
 
-Every phase that writes to MongoDB gets a fresh emulator (a new, empty H2 file): the emulator
-scans its whole oplog on each change-stream ``getMore``, so a phase run after another would be
-slowed by the earlier phase's writes. ``LIBERATOR_TEST_MONGO_URI`` runs against a real MongoDB
-instead (a fresh database per phase).
+Every phase that writes to MongoDB gets a fresh stand-in (a new, empty H2 file), so one phase's
+writes (a bigger heap, a bigger H2 file) do not weigh on the next. The ``oplog`` phase checks that
+a change-stream ``getMore`` and a look-up by ``_id`` cost the same at 10k and 100k oplog entries.
+``LIBERATOR_TEST_MONGO_URI`` runs against a real MongoDB instead (a fresh database per phase).
 """
 
 from __future__ import annotations
@@ -32,12 +32,24 @@ sys.path.insert(0, str(ROOT / "hack"))
 from pymongo import MongoClient  # noqa: E402
 
 from bench import publisher as pub  # noqa: E402
-from bench.baselines import Rate, b_idle, b_ins, b_pub, b_watch, quote  # noqa: E402
+from bench.baselines import (  # noqa: E402
+    OplogCost,
+    Rate,
+    b_idle,
+    b_ins,
+    b_pub,
+    b_watch,
+    fill_oplog,
+    oplog_cost,
+    quote,
+)
 from localstack import Stack  # noqa: E402
 
 MIB = 1024 * 1024
 _T = TypeVar("_T")
-PHASES = ("baselines", "e2e", "latency", "failover")
+PHASES = ("baselines", "oplog", "e2e", "latency", "failover")
+CLOSE = 2.0
+"""The oplog phase's bound: a figure at the largest oplog within this factor of the smallest's."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,7 @@ class Run:
 
     def phase(self, name: str, body: Callable[[], _T]) -> _T | None:
         """Run one phase unless skipped; a failure becomes a row, and the other phases go on."""
-        if name in self.args.skip:
+        if name in self.args.skip or (self.args.only and name not in self.args.only):
             return None
         try:
             return body()
@@ -138,6 +150,35 @@ class Run:
         self.add("raw idle poll of 2 quiet streams (pymongo)", f"{poll.millicores:.0f} mcores",
                  "-", f"{poll.getmores_per_second:,.0f} getMore/s", "info")
         return ins, watch, bpub
+
+    def oplog(self) -> None:
+        """Empty getMore and find_one by _id at each ``--oplog-sizes`` length, one fresh server."""
+        a = self.args
+        uri = self.fresh_mongo()
+        database = self.database("oplog")
+        costs: list[OplogCost] = []
+        with MongoClient[dict[str, Any]](uri) as client:
+            for size in sorted(a.oplog_sizes):
+                started = time.monotonic()
+                documents = fill_oplog(client, database, size)
+                self.say(f"oplog filled to {size:,} entries in {time.monotonic() - started:.0f} s")
+                cost = oplog_cost(client, database, documents, a.oplog_ops)
+                self.say(f"oplog {cost.oplog}: getMore {cost.getmore_mean * 1000:.2f} ms, "
+                         f"find_one {cost.lookup_mean * 1000:.2f} ms")
+                costs.append(cost)
+        self.raw["oplog"] = [asdict(c) for c in costs]
+        first = costs[0]
+        for cost in costs:
+            length = f"{cost.oplog:,}" if cost.oplog is not None else "?"
+            for what, mean, base in (("empty getMore", cost.getmore_mean, first.getmore_mean),
+                                     ("find_one by _id", cost.lookup_mean, first.lookup_mean)):
+                where = f"{what}, oplog {length} (mean of {cost.ops})"
+                if cost is first:
+                    self.add(where, f"{mean * 1000:.2f} ms", "-", "-", "info")
+                else:
+                    ratio = mean / base if base > 0 else float("inf")
+                    self.add(where, f"{mean * 1000:.2f} ms", f"<= {CLOSE:g} x first size",
+                             f"{ratio:.2f}", verdict(ratio <= CLOSE))
 
     def setup(self, name: str, lease_ttl: int = 10) -> tuple[pub.SidecarEnv, pub.Load]:
         uri = self.fresh_mongo()
@@ -267,6 +308,18 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def sizes(text: str) -> list[int]:
+    """``10000,100000``: at least one whole number of oplog entries, each at least 1."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be oplog lengths separated by commas, such as 10000,100000, not {text!r}")
+    return values
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -275,8 +328,15 @@ def parser() -> argparse.ArgumentParser:
                         "load.txt, collapsed stacks")
     p.add_argument("--skip", action="append", default=[], choices=PHASES,
                    help="leave a phase out (repeatable)")
+    p.add_argument("--only", action="append", default=[], choices=PHASES,
+                   help="run only this phase (repeatable), e.g. --only oplog")
     p.add_argument("--baseline-docs", type=int, default=5000,
                    help="documents for B_ins and B_watch, messages for B_pub (default 5000)")
+    p.add_argument("--oplog-sizes", type=sizes, default=[10_000, 100_000], metavar="N,N",
+                   help="oplog lengths at which the oplog phase times an empty getMore and a "
+                        "find_one by _id (default 10000,100000)")
+    p.add_argument("--oplog-ops", type=int, default=300,
+                   help="operations of each kind timed at each oplog length (default 300)")
     p.add_argument("--events", type=int, default=3000,
                    help="events of the end-to-end throughput run (default 3000)")
     p.add_argument("--entities", type=int, default=100,
@@ -302,7 +362,7 @@ def parser() -> argparse.ArgumentParser:
 
 def check(args: argparse.Namespace) -> None:
     """Refuse sizes that cannot give a figure, naming the flag."""
-    for flag in ("baseline_docs", "events", "entities", "warmup", "failover_ttl"):
+    for flag in ("baseline_docs", "oplog_ops", "events", "entities", "warmup", "failover_ttl"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"python -m bench: --{flag.replace('_', '-')} must be at least 1, "
                              f"not {getattr(args, flag)}")
@@ -329,11 +389,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(stack.exports())  # PUBSUB_EMULATOR_HOST for this process's clients
         run = Run(stack, real, args)
         base = run.phase("baselines", run.baselines)
+        run.phase("oplog", run.oplog)
         rate = run.phase("e2e", lambda: run.e2e(base)) or 0.0
         half = args.latency_rate or rate / 2
         if half > 0:
             run.phase("latency", lambda: run.latency(half))
-        elif "latency" not in args.skip:
+        elif "latency" not in args.skip and (not args.only or "latency" in args.only):
             run.add("latency", "not measured", "reported", "-",
                     "skipped: no end-to-end rate (give --latency-rate)")
         run.phase("failover", run.failover)

@@ -3,6 +3,8 @@
 - B_ins: ``insert_many`` of small documents (docs/s).
 - B_watch: draining a change stream of already-written changes (events/s).
 - B_pub: a batched publish loop with ordering keys and ``BLOCK`` flow control (msgs/s).
+- Oplog cost: an empty change-stream ``getMore`` and an ``updateLookup``-style ``find_one`` by
+  ``_id``, at growing oplog lengths (their cost should not grow with the oplog).
 
 Each takes the same document shape and ordering-key spread as the publisher benchmark, so the
 ratio compares like with like.
@@ -11,6 +13,8 @@ ratio compares like with like.
 from __future__ import annotations
 
 import json
+import random
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -18,7 +22,8 @@ from typing import Any
 
 from pymongo import MongoClient
 
-__all__ = ["IdlePoll", "Rate", "b_idle", "b_ins", "b_pub", "b_watch", "quote"]
+__all__ = ["IdlePoll", "OplogCost", "Rate", "b_idle", "b_ins", "b_pub", "b_watch", "fill_oplog",
+           "oplog_cost", "quote"]
 
 INSERT_BATCH = 500
 """Documents per ``insert_many``: the publisher benchmark writes its load the same way."""
@@ -157,3 +162,89 @@ def b_pub(project: str, topic_id: str, count: int, entities: int = 100) -> Rate:
     elapsed = time.perf_counter() - start
     publisher.stop()
     return Rate(count, elapsed)
+
+
+FILL_BATCH = 1000
+"""Documents per ``insert_many`` while filling the oplog."""
+WARMUP = 20
+"""Untimed operations of each kind before the timed ones."""
+
+
+def oplog_length(client: MongoClient[dict[str, Any]]) -> int | None:
+    """Entries in ``local.oplog.rs``, or None where the server refuses it to this user."""
+    try:
+        return client["local"]["oplog.rs"].estimated_document_count()
+    except Exception:  # a real server may refuse the oplog
+        return None
+
+
+def fill_oplog(client: MongoClient[dict[str, Any]], database: str, entries: int,
+               deadline: float = 600.0) -> int:
+    """Insert into ``<database>.fill`` (``_id`` 0, 1, ...) until the oplog holds ``entries``.
+
+    Returns how many documents ``fill`` holds. Where the oplog cannot be read, inserts
+    ``entries`` documents in all. Bounded by ``deadline`` seconds.
+    """
+    coll = client[database]["fill"]
+    have = coll.estimated_document_count()
+    end = time.monotonic() + deadline
+    while True:
+        length = oplog_length(client)
+        missing = entries - (length if length is not None else have)
+        if missing <= 0:
+            return have
+        if time.monotonic() > end:
+            raise RuntimeError(f"oplog fill: {length} of {entries} entries within {deadline}s")
+        batch = min(FILL_BATCH, missing)
+        coll.insert_many([{**quote(i), "_id": i} for i in range(have, have + batch)],
+                         ordered=False)
+        have += batch
+
+
+@dataclass(frozen=True)
+class OplogCost:
+    """Seconds per operation at one oplog length (mean and median of ``ops`` timings)."""
+
+    oplog: int | None
+    """Entries in the oplog when measured (None: unreadable)."""
+    documents: int
+    """Documents in the looked-up collection."""
+    ops: int
+    getmore_mean: float
+    getmore_p50: float
+    lookup_mean: float
+    lookup_p50: float
+
+
+def oplog_cost(client: MongoClient[dict[str, Any]], database: str, documents: int,
+               ops: int) -> OplogCost:
+    """Time ``ops`` empty ``getMore`` calls and ``ops`` ``find_one`` by ``_id``.
+
+    The stream is on a quiet collection (each ``getMore`` finds nothing, as a live stream's
+    poll does); the look-ups hit random documents of ``<database>.fill``, as ``updateLookup``
+    reads one document by ``_id`` per update event.
+    """
+    getmores: list[float] = []
+    coll = client[database]["fill"]
+    for key in range(min(WARMUP, documents)):  # untimed: the JIT's and the caches' first calls
+        coll.find_one({"_id": key})
+    with client[database]["quiet"].watch(max_await_time_ms=1) as stream:
+        stream.try_next()  # the aggregate; every later call is one getMore
+        for _ in range(WARMUP):
+            stream.try_next()
+        for _ in range(ops):
+            start = time.perf_counter()
+            assert stream.try_next() is None, "the quiet collection got an event"
+            getmores.append(time.perf_counter() - start)
+    picks = random.Random(7).choices(range(documents), k=ops)
+    lookups: list[float] = []
+    for key in picks:
+        start = time.perf_counter()
+        found = coll.find_one({"_id": key})
+        lookups.append(time.perf_counter() - start)
+        assert found is not None, f"fill document {key} is missing"
+    return OplogCost(oplog=oplog_length(client), documents=documents, ops=ops,
+                     getmore_mean=statistics.fmean(getmores),
+                     getmore_p50=statistics.median(getmores),
+                     lookup_mean=statistics.fmean(lookups),
+                     lookup_p50=statistics.median(lookups))

@@ -143,11 +143,11 @@ def properties(*, mongo_uri: str, database: str, collection: str, prefix: str, p
         "debezium.source.topic.prefix": prefix,
         "debezium.source.capture.scope": "collection",
         "debezium.source.capture.target": f"{database}.{collection}",
-        # The stand-in answers no `hello` with an operationTime, which a snapshot needs.
+        # Both kept as the published runs had them (the stand-in then lacked `hello` and
+        # MongoDB-shaped events in client stages; it has both now). No snapshot: both systems
+        # capture from when their stream opens. The collection scope alone (a collection-level
+        # watch) selects the changes, so no include list is needed.
         "debezium.source.snapshot.mode": "no_data",
-        # The stand-in's client pipeline stages see raw events, not MongoDB-shaped ones, so
-        # the `ns` filter an include list adds matches nothing there; the collection scope
-        # alone (a collection-level watch) selects the same changes.
         "debezium.source.filters.match.mode": "literal",
         "debezium.source.offset.storage.file.filename": str(offsets),
         "debezium.source.offset.flush.interval.ms": "0",

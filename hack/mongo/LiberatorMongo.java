@@ -17,8 +17,10 @@ import de.bwaldvogel.mongo.MongoDatabase;
 import de.bwaldvogel.mongo.MongoServer;
 import de.bwaldvogel.mongo.MongoVersion;
 import de.bwaldvogel.mongo.backend.AbstractCursor;
+import de.bwaldvogel.mongo.backend.BsonType;
 import de.bwaldvogel.mongo.backend.Cursor;
 import de.bwaldvogel.mongo.backend.CursorRegistry;
+import de.bwaldvogel.mongo.backend.DefaultQueryMatcher;
 import de.bwaldvogel.mongo.backend.Utils;
 import de.bwaldvogel.mongo.backend.aggregation.Aggregation;
 import de.bwaldvogel.mongo.backend.h2.H2Backend;
@@ -230,9 +232,14 @@ public final class LiberatorMongo {
                 Document reply;
                 if (command.equals("hello")) {
                     reply = hello(handle.handle("isMaster", query));
+                } else if (command.equalsIgnoreCase("listCollections")) {
+                    reply = ListCollections.apply(query, handle.handle(command, query));
                 } else if (command.equals("insert") && oplog != null) {
                     reply = oplog.insert(query, () -> handle.handle(command, query));
                 } else {
+                    if (command.equals("aggregate")) {
+                        Stages.aliases(query);
+                    }
                     reply = handle.handle(command, query);
                     if (command.equalsIgnoreCase("isMaster") && reply != null
                         && Boolean.TRUE.equals(query.get("helloOk"))) {
@@ -282,6 +289,78 @@ public final class LiberatorMongo {
                 .append("signature", new Document("hash", new BinData(new byte[20]))
                     .append("keyId", 0L)));
             return reply;
+        }
+    }
+
+    /** Pipeline stages of MongoDB 4.2+ that the library lacks, as the stages they alias. */
+    private static final class Stages {
+
+        private Stages() {
+        }
+
+        /** {@code $set} is {@code $addFields}; {@code $replaceWith: X} is {@code $replaceRoot}. */
+        static void aliases(Document query) {
+            if (!(query.get("pipeline") instanceof List<?> stages)) {
+                return;
+            }
+            List<Object> rewritten = new ArrayList<>(stages.size());
+            for (Object stage : stages) {
+                if (stage instanceof Document d && d.size() == 1 && d.containsKey("$set")) {
+                    stage = new Document("$addFields", d.get("$set"));
+                } else if (stage instanceof Document d && d.size() == 1
+                    && d.containsKey("$replaceWith")) {
+                    stage = new Document("$replaceRoot",
+                        new Document("newRoot", d.get("$replaceWith")));
+                }
+                rewritten.add(stage);
+            }
+            query.put("pipeline", rewritten);
+        }
+    }
+
+    /**
+     * {@code listCollections} as MongoDB runs it: the library lists every collection and ignores
+     * {@code filter} and {@code nameOnly}. The filter is a query on each collection's entry
+     * ({@code name}, {@code type}, {@code options}, {@code info}); {@code nameOnly} keeps
+     * {@code name} and {@code type}.
+     */
+    private static final class ListCollections {
+
+        private ListCollections() {
+        }
+
+        static Document apply(Document query, Document reply) {
+            Object filter = query.get("filter");
+            if (filter != null && !(filter instanceof Document)) {
+                // MongoDB's wording and code (14, TypeMismatch).
+                throw new MongoServerError(14, "TypeMismatch", "BSON field 'listCollections.filter'"
+                    + " is the wrong type '" + typeName(filter) + "', expected type 'object'");
+            }
+            if (reply == null || !(reply.get("cursor") instanceof Document cursor)
+                || !(cursor.get("firstBatch") instanceof List<?> batch)) {
+                return reply;
+            }
+            DefaultQueryMatcher matcher = new DefaultQueryMatcher();
+            boolean nameOnly = Utils.isTrue(query.get("nameOnly"));
+            List<Document> kept = new ArrayList<>();
+            for (Object entry : batch) {
+                if (entry instanceof Document collection
+                    && (filter == null || matcher.matches(collection, (Document) filter))) {
+                    kept.add(nameOnly ? new Document("name", collection.get("name"))
+                        .append("type", collection.get("type")) : collection);
+                }
+            }
+            cursor.put("firstBatch", kept);
+            return reply;
+        }
+
+        private static String typeName(Object value) {
+            for (BsonType type : BsonType.values()) {
+                if (type.matches(value)) {
+                    return type.getAlias();
+                }
+            }
+            return value.getClass().getSimpleName();
         }
     }
 

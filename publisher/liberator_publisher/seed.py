@@ -562,8 +562,7 @@ def check_collection(mongo: MongoClient[Any], settings: Settings, allow_empty: b
     Read only: a refused seed writes nothing (no ledger collection, no status record).
     """
     database = mongo[settings.database]
-    # The membership test, not just a non-empty answer: mongo-java-server ignores the filter
-    # (MongoDB applies it), and the test is right on both.
+    # The filter keeps the answer small; the membership test does not rely on it.
     if settings.collection in database.list_collection_names(
             filter={"name": settings.collection}):
         return

@@ -132,7 +132,7 @@ class ChangeReader:
                  quiet_pause_ms: int | None = None, name: str = "reader") -> None:
         """``gather_ms``: after a ``getMore`` that brought fewer than ``batch_size`` changes, wait
         this long (or until :meth:`nudge`) before the next, so changes that trickle in come in
-        fewer, larger batches: the emulator scans its whole oplog on every ``getMore``.
+        fewer, larger batches: fewer ``getMore`` round trips, and larger writes downstream.
 
         ``quiet_pause_ms``: the longest pause on a quiet stream whose server answers an empty
         ``getMore`` at once (default ``max_await_ms``); only worth raising when something calls

@@ -19,6 +19,11 @@ def run(module: str, args: list[str]) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(("module", "args", "flag"), [
     ("bench", ["--events", "0"], "--events"),
     ("bench", ["--latency-rate", "abc"], "--latency-rate"),
+    ("bench", ["--oplog-ops", "0"], "--oplog-ops"),
+    ("bench", ["--oplog-sizes", "10k"], "--oplog-sizes"),
+    ("bench", ["--oplog-sizes", "10000,0"], "--oplog-sizes"),
+    ("bench", ["--skip", "oplogs"], "--skip"),
+    ("bench", ["--only", "getmore"], "--only"),
     ("bench.seed", ["--docs", "many"], "--docs"),
     ("bench.webhook", ["--pods", "-"], "--pods"),
     ("bench.peer", ["--events", "0"], "--events"),

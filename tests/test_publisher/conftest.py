@@ -32,7 +32,8 @@ from localstack import Server, Stack
 from localstack.process import free_port
 
 LIBERATOR = Path(sys.executable).with_name("liberator")
-OUTBOX = "quotes_outbox"
+OUTBOX = "quotes.outbox"
+"""The outbox of the tests' ``quotes`` collection: the default, ``<collection>.outbox``."""
 DEADLINE = 60.0
 
 
@@ -267,7 +268,7 @@ class Publisher:
 
     @property
     def outbox(self) -> str:
-        return self.env["LIBERATOR_OUTBOX_COLLECTION"]
+        return self.env.get("LIBERATOR_OUTBOX_COLLECTION", f"{self.collection}.outbox")
 
     @property
     def name(self) -> str:
@@ -321,10 +322,6 @@ def publisher(stack: Stack, mongo_uri: str, pubsub: Server, redis_url: str,  # n
         "LIBERATOR_LEASE_TTL_SECONDS": "3",
         "LIBERATOR_LOG_FORMAT": "json",
         "LIBERATOR_MAX_AWAIT_MS": "200",
-        # Not the default "quotes.outbox": mongo-java-server fails the updateLookup of an update
-        # event in a collection whose name holds a dot ("Collection [db.quotes] not found").
-        # MongoDB has no such problem; production keeps the default.
-        "LIBERATOR_OUTBOX_COLLECTION": OUTBOX,
     }
     p = Publisher(env, topic, tmp_path)
     yield p

@@ -23,7 +23,7 @@ from pymongo.errors import OperationFailure
 from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION
 from liberator_publisher.contract import status_key
 from localstack import Server, mongo
-from tests.test_publisher.conftest import OUTBOX, Collector, Publisher, Topic, eventually
+from tests.test_publisher.conftest import Collector, Publisher, Topic, eventually
 
 CAP = 200
 """Oplog entries kept: room for the sidecar's own writes, few enough to trim quickly."""
@@ -58,7 +58,6 @@ def bounded_publisher(bounded_mongo: Server, pubsub: Server, redis_url: str, uni
         "LIBERATOR_LEASE_TTL_SECONDS": "3",
         "LIBERATOR_LOG_FORMAT": "json",
         "LIBERATOR_MAX_AWAIT_MS": "200",
-        "LIBERATOR_OUTBOX_COLLECTION": OUTBOX,
     }
     p = Publisher(env, topic, tmp_path)
     yield p

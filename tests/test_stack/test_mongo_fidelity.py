@@ -202,6 +202,128 @@ def test_update_description_of_nested_and_removed_fields(coll: Collection[Doc]) 
     assert "fullDocument" not in update
 
 
+# -- 3b. Client stages evaluate as MongoDB's matcher does ------------------------------------
+
+CRUD = ["insert", "update", "replace", "delete"]
+
+
+def crud(coll: Collection[Doc], key: Any) -> None:
+    """One insert, update, replace and delete of ``key``."""
+    coll.insert_one({"_id": key, "x": 1, "a": {"b": 2}, "tags": ["t1", "t2"]})
+    coll.update_one({"_id": key}, {"$set": {"x": 2}})
+    coll.replace_one({"_id": key}, {"x": 3, "a": {"b": 2}})
+    coll.delete_one({"_id": key})
+
+
+def matched(coll: Collection[Doc], pipeline: list[Doc], count: int, **kwargs: Any) -> list[Doc]:
+    """The events of one crud() round that pass ``pipeline``, exactly ``count`` of them."""
+    with coll.watch(pipeline, **kwargs) as stream:
+        crud(coll, "k")
+        events = take(stream, count) if count else []
+        assert quiet(stream, 0.5) == []
+    return events
+
+
+def test_a_match_on_ns_in_namespace_documents(coll: Collection[Doc]) -> None:
+    # MongoDB: `ns` is a sub-document; $in and equality compare it as a whole, field order
+    # included. Debezium's collection.include.list (literal mode) adds exactly this $match.
+    ns = {"db": coll.database.name, "coll": coll.name}
+    debezium = [{"$match": {"$and": [
+        {"ns": {"$in": [{"db": coll.database.name, "coll": "other"}, ns]}},
+        {"operationType": {"$in": CRUD}}]}}]
+    assert kinds(matched(coll, debezium, 4)) == [(op, "k") for op in CRUD]
+    assert len(matched(coll, [{"$match": {"ns": ns}}], 4)) == 4
+    assert len(matched(coll, [{"$match": {"$or": [{"ns": {"db": "x", "coll": "y"}},
+                                                   {"ns": ns}]}}], 4)) == 4
+    # Another collection, the other field order, or $nin of its own namespace: nothing.
+    matched(coll, [{"$match": {"ns": {"$in": [{"db": coll.database.name, "coll": "other"}]}}}], 0)
+    matched(coll, [{"$match": {"ns": {"coll": coll.name, "db": coll.database.name}}}], 0)
+    matched(coll, [{"$match": {"ns": {"$nin": [ns]}}}], 0)
+
+
+def test_debeziums_regex_pipeline_sees_every_event(coll: Collection[Doc]) -> None:
+    # Debezium's default (regex) filters wrap the event, match on a computed namespace, and
+    # restore the event, resume token included.
+    namespace = f"{coll.database.name}.{coll.name}"
+    pipeline = [
+        {"$replaceRoot": {"newRoot": {"namespace": {"$concat": ["$ns.db", ".", "$ns.coll"]},
+                                      "event": "$$ROOT"}}},
+        {"$match": {"$and": [{"namespace": {"$regex": f"^({namespace})$", "$options": "i"}},
+                             {"event.operationType": {"$in": CRUD}}]}},
+        {"$replaceRoot": {"newRoot": "$event"}},
+    ]
+    events = matched(coll, pipeline, 4)
+    assert kinds(events) == [(op, "k") for op in CRUD]
+    assert events[0]["ns"] == {"db": coll.database.name, "coll": coll.name}
+    assert all(isinstance(e["_id"], dict) and "_data" in e["_id"] for e in events)
+
+
+def test_a_match_on_operation_type_document_key_and_full_document(
+        coll: Collection[Doc]) -> None:
+    assert kinds(matched(coll, [{"$match": {"operationType": {"$nin": ["delete", "insert"]}}}],
+                         2)) == [("update", "k"), ("replace", "k")]
+    assert len(matched(coll, [{"$match": {"documentKey._id": {"$in": ["nope", "k"]}}}], 4)) == 4
+    assert len(matched(coll, [{"$match": {"documentKey": {"_id": "k"}}}], 4)) == 4
+    matched(coll, [{"$match": {"documentKey._id": {"$in": ["nope"]}}}], 0)
+    # fullDocument: inserts and replacements carry it (updates too, looked up when read:
+    # gone by then here, so null); numbers compare by value, arrays by element.
+    assert kinds(matched(coll, [{"$match": {"fullDocument.x": {"$in": [1, 3.0]}}}], 2)) == [
+        ("insert", "k"), ("replace", "k")]
+    assert kinds(matched(coll, [{"$match": {"fullDocument.a": {"b": 2.0}}}], 2)) == [
+        ("insert", "k"), ("replace", "k")]
+    assert kinds(matched(coll, [{"$match": {"fullDocument.tags": {"$in": ["zz", "t2"]}}}],
+                         1)) == [("insert", "k")]
+    assert kinds(matched(coll, [{"$match": {"fullDocument": None}}], 2,
+                         full_document="updateLookup")) == [("update", "k"), ("delete", "k")]
+
+
+def test_set_unset_and_replace_with_stages(coll: Collection[Doc]) -> None:
+    # MongoDB 4.2+: $set aliases $addFields, $replaceWith aliases $replaceRoot; both, and
+    # $unset, are allowed in a change stream pipeline.
+    [event] = matched(coll, [{"$match": {"operationType": "insert"}},
+                             {"$set": {"key": "$documentKey._id"}},
+                             {"$unset": ["fullDocument", "clusterTime"]}], 1)
+    assert event["key"] == "k"
+    assert "fullDocument" not in event and "clusterTime" not in event
+    [event] = matched(coll, [{"$match": {"operationType": "delete"}},
+                             {"$replaceWith": {"_id": "$_id", "gone": "$documentKey._id"}}], 1)
+    assert set(event) == {"_id", "gone"} and event["gone"] == "k"
+
+
+# -- listCollections applies its filter -------------------------------------------------------
+
+def test_list_collections_applies_its_filter(client: pymongo.MongoClient[Doc],
+                                             unique: str) -> None:
+    # MongoDB: the filter is a query on each entry (name, type, options, info).
+    db = client[f"listing_{unique}"]
+    for name in ("quotes", "quotes.outbox", "other"):
+        db.create_collection(name)
+    assert db.list_collection_names(filter={"name": "quotes"}) == ["quotes"]
+    assert db.list_collection_names(filter={"name": "missing"}) == []
+    assert sorted(db.list_collection_names(
+        filter={"name": {"$in": ["quotes", "other", "missing"]}})) == ["other", "quotes"]
+    assert sorted(db.list_collection_names(filter={"name": {"$regex": "^quotes"}})) == [
+        "quotes", "quotes.outbox"]
+    assert sorted(db.list_collection_names(filter={"type": "collection"})) == [
+        "other", "quotes", "quotes.outbox"]
+    assert db.list_collection_names(filter={"type": "view"}) == []
+    [entry] = db.list_collections(filter={"name": "quotes.outbox"})
+    assert entry["name"] == "quotes.outbox" and entry["type"] == "collection"
+    assert "options" in entry
+    # nameOnly: name and type only.
+    reply = db.command("listCollections", nameOnly=True, filter={"name": "other"})
+    assert reply["cursor"]["firstBatch"] == [{"name": "other", "type": "collection"}]
+
+
+def test_list_collections_refuses_a_filter_that_is_not_a_document(
+        client: pymongo.MongoClient[Doc], unique: str) -> None:
+    with pytest.raises(OperationFailure) as caught:
+        client[f"listing_{unique}"].command("listCollections", filter="quotes")
+    assert caught.value.code == 14
+    assert ("BSON field 'listCollections.filter' is the wrong type 'string', expected type "
+            "'object'") in str(caught.value)
+
+
 # -- 5. Post-batch resume tokens --------------------------------------------------------------
 
 def test_an_empty_batch_carries_a_post_batch_token_that_moves(coll: Collection[Doc]) -> None:
