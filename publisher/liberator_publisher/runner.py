@@ -433,14 +433,17 @@ class Sidecar:
             self._lead(epoch)
 
     def _lead(self, epoch: int, *, again: bool = False) -> None:
-        """Start a term under the lease just taken (or kept, ``again``, after a reset or a
-        restart request: the checkpoints may then carry this very epoch)."""
+        """Start a term under the lease just taken, or kept (``again``: after a reset or a
+        restart request). A kept lease takes a new epoch, so a loop of the old term that
+        outlived its join can no longer move a checkpoint."""
         try:
             floor = max(self.checkpoints.epoch(loop) for loop in LOOPS)
-            if epoch < floor or (epoch == floor and not again):
-                log.warning("the epoch counter is behind the checkpoints (Redis lost its data?); "
-                            "advancing it", extra=_fields(epoch=epoch, checkpoint_epoch=floor))
-                epoch = self.lease.advance_epoch(floor)
+            if epoch <= floor or again:
+                if not again:
+                    log.warning("the epoch counter is behind the checkpoints (Redis lost its "
+                                "data?); advancing it",
+                                extra=_fields(epoch=epoch, checkpoint_epoch=floor))
+                epoch = self.lease.advance_epoch(max(floor, epoch))
                 if not epoch:
                     return
             self.checkpoints.claim(epoch, self.settings.pod_name)

@@ -457,10 +457,12 @@ def test_publisher_provisions_pubsub_and_deletes_under_delete(env: Env, operator
                 env.kubectl("get", "entitypublishers", "-n", ns).stdout.splitlines()]
 
     # The Pods column fills in once the status timer has counted (no pod carries it yet).
-    rows = eventually(lambda: next((t for t in [table()] if len(t[1]) == 7), None),
+    rows = eventually(lambda: next((t for t in [table()] if len(t[1]) == 9), None),
                       what="every printer column to have a value")
-    assert rows[0] == ["NAME", "ENTITY", "COLLECTION", "TOPIC", "PODS", "READY", "AGE"]
-    assert rows[1][:6] == ["quotes", "quote", "quotes", f"quote-events-{unique}", "0", "True"]
+    assert rows[0] == ["NAME", "ENTITY", "COLLECTION", "TOPIC", "PODS", "READY", "STATUS", "LAG",
+                       "AGE"]
+    assert rows[1][:8] == ["quotes", "quote", "quotes", f"quote-events-{unique}", "0", "True",
+                           "NoSidecar", "Unknown"]
 
     # A spec change moves observedGeneration and keeps the conditions.
     env.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "quotes",
