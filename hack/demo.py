@@ -148,17 +148,16 @@ class Demo:
 
     def install_liberator(self) -> None:
         self.step(2, "installing Liberator from deploy/overlays/local: 2 operator replicas "
-                     "(kopf peering), the webhook behind its Service, the event store")
+                     "(kopf peering), the webhook behind its Service")
         print("      certificate: a CA of our own signs the webhook Service's serving Secret and "
               "goes into the caBundle (no cert-manager on an offline node)", flush=True)
-        with self.progress("waiting for the operator and event store rollouts"):
-            deploy.install(self.kubeconfig, self.env, operator_replicas=2, eventstore=True,
-                           timeout=WAIT)
-        self.show("-n", deploy.NAMESPACE, "get", "deployments,pods,services")
+        with self.progress("waiting for the operator rollout"):
+            deploy.install(self.kubeconfig, self.env, operator_replicas=2, timeout=WAIT)
+        self.show("-n", deploy.NAMESPACE, "get", "pods,services")
 
     def apply_quickstart(self) -> None:
         self.step(3, "applying examples/quickstart: namespace, Secrets (pointed at this "
-                     "stack's MongoDB and Redis), EntityPublisher 'quotes'")
+                     "stack's MongoDB and Redis), EntityPublisher 'quotes'; the event store")
         self.kubectl("apply", "-f", str(QUICKSTART / "00-namespace.yaml"))
         secrets = [d for d in yaml.safe_load_all((QUICKSTART / "10-secrets.yaml").read_text())
                    if d]
@@ -171,7 +170,11 @@ class Demo:
         self.wait("EntityPublisher quotes Ready (topics and subscriptions provisioned)",
                   lambda: any(c.get("type") == "Ready" and c.get("status") == "True"
                               for c in self.publisher_status().get("conditions", [])))
-        print("      EntityPublisher quotes: Ready", flush=True)
+        print("      EntityPublisher quotes: Ready; now the event store, a Deployment reading "
+              "the subscriptions it declares", flush=True)
+        with self.progress("waiting for the event store rollout"):
+            deploy.install_eventstore(self.kubeconfig, self.env, timeout=WAIT)
+        self.show("-n", deploy.NAMESPACE, "get", "deployments")
 
     def run_app(self) -> str:
         self.step(4, "the quotes-service Deployment: 2 pods of examples/quotes_app.py (pymongo, "
@@ -244,7 +247,7 @@ class Demo:
         expected.append(("quote.updated", ids[2]))
         quotes.delete_one({"_id": ids[-1]})
         expected.append(("quote.deleted", ids[-1]))
-        print("      type               subject                     version  latency  ce-id",
+        print(f"      {'type':<18} {'subject':<35} {'version':>7} {'latency':>8}  ce-id",
               flush=True)
         self.live_view(client, lambda seen: set(expected) <= seen, "the demo's events")
         print(f"      all {len(expected)} of the demo's events stored", flush=True)
@@ -268,7 +271,7 @@ class Demo:
                 start = event.get("publishTime") or event["time"]
                 latency = (event["receivedAt"] - start).total_seconds()
                 version = event["attributes"].get("ce-entityversion", "-")
-                print(f"      {event['type']:<18} {event['subject']:<27} {version:>7} "
+                print(f"      {event['type']:<18} {event['subject']:<35} {version:>7} "
                       f"{latency * 1000:>6.0f}ms  {event['_id'][:8]}", flush=True)
             if done(seen):
                 return

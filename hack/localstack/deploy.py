@@ -120,6 +120,17 @@ def install(kubeconfig: str | Path, exports: dict[str, str], *, operator_replica
                 f"--timeout={int(left)}s", timeout=left + 30)
 
 
+def install_eventstore(kubeconfig: str | Path, exports: dict[str, str], *,
+                       timeout: float = 300) -> None:
+    """Apply only the event store and wait for it. It is Ready once its subscriptions exist, so
+    apply it after the EntityPublisher that declares them."""
+    docs = [d for d in manifests(exports, eventstore=True)
+            if d["metadata"]["name"].startswith(EVENTSTORE)]  # its ConfigMap has a hash suffix
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+    kubectl(kubeconfig, "-n", NAMESPACE, "rollout", "status", f"deployment/{EVENTSTORE}",
+            f"--timeout={int(timeout)}s", timeout=timeout + 30)
+
+
 def local_node(stack: Stack) -> str:
     """Build what is missing, start the node with the project image in it, then MongoDB, the
     Pub/Sub emulator and Redis on the node IP; returns the admin kubeconfig's path."""
