@@ -1,65 +1,70 @@
-"""``make demo``: the whole of Liberator on a local stack, as plain processes on loopback.
+"""``make demo``: the whole of Liberator on the local single-node cluster (needs root).
 
-Steps: bring up the stack, apply crds/, start the operator, apply examples/quickstart, run the
-injected sidecar, write quotes, show the events the event store receives, seed, print status.
-There is no kubelet here, so the demo itself runs what a kubelet would: the sidecar container the
-webhook injected and the container of the seed Job, each as a local process with the command and
-environment of its spec.
+Steps: bring up the node (docs/cluster.md) with MongoDB, the Pub/Sub emulator and Redis on its
+IP; install Liberator from deploy/overlays/local (2 operator replicas, the webhook behind its
+Service, the event store); apply examples/quickstart; run the ``quotes-service`` Deployment (2
+pods of examples/quotes_app.py, each with the injected native sidecar); show the events the event
+store receives from anyone; delete the leading pod and count that no event is lost; seed through
+a real Job; print the status.
 
-Interactive (a terminal on stdin): keeps running until Ctrl-C. Otherwise, or with
-``DEMO_NONINTERACTIVE=1``, it exits after the status, 0 when every expected event arrived.
-``DEMO_QUOTES`` sets how many quotes it writes (default 6).
+Interactive (a terminal on stdin): keeps the live view running until Ctrl-C, which stops
+everything (the node goes down) and exits 0. Otherwise, or with ``DEMO_NONINTERACTIVE=1``, it
+exits after the status: 0 when every expected event arrived. ``DEMO_QUOTES`` sets how many quotes
+the demo itself writes (default 6); the app pods write theirs besides.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from bson.decimal128 import Decimal128
 from pymongo import MongoClient
 
-from localstack import Stack, StackError, cache_dir
-from localstack.process import Proc, free_port, log_tail, spawn
+from localstack import Stack, StackError, apps, deploy, host
+from localstack.stack import default_run_dir
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-LIBERATOR = str(VENV_BIN / "liberator")
+QUICKSTART = ROOT / "examples" / "quickstart"
+APP_SOURCE = ROOT / "examples" / "quotes_app.py"
 NAMESPACE = "quotes"
 PUBLISHER = "quotes"
 SEED = "quotes-initial"
 EVENTS_DB = "liberator"
 STEPS = 9
+WAIT = 300.0  # generous: a noisy 2-core machine
+# The app pods' pace: slow and bounded (examples/quotes_app.py).
+APP_INTERVAL_SECONDS = "3"
+APP_MAX_QUOTES = "15"
 
 
 class DemoError(RuntimeError):
-    """A step failed; the message says which and shows the relevant log."""
+    """A step failed; the message says which and shows what to look at."""
 
 
 class Demo:
     def __init__(self, quotes: int, interactive: bool) -> None:
         self.quotes = quotes
         self.interactive = interactive
-        self.run_dir = Path(os.environ.get("LIBERATOR_STACK_DIR", ROOT / ".stack")) / "demo"
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.run_dir = default_run_dir()
         self.stack = Stack(self.run_dir, say=lambda m: print(f"      {m}", flush=True))
-        self.procs: dict[str, Proc] = {}
+        self.kubeconfig = ""
         self.env: dict[str, str] = {}
         self.step_name = "start"
         self.started = time.monotonic()
+        self.shown: set[str] = set()  # ce-ids the live view printed
 
     # -- plumbing --
 
@@ -68,185 +73,160 @@ class Demo:
         print(f"\n[{number}/{STEPS}] {text}  (+{time.monotonic() - self.started:.0f}s)",
               flush=True)
 
-    def kubectl(self, *args: str, stdin: str | None = None) -> str:
-        result = subprocess.run(["kubectl", *args], input=stdin, capture_output=True, text=True,
-                                env={**os.environ, **self.env}, check=False, timeout=60)
-        if result.returncode != 0:
-            raise DemoError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
-        return result.stdout
+    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
+        try:
+            return deploy.kubectl(self.kubeconfig, *args, stdin=stdin, timeout=timeout)
+        except StackError as error:
+            raise DemoError(str(error)) from None
+
+    def show(self, *args: str) -> None:
+        """Run kubectl and print its output as a transcript."""
+        print(f"      $ kubectl {' '.join(args)}", flush=True)
+        for line in self.kubectl(*args).rstrip().splitlines():
+            print(f"        {line}", flush=True)
 
     def kube_json(self, *args: str) -> Any:
         return json.loads(self.kubectl(*args, "-o", "json"))
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
-        proc = spawn(name, argv, self.run_dir / "logs" / f"{name}.log",
-                     env={**os.environ, **self.env, **env}, cwd=ROOT)
-        self.procs[name] = proc
-        return proc
+    @contextlib.contextmanager
+    def progress(self, what: str, every: float = 15.0) -> Iterator[None]:
+        """A line every ``every`` seconds while a long step runs."""
+        done = threading.Event()
+        started = time.monotonic()
 
-    def wait(self, what: str, check: Callable[[], Any], timeout: float,
-             logs: tuple[str, ...] = ()) -> Any:
+        def tick() -> None:
+            while not done.wait(every):
+                print(f"      ... {what} ({time.monotonic() - started:.0f}s)", flush=True)
+
+        thread = threading.Thread(target=tick, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=2)
+
+    def wait(self, what: str, check: Callable[[], T | None], timeout: float = WAIT) -> T:
         deadline = time.monotonic() + timeout
         last_error = ""
-        while time.monotonic() < deadline:
-            for name in logs:
-                proc = self.procs[name]
-                if not proc.alive():
-                    raise DemoError(f"{name} exited while waiting for {what}; its log:\n"
-                                    f"{log_tail(proc.log, 30)}")
-            try:
-                value = check()
-            except Exception as error:  # the thing is not there yet; say why if it never comes
-                last_error = str(error)
-                value = None
-            if value:
-                return value
-            time.sleep(0.5)
-        tails = "\n".join(f"--- {n} log:\n{log_tail(self.procs[n].log, 30)}" for n in logs)
+        with self.progress(f"waiting for {what}"):
+            while time.monotonic() < deadline:
+                try:
+                    value = check()
+                except Exception as error:  # not there yet; say why if it never comes
+                    last_error = str(error)
+                    value = None
+                if value:
+                    return value
+                time.sleep(1)
         raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}"
-                        f"{f' (last error: {last_error})' if last_error else ''}\n{tails}")
+                        f"{f' (last error: {last_error})' if last_error else ''}")
 
-    def stop_all(self) -> None:
-        for proc in reversed(list(self.procs.values())):
-            proc.stop()
-        self.procs.clear()
-        self.stack.down()
+    def mongo(self) -> MongoClient[dict[str, Any]]:
+        return MongoClient(self.env["LIBERATOR_MONGO_URI"])
+
+    def publisher_status(self) -> dict[str, Any]:
+        body = self.kube_json("-n", NAMESPACE, "get", "entitypublisher", PUBLISHER)
+        return dict(body.get("status") or {})
+
+    def app_pods(self) -> list[dict[str, Any]]:
+        return apps.live(self.kube_json("-n", NAMESPACE, "get", "pods", "-l",
+                                        "app=quotes-service")["items"])
 
     # -- the steps --
 
-    def bring_up_stack(self) -> None:
-        self.step(1, "bringing up the local stack: kube-apiserver + etcd, MongoDB (mongo-java-"
-                     "server), Pub/Sub emulator, Redis")
-        if not kube_binary_cached():
-            print("      first run: building kube-apiserver from the Go module proxy and "
-                  "fetching mongo-java-server (about 10 minutes on 2 cores, once)", flush=True)
-        self.env = self.stack.up()
-        self.env["KUBECONFIG"] = self.stack.servers["kube"].exports["KUBECONFIG"]
+    def bring_up_node(self) -> None:
+        self.step(1, "bringing up the local node: etcd, kube-apiserver, controller manager, "
+                     "scheduler, kube-proxy, kubelet on containerd; MongoDB (mongo-java-server), "
+                     "the Pub/Sub emulator and Redis on the node IP")
+        with self.progress("bringing up the node (a first run builds it: about 10 minutes)",
+                           every=30):
+            self.kubeconfig = deploy.local_node(self.stack)
+        self.env = {**self.stack.exports(), "KUBECONFIG": self.kubeconfig}
+        self.stack.save()  # hack/stack status and env see this stack
+        self.show("get", "nodes")
 
-    def apply_crds(self) -> None:
-        self.step(2, "applying crds/ (EntityPublisher, EventSeed)")
-        self.kubectl("apply", "-f", str(ROOT / "crds"))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     "crd/entitypublishers.liberator.io", "crd/eventseeds.liberator.io")
-        # The API server publishes the schema a moment after the CRD is Established.
-        explained = self.wait("the CRD schema in the API server's OpenAPI", lambda: self.kubectl(
-            "explain", "entitypublisher.spec.deletionPolicy"), 30).splitlines()
-        print("      $ kubectl explain entitypublisher.spec.deletionPolicy", flush=True)
-        for line in [line for line in explained if line.strip()][3:7]:
-            print(f"        {line.strip()}", flush=True)
+    def install_liberator(self) -> None:
+        self.step(2, "installing Liberator from deploy/overlays/local: 2 operator replicas "
+                     "(kopf peering), the webhook behind its Service")
+        print("      certificate: a CA of our own signs the webhook Service's serving Secret and "
+              "goes into the caBundle (no cert-manager on an offline node)", flush=True)
+        with self.progress("waiting for the operator rollout"):
+            deploy.install(self.kubeconfig, self.env, operator_replicas=2, timeout=WAIT)
+        self.show("-n", deploy.NAMESPACE, "get", "pods,services")
 
-    def start_operator(self) -> None:
-        self.step(3, "starting the operator (kopf) with its mutating webhook on loopback")
-        self.kubectl("create", "namespace", "liberator-system")
-        port = free_port()
-        self.spawn("operator", [LIBERATOR, "operator", "--standalone", "--webhook-addr",
-                                "127.0.0.1", "--webhook-port", str(port),
-                                "--webhook-configure", "liberator-demo"],
-                   {"LIBERATOR_OPERATOR_STATUS_INTERVAL": "2",
-                    "LIBERATOR_OPERATOR_SEED_INTERVAL": "1",
-                    "LIBERATOR_OPERATOR_IMAGE": "ghcr.io/liberator-io/liberator:0.1.0"})
-        self.wait("the webhook configuration", lambda: self.kubectl(
-            "get", "mutatingwebhookconfiguration", "liberator-demo", "-o", "name"), 60,
-            logs=("operator",))
-        print(f"      operator running; webhook https://127.0.0.1:{port}", flush=True)
+    def apply_quickstart(self) -> None:
+        self.step(3, "applying examples/quickstart: namespace, Secrets (pointed at this "
+                     "stack's MongoDB and Redis), EntityPublisher 'quotes'; the event store")
+        self.kubectl("apply", "-f", str(QUICKSTART / "00-namespace.yaml"))
+        secrets = [d for d in yaml.safe_load_all((QUICKSTART / "10-secrets.yaml").read_text())
+                   if d]
+        values = {"quotes-mongo": {"uri": self.env["LIBERATOR_MONGO_URI"]},
+                  "liberator-redis": {"url": self.env["LIBERATOR_REDIS_URL"]}}
+        for secret in secrets:
+            secret["stringData"] = values[secret["metadata"]["name"]]
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(secrets))
+        self.kubectl("apply", "-f", str(QUICKSTART / "20-entitypublisher.yaml"))
+        self.wait("EntityPublisher quotes Ready (topics and subscriptions provisioned)",
+                  lambda: any(c.get("type") == "Ready" and c.get("status") == "True"
+                              for c in self.publisher_status().get("conditions", [])))
+        print("      EntityPublisher quotes: Ready; now the event store, a Deployment reading "
+              "the subscriptions it declares", flush=True)
+        with self.progress("waiting for the event store rollout"):
+            deploy.install_eventstore(self.kubeconfig, self.env, timeout=WAIT)
+        self.show("-n", deploy.NAMESPACE, "get", "deployments")
 
-    def apply_examples(self) -> dict[str, Any]:
-        self.step(4, "applying examples/quickstart: namespace, secrets, EntityPublisher "
-                     "'quotes', the quotes-service Pod")
-        quickstart = ROOT / "examples" / "quickstart"
-        self.kubectl("apply", "-f", str(quickstart / "00-namespace.yaml"))
-        self.kubectl("apply", "-f", str(quickstart / "10-secrets.yaml"))
-        # The examples hold in-cluster addresses; point the secrets at the local stack.
-        for name, key, value in (("quotes-mongo", "uri", self.env["LIBERATOR_MONGO_URI"]),
-                                 ("liberator-redis", "url", self.env["LIBERATOR_REDIS_URL"])):
-            encoded = base64.b64encode(value.encode()).decode()
-            self.kubectl("-n", NAMESPACE, "patch", "secret", name, "--type=merge", "-p",
-                         json.dumps({"data": {key: encoded}}))
-        self.kubectl("apply", "-f", str(quickstart / "20-entitypublisher.yaml"))
-        self.wait("EntityPublisher quotes to be Ready (topics and subscriptions provisioned)",
-                  lambda: condition(self.kube_json("-n", NAMESPACE, "get", "entitypublisher",
-                                                   PUBLISHER), "Ready") == "True", 90,
-                  logs=("operator",))
-        # This stack's API server has no controllers (docs/cluster.md has a real node): one Pod
-        # from the quickstart Deployment's template shows what its ReplicaSet would create.
-        deployment = yaml.safe_load((quickstart / "30-quotes-service.yaml").read_text())
-        template = deployment["spec"]["template"]
-        self.kubectl("apply", "-f", "-", stdin=json.dumps({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {**template["metadata"], "name": "quotes-service",
-                         "namespace": NAMESPACE},
-            "spec": template["spec"]}))
-        pod: dict[str, Any] = self.kube_json("-n", NAMESPACE, "get", "pod", "quotes-service")
-        sidecar = injected_sidecar(pod)
-        if sidecar is None:
-            raise DemoError("the quotes-service Pod was created without the sidecar; operator "
-                            f"log:\n{log_tail(self.procs['operator'].log, 30)}")
-        where = "initContainers (native sidecar)" if sidecar in pod["spec"].get(
-            "initContainers", []) else "containers"
-        injected = pod["metadata"]["annotations"].get("liberator.io/injected")
-        print(f"      webhook injected '{sidecar['name']}' into {where}; "
-              f"annotation liberator.io/injected={injected}", flush=True)
-        return pod
+    def run_app(self) -> str:
+        self.step(4, "the quotes-service Deployment: 2 pods of examples/quotes_app.py (pymongo, "
+                     "a quote every 3 s) in the project image; the webhook injects the sidecar")
+        template = yaml.safe_load((QUICKSTART / "30-quotes-service.yaml").read_text())
+        labels = template["spec"]["selector"]["matchLabels"]
+        self.kubectl("-n", NAMESPACE, "create", "configmap", "quotes-app",
+                     f"--from-file=quotes_app.py={APP_SOURCE}")
+        deployment = apps.app_deployment(
+            template["metadata"]["name"], NAMESPACE, labels=labels,
+            replicas=template["spec"]["replicas"],
+            command=["python3", "/app/quotes_app.py"],
+            env=[{"name": "MONGO_URI", "valueFrom": {
+                     "secretKeyRef": {"name": "quotes-mongo", "key": "uri"}}},
+                 {"name": "QUOTES_INTERVAL_SECONDS", "value": APP_INTERVAL_SECONDS},
+                 {"name": "QUOTES_MAX", "value": APP_MAX_QUOTES}],
+            volumes=[{"name": "app", "configMap": {"name": "quotes-app"}}],
+            mounts=[{"name": "app", "mountPath": "/app", "readOnly": True}])
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(deployment))
+        with self.progress("waiting for the quotes-service rollout"):
+            self.kubectl("-n", NAMESPACE, "rollout", "status", "deployment/quotes-service",
+                         f"--timeout={int(WAIT)}s", timeout=WAIT + 30)
+        pods = self.wait("2 quotes-service pods with app and sidecar Ready", lambda: (
+            p if len(p := self.app_pods()) == 2 and all(
+                apps.pod_ready(x) and len(apps.sidecars(x)) == 1 for x in p) else None))
+        sidecar = apps.sidecars(pods[0])[0]
+        native = sidecar in pods[0]["spec"].get("initContainers", []) and sidecar.get(
+            "restartPolicy") == "Always"
+        print(f"      webhook injected '{sidecar['name']}' into each pod"
+              f"{' as a native sidecar (init container, restartPolicy: Always)' if native else ''}",
+              flush=True)
+        self.show("-n", NAMESPACE, "get", "pods", "-o", "wide")
+        leader = self.leader()
+        print(f"      one sidecar leads: {leader} (EntityPublisher status.leader)", flush=True)
+        self.show("-n", NAMESPACE, "logs", leader, "-c", sidecar["name"], "--tail=8")
+        return str(sidecar["name"])
 
-    def run_sidecar_and_store(self, pod: dict[str, Any]) -> None:
-        self.step(5, "running the injected sidecar and the event store")
-        print("      (no kubelet here: the demo starts the sidecar itself, with the command and "
-              "environment of the injected container spec, as a local process)", flush=True)
-        sidecar = injected_sidecar(pod)
-        assert sidecar is not None
-        env = self.resolve_env(sidecar, pod)
-        port = free_port()
-        print(f"      its HTTP port {env.get('LIBERATOR_HTTP_PORT', '8099')} is remapped to "
-              f"127.0.0.1:{port} so it cannot clash with anything on this machine", flush=True)
-        env["LIBERATOR_HTTP_PORT"] = str(port)
-        self.sidecar_port = port
-        self.spawn("sidecar", [LIBERATOR if a == "liberator" else a for a in container_argv(
-            sidecar)], env)
-        self.wait("the sidecar to become leader", lambda: b"liberator_leader 1.0" in http_get(
-            port, "/metrics"), 60, logs=("sidecar",))
-        store_port = free_port()
-        self.spawn("eventstore", [LIBERATOR, "eventstore",
-                                  "--subscription", "quotes-eventstore",
-                                  "--subscription", "quotes-eventstore-seed",
-                                  "--project", self.env["LIBERATOR_PUBSUB_PROJECT"],
-                                  "--mongo-uri", self.env["LIBERATOR_MONGO_URI"],
-                                  "--database", EVENTS_DB, "--http-port", str(store_port)], {})
-        self.wait("the event store", lambda: http_get(store_port, "/readyz"), 60,
-                  logs=("eventstore",))
-        print(f"      sidecar metrics: http://127.0.0.1:{port}/metrics   "
-              f"event store: http://127.0.0.1:{store_port}/metrics", flush=True)
+    def leader(self, other_than: str | None = None) -> str:
+        def current() -> str | None:
+            lead = self.publisher_status().get("leader")
+            names = {p["metadata"]["name"] for p in self.app_pods()}
+            return lead if lead in names and lead != other_than else None
 
-    def resolve_env(self, container: dict[str, Any], pod: dict[str, Any]) -> dict[str, str]:
-        """What a kubelet would put in the environment: values, secret keys, pod fields."""
-        env: dict[str, str] = {}
-        namespace = pod["metadata"]["namespace"]
-        for item in container.get("env", []):
-            if "value" in item:
-                env[item["name"]] = item["value"]
-                continue
-            source = item.get("valueFrom", {})
-            if "secretKeyRef" in source:
-                ref = source["secretKeyRef"]
-                secret = self.kube_json("-n", namespace, "get", "secret", ref["name"])
-                env[item["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
-            elif "fieldRef" in source:
-                path = source["fieldRef"]["fieldPath"]
-                env[item["name"]] = {"metadata.name": pod["metadata"]["name"],
-                                     "metadata.namespace": namespace}.get(path, "")
-        return env
+        return self.wait("a leading sidecar" + (f" other than {other_than}" if other_than
+                                                else ""), current)
 
-    def write_quotes(self) -> list[tuple[str | None, str]]:
-        self.step(6, f"writing {self.quotes} quotes and their changes with pymongo "
-                     "(the 'quotes service'), then the live view of the event store")
-        client: MongoClient[dict[str, Any]] = MongoClient(self.env["LIBERATOR_MONGO_URI"])
+    def write_quotes(self) -> None:
+        self.step(5, f"the demo writes {self.quotes} quotes and their changes with pymongo; the "
+                     "live view shows every event the event store receives, from anyone")
+        client = self.mongo()
         quotes = client["quotes"]["quotes"]
-        expected: list[tuple[str | None, str]] = []
-        written: dict[tuple[str | None, str], dt.datetime] = {}
-
-        def wrote(kind: str, quote_id: str) -> None:
-            expected.append((kind, quote_id))
-            written[(kind, quote_id)] = utcnow()
-
+        expected: list[tuple[str, str]] = []
         ids = [f"Q-{1001 + i}" for i in range(self.quotes)]
         for i, quote_id in enumerate(ids):
             quotes.insert_one({"_id": quote_id, "version": 1, "customer": f"ACME-{i % 3}",
@@ -254,210 +234,185 @@ class Demo:
                                "currency": "EUR", "status": "draft",
                                "internalNotes": "never published",
                                "createdAt": dt.datetime.now(dt.UTC)})
-            wrote("quote.created", quote_id)
-        # A new version of the first quote (the service bumps the version on each change).
+            expected.append(("quote.created", quote_id))
         quotes.update_one({"_id": ids[0]}, {"$set": {"amount": Decimal128("1190.00"),
                                                      "version": 2}})
-        wrote("quote.updated", ids[0])
-        # A purchase: the service names the business event in the document's _event field.
+        expected.append(("quote.updated", ids[0]))
+        # The service names the business event in the document's _event field.
         quotes.update_one({"_id": ids[1]}, {"$set": {
             "status": "purchased", "version": 2,
             "_event": {"type": "quote.purchased", "correlationId": "order-77"}}})
-        wrote("quote.purchased", ids[1])
+        expected.append(("quote.purchased", ids[1]))
         quotes.update_one({"_id": ids[2]}, {"$set": {"status": "sent", "version": 2}})
-        wrote("quote.updated", ids[2])
+        expected.append(("quote.updated", ids[2]))
         quotes.delete_one({"_id": ids[-1]})
-        wrote("quote.deleted", ids[-1])
-        self.show_events(client, expected, source="live", written=written)
+        expected.append(("quote.deleted", ids[-1]))
+        print(f"      {'type':<18} {'subject':<35} {'version':>7} {'latency':>8}  ce-id",
+              flush=True)
+        self.live_view(client, lambda seen: set(expected) <= seen, "the demo's events")
+        print(f"      all {len(expected)} of the demo's events stored", flush=True)
         client.close()
-        return expected
 
-    def show_events(self, client: Any, expected: list[tuple[str | None, str]], source: str,
-                    written: dict[tuple[str | None, str], dt.datetime] | None = None,
-                    since: dt.datetime | None = None) -> None:
-        """Print events as the event store receives them, until every expected one is there.
-
-        Latency is from the write (or ``since``, the seed's start) to the event store's receipt;
-        the emulator's change times have only whole seconds, so they are not used for it.
-        """
+    def live_view(self, client: MongoClient[dict[str, Any]],
+                  done: Callable[[set[tuple[str, str]]], bool], what: str,
+                  timeout: float = WAIT, seed: bool = False) -> None:
+        """Print each event the event store holds and this view has not shown, until ``done``
+        holds for the (type, subject) pairs stored. Latency: publish to the store's receipt."""
         events = client[EVENTS_DB]["liberator_events"]
-        wanted = list(expected)
-        shown: set[str] = set()
-        print(f"      {'type':<18} {'subject':<8} {'version':>7} {'latency':>9}  ce-id", flush=True)
-        deadline = time.monotonic() + 60
-        while wanted and time.monotonic() < deadline:
-            seed_only = {"attributes.ce-seed": "true"} if source == "seed" else {
-                "attributes.ce-seed": {"$exists": False}}
-            for event in events.find(seed_only).sort("receivedAt", 1):
-                if event["_id"] in shown:
+        query = {"attributes.ce-seed": "true" if seed else {"$exists": False}}
+        deadline = time.monotonic() + timeout
+        while True:
+            seen: set[tuple[str, str]] = set()
+            for event in events.find(query).sort("receivedAt", 1):
+                seen.add((event["type"], event["subject"]))
+                if event["_id"] in self.shown:
                     continue
-                shown.add(event["_id"])
-                for key in wanted:
-                    # A seeded event keeps the type the document's event context names.
-                    if key[1] == event["subject"] and key[0] in (event["type"], None):
-                        wanted.remove(key)
-                        break
-                start = (written or {}).get((event["type"], event["subject"])) or since
-                latency = (event["receivedAt"] - (start or event["time"])).total_seconds()
+                self.shown.add(event["_id"])
+                start = event.get("publishTime") or event["time"]
+                latency = (event["receivedAt"] - start).total_seconds()
                 version = event["attributes"].get("ce-entityversion", "-")
-                print(f"      {event['type']:<18} {event['subject']:<8} {version:>7} "
-                      f"{latency * 1000:>7.0f}ms  {event['_id'][:8]}", flush=True)
-            time.sleep(0.3)
-        if wanted:
-            raise DemoError(f"{len(wanted)} expected {source} events never reached the event "
-                            f"store: {wanted}\n--- sidecar log:\n"
-                            f"{log_tail(self.procs['sidecar'].log, 20)}\n--- event store log:\n"
-                            f"{log_tail(self.procs['eventstore'].log, 20)}")
-        print(f"      all {len(expected)} {source} events stored", flush=True)
-
-    def seed(self, remaining: int) -> None:
-        self.step(7, "applying EventSeed 'quotes-initial': every existing quote once, to the "
-                     "seed topic")
-        self.kubectl("apply", "-f", str(ROOT / "examples" / "quickstart" / "40-eventseed.yaml"))
-        job_name = self.wait("the seed Job", lambda: self.kube_json(
-            "-n", NAMESPACE, "get", "eventseed", SEED).get("status", {}).get("job"), 30,
-            logs=("operator",))
-        job = self.kube_json("-n", NAMESPACE, "get", "job", job_name)
-        print(f"      operator created Job {job_name}; the demo runs its container locally "
-              "(no kubelet) and then records the Job's completion as the Job controller would",
-              flush=True)
-        container = job["spec"]["template"]["spec"]["containers"][0]
-        pod = {"metadata": {"name": f"{job_name}-local", "namespace": NAMESPACE}}
-        env = self.resolve_env(container, pod)
-        started = dt.datetime.now(dt.UTC)
-        seed_started = utcnow()
-        self.patch_job(job_name, {"startTime": rfc3339(started), "active": 1})
-        proc = self.spawn("seed", [LIBERATOR if a == "liberator" else a
-                                   for a in container_argv(container)], env)
-        last = ""
-        while proc.alive():
-            status = self.kube_json("-n", NAMESPACE, "get", "eventseed", SEED).get("status", {})
-            line = f"phase={status.get('phase')} seeded={status.get('seeded', 0)}"
-            if line != last:
-                print(f"      {line}", flush=True)
-                last = line
+                print(f"      {event['type']:<18} {event['subject']:<35} {version:>7} "
+                      f"{latency * 1000:>6.0f}ms  {event['_id'][:8]}", flush=True)
+            if done(seen):
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(f"{what} did not all reach the event store in {timeout:.0f}s; "
+                                f"look at: kubectl -n {NAMESPACE} logs -l app=quotes-service "
+                                f"-c liberator-{PUBLISHER}, and kubectl -n {deploy.NAMESPACE} "
+                                f"logs deploy/{deploy.EVENTSTORE}")
             time.sleep(0.5)
-        assert proc.popen is not None
-        code = proc.popen.wait()
-        summary = log_tail(proc.log, 1)
-        finished = dt.datetime.now(dt.UTC)
-        if code != 0:
-            self.patch_job(job_name, {"failed": 1, "active": 0, "conditions": [
-                job_condition("Failed", finished)]})
-            raise DemoError(f"the seed exited {code}; its log:\n{log_tail(proc.log, 30)}")
-        self.patch_job(job_name, {"succeeded": 1, "active": 0, "completionTime": rfc3339(
-            finished), "conditions": [job_condition("SuccessCriteriaMet", finished),
-                                      job_condition("Complete", finished)]})
-        print(f"      seed finished: {summary.strip()}", flush=True)
-        status = self.wait("EventSeed phase Succeeded", self.seed_succeeded, 60,
-                           logs=("operator",))
-        print(f"      EventSeed {SEED}: phase={status['phase']} seeded={status.get('seeded')}",
-              flush=True)
-        client: MongoClient[dict[str, Any]] = MongoClient(self.env["LIBERATOR_MONGO_URI"])
-        ids = [doc["_id"] for doc in client["quotes"]["quotes"].find({}, {"_id": 1})]
-        if len(ids) != remaining:
-            raise DemoError(f"expected {remaining} quotes in the collection, found {len(ids)}")
-        self.show_events(client, [(None, i) for i in ids], source="seed", since=seed_started)
+
+    def take_over(self) -> None:
+        self.step(6, "deleting the leading pod: the other pod's sidecar takes over, and no "
+                     "event is lost")
+        old = self.leader()
+        client = self.mongo()
+        quotes = client["quotes"]["quotes"]
+        during = [f"T-{i:02d}" for i in range(10)]
+        quotes.insert_many([{"_id": i, "version": 1, "status": "draft"} for i in during[:5]])
+        started = time.monotonic()
+        self.kubectl("-n", NAMESPACE, "delete", "pod", old, "--wait=false")
+        print(f"      $ kubectl -n {NAMESPACE} delete pod {old}", flush=True)
+        quotes.insert_many([{"_id": i, "version": 1, "status": "draft"} for i in during[5:]])
+        new = self.leader(other_than=old)
+        print(f"      the lead moved from {old} to {new} "
+              f"{time.monotonic() - started:.1f}s after the delete", flush=True)
+        # Every quote ever inserted (by the app pods, the demo, now) has one created event.
+        inserted = {d["_id"] for d in quotes.find({}, {"_id": 1})} | {f"Q-{1000 + self.quotes}"}
+        self.live_view(client, lambda seen: inserted <= {s for t, s in seen
+                                                         if t == "quote.created"},
+                       "the created events of every quote")
+        events = client[EVENTS_DB]["liberator_events"]
+        live = {"attributes.ce-seed": {"$exists": False}}
+        created = set(events.distinct("subject", {**live, "type": "quote.created"}))
+        distinct = len(events.distinct("_id", live))
+        lost = inserted - created
+        if lost:
+            raise DemoError(f"events lost in the takeover: {sorted(lost)}")
+        print(f"      {len(inserted)} quotes inserted so far (app pods, the demo, 10 around the "
+              f"delete): {len(inserted & created)} distinct quote.created events in the event "
+              f"store, none lost ({distinct} distinct events in all)", flush=True)
         client.close()
 
-    def seed_succeeded(self) -> dict[str, Any] | None:
-        status: dict[str, Any] = self.kube_json(
-            "-n", NAMESPACE, "get", "eventseed", SEED).get("status", {})
-        return status if status.get("phase") == "Succeeded" else None
-
-    def patch_job(self, name: str, status: dict[str, Any]) -> None:
-        self.kubectl("-n", NAMESPACE, "patch", "job", name, "--subresource=status",
-                     "--type=merge", "-p", json.dumps({"status": status}))
+    def seed(self) -> None:
+        self.step(7, "applying EventSeed 'quotes-initial': the operator makes a Job, the Job "
+                     "controller runs it to Complete, every existing quote goes once to the "
+                     "seed topic")
+        client = self.mongo()
+        existing = {d["_id"] for d in client["quotes"]["quotes"].find({}, {"_id": 1})}
+        self.kubectl("apply", "-f", str(QUICKSTART / "40-eventseed.yaml"))
+        job = self.wait("the seed Job", lambda: self.kube_json(
+            "-n", NAMESPACE, "get", "eventseed", SEED).get("status", {}).get("job"), 60)
+        print(f"      the operator created Job {job}", flush=True)
+        last = ""
+        deadline = time.monotonic() + WAIT
+        with self.progress("waiting for the seed Job"):
+            while time.monotonic() < deadline:
+                status = self.kube_json("-n", NAMESPACE, "get", "eventseed", SEED).get(
+                    "status", {})
+                job_status = self.kube_json("-n", NAMESPACE, "get", "job", job).get(
+                    "status", {})
+                line = (f"EventSeed phase={status.get('phase')} seeded={status.get('seeded', 0)}"
+                        f"; Job active={job_status.get('active', 0)} "
+                        f"succeeded={job_status.get('succeeded', 0)}")
+                if line != last:
+                    print(f"      {line}", flush=True)
+                    last = line
+                if status.get("phase") in ("Succeeded", "Failed"):
+                    break
+                time.sleep(1)
+        if status.get("phase") != "Succeeded":
+            raise DemoError(f"EventSeed {SEED} is {status.get('phase')}: kubectl -n "
+                            f"{NAMESPACE} describe eventseed {SEED}; kubectl -n {NAMESPACE} "
+                            f"logs job/{job}")
+        conditions = {c["type"]: c["status"] for c in job_status.get("conditions", [])}
+        if conditions.get("Complete") != "True":
+            raise DemoError(f"EventSeed Succeeded but Job {job} is not Complete: {job_status}")
+        print(f"      EventSeed {SEED}: phase=Succeeded seeded={status.get('seeded')}, from "
+              f"Job {job}: Complete (the Job controller's condition)", flush=True)
+        self.show("-n", NAMESPACE, "get", "job", job)
+        self.live_view(client, lambda seen: existing <= {s for _, s in seen},
+                       "the seeded events", seed=True)
+        print(f"      all {len(existing)} quotes that existed seeded", flush=True)
+        client.close()
 
     def show_status(self) -> None:
         self.step(8, "status, as a platform engineer sees it")
-        print(self.kubectl("get", "entitypublishers,eventseeds", "-A"), flush=True)
-        kubeconfig = self.env["KUBECONFIG"]
+        self.show("get", "entitypublishers,eventseeds", "-A")
+        print("      $ hack/stack status", flush=True)
+        out = subprocess.run([str(ROOT / "hack" / "stack"), "status"], capture_output=True,
+                             text=True, timeout=120, check=False)
+        for line in (out.stdout + out.stderr).rstrip().splitlines():
+            print(f"        {line}", flush=True)
         print("  Where to look next:\n"
-              f"    export KUBECONFIG={kubeconfig}\n"
-              "    kubectl -n quotes get entitypublisher quotes -o yaml   # conditions, leader, "
-              "backlog\n"
-              "    kubectl -n quotes get pod quotes-service -o yaml       # the injected "
-              "sidecar\n"
-              f"    curl -s 127.0.0.1:{self.sidecar_port}/metrics | grep ^liberator_\n"
-              f"    logs: {self.run_dir / 'logs'}\n"
-              "    docs/architecture.md, docs/operator.md, docs/publisher.md", flush=True)
+              f"    export KUBECONFIG={self.kubeconfig}   (or: eval \"$(hack/stack env)\")\n"
+              f"    kubectl -n {NAMESPACE} get entitypublisher {PUBLISHER} -o yaml   # conditions,"
+              " leader\n"
+              f"    kubectl -n {NAMESPACE} logs -l app=quotes-service -c liberator-{PUBLISHER}\n"
+              "    docs/cluster.md, docs/architecture.md, docs/operator.md", flush=True)
 
     def hold(self) -> None:
-        self.step(9, "running; press Ctrl-C to stop everything")
-        env_file = self.run_dir / "env.sh"
-        env_file.write_text("".join(f"export {k}={v}\n" for k, v in sorted(self.env.items())))
-        print(f"      source {env_file} in another shell to use the stack", flush=True)
+        self.step(9, "running: the live view goes on (the app pods keep writing); Ctrl-C stops "
+                     "everything")
         with contextlib.suppress(KeyboardInterrupt):
-            while all(p.alive() for n, p in self.procs.items() if n != "seed"):
-                time.sleep(1)
-            dead = [n for n, p in self.procs.items() if n != "seed" and not p.alive()]
-            raise DemoError(f"{', '.join(dead)} stopped unexpectedly")
+            client = self.mongo()
+            while True:
+                self.live_view(client, lambda seen: False, "", timeout=float("inf"))
 
     def run(self) -> int:
+        code = 0
         try:
-            self.bring_up_stack()
-            self.apply_crds()
-            self.start_operator()
-            pod = self.apply_examples()
-            self.run_sidecar_and_store(pod)
+            running = Stack.load(self.run_dir).servers
+            if running:
+                raise DemoError(f"a stack runs from {self.run_dir} ({', '.join(running)}): "
+                                "hack/stack down first")
+            if host.leftovers():
+                raise DemoError("a local node runs already (hack/stack down first)")
+            self.bring_up_node()
+            self.install_liberator()
+            self.apply_quickstart()
+            self.run_app()
             self.write_quotes()
-            self.seed(remaining=self.quotes - 1)
+            self.take_over()
+            self.seed()
             self.show_status()
             if self.interactive:
                 self.hold()
+                print("\n[demo] Ctrl-C: stopping", flush=True)
             else:
-                print(f"\n[demo] every expected event arrived; done in "
-                      f"{time.monotonic() - self.started:.0f}s (non-interactive)", flush=True)
-            return 0
+                print("\n[demo] every expected event arrived (non-interactive)", flush=True)
+        except KeyboardInterrupt:
+            print(f"\n[demo] Ctrl-C at {self.step_name}: stopping", flush=True)
         except (DemoError, StackError) as error:
             print(f"\n[demo] FAILED at {self.step_name}\n{error}", file=sys.stderr, flush=True)
-            return 1
+            code = 1
         finally:
-            print("[demo] stopping every process", flush=True)
-            self.stop_all()
-
-
-def condition(body: dict[str, Any], kind: str) -> str | None:
-    for cond in body.get("status", {}).get("conditions", []):
-        if cond.get("type") == kind:
-            return str(cond.get("status"))
-    return None
-
-
-def injected_sidecar(pod: dict[str, Any]) -> dict[str, Any] | None:
-    spec = pod["spec"]
-    for container in [*spec.get("initContainers", []), *spec.get("containers", [])]:
-        if container.get("command", [])[:2] == ["liberator", "publish"]:
-            return dict(container)
-    return None
-
-
-def container_argv(container: dict[str, Any]) -> list[str]:
-    return [*container.get("command", []), *container.get("args", [])]
-
-
-def http_get(port: int, path: str) -> bytes:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-        return bytes(response.read())
-
-
-def utcnow() -> dt.datetime:
-    """Naive UTC, as pymongo returns stored datetimes."""
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-def rfc3339(moment: dt.datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def job_condition(kind: str, moment: dt.datetime) -> dict[str, str]:
-    return {"type": kind, "status": "True", "lastProbeTime": rfc3339(moment),
-            "lastTransitionTime": rfc3339(moment)}
-
-
-def kube_binary_cached() -> bool:
-    return any((cache_dir() / "kube").glob("*/kube-apiserver"))
+            print("[demo] bringing the node down", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                self.stack.down()
+                self.stack.forget()
+            print(f"[demo] total {time.monotonic() - self.started:.0f}s", flush=True)
+        return code
 
 
 @contextlib.contextmanager
@@ -477,12 +432,19 @@ def main() -> int:
     try:
         quotes = int(os.environ.get("DEMO_QUOTES", "6"))
     except ValueError:
-        print(f"DEMO_QUOTES={os.environ['DEMO_QUOTES']!r} is not a number", file=sys.stderr)
+        print(f"DEMO_QUOTES={os.environ['DEMO_QUOTES']!r} is not a number: set it to a whole "
+              "number of at least 4, or unset it for 6", file=sys.stderr)
         return 2
     if quotes < 4:
         print("DEMO_QUOTES must be at least 4 (the demo updates, purchases and deletes quotes)",
               file=sys.stderr)
         return 2
+    problem = host.missing_privileges()
+    if problem:
+        print(problem.replace("up cluster needs", "make demo runs a Kubernetes node here and "
+                              "needs").replace("hack/stack up cluster", "make demo"),
+              file=sys.stderr)
+        return 1
     with sigterm_as_interrupt():
         return Demo(quotes, interactive).run()
 

@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from localstack import cluster, mongo
+from localstack import cluster, deploy, mongo
 from localstack.process import StackError, log_tail
 from localstack.stack import DEFAULT_NAMES, SERVER_NAMES, Stack, default_run_dir
 
@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not server.alive():
                     for proc in server.procs:
                         print(log_tail(proc.log, 10))
+            cluster_server = stack.servers.get("cluster")
+            if cluster_server is not None and cluster_server.alive():
+                print_pods(cluster_server.exports["KUBECONFIG"])
         elif args.command == "down":
             stack.down()
             stack.forget()
@@ -71,6 +74,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hack/stack: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def print_pods(kubeconfig: str) -> None:
+    """What runs on the node: every pod, with its READY count and status."""
+    try:
+        out = deploy.kubectl(kubeconfig, "get", "pods", "-A", "--no-headers", timeout=30)
+    except StackError as error:
+        print(f"pods: {error}")
+        return
+    for line in out.splitlines():
+        namespace, name, ready, status = line.split()[:4]
+        print(f"  pod {namespace}/{name} {ready} {status}")
 
 
 def print_exports(stack: Stack) -> None:

@@ -12,12 +12,15 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from localstack import kube
+from localstack import images, kube
 from localstack.process import StackError
+
+if TYPE_CHECKING:
+    from localstack.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "deploy" / "overlays" / "local"
@@ -115,3 +118,32 @@ def install(kubeconfig: str | Path, exports: dict[str, str], *, operator_replica
         left = max(30.0, timeout - (time.monotonic() - started))
         kubectl(kubeconfig, "-n", NAMESPACE, "rollout", "status", f"deployment/{EVENTSTORE}",
                 f"--timeout={int(left)}s", timeout=left + 30)
+
+
+def install_eventstore(kubeconfig: str | Path, exports: dict[str, str], *,
+                       timeout: float = 300) -> None:
+    """Apply only the event store and wait for it. It is Ready once its subscriptions exist, so
+    apply it after the EntityPublisher that declares them."""
+    docs = [d for d in manifests(exports, eventstore=True)
+            if d["metadata"]["name"].startswith(EVENTSTORE)]  # its ConfigMap has a hash suffix
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+    kubectl(kubeconfig, "-n", NAMESPACE, "rollout", "status", f"deployment/{EVENTSTORE}",
+            f"--timeout={int(timeout)}s", timeout=timeout + 30)
+
+
+def local_node(stack: Stack) -> str:
+    """Build what is missing, start the node with the project image in it, then MongoDB, the
+    Pub/Sub emulator and Redis on the node IP; returns the admin kubeconfig's path."""
+    stack.build(("cluster",))
+    images.ensure_project(stack.say)
+    kubeconfig = stack.start("cluster").exports["KUBECONFIG"]
+    host_servers(stack)
+    return kubeconfig
+
+
+def host_servers(stack: Stack) -> None:
+    """MongoDB, the Pub/Sub emulator and Redis, for the pods of a cluster (the local node's IP
+    when it runs in ``stack``, else ``LIBERATOR_LISTEN_HOST``)."""
+    for name in ("mongo", "pubsub", "redis"):
+        stack.build((name,))
+        stack.start(name)

@@ -233,6 +233,12 @@ def build_project(say: Say, ref: str | None = None) -> Path:
     return tar
 
 
+def ensure_project(say: Say) -> Path:
+    """The project image's tarball, built only when there is none (``make image`` rebuilds)."""
+    tar = image_dir() / "liberator.tar"
+    return tar if tar.exists() else build_project(say)
+
+
 def image_size(ref: str) -> int:
     """The uncompressed size of ``ref`` in buildah's storage, in bytes."""
     out = subprocess.run(buildah("inspect", "--type", "image", "--format", "{{.Docker.Size}}",

@@ -1,20 +1,28 @@
-"""``make demo`` end to end, non-interactive, with a fixed number of quotes.
+"""``make demo`` on the local node, non-interactive, and its refusals.
 
-The demo brings up its own stack (kube-apiserver, etcd, Mongo, Pub/Sub, Redis), runs the operator,
-the injected sidecar, the event store and a seed, and exits 0 only when every expected event reached
-the event store. This test also checks it leaves no process behind.
+The demo brings up its own node and servers, installs Liberator in the cluster, runs the
+quotes-service pods (examples/quotes_app.py) with the injected sidecar, fails the leading pod over,
+seeds through a real Job, and exits 0 only when every expected event reached the event store. The
+end-to-end run needs root (the node); the refusals and the app's configuration need nothing.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
+from localstack import host
+
 ROOT = Path(__file__).resolve().parents[2]
+DEMO = [sys.executable, str(ROOT / "hack" / "demo.py")]
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -31,35 +39,128 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-@pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    env = {**os.environ, "DEMO_NONINTERACTIVE": "1", "DEMO_QUOTES": "5",
-           "LIBERATOR_STACK_DIR": str(tmp_path), "PYTHONPATH": str(ROOT / "hack")}
+def demo_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "DEMO_NONINTERACTIVE": "1", "LIBERATOR_STACK_DIR": str(tmp_path),
+           "PYTHONPATH": str(ROOT / "hack"), **extra}
     env.pop("KUBECONFIG", None)
-    result = subprocess.run([sys.executable, str(ROOT / "hack" / "demo.py")], env=env,
+    return env
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_on_the_node(tmp_path: Path) -> None:
+    problem = host.missing_privileges()
+    if problem:
+        pytest.skip(f"make demo runs the local node: {problem}")
+    if host.leftovers():
+        pytest.skip("a local node runs already (hack/stack down first)")
+    result = subprocess.run(DEMO, env=demo_env(tmp_path, DEMO_QUOTES="5"),
                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            timeout=600, check=False)
+                            timeout=1800, check=False)
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
-    # Each step ran, the events were shown, and the seed finished.
+    assert result.returncode == 0, output[-8000:]
     for step in range(1, 9):
         assert f"[{step}/9]" in output
-    assert "all 9 live events stored" in output  # 5 created, 2 updated, 1 purchased, 1 deleted
+    assert "[9/9]" not in output  # non-interactive: no hold
+    # Two app pods, each 2/2 Ready (app + native sidecar), one sidecar leads.
+    pods = re.findall(r"^\s+(quotes-service-\S+)\s+2/2\s+Running", output, re.MULTILINE)
+    assert len(set(pods)) >= 2, output[-8000:]
+    assert "as a native sidecar" in output
+    assert "one sidecar leads: quotes-service-" in output
+    # The demo's own events (5 created, 2 updated, 1 purchased, 1 deleted) and the app's.
+    assert "all 9 of the demo's events stored" in output
     assert "quote.purchased" in output
-    assert "all 4 seed events stored" in output  # 5 quotes, one deleted
-    assert "EventSeed quotes-initial: phase=Succeeded seeded=4" in output
-    # kubectl get entitypublishers,eventseeds -A names both kinds
+    assert re.search(r"quote\.created\s+quotes-service-\S+-001", output), output[-8000:]
+    # The takeover: the lead moves to the other pod, and every insert has its event.
+    moved = re.search(r"the lead moved from (\S+) to (\S+) ", output)
+    assert moved and moved[1] != moved[2], output[-8000:]
+    assert re.search(r"(\d+) quotes inserted so far .*: \1 distinct quote\.created events in the "
+                     r"event store, none lost", output), output[-8000:]
+    # The seed ran as a Job that the Job controller completed.
+    assert re.search(r"EventSeed quotes-initial: phase=Succeeded seeded=\d+, from Job \S+: "
+                     r"Complete", output), output[-8000:]
+    assert "quotes that existed seeded" in output
+    # kubectl get entitypublishers,eventseeds -A names both kinds; hack/stack status the pods.
     assert "entitypublisher.liberator.io/quotes" in output
     assert "eventseed.liberator.io/quotes-initial" in output
+    assert re.search(r"cluster\s+running", output)
+    assert "pod quotes/quotes-service-" in output
+    assert "local process" not in output
+    assert re.search(r"\[demo\] total \d+s", output)
+    # Everything stopped: the node is down.
+    assert host.leftovers() == []
     assert processes_mentioning(str(tmp_path)) == []
 
 
 def test_demo_refuses_a_bad_quote_count(tmp_path: Path) -> None:
-    env = {**os.environ, "DEMO_NONINTERACTIVE": "1", "DEMO_QUOTES": "many",
-           "LIBERATOR_STACK_DIR": str(tmp_path), "PYTHONPATH": str(ROOT / "hack")}
-    result = subprocess.run([sys.executable, str(ROOT / "hack" / "demo.py")], env=env,
+    result = subprocess.run(DEMO, env=demo_env(tmp_path, DEMO_QUOTES="many"),
                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 2
-    assert "DEMO_QUOTES='many' is not a number" in result.stderr
+    assert "DEMO_QUOTES='many' is not a number: set it to a whole number" in result.stderr
     assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_demo_without_root_fails_at_once_with_one_line(tmp_path: Path) -> None:
+    argv = DEMO
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("setpriv (util-linux) is missing: cannot drop root")
+        argv = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *DEMO]
+    tmp_path.chmod(0o777)
+    result = subprocess.run(argv, env=demo_env(tmp_path), stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("make demo runs a Kubernetes node here and needs root"), line
+    assert "sudo make demo" in line
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+# -- the app the demo's quotes-service pods run --
+
+def quotes_app() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("quotes_app", ROOT / "examples" / "quotes_app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["quotes_app"] = module  # dataclasses look the module up
+    spec.loader.exec_module(module)
+    return module
+
+
+GOOD = {"MONGO_URI": "mongodb://198.51.100.1:27017/", "POD_NAME": "quotes-service-abc"}
+
+
+def test_the_app_reads_its_defaults() -> None:
+    config = quotes_app().load_config(GOOD)
+    assert (config.database, config.interval, config.max_quotes) == ("quotes", 3.0, 20)
+    assert quotes_app().quote(config, 7)["_id"] == "quotes-service-abc-007"
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"POD_NAME": "p"}, "MONGO_URI is not set: give the app's Deployment an env entry"),
+    ({"MONGO_URI": "mongodb://h/"}, "POD_NAME is not set"),
+    ({**GOOD, "MONGO_URI": "http://h/"}, "MONGO_URI='http://h/' is not a MongoDB URI: it starts "
+                                         "with mongodb://"),
+    ({**GOOD, "QUOTES_INTERVAL_SECONDS": "fast"}, "QUOTES_INTERVAL_SECONDS='fast' is not a "
+                                                  "number: set it between 0.1 and 3600"),
+    ({**GOOD, "QUOTES_INTERVAL_SECONDS": "0"}, "QUOTES_INTERVAL_SECONDS='0' is out of range"),
+    ({**GOOD, "QUOTES_MAX": "2.5"}, "QUOTES_MAX='2.5' is not an integer: set it between 0 and "
+                                    "10000, or unset it for 20"),
+    ({**GOOD, "QUOTES_MAX": "-1"}, "QUOTES_MAX='-1' is out of range"),
+])
+def test_the_app_refuses_bad_configuration(env: dict[str, str], message: str) -> None:
+    app = quotes_app()
+    with pytest.raises(app.ConfigError, match=re.escape(message)):
+        app.load_config(env)
+
+
+def test_the_app_exits_2_with_one_line_naming_the_variable() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "quotes_app.py")],
+                            env={"PATH": os.environ["PATH"], "POD_NAME": "p",
+                                 "MONGO_URI": "mongodb://h/", "QUOTES_MAX": "lots"},
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("quotes_app: QUOTES_MAX='lots' is not an integer")

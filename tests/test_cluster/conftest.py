@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from localstack import Stack, deploy, host, images
+from localstack import Stack, deploy, host
 from tests.test_cluster.kit import Node
 
 
@@ -31,6 +31,7 @@ def node() -> Iterator[Node]:
                 pytest.fail(f"LIBERATOR_TEST_KUBECONFIG={external!r} is not a file: give the "
                             "path of a kubeconfig for the cluster to test on")
             kubeconfig = external
+            deploy.host_servers(stack)
         else:
             problem = host.missing_privileges()
             if problem:
@@ -38,13 +39,7 @@ def node() -> Iterator[Node]:
             if host.leftovers():
                 pytest.skip("a local node runs already (hack/stack down first, or point "
                             "LIBERATOR_TEST_KUBECONFIG at it)")
-            stack.build(("cluster",))
-            if not (images.image_dir() / "liberator.tar").exists():
-                images.build_project(stack.say)
-            kubeconfig = stack.start("cluster").exports["KUBECONFIG"]
-        for name in ("mongo", "pubsub", "redis"):
-            stack.build((name,))
-            stack.start(name)
+            kubeconfig = deploy.local_node(stack)
         deploy.install(kubeconfig, stack.exports())
         yield Node(stack, kubeconfig)
     finally:

@@ -15,7 +15,7 @@ import pymongo
 import yaml
 from google.cloud import pubsub_v1
 
-from localstack import Stack, deploy, images
+from localstack import Stack, apps, deploy
 
 T = TypeVar("T")
 
@@ -48,9 +48,6 @@ except Exception as error:
     print("insert failed:", error, flush=True)
 http.server.HTTPServer(("", 8080), http.server.SimpleHTTPRequestHandler).serve_forever()
 """
-RESTRICTED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-              "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
-              "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def eventually(check: Callable[[], T | None], *, what: str, wait: float = WAIT) -> T:
@@ -133,36 +130,11 @@ class Quotes:
 
     def deployment(self) -> dict[str, Any]:
         app = APP.replace("client.quotes.quotes", f"client.{self.database}.quotes")
-        return {
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "quotes", "namespace": self.ns},
-            "spec": {
-                "replicas": self.replicas,
-                "selector": {"matchLabels": {"app": "quotes-service"}},
-                "template": {
-                    "metadata": {"labels": {"app": "quotes-service"}},
-                    "spec": {
-                        "automountServiceAccountToken": False,
-                        "terminationGracePeriodSeconds": 5,
-                        "containers": [{
-                            "name": "app",
-                            "image": images.project_image(),
-                            "imagePullPolicy": "IfNotPresent",
-                            "command": ["python3", "-c", app],
-                            "env": [
-                                {"name": "POD_NAME", "valueFrom": {
-                                    "fieldRef": {"fieldPath": "metadata.name"}}},
-                                {"name": "MONGO_URI", "valueFrom": {
-                                    "secretKeyRef": {"name": "mongo", "key": "uri"}}}],
-                            "ports": [{"containerPort": 8080}],
-                            "readinessProbe": {"httpGet": {"path": "/", "port": 8080},
-                                               "periodSeconds": 2},
-                            "securityContext": RESTRICTED,
-                        }],
-                    },
-                },
-            },
-        }
+        return apps.app_deployment(
+            "quotes", self.ns, labels={"app": "quotes-service"}, replicas=self.replicas,
+            command=["python3", "-c", app],
+            env=[{"name": "MONGO_URI", "valueFrom": {
+                "secretKeyRef": {"name": "mongo", "key": "uri"}}}])
 
     def rollout(self) -> None:
         self.node.kubectl("-n", self.ns, "rollout", "status", "deployment/quotes",
@@ -183,29 +155,17 @@ class Quotes:
         return None
 
     def pods(self) -> list[dict[str, Any]]:
-        items = self.get("pods", "-l", "app=quotes-service")["items"]
-        return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+        return apps.live(self.get("pods", "-l", "app=quotes-service")["items"])
 
     def insert(self, *ids: str) -> None:
         with pymongo.MongoClient(self.mongo_uri) as client:
             client[self.database].quotes.insert_many([{"_id": i, "version": 1} for i in ids])
 
 
-def sidecars(pod: dict[str, Any]) -> list[dict[str, Any]]:
-    spec = pod["spec"]
-    return [c for c in [*spec.get("initContainers", []), *spec["containers"]]
-            if c["name"].startswith("liberator")]
-
-
-def ready(pod: dict[str, Any], container: str) -> bool:
-    statuses = [*pod["status"].get("initContainerStatuses", []),
-                *pod["status"].get("containerStatuses", [])]
-    return any(s["name"] == container and s.get("ready") for s in statuses)
-
-
-def pod_ready(pod: dict[str, Any]) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True"
-               for c in pod["status"].get("conditions", []))
+# Shared with make demo (one home: hack/localstack/apps.py).
+sidecars = apps.sidecars
+ready = apps.container_ready
+pod_ready = apps.pod_ready
 
 
 class Reader:
