@@ -177,6 +177,8 @@ class Reader:
         self.path = self.client.subscription_path(project, subscription)
         self.subjects: list[str] = []
         self.types: list[str] = []
+        self.ids: dict[str, set[str]] = {}
+        """ce-subject -> the distinct ce-ids seen for it."""
 
     def pull(self) -> None:
         response = self.client.pull(request={"subscription": self.path, "max_messages": 500},
@@ -186,6 +188,8 @@ class Reader:
                 attributes = received.message.attributes
                 self.subjects.append(attributes.get("ce-subject", ""))
                 self.types.append(attributes.get("ce-type", ""))
+                self.ids.setdefault(attributes.get("ce-subject", ""), set()).add(
+                    attributes.get("ce-id", ""))
             self.client.acknowledge(request={"subscription": self.path, "ack_ids": [
                 r.ack_id for r in response.received_messages]})
 

@@ -45,6 +45,42 @@ def test_a_seed_job_runs_to_complete_and_seeds_each_entity_once(quotes: Quotes) 
     assert set(counts.values()) == {1}, counts
 
 
+def test_a_seed_job_whose_pod_is_killed_mid_run_retries_and_seeds_each_entity_once(
+        quotes: Quotes) -> None:
+    entities = {f"many-{i:03d}" for i in range(200)}
+    quotes.insert(*entities)
+    quotes.apply({"apiVersion": "liberator.io/v1alpha1", "kind": "EventSeed",
+                  "metadata": {"name": "slow", "namespace": quotes.ns},
+                  "spec": {"publisher": "quotes", "mode": "latest", "rateLimit": 10}})
+    reader = Reader(quotes.node, quotes.project, quotes.seed_subscription)
+
+    def seeding_pod() -> str | None:
+        reader.pull()
+        if not 0 < len(entities & set(reader.subjects)) < 150:
+            return None  # not started, or too far along to be "mid-run" (about 10 a second)
+        running = [p["metadata"]["name"] for p in quotes.get("pods", "-l",
+                                                               "job-name")["items"]
+                   if p.get("status", {}).get("phase") == "Running"]
+        return running[0] if running else None
+
+    victim = eventually(seeding_pod, what="the seed Job's pod, mid-run")
+    quotes.node.kubectl("-n", quotes.ns, "delete", "pod", victim, "--grace-period=0", "--force")
+    seed = eventually(lambda: (s := quotes.get("eventseed", "slow")).get("status", {})
+                      .get("phase") in ("Succeeded", "Failed") and s, what="the seed's end")
+    assert seed["status"]["phase"] == "Succeeded", seed["status"]
+    # A forced deletion lets the killed container run on for a moment beside the Job's new pod,
+    # so a batch can be counted twice; what consumers get stays once per entity (below).
+    assert seed["status"]["seeded"] >= 200, seed["status"]
+    [job] = quotes.get("jobs")["items"]
+    assert {c["type"]: c["status"] for c in job["status"]["conditions"]}.get("Complete") == "True"
+    pods = {p["metadata"]["name"] for p in quotes.get("pods", "-l", "job-name")["items"]}
+    assert pods and victim not in pods, pods  # another pod of the Job finished the seed
+    reader.wait_for(entities)
+    # A retried batch may be delivered again, always under the same ce-id: once per entity.
+    assert {subject: len(reader.ids[subject]) for subject in entities} == {
+        subject: 1 for subject in entities}
+
+
 def test_when_the_active_operator_dies_the_other_replica_takes_over(node: Node) -> None:
     def active() -> str | None:
         peering = json.loads(node.kubectl("get", "clusterkopfpeering", "liberator", "-o",
