@@ -9,18 +9,25 @@ in a temporary folder, every port on loopback.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localstack.process import Proc, StackError, cache_dir, free_port, log_tail, run_checked, spawn
+from localstack.process import (
+    Proc,
+    StackError,
+    cache_dir,
+    file_lock,
+    free_port,
+    log_tail,
+    run_checked,
+    spawn,
+)
 
 __all__ = ["ARTIFACT", "DEFAULT_JAVA", "VERSION", "DebeziumServer", "fetch", "home",
            "java_problem"]
@@ -47,17 +54,6 @@ def _complete() -> bool:
     return (home().parent / STAMP).exists() and any((home()).glob("debezium-server-*runner.jar"))
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """Two bench runs fetching at once must not unpack into each other."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
 
 def _progress(folder: Path, stop: threading.Event, every: float = 10.0) -> None:
     """Print how much of the download is on disk, every ``every`` seconds, until ``stop``."""
@@ -77,7 +73,7 @@ def fetch() -> Path:
     if _complete():
         return home()
     target = home().parent
-    with _lock(target.parent / f"{VERSION}.lock"):
+    with file_lock(target.parent / f"{VERSION}.lock"):
         if _complete():
             return home()
         for tool in ("mvn", "tar"):

@@ -8,8 +8,6 @@ port resumes where it stopped. Differences from MongoDB: docs/local-stack.md (Mo
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import re
@@ -17,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from localstack.nodeconf import listen_host
@@ -26,6 +24,7 @@ from localstack.process import (
     Server,
     StackError,
     cache_dir,
+    file_lock,
     free_port,
     log_matches,
     run_checked,
@@ -74,17 +73,6 @@ def _built(target: Path) -> bool:
     return stamp.exists() and stamp.read_text().strip() == _fingerprint()
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """Two pytest runs building at once must not interleave Maven's copies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
 
 def _tools(say: Say) -> None:
     missing = [tool for tool in ("java", "javac", "mvn") if shutil.which(tool) is None]
@@ -105,7 +93,7 @@ def build(say: Say) -> None:
     target = home()
     if _built(target):
         return
-    with _lock(target.parent / f"{VERSION}.lock"):
+    with file_lock(target.parent / f"{VERSION}.lock"):
         if _built(target):
             return
         _tools(say)

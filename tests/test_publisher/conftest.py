@@ -301,10 +301,11 @@ class Publisher:
         return bool(found and (found.get("token") or found.get("operationTime")))
 
 
-@pytest.fixture()
-def publisher(stack: Stack, mongo_uri: str, pubsub: Server, redis_url: str,  # noqa: PLR0917
-              unique: str, tmp_path: Path) -> Iterator[Publisher]:
-    """A fresh publisher (database, topic, lease keys); its sidecars are killed at the end."""
+@contextlib.contextmanager
+def running_publisher(mongo_uri: str, pubsub: Server, redis_url: str, unique: str,
+                      run_dir: Path) -> Iterator[Publisher]:
+    """A fresh publisher (database, topic, lease keys) on these servers; its sidecars are
+    stopped at the end."""
     project = pubsub.exports["LIBERATOR_PUBSUB_PROJECT"]
     topic = Topic(project, f"events-{unique}", f"sub-{unique}").create()
     env = {
@@ -323,10 +324,20 @@ def publisher(stack: Stack, mongo_uri: str, pubsub: Server, redis_url: str,  # n
         "LIBERATOR_LOG_FORMAT": "json",
         "LIBERATOR_MAX_AWAIT_MS": "200",
     }
-    p = Publisher(env, topic, tmp_path)
-    yield p
-    for car in p.sidecars:
-        car.stop(timeout=15)
+    p = Publisher(env, topic, run_dir)
+    try:
+        yield p
+    finally:
+        for car in p.sidecars:
+            car.stop(timeout=15)
+
+
+@pytest.fixture()
+def publisher(stack: Stack, mongo_uri: str, pubsub: Server, redis_url: str,  # noqa: PLR0917
+              unique: str, tmp_path: Path) -> Iterator[Publisher]:
+    """A fresh publisher on the session's servers."""
+    with running_publisher(mongo_uri, pubsub, redis_url, unique, tmp_path) as p:
+        yield p
 
 
 @pytest.fixture()

@@ -10,7 +10,6 @@ sidecar must park alive and ready, say why everywhere, and recover through the d
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from pymongo.errors import OperationFailure
 from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION
 from liberator_publisher.contract import status_key
 from localstack import Server, mongo
-from tests.test_publisher.conftest import Collector, Publisher, Topic, eventually
+from tests.test_publisher.conftest import Collector, Publisher, eventually, running_publisher
 
 CAP = 200
 """Oplog entries kept: room for the sidecar's own writes, few enough to trim quickly."""
@@ -41,28 +40,9 @@ def bounded_mongo(tmp_path: Path, real_mongo_uri: str | None) -> Iterator[Server
 @pytest.fixture()
 def bounded_publisher(bounded_mongo: Server, pubsub: Server, redis_url: str, unique: str,
                       tmp_path: Path) -> Iterator[Publisher]:
-    project = pubsub.exports["LIBERATOR_PUBSUB_PROJECT"]
-    topic = Topic(project, f"events-{unique}", f"sub-{unique}").create()
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("HOME", ""),
-        "LIBERATOR_MONGO_URI": bounded_mongo.exports["LIBERATOR_MONGO_URI"],
-        "LIBERATOR_DATABASE": f"db_{unique}",
-        "LIBERATOR_COLLECTION": "quotes",
-        "LIBERATOR_ENTITY_TYPE": "quote",
-        "LIBERATOR_PUBSUB_PROJECT": project,
-        "LIBERATOR_TOPIC": topic.topic_id,
-        "LIBERATOR_REDIS_URL": redis_url,
-        "PUBSUB_EMULATOR_HOST": pubsub.exports["PUBSUB_EMULATOR_HOST"],
-        "LIBERATOR_PUBLISHER": f"test/{unique}",
-        "LIBERATOR_LEASE_TTL_SECONDS": "3",
-        "LIBERATOR_LOG_FORMAT": "json",
-        "LIBERATOR_MAX_AWAIT_MS": "200",
-    }
-    p = Publisher(env, topic, tmp_path)
-    yield p
-    for car in p.sidecars:
-        car.stop(timeout=15)
+    with running_publisher(bounded_mongo.exports["LIBERATOR_MONGO_URI"], pubsub, redis_url,
+                           unique, tmp_path) as p:
+        yield p
 
 
 def test_a_trimmed_checkpoint_parks_the_sidecar_and_reset_recovers(
