@@ -19,9 +19,13 @@ RUN python3 -m venv /opt/liberator
 COPY pyproject.toml README.md ./
 COPY publisher ./publisher
 COPY operator ./operator
+# HOST_CA (optional): a CA bundle for pip, for a build behind a TLS-intercepting proxy. `make image`
+# mounts the host's read-only at this path for the build only; nothing of it stays in the image.
+ARG HOST_CA
 # Then drop what no process runs: pip, setuptools, bytecode caches, and the asyncio copy of the
 # Kubernetes client (41 MB; Liberator imports only kubernetes.client and kubernetes.config).
-RUN /opt/liberator/bin/pip install --no-cache-dir . \
+RUN if [ -n "$HOST_CA" ]; then export PIP_CERT="$HOST_CA"; fi \
+ && /opt/liberator/bin/pip install --no-cache-dir . \
  && /opt/liberator/bin/pip uninstall -y pip setuptools \
  && rm -rf /opt/liberator/lib/python3*/site-packages/kubernetes/aio \
  && find /opt/liberator -name '__pycache__' -prune -exec rm -rf {} +

@@ -66,6 +66,8 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 """
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
+LENT_CA = "/run/liberator-build/host-ca.crt"
+"""Where RUN steps see the host's bundle (the Dockerfile's HOST_CA argument)."""
 BASE_RECIPE = "1"  # bump when the base recipe changes
 
 
@@ -218,8 +220,10 @@ def build_project(say: Say, ref: str | None = None) -> Path:
     say(f"building {ref} from the Dockerfile with buildah (log: {log})")
     started = time.monotonic()
     # runc, not crun: crun refuses hybrid cgroups. The host network reaches the registries, and
-    # the host's CA bundle (which may hold a proxy's CA) is lent to RUN steps, not kept.
-    trust = [f"--volume={HOST_CA}:{HOST_CA}:ro"] if Path(HOST_CA).exists() else []
+    # the host's CA bundle (which may hold a proxy's CA) is lent to pip, not kept. Not at the
+    # image's own bundle path: apt's ca-certificates replaces that file, and a mount is busy.
+    trust = ([f"--volume={HOST_CA}:{LENT_CA}:ro", "--build-arg", f"HOST_CA={LENT_CA}"]
+             if Path(HOST_CA).exists() else [])
     iidfile = image_dir() / "liberator.iid"
     run_checked(buildah("bud", "--runtime", nc.RUNC, "--pull=never", "--network", "host",
                         *trust, "--layers", f"--iidfile={iidfile}", "-t", ref,

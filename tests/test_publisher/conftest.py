@@ -26,6 +26,7 @@ import pytest
 from google.api_core.exceptions import AlreadyExists
 from google.cloud import pubsub_v1
 from pymongo import MongoClient
+from pymongo.database import Database
 
 from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION
 from localstack import Server, Stack
@@ -345,3 +346,13 @@ def collector(publisher: Publisher) -> Iterator[Collector]:
     c = Collector(publisher.topic)
     yield c
     c.close()
+
+
+@pytest.fixture()
+def db(publisher: Publisher, mongo_uri: str) -> Iterator[Database[dict[str, Any]]]:
+    """The publisher's database, dropped at the end (test_capture and test_relay, which need
+    no publisher, define their own)."""
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
+    yield client[publisher.database]
+    client.drop_database(publisher.database)
+    client.close()

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import redis
-from pymongo import MongoClient
 from pymongo.database import Database
 
 from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION
@@ -25,18 +24,8 @@ from liberator_publisher.control import (
     write_control,
 )
 from tests.test_publisher.conftest import Collector, Publisher, eventually
-from tests.test_publisher.test_failures import LOG_ENTITY, parked_health
+from tests.test_publisher.test_failures import LOG_ENTITY, REJECTED_TOKEN, parked_health
 from tests.test_publisher.test_publish_e2e import check_order
-
-REJECTED_TOKEN = {"_data": "826A1B2C3D000000012B0229296E04"}
-
-
-@pytest.fixture()
-def db(publisher: Publisher, mongo_uri: str) -> Iterator[Database[dict[str, Any]]]:
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
-    yield client[publisher.database]
-    client.drop_database(publisher.database)
-    client.close()
 
 
 @pytest.fixture()

@@ -9,10 +9,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import redis
 from bson import Decimal128, ObjectId, Regex
 from bson.binary import Binary
@@ -29,14 +27,6 @@ from tests.test_publisher.test_publish_e2e import check_order
 LOG_ENTITY = {"LIBERATOR_ID_FIELD": "entity"}
 # A resume token in MongoDB's format from some other server: this one cannot resume from it.
 REJECTED_TOKEN = {"_data": "826A1B2C3D000000012B0229296E04"}
-
-
-@pytest.fixture()
-def db(publisher: Publisher, mongo_uri: str) -> Iterator[Database[dict[str, Any]]]:
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
-    yield client[publisher.database]
-    client.drop_database(publisher.database)
-    client.close()
 
 
 class Writer:

@@ -4,25 +4,14 @@ from an ordered Pub/Sub subscription, all on the real local servers."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import redis
 from bson import ObjectId
-from pymongo import MongoClient
 from pymongo.database import Database
 
 from liberator_publisher.contract import status_key
 from tests.test_publisher.conftest import Collector, Publisher, Received, eventually
-
-
-@pytest.fixture()
-def db(publisher: Publisher, mongo_uri: str) -> Iterator[Database[dict[str, Any]]]:
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
-    yield client[publisher.database]
-    client.drop_database(publisher.database)
-    client.close()
 
 
 def by_entity(messages: list[Received]) -> dict[str, list[Received]]:
