@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import bson
 from bson import Timestamp
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
@@ -157,20 +158,25 @@ class Capture:
             reader.join(timeout=2.0)
             self.progress.forget("capture")
 
-    def _known_id(self, change: Mapping[str, Any], seen: dict[Any, Any]) -> Any:
+    def _known_id(self, change: Mapping[str, Any], seen: dict[bytes, Any]) -> Any:
         """For a delete by business id: the id value last seen for its document, else None.
 
         Also notes what ``change`` shows of its document, for later deletes in the same batch
         (not in the outbox yet)."""
         key = change.get("documentKey")
         key_id = key.get("_id") if isinstance(key, Mapping) else None
+        # By its BSON: an _id may be a sub-document or a list, which Python cannot hash.
+        try:
+            slot = bson.encode({"_id": key_id})
+        except (TypeError, bson.errors.InvalidDocument):
+            return None  # no BSON form: the outbox document fails on its own, naming it
         document = change.get("fullDocument")
         if isinstance(document, Mapping) and document.get(self.mapping.id_field) is not None:
-            seen[key_id] = document[self.mapping.id_field]
+            seen[slot] = document[self.mapping.id_field]
         if not needs_identity(change, self.mapping):
             return None
-        if key_id in seen:
-            return seen[key_id]
+        if slot in seen:
+            return seen[slot]
         return self.identities.find(key_id)
 
     def _open_source(self, position: Position) -> ChangeSource:
@@ -185,7 +191,7 @@ class Capture:
     def _write(self, changes: list[dict[str, Any]]) -> None:
         now = datetime.now(UTC)
         documents = []
-        seen: dict[Any, Any] = {}  # document _id -> id value, from this batch's earlier changes
+        seen: dict[bytes, Any] = {}  # document _id (BSON) -> id value, from earlier changes
         for change in changes:
             if change.get("operationType") not in DOCUMENT_OPERATIONS:
                 continue  # e.g. createIndexes with expanded events: nothing to publish

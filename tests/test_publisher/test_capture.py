@@ -147,6 +147,26 @@ def test_insert_then_delete_by_business_id_in_one_batch(db: Database[dict[str, A
     assert running.metrics.failed.labels(stage="capture")._value.get() == 0
 
 
+def test_a_sub_document_id_is_named_again_within_a_batch(db: Database[dict[str, Any]]) -> None:
+    key = {"region": "eu", "n": 7}  # MongoDB allows any non-array _id, a document too
+    batch = Batch([
+        {"_id": {"_data": "01"}, "operationType": "insert", "documentKey": {"_id": key},
+         "fullDocument": {"_id": key, "quoteId": "Q-eu-7"},
+         "clusterTime": Timestamp(1700000000, 1)},
+        {"_id": {"_data": "02"}, "operationType": "delete", "documentKey": {"_id": key},
+         "clusterTime": Timestamp(1700000000, 2)},
+    ], Position(token={"_data": "02"}))
+    mapping = EventMapping(entity_type="quote", source="//test", id_field="quoteId")
+    running = Running(db, source=ScriptedSource(batch), mapping=mapping)
+    outbox = db["quotes.outbox"]
+    eventually(lambda: outbox.count_documents({}) == 2, what="both changes captured")
+    running.close()
+    assert running.error is None
+    deleted = outbox.find_one({"operation": "delete"})
+    assert deleted is not None and (deleted["status"], deleted["entityId"]) == ("pending",
+                                                                                 "Q-eu-7")
+
+
 def test_changes_read_again_from_an_older_checkpoint_are_not_duplicated(
         db: Database[dict[str, Any]]) -> None:
     outbox = db["quotes.outbox"]
