@@ -7,6 +7,7 @@ Before the first checkpoint there is the origin, ``{_id: "<publisher>#origin", o
 recordedAt}``: the earliest cluster time at which any replica of the publisher was connected to
 MongoDB. A first capture starts there (``startAtOperationTime``), not where its stream happens to
 open, so writes made while the replicas started, waited for the lease or connected are captured.
+
 Every write is a conditional upsert whose filter holds ``epoch <= mine``: when a newer leader has
 written (or claimed) the document, the filter misses, the upsert collides on ``_id``, and the
 write is refused with :class:`FencedError`. A paused old leader that wakes up therefore cannot
