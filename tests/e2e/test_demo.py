@@ -20,6 +20,7 @@ from types import ModuleType
 import pytest
 
 from localstack import host
+from tests.test_stack.hostsnap import others_can_enter
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = [sys.executable, str(ROOT / "hack" / "demo.py")]
@@ -112,17 +113,13 @@ def _refusal(argv: list[str], tmp_path: Path) -> str:
     return line
 
 
-def _others_can_enter(path: Path) -> bool:
-    return all(p.stat().st_mode & 0o001 for p in (path, *path.parents))
-
-
 def test_demo_without_root_fails_at_once_with_one_line(tmp_path: Path) -> None:
     argv = DEMO
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
             pytest.skip("setpriv (util-linux) is missing: cannot drop root")
-        if not _others_can_enter(ROOT):
+        if not others_can_enter(ROOT):
             # A clone under a 0700 folder (mktemp -d): no other user can even start the
             # interpreter. The capability test below covers the refusal there.
             pytest.skip(f"{ROOT} lies in a folder other users cannot enter")

@@ -73,3 +73,9 @@ def differences(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
             found[key] = {"added": sorted(set(map(str, new)) - set(map(str, old))),
                           "gone": sorted(set(map(str, old)) - set(map(str, new)))}
     return found
+
+
+def others_can_enter(path: Path) -> bool:
+    """Whether a user other than the owner can reach ``path`` (a clone under a 0700 folder, such
+    as ``mktemp -d``, cannot be run by an unprivileged user at all)."""
+    return all(p.stat().st_mode & 0o001 for p in (path, *path.parents))
