@@ -122,36 +122,14 @@ def test_each_change_becomes_one_outbox_document(db: Database[dict[str, Any]]) -
     assert update is not None and update["type"] == "quote.updated" and "-1" in update["data"]
 
 
-def test_insert_then_delete_by_business_id_in_one_batch(db: Database[dict[str, Any]]) -> None:
-    # One batch through the change-source seam: the outbox holds nothing of the document yet,
-    # so only the batch itself can name the deleted entity.
-    oid = ObjectId()
-    batch = Batch([
-        {"_id": {"_data": "01"}, "operationType": "insert", "documentKey": {"_id": oid},
-         "fullDocument": {"_id": oid, "quoteId": "Q-5", "p": 1},
-         "clusterTime": Timestamp(1700000000, 1)},
-        {"_id": {"_data": "02"}, "operationType": "delete", "documentKey": {"_id": oid},
-         "clusterTime": Timestamp(1700000000, 2)},
-    ], Position(token={"_data": "02"}))
-    mapping = EventMapping(entity_type="quote", source="//test", id_field="quoteId")
-    running = Running(db, source=ScriptedSource(batch), mapping=mapping)
-    outbox = db["quotes.outbox"]
-    eventually(lambda: outbox.count_documents({}) == 2, what="both changes captured")
-    running.close()
-    created, deleted = outbox.find(sort=[("clusterTime", 1)])
-    assert (created["type"], created["entityId"]) == ("quote.created", "Q-5")
-    assert (deleted["type"], deleted["status"], deleted["entityId"]) == (
-        "quote.deleted", "pending", "Q-5")
-    assert deleted["attributes"]["ce-subject"] == "Q-5"
-    assert json_util.loads(deleted["data"]) == {"_id": oid, "quoteId": "Q-5"}
-    assert running.metrics.failed.labels(stage="capture")._value.get() == 0
-
-
-def test_a_sub_document_id_is_named_again_within_a_batch(db: Database[dict[str, Any]]) -> None:
-    key = {"region": "eu", "n": 7}  # MongoDB allows any non-array _id, a document too
+def capture_insert_then_delete(db: Database[dict[str, Any]], key: Any,
+                               entity: str) -> tuple[Running, dict[str, Any], dict[str, Any]]:
+    """Capture one batch, through the change-source seam, that inserts a document keyed by a
+    business id and deletes it: the outbox holds nothing of it yet, so only the batch itself can
+    name the deleted entity. Returns the run and the two outbox documents."""
     batch = Batch([
         {"_id": {"_data": "01"}, "operationType": "insert", "documentKey": {"_id": key},
-         "fullDocument": {"_id": key, "quoteId": "Q-eu-7"},
+         "fullDocument": {"_id": key, "quoteId": entity, "p": 1},
          "clusterTime": Timestamp(1700000000, 1)},
         {"_id": {"_data": "02"}, "operationType": "delete", "documentKey": {"_id": key},
          "clusterTime": Timestamp(1700000000, 2)},
@@ -162,9 +140,26 @@ def test_a_sub_document_id_is_named_again_within_a_batch(db: Database[dict[str, 
     eventually(lambda: outbox.count_documents({}) == 2, what="both changes captured")
     running.close()
     assert running.error is None
-    deleted = outbox.find_one({"operation": "delete"})
-    assert deleted is not None and (deleted["status"], deleted["entityId"]) == ("pending",
-                                                                                 "Q-eu-7")
+    created, deleted = outbox.find(sort=[("clusterTime", 1)])
+    return running, created, deleted
+
+
+def test_insert_then_delete_by_business_id_in_one_batch(db: Database[dict[str, Any]]) -> None:
+    oid = ObjectId()
+    running, created, deleted = capture_insert_then_delete(db, oid, "Q-5")
+    assert (created["type"], created["entityId"]) == ("quote.created", "Q-5")
+    assert (deleted["type"], deleted["status"], deleted["entityId"]) == (
+        "quote.deleted", "pending", "Q-5")
+    assert deleted["attributes"]["ce-subject"] == "Q-5"
+    assert json_util.loads(deleted["data"]) == {"_id": oid, "quoteId": "Q-5"}
+    assert running.metrics.failed.labels(stage="capture")._value.get() == 0
+
+
+def test_a_sub_document_id_is_named_again_within_a_batch(db: Database[dict[str, Any]]) -> None:
+    key = {"region": "eu", "n": 7}  # MongoDB allows any non-array _id, a document too
+    _, _, deleted = capture_insert_then_delete(db, key, "Q-eu-7")
+    assert (deleted["status"], deleted["entityId"]) == ("pending", "Q-eu-7")
+    assert json_util.loads(deleted["data"]) == {"_id": key, "quoteId": "Q-eu-7"}
 
 
 def test_changes_read_again_from_an_older_checkpoint_are_not_duplicated(
