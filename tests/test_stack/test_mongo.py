@@ -12,7 +12,7 @@ import math
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +29,6 @@ from localstack.process import Server, StackError
 
 Doc = dict[str, Any]
 DEADLINE = 30.0  # generous: the machine is shared; a getMore alone takes about 0.1 s here
-
-
-@pytest.fixture()
-def client(mongo_uri: str) -> Iterator[pymongo.MongoClient[Doc]]:
-    with pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=20_000) as c:
-        yield c
-
-
-@pytest.fixture()
-def coll(client: pymongo.MongoClient[Doc], unique: str) -> Collection[Doc]:
-    # A fresh name per test: the emulator invalidates any resume on a collection once dropped.
-    return client[f"smoke_{unique}"]["entities"]
 
 
 def take(stream: CollectionChangeStream[Doc], count: int) -> list[Doc]:

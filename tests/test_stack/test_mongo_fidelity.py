@@ -28,17 +28,6 @@ from tests.test_stack.test_mongo import kinds, quiet, take
 Doc = dict[str, Any]
 
 
-@pytest.fixture()
-def client(mongo_uri: str) -> Iterator[pymongo.MongoClient[Doc]]:
-    with pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=20_000) as c:
-        yield c
-
-
-@pytest.fixture()
-def coll(client: pymongo.MongoClient[Doc], unique: str) -> Collection[Doc]:
-    return client[f"fidelity_{unique}"]["entities"]
-
-
 def fenced(stream: Any, coll: Collection[Doc]) -> list[Doc]:
     """Every event before a fence insert: what the stream gave for the writes made so far."""
     coll.insert_one({"_id": "fence"})
