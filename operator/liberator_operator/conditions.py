@@ -20,6 +20,7 @@ __all__ = [
     "PUBLISHING",
     "READY",
     "RESTART_REJECTED",
+    "STALLED",
     "SUBSCRIPTIONS_READY",
     "TOPIC_READY",
     "find",
@@ -36,6 +37,7 @@ SUBSCRIPTIONS_READY = "SubscriptionsReady"
 INJECTING = "Injecting"
 PUBLISHING = "Publishing"
 RESTART_REJECTED = "RestartRejected"
+STALLED = "Stalled"
 # EventSeed
 PUBLISHER_FOUND = "PublisherFound"
 JOB_CREATED = "JobCreated"
@@ -82,8 +84,8 @@ def summary_reason(conditions: Iterable[Condition] | None, *, paused: bool) -> s
 
     ``Paused`` first (the user asked for it); then why it is not Ready (a missing Secret, Pub/Sub
     unavailable...), since nothing can publish before that; then why it does not publish
-    (``NoSidecar``, ``NoLeader``, ``Parked``...); ``Publishing`` when a leader runs. ``Unknown``
-    before the first status check.
+    (``NoSidecar``, ``NoLeader``, ``Parked``...); ``Stalled`` when a leader runs but does not
+    move; ``Publishing`` when it does. ``Unknown`` before the first status check.
     """
     if paused:
         return "Paused"
@@ -94,7 +96,9 @@ def summary_reason(conditions: Iterable[Condition] | None, *, paused: bool) -> s
     if publishing is None:
         return "Unknown"
     if publishing.get("status") == "True":
-        return "Publishing"
+        stalled = find(conditions, STALLED)
+        return "Stalled" if stalled is not None and stalled.get("status") == "True" \
+            else "Publishing"
     return str(publishing.get("reason") or "NotPublishing")
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "read_seed_progress",
     "read_status",
     "seed_key",
+    "stall_condition",
 ]
 
 SEED_KEY_PREFIX = "liberator:seed:"
@@ -60,6 +61,10 @@ class DataStatus:
     """The last restart request the leader carried out (``{id, doneAt, position, ...}``)."""
     restart_rejected: dict[str, Any] | None = None
     """A restart request the leader refused (``{id, message}``)."""
+    stalled: dict[str, Any] | None = None
+    """Why the leader does not move (``{reason, message, since}``); None while it moves."""
+    checkpoints: dict[str, Any] | None = None
+    """Per loop, ``{movedAt, ageSeconds}`` of its checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,39 @@ def parse_status_record(raw: Mapping[str, Any] | str | bytes | None) -> DataStat
         paused=record.get("paused") is True,
         restart=_dict(record.get("restart")),
         restart_rejected=_dict(record.get("restartRejected")),
+        stalled=_dict(record.get("stalled")),
+        checkpoints=_checkpoints(record.get("checkpoints")),
     )
+
+
+def stall_condition(data: DataStatus | None) -> tuple[str, str, str]:
+    """The ``Stalled`` condition (status, reason, message) from the leader's record: Unknown
+    without one (never a False that reads as "moving")."""
+    if data is None:
+        return ("Unknown", "NoLeader", "no leader's status record: whether the publisher moves "
+                                       "is unknown (see the Publishing condition)")
+    if data.parked_reason:
+        return "False", "Parked", "the leader is parked (see the Publishing condition)"
+    if data.paused:
+        return "False", "Paused", "spec.paused is true: nothing is published on purpose"
+    if data.stalled:
+        reason = str(data.stalled.get("reason") or "Stalled")
+        since = data.stalled.get("since")
+        message = str(data.stalled.get("message") or "the publisher does not move")
+        return "True", reason, f"{message} (since {since})" if since else message
+    return "False", "Moving", "the leader captures and publishes"
+
+
+def _checkpoints(value: Any) -> dict[str, Any] | None:
+    """Only loops whose entry has a numeric age: the CRD schema types ``ageSeconds``."""
+    if not isinstance(value, Mapping):
+        return None
+    result: dict[str, Any] = {}
+    for loop, entry in value.items():
+        age = _float(entry.get("ageSeconds")) if isinstance(entry, Mapping) else None
+        if age is not None:
+            result[str(loop)] = {"ageSeconds": age, "movedAt": _str(entry.get("movedAt"))}
+    return result or None
 
 
 def _dict(value: Any) -> dict[str, Any] | None:

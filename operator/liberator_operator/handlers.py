@@ -30,6 +30,7 @@ from liberator_operator.datastatus import (
     read_seed_progress,
     read_status,
     seed_key,
+    stall_condition,
 )
 from liberator_operator.job import build_seed_job, job_name, job_phase, seed_id
 from liberator_operator.model import (
@@ -308,6 +309,11 @@ def _publishing(rt: Runtime, publisher: Publisher, pods: int, control: ControlRe
     return data, ("True", "Leading", f"{data.leader or 'a pod'} leads (epoch {data.epoch})")
 
 
+def _stall(data: DataStatus | None) -> tuple[cond.Status, str, str]:
+    status, reason, message = stall_condition(data)
+    return cast(cond.Status, status), reason, message
+
+
 def parked_message(publisher: Publisher, data: DataStatus) -> str:
     """The Parked condition's message: the cause, and the documented recovery as one command.
 
@@ -340,6 +346,7 @@ def observe(rt: Runtime, *, body: Any, spec: Mapping[str, Any], meta: Mapping[st
         return
     conds = _Conditions(status.get("conditions"), meta.get("generation"))
     conds.set(cond.PUBLISHING, state, reason, message)
+    conds.set(cond.STALLED, *_stall(data))
     done = (data.restart if data else None) or status.get("restart")
     outcome = restart_outcome(spec, refused, data, done)
     if outcome.status:
@@ -356,6 +363,7 @@ def observe(rt: Runtime, *, body: Any, spec: Mapping[str, Any], meta: Mapping[st
         "lastEventTime": data.last_event_time if data else None,
         "parkedReason": data.parked_reason if data else None,
         "captureSince": data.capture_since if data else None,
+        "checkpoints": data.checkpoints if data else None,
         "lag": cond.lag_text(data.lag_seconds if data else None),
         "reason": cond.summary_reason(conds.items, paused=bool(spec.get("paused"))),
         "restart": dict(done) if done else None,

@@ -110,6 +110,7 @@ class EntityPublisherSpec(TypedDict):
     sidecar: SidecarSpec
     deletionPolicy: Literal["Retain", "Delete"]
     paused: bool
+    stallAfterSeconds: NotRequired[int]
 
 
 class Publisher(TypedDict):

@@ -105,6 +105,7 @@ def build_contract_env(publisher: Publisher,
         "LIBERATOR_EVENT_CONTEXT_FIELD": {"value": entity.get("eventContextField", "_event")},
         "LIBERATOR_LEASE_TTL_SECONDS": {"value": str(sidecar.get("leaseTtlSeconds", 10))},
         "LIBERATOR_PUBLISHER": {"value": f"{publisher['namespace']}/{publisher['name']}"},
+        "LIBERATOR_STALL_AFTER_SECONDS": {"value": str(spec.get("stallAfterSeconds", 300))},
         "LIBERATOR_LOG_LEVEL": {"value": sidecar.get("logLevel", "INFO")},
         # One JSON object a line: what log collectors in a cluster parse.
         "LIBERATOR_LOG_FORMAT": {"value": "json"},

@@ -141,9 +141,14 @@ class Capture:
                 if batch is None:
                     continue
                 if batch.changes:
+                    if self.progress.unsaved_since is None:
+                        # Kept across a failed write and the loop's retry: the stall rule
+                        # counts from the first change that did not make it (stall.py).
+                        self.progress.unsaved_since = time.monotonic()
                     self._write(batch.changes)
                     self.on_written()
                     self._save(batch.position)
+                    self.progress.unsaved_since = None
                     saved, saved_at = batch.position, time.monotonic()
                     continue
                 self.progress.capture_lag_seconds = 0.0

@@ -1,7 +1,9 @@
 """Checkpoints: where each loop resumes, fenced by the leader's epoch.
 
 One document per loop and publisher in the ``liberator.checkpoints`` collection of the watched
-database: ``{_id: "<publisher>#capture", token, operationTime, epoch, pod, updatedAt}``.
+database: ``{_id: "<publisher>#capture", token, operationTime, epoch, pod, updatedAt,
+claimedAt}``. ``updatedAt`` is when the position was last written (its age is what the status
+shows); ``claimedAt`` is when a term stamped its epoch without moving it.
 
 Before the first checkpoint there is the origin, ``{_id: "<publisher>#origin", operationTime,
 recordedAt}``: the earliest cluster time at which any replica of the publisher was connected to
@@ -110,7 +112,21 @@ class Checkpoints:
     def claim(self, epoch: int, pod: str) -> None:
         """Stamp both checkpoints with a new term's epoch, so older terms are refused at once."""
         for loop in LOOPS:
-            self._write(loop, epoch, {"epoch": epoch, "pod": pod})
+            self._write(loop, epoch, {"epoch": epoch, "pod": pod}, moved=False)
+
+    def moved_at(self) -> dict[str, datetime]:
+        """When each loop's position was last written (loops without a checkpoint are left
+        out): the checkpoint ages the status reports."""
+        found = self.collection.find({"_id": {"$in": [self._id(loop) for loop in LOOPS]}},
+                                     {"updatedAt": 1})
+        prefix = f"{self.publisher}#"
+        result: dict[str, datetime] = {}
+        for document in found:
+            when = document.get("updatedAt")
+            if isinstance(when, datetime):
+                result[str(document["_id"]).removeprefix(prefix)] = (
+                    when if when.tzinfo else when.replace(tzinfo=UTC))
+        return result
 
     def save(self, loop: str, epoch: int, position: Position, pod: str) -> None:
         """Move ``loop``'s checkpoint; raises :class:`FencedError` if a newer epoch owns it."""
@@ -176,11 +192,13 @@ class Checkpoints:
     def _restart_id(self) -> str:
         return f"{self.publisher}#restart"
 
-    def _write(self, loop: str, epoch: int, fields: dict[str, Any]) -> None:
-        self._write_id(self._id(loop), epoch, fields)
+    def _write(self, loop: str, epoch: int, fields: dict[str, Any], *, moved: bool = True,
+               ) -> None:
+        self._write_id(self._id(loop), epoch, fields, moved=moved)
 
-    def _write_id(self, document_id: str, epoch: int, fields: dict[str, Any]) -> None:
-        fields = {**fields, "updatedAt": datetime.now(UTC)}
+    def _write_id(self, document_id: str, epoch: int, fields: dict[str, Any], *,
+                  moved: bool = True) -> None:
+        fields = {**fields, "updatedAt" if moved else "claimedAt": datetime.now(UTC)}
         try:
             self.collection.update_one({"_id": document_id, "epoch": {"$lte": epoch}},
                                        {"$set": fields}, upsert=True)

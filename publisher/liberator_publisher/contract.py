@@ -58,6 +58,8 @@ CONTRACT: tuple[EnvVar, ...] = (
     EnvVar("LIBERATOR_LEASE_TTL_SECONDS", False, "10", "Leader lease time-to-live in seconds."),
     EnvVar("LIBERATOR_PUBLISHER", False, "<database>/<collection>",
            "`<namespace>/<name>` of the EntityPublisher; keys the lease and status record."),
+    EnvVar("LIBERATOR_STALL_AFTER_SECONDS", False, "300",
+           "How long the publisher may not move before it reports itself stalled."),
     EnvVar("LIBERATOR_LOG_LEVEL", False, "INFO", "DEBUG, INFO, WARNING or ERROR."),
     EnvVar("LIBERATOR_LOG_FORMAT", False, "text", "`text` or `json` (one object a line)."),
     EnvVar("LIBERATOR_POD_NAME", False, "the host name",

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from liberator_publisher.checkpoint import LOOPS
 from liberator_publisher.source import PARK_REASONS
+from liberator_publisher.stall import STALL_REASONS
 
 __all__ = ["FAILED_STAGES", "Metrics"]
 
@@ -54,11 +56,21 @@ class Metrics:
         self.fenced = Counter("liberator_checkpoint_refused",
                               "Checkpoint writes refused because a newer epoch holds the lease.",
                               registry=r)
+        self.stalled = Gauge("liberator_stalled",
+                             "1 while the publisher is stalled for this reason (stall.py).",
+                             ["reason"], registry=r)
+        self.checkpoint_age = Gauge("liberator_checkpoint_age_seconds",
+                                    "Seconds since the loop's checkpoint position was last "
+                                    "written (leader only; 0 without a checkpoint).", ["loop"],
+                                    registry=r)
         # Every labelled series exists at 0 from the start, so alerts and dashboards see it
         # before the first failure (an absent series is not 0 to PromQL).
         for stage in FAILED_STAGES:
             self.failed.labels(stage=stage)
         self.set_parked("")
+        self.set_stalled("")
+        for loop in LOOPS:
+            self.checkpoint_age.labels(loop=loop)
 
     def set_parked(self, reason: str) -> None:
         """Record a park: 1 for ``reason``, 0 for every other (``reason`` empty clears it)."""
@@ -66,6 +78,11 @@ class Metrics:
             self.parked.labels(reason=known).set(0)
         if reason:
             self.parked.labels(reason=reason).set(1)
+
+    def set_stalled(self, reason: str) -> None:
+        """1 for ``reason``, 0 for every other (``reason`` empty: not stalled)."""
+        for known in STALL_REASONS:
+            self.stalled.labels(reason=known).set(1 if known == reason else 0)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of the registry."""

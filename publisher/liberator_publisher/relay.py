@@ -305,6 +305,7 @@ class Relay:
         while len(self._recent) > _RECENT:
             self._recent.popitem(last=False)
         self.metrics.published.inc(len(published))
+        self.progress.published_at = done
 
     def _settled(self, flight: _Flight) -> None:
         if self._inflight.get(flight.event_id) is flight:

@@ -9,6 +9,7 @@ lease; checkpoint writes carry the term's epoch and a stale one is refused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -17,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -49,6 +50,7 @@ from liberator_publisher.relay import Relay, RelaySettings, ensure_indexes
 from liberator_publisher.settings import ConfigError, Settings
 from liberator_publisher.sink import Sink, SinkSettings, preload
 from liberator_publisher.source import classify
+from liberator_publisher.stall import stall_verdict
 from liberator_publisher.status import Progress, StatusRecord, now_rfc3339, rfc3339, write_status
 
 __all__ = ["COMMAND", "EXIT_CONFIG", "EXIT_FATAL", "EXIT_UNREACHABLE", "main"]
@@ -327,6 +329,8 @@ class Sidecar:
         self._restart_term = False
         self._control = ControlRecord()
         self._control_error = ""
+        self.moved_at: dict[str, datetime] = {}
+        """When each loop's checkpoint position was last written (read with the backlog)."""
 
     # -- probes --
 
@@ -469,6 +473,7 @@ class Sidecar:
             return
         log.info("leading", extra=_fields(epoch=epoch, pod=self.settings.pod_name))
         self.parked = ""  # a new term (after a reset and restart of the loops) starts unparked
+        self.progress.unsaved_since = None  # an old term's unsaved change is not this one's
         self.metrics.set_parked("")
         self.metrics.leader.set(1)
         self.metrics.epoch.set(epoch)
@@ -530,6 +535,8 @@ class Sidecar:
         if self._control.paused != self.paused:
             log.info("paused" if self._control.paused else "unpaused: publishing what is pending",
                      extra=_fields(paused=self._control.paused))
+            if not self._control.paused and self.progress.pending_since is not None:
+                self.progress.pending_since = time.monotonic()  # the pause was no stall
         self.paused = self._control.paused
 
     def _restart_due(self) -> RestartRequest | None:
@@ -573,6 +580,9 @@ class Sidecar:
         term, self.term = self.term, None
         self.metrics.leader.set(0)
         self.metrics.epoch.set(0)
+        self.metrics.set_stalled("")  # a standby reports nothing of the leader's
+        for loop in LOOPS:
+            self.metrics.checkpoint_age.labels(loop=loop).set(0)
         if term is None:
             return
         term.stop(drain_seconds)
@@ -580,15 +590,29 @@ class Sidecar:
 
     def _write_status(self) -> None:
         p = self.progress
+        paused = self.paused and (self.term is None or self.term.relay_paused.is_set())
+        now, wall = time.monotonic(), datetime.now(UTC)
+        stall = stall_verdict(now=now, stall_after=self.settings.stall_after_seconds,
+                              backlog=p.backlog, pending_since=p.pending_since,
+                              published_at=p.published_at, unsaved_since=p.unsaved_since,
+                              paused=self.paused, parked=bool(self.parked))
+        self.metrics.set_stalled(stall.reason if stall else "")
+        stalled = None if stall is None else {
+            "reason": stall.reason, "message": stall.message,
+            "since": rfc3339(wall - timedelta(seconds=stall.seconds))}
+        ages: dict[str, dict[str, Any]] = {}
+        for loop, moved in self.moved_at.items():
+            age = max(0.0, (wall - moved).total_seconds())
+            ages[loop] = {"movedAt": rfc3339(moved), "ageSeconds": round(age, 1)}
+            self.metrics.checkpoint_age.labels(loop=loop).set(age)
         record = StatusRecord(
             pod=self.settings.pod_name, epoch=self.lease.epoch,
             lastEventTime=rfc3339(p.last_event_time) if p.last_event_time else None,
             captureLagSeconds=round(p.capture_lag_seconds, 3),
             relayLagSeconds=round(p.relay_lag_seconds, 3), backlog=p.backlog,
             parked=self.parked, captureSince=self.capture_since,
-            paused=self.paused and (self.term is None or self.term.relay_paused.is_set()),
-            restart=self.restart_done, restartRejected=self.restart_rejected,
-            updatedAt=now_rfc3339())
+            paused=paused, restart=self.restart_done, restartRejected=self.restart_rejected,
+            stalled=stalled, checkpoints=ages or None, updatedAt=rfc3339(wall))
         write_status(self.redis, self.settings.publisher, record,
                      ttl_seconds=max(60.0, self.settings.lease_ttl_seconds * 6))
 
@@ -602,6 +626,8 @@ class Sidecar:
             except Exception:
                 pass  # MongoDB away: look again next time
         self._count_backlog()
+        with contextlib.suppress(Exception):  # MongoDB away: the ages grow from the last read
+            self.moved_at = self.checkpoints.moved_at()
 
     def _count_backlog(self) -> None:
         try:
@@ -609,7 +635,7 @@ class Sidecar:
             count = int(outbox.count_documents({"status": "pending"}, maxTimeMS=5000))
         except Exception:
             return
-        self.progress.backlog = count
+        self.progress.backlog_at(count, time.monotonic())
         self.metrics.backlog.set(count)
 
 

@@ -105,6 +105,9 @@ class Settings:
     """LIBERATOR_SWEEP_INTERVAL_SECONDS: how often the relay sweeps for stale pending events."""
     pending_age_seconds: float = 30.0
     """LIBERATOR_PENDING_AGE_SECONDS: age after which the sweep publishes a pending event."""
+    stall_after_seconds: float = 300.0
+    """LIBERATOR_STALL_AFTER_SECONDS: how long the publisher may not move (pending events and no
+    publish, or captured changes and no checkpoint) before it reports itself stalled."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -169,6 +172,8 @@ class Settings:
                                                    _positive_float, 10.0),
             pending_age_seconds=reader.optional("LIBERATOR_PENDING_AGE_SECONDS",
                                                 _positive_float, 30.0),
+            stall_after_seconds=reader.optional("LIBERATOR_STALL_AFTER_SECONDS",
+                                                _positive_float, 300.0),
         )
 
     def mapping(self) -> EventMapping:

@@ -47,6 +47,12 @@ class StatusRecord:
     plus ``error`` when capture could not start there (history lost)."""
     restartRejected: dict[str, str] | None = None  # noqa: N815
     """A restart request the leader refused: ``{id, message}``."""
+    stalled: dict[str, str] | None = None
+    """The publisher does not move (see stall.py): ``{reason, message, since}``, with
+    ``since`` the RFC 3339 start of the quiet time. None while it moves."""
+    checkpoints: dict[str, dict[str, Any]] | None = None
+    """Per loop, ``{movedAt, ageSeconds}``: when its position was last written, and how long
+    ago. A loop without a checkpoint is left out."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -91,6 +97,21 @@ class Progress:
     """Outbox events pending at the last count."""
     beats: dict[str, float] | None = None
     """Monotonic time each running loop last came round; a stale beat means a stuck loop."""
+    published_at: float | None = None
+    """Monotonic time of the last publish acknowledgement."""
+    pending_since: float | None = None
+    """Monotonic time the backlog was last seen turning non-empty; None while it is empty."""
+    unsaved_since: float | None = None
+    """Monotonic time capture first received a change that its checkpoint does not hold yet;
+    None while the checkpoint holds every change received."""
+
+    def backlog_at(self, count: int, now: float) -> None:
+        """A new backlog count (taken at monotonic ``now``)."""
+        self.backlog = count
+        if count == 0:
+            self.pending_since = None
+        elif self.pending_since is None:
+            self.pending_since = now
 
     def beat(self, loop: str, now: float) -> None:
         if self.beats is None:

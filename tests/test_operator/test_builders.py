@@ -9,7 +9,12 @@ import jsonpatch
 import pytest
 
 from liberator_operator.conditions import find, lag_text, set_condition, summary_reason
-from liberator_operator.datastatus import DataStatus, parse_seed_progress, parse_status_record
+from liberator_operator.datastatus import (
+    DataStatus,
+    parse_seed_progress,
+    parse_status_record,
+    stall_condition,
+)
 from liberator_operator.handlers import parked_message
 from liberator_operator.job import build_seed_job, job_name, job_phase, seed_args
 from liberator_operator.patch import INJECTED_ANNOTATION, build_patch
@@ -396,6 +401,37 @@ def test_status_column_gives_the_top_reason() -> None:
     assert summary_reason(parked, paused=False) == "Parked"
     broken = set_condition(parked, "Ready", False, "MongoSecretMissing", "", now="T")
     assert summary_reason(broken, paused=False) == "MongoSecretMissing"  # first things first
+    stalled = set_condition(leading, "Stalled", True, "NothingPublished", "", now="T")
+    assert summary_reason(stalled, paused=False) == "Stalled"
+    moving = set_condition(stalled, "Stalled", False, "Moving", "", now="T")
+    assert summary_reason(moving, paused=False) == "Publishing"
+    assert summary_reason(set_condition(stalled, "Publishing", False, "Parked", "", now="T"),
+                          paused=False) == "Parked"  # a park says more than a stall
+
+
+def test_stalled_condition_from_the_leaders_record() -> None:
+    assert stall_condition(None)[0] == "Unknown"  # never False without a record
+    moving = parse_status_record({"pod": "p", "epoch": 1, "parked": ""})
+    assert stall_condition(moving)[:2] == ("False", "Moving")
+    stuck = parse_status_record({"pod": "p", "stalled": {
+        "reason": "CaptureNotMoving", "message": "checkpoint has not moved", "since": "T0"}})
+    status, reason, message = stall_condition(stuck)
+    assert (status, reason) == ("True", "CaptureNotMoving")
+    assert message == "checkpoint has not moved (since T0)"
+    parked = parse_status_record({"pod": "p", "parked": "history lost", "stalled": {"reason": "x"}})
+    assert stall_condition(parked)[:2] == ("False", "Parked")
+    paused = parse_status_record({"pod": "p", "paused": True})
+    assert stall_condition(paused)[:2] == ("False", "Paused")
+
+
+def test_checkpoint_ages_keep_only_well_formed_entries() -> None:
+    data = parse_status_record({"pod": "p", "checkpoints": {
+        "capture": {"movedAt": "T1", "ageSeconds": 2.5}, "relay": {"ageSeconds": "soon"},
+        "bogus": "x"}})
+    assert data is not None and data.checkpoints == {"capture": {"movedAt": "T1",
+                                                                 "ageSeconds": 2.5}}
+    listed = parse_status_record({"pod": "p", "checkpoints": []})
+    assert listed is not None and listed.checkpoints is None
 
 
 def test_lag_column_never_reads_zero_when_unknown() -> None:

@@ -621,6 +621,43 @@ def test_parked_leader_turns_publishing_false(env: Env, operator: Operator, ns: 
         "the timer did not overwrite the reconciler's conditions"
 
 
+def test_stalled_leader_shows_stalled_with_checkpoint_ages_and_clears(
+        env: Env, operator: Operator, ns: str) -> None:
+    secret(env, ns, "stuck-mongo", uri="mongodb://x")
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                               ep_body(env, "stuck", {"app": "stuck"}))
+    unknown = eventually(lambda: condition(env.publisher(ns, "stuck"), "Stalled") or None,
+                         what="a Stalled condition")
+    assert unknown["status"] == "Unknown"  # no leader's record: not a reassuring False
+    r = redis_lib.Redis.from_url(env.redis_url)
+    ages = {"capture": {"movedAt": "2026-01-01T00:00:00.000Z", "ageSeconds": 1.5},
+            "relay": {"movedAt": "2025-12-31T23:50:00.000Z", "ageSeconds": 601.5}}
+    record = {"pod": "app-0", "epoch": 3, "captureLagSeconds": 0.2, "relayLagSeconds": 0.1,
+              "backlog": 40, "parked": "", "updatedAt": "2026-01-01T00:00:01Z",
+              "checkpoints": ages,
+              "stalled": {"reason": "NothingPublished", "since": "2025-12-31T23:50:00.000Z",
+                          "message": "40 event(s) pending and nothing published for 601s"}}
+    r.set(status_key(f"{ns}/stuck"), json.dumps(record), ex=120)
+    stuck = eventually(when(lambda: env.publisher(ns, "stuck"),
+                            lambda p: p["status"].get("reason") == "Stalled"),
+                       what="STATUS Stalled")
+    stalled = condition(stuck, "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "NothingPublished"
+    assert "40 event(s) pending" in stalled["message"]
+    assert "since 2025-12-31T23:50:00.000Z" in stalled["message"]
+    assert condition(stuck, "Publishing")["status"] == "True"  # it leads; it does not move
+    assert stuck["status"]["checkpoints"] == ages
+    row = env.kubectl("get", "entitypublishers", "stuck", "-n", ns).stdout.splitlines()[1]
+    assert row.split()[5:7] == ["True", "Stalled"], row
+    del record["stalled"]
+    r.set(status_key(f"{ns}/stuck"), json.dumps(record), ex=120)
+    moving = eventually(when(lambda: env.publisher(ns, "stuck"),
+                             lambda p: p["status"].get("reason") == "Publishing"),
+                        what="STATUS Publishing once it moves again")
+    assert condition(moving, "Stalled")["status"] == "False"
+    assert condition(moving, "Stalled")["reason"] == "Moving"
+
+
 def test_paused_publisher_shows_paused(env: Env, operator: Operator, ns: str) -> None:
     secret(env, ns, "held-mongo", uri="mongodb://x")
     env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",

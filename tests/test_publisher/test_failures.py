@@ -169,7 +169,12 @@ def test_pubsub_restart_events_wait_in_the_outbox(
     outbox = db[publisher.outbox]
     eventually(lambda: outbox.count_documents({}) >= 60, what="captured during the outage")
     # The emulator forgets topics when it restarts; real Pub/Sub would not need this step.
-    publisher.topic.create()
+    # Frozen meanwhile: a publish between the topic and its subscription would reach no one.
+    car.signal(signal.SIGSTOP)
+    try:
+        publisher.topic.create()
+    finally:
+        car.signal(signal.SIGCONT)
     eventually(lambda: outbox.count_documents({"status": "published"}) == 60,
                what="the outbox drains once Pub/Sub is back", deadline=90)
     eventually(lambda: len({m.ce_id for m in collector.snapshot()}) >= 60,

@@ -77,6 +77,7 @@ def test_defaults_match_the_contract_table() -> None:
     assert float(documented["LIBERATOR_SWEEP_INTERVAL_SECONDS"]) == (
         settings.sweep_interval_seconds)
     assert float(documented["LIBERATOR_PENDING_AGE_SECONDS"]) == settings.pending_age_seconds
+    assert float(documented["LIBERATOR_STALL_AFTER_SECONDS"]) == settings.stall_after_seconds
     assert documented["LIBERATOR_OUTBOX_COLLECTION"].replace(
         "<collection>", "quotes") == settings.outbox_collection
     assert documented["LIBERATOR_SOURCE"].replace("<database>", "shop").replace(
@@ -104,6 +105,7 @@ def test_every_variable_set() -> None:
         LIBERATOR_MAX_AWAIT_MS="250",
         LIBERATOR_SWEEP_INTERVAL_SECONDS="5",
         LIBERATOR_PENDING_AGE_SECONDS="60.5",
+        LIBERATOR_STALL_AFTER_SECONDS="90",
     )
     assert settings.pubsub_emulator_host == "127.0.0.1:8085"
     assert settings.outbox_collection == "quotes_events"
@@ -118,6 +120,7 @@ def test_every_variable_set() -> None:
     assert settings.log_level == "DEBUG"
     assert settings.log_format == "json"
     assert settings.pod_name == "quotes-7d9f-abc"
+    assert settings.stall_after_seconds == 90.0
     assert settings.batch_size == 1000
     assert settings.max_await_ms == 250
     assert settings.sweep_interval_seconds == 5.0
@@ -236,6 +239,8 @@ BAD = [
     ("LIBERATOR_MAX_AWAIT_MS", "fast", "not a positive whole number"),
     ("LIBERATOR_SWEEP_INTERVAL_SECONDS", "0", "not a positive number of seconds"),
     ("LIBERATOR_PENDING_AGE_SECONDS", "soon", "not a positive number of seconds"),
+    ("LIBERATOR_STALL_AFTER_SECONDS", "0", "not a positive number of seconds"),
+    ("LIBERATOR_STALL_AFTER_SECONDS", "5m", "not a positive number of seconds"),
 ]
 
 
