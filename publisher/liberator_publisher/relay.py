@@ -39,10 +39,17 @@ __all__ = ["PENDING_INDEX", "PIPELINE", "Relay", "RelaySettings", "ensure_indexe
 log = logging.getLogger(__name__)
 
 PIPELINE: list[dict[str, Any]] = [
-    {"$match": {"operationType": {"$in": ["insert", "update", "replace"]},
-                "fullDocument.status": "pending"}},
+    {"$match": {"$or": [
+        {"operationType": {"$in": ["insert", "replace"]}, "fullDocument.status": "pending"},
+        {"operationType": "update", "updateDescription.updatedFields.status": "pending"},
+    ]}},
 ]
-"""The outbox stream: only changes that leave an event pending."""
+"""The outbox stream: only changes that leave an event pending.
+
+No ``updateLookup``: every event the relay marks ``published`` is an update, and a looked-up
+stream would make the server read each of those documents back only for this ``$match`` to drop
+it (MongoDB pays that lookup too). Inserts and replaces carry the document; an update to
+``pending`` (a republish by flag, rare) is looked up by the relay itself."""
 PENDING_INDEX = [("status", ASCENDING), ("capturedAt", ASCENDING), ("clusterTime", ASCENDING)]
 """Serves the sweep: pending events, oldest first, in oplog order."""
 _RECENT = 100_000  # ids published this term, to skip stream events the sweep already sent
@@ -137,7 +144,7 @@ class Relay:
         position = self.checkpoints.load("relay")
         self._saved = position
         reader = ChangeReader(self.outbox, position, pipeline=PIPELINE,
-                              full_document="updateLookup", batch_size=self.settings.batch_size,
+                              batch_size=self.settings.batch_size,
                               max_await_ms=self.settings.max_await_ms,
                               gather_ms=self.settings.gather_ms,
                               quiet_pause_ms=self.settings.quiet_pause_ms, name="relay-reader")
@@ -194,6 +201,10 @@ class Relay:
         self._stretches.append(stretch)
         for change in changes:
             document = change.get("fullDocument")
+            if change.get("operationType") == "update":
+                key = change.get("documentKey")
+                document = (self.outbox.find_one({"_id": key.get("_id")})
+                            if isinstance(key, Mapping) else None)
             # The lookup may show a newer state than the event: only pending is sent.
             if not isinstance(document, Mapping) or document.get("status") != "pending":
                 continue
