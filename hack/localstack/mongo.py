@@ -187,7 +187,8 @@ def _ping(uri: str) -> bool:
 def start(run_dir: Path, port: int | None = None, host: str | None = None, *,
           oplog_max_entries: int | None = None,
           oplog_max_age_seconds: float | None = None) -> Server:
-    """Start on ``port`` (or a free one) with the H2 file ``run_dir/mongo.h2``; wait for a ping.
+    """Start on ``port`` (or a free one) with the H2 file ``run_dir/mongo-bson.h2``; wait for a
+    ping.
 
     ``oplog_max_entries`` and ``oplog_max_age_seconds`` cap the oplog (default: the variables
     :data:`MAX_ENTRIES_ENV` and :data:`MAX_AGE_ENV`, else unbounded). A change stream that
@@ -204,7 +205,7 @@ def start(run_dir: Path, port: int | None = None, host: str | None = None, *,
         raise StackError("java is not on PATH: install a JDK 17 (openjdk-17-jdk-headless)")
     port = port or free_port()
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = run_dir / "mongo.h2"
+    data = run_dir / "mongo-bson.h2"  # the launcher's own format (LiberatorMongo.H2Store)
     backend = f"h2:{data}"
     classpath = os.pathsep.join([str(target / "classes"), str(target / "lib" / "*")])
     # One address only: the node IP for a stack that runs the node (pods and host clients reach

@@ -31,6 +31,25 @@ import de.bwaldvogel.mongo.bson.Document;
 import de.bwaldvogel.mongo.exception.MongoServerError;
 import de.bwaldvogel.mongo.oplog.Oplog;
 import io.netty.channel.Channel;
+import de.bwaldvogel.mongo.backend.CollectionOptions;
+import de.bwaldvogel.mongo.backend.Index;
+import de.bwaldvogel.mongo.backend.IndexKey;
+import de.bwaldvogel.mongo.backend.KeyValue;
+import de.bwaldvogel.mongo.backend.ValueComparator;
+import de.bwaldvogel.mongo.backend.h2.H2Collection;
+import de.bwaldvogel.mongo.backend.h2.H2Database;
+import de.bwaldvogel.mongo.backend.h2.H2UniqueIndex;
+import de.bwaldvogel.mongo.wire.bson.BsonDecoder;
+import de.bwaldvogel.mongo.wire.bson.BsonEncoder;
+import io.netty.buffer.ByteBuf;
+import io.netty.buffer.Unpooled;
+import java.nio.ByteBuffer;
+import org.h2.mvstore.DataUtils;
+import org.h2.mvstore.MVMap;
+import org.h2.mvstore.MVStore;
+import org.h2.mvstore.WriteBuffer;
+import org.h2.mvstore.type.BasicDataType;
+import org.h2.mvstore.type.ObjectDataType;
 
 /**
  * Starts mongo-java-server with an oplog and change streams of our own on a given host and port.
@@ -176,6 +195,11 @@ public final class LiberatorMongo {
         if (spec.startsWith("h2:") && spec.length() > 3) {
             return new H2Backend(spec.substring(3)) {
                 @Override
+                protected MongoDatabase openOrCreateDatabase(String databaseName) {
+                    return new H2Store.Database(databaseName, getMvStore(), getCursorRegistry());
+                }
+
+                @Override
                 public Document handleCommand(Channel channel, String database, String command,
                                               Document query) {
                     return Patches.command(this, oplog, database, command, query,
@@ -195,6 +219,185 @@ public final class LiberatorMongo {
     private static void fail(String message) {
         System.err.println("liberator-mongo: " + message);
         System.exit(2);
+    }
+
+    /**
+     * The H2 backend's maps with key and value types of our own. The library opens every map
+     * with H2's {@code ObjectDataType}, which compares index keys ({@code KeyValue}, not
+     * {@code Comparable}) by Java-serializing both sides at every step of a B-tree search, and
+     * stores documents with Java serialization: together most of the stand-in's CPU under load
+     * (a JFR profile of {@code python -m bench --only e2e}). Here documents and keys are stored
+     * as BSON, and keys compare in BSON order, as MongoDB's index keys do. Anything else (the
+     * positions, counters) keeps H2's own encoding behind a tag byte.
+     *
+     * <p>The format differs from the library's, so the launcher's file has a name of its own
+     * ({@code hack/localstack/mongo.py}). {@code renameCollection} still opens its new maps with
+     * the library's types: fine while the process runs, unreadable after a restart.
+     */
+    static final class H2Store {
+        private static final byte OTHER = 0;
+        private static final byte DOCUMENT = 1;
+        private static final byte KEY = 2;
+
+        private H2Store() {
+        }
+
+        static <K, V> MVMap.Builder<K, V> builder() {
+            MVMap.Builder<K, V> builder = new MVMap.Builder<>();
+            builder.keyType(Type.INSTANCE);
+            builder.valueType(Type.INSTANCE);
+            return builder;
+        }
+
+        /** The library's H2 database, with its maps opened through {@link #builder()}. */
+        static final class Database extends H2Database {
+            private static final java.lang.reflect.Constructor<H2UniqueIndex> INDEX;
+
+            static {
+                try {
+                    INDEX = H2UniqueIndex.class.getDeclaredConstructor(MVMap.class, String.class,
+                        List.class, boolean.class);
+                    INDEX.setAccessible(true);
+                } catch (ReflectiveOperationException e) {
+                    throw new ExceptionInInitializerError(e);
+                }
+            }
+
+            // The library's constructor already opens the existing collections through the
+            // overrides below, before any field of this class is set: the store is passed in a
+            // static, one per process.
+            private static volatile MVStore store;
+
+            Database(String name, MVStore mvStore, CursorRegistry registry) {
+                super(remember(name, mvStore), mvStore, registry);
+            }
+
+            private static String remember(String name, MVStore mvStore) {
+                store = mvStore;
+                return name;
+            }
+
+            @Override
+            protected MongoCollection<Object> openOrCreateCollection(String collectionName,
+                                                                     CollectionOptions options) {
+                String namespace = getFullCollectionNamespace(collectionName);
+                MVMap<Object, Document> data = store.openMap("databases." + namespace, builder());
+                MVMap<String, Object> meta = store.openMap("meta." + namespace, builder());
+                return new H2Collection(this, collectionName, options, data, meta, cursorRegistry);
+            }
+
+            @Override
+            protected Index<Object> openOrCreateUniqueIndex(String collectionName,
+                                                            String indexName,
+                                                            List<IndexKey> keys, boolean sparse) {
+                MVMap<KeyValue, Object> map = store.openMap(
+                    getFullCollectionNamespace(collectionName) + "._index_" + indexName,
+                    builder());
+                try {
+                    return INDEX.newInstance(map, indexName, keys, sparse);
+                } catch (ReflectiveOperationException e) {
+                    throw new IllegalStateException("cannot open index " + indexName, e);
+                }
+            }
+        }
+
+        /** Keys and values of every map: BSON for documents and index keys. */
+        static final class Type extends BasicDataType<Object> {
+            static final Type INSTANCE = new Type();
+            private static final ObjectDataType FALLBACK = new ObjectDataType();
+            private static final ValueComparator ORDER = ValueComparator.asc();
+
+            @Override
+            public int compare(Object a, Object b) {
+                if (a instanceof KeyValue x && b instanceof KeyValue y) {
+                    if (x.size() != y.size()) {
+                        return Integer.compare(x.size(), y.size());
+                    }
+                    for (int i = 0; i < x.size(); i++) {
+                        int c = ORDER.compare(x.get(i), y.get(i));
+                        if (c != 0) {
+                            return c;
+                        }
+                    }
+                    return 0;
+                }
+                // Document ids, positions and meta names: BSON order too (H2's own compare
+                // refuses two ids of different classes).
+                return ORDER.compare(a, b);
+            }
+
+            @Override
+            public int getMemory(Object obj) {
+                // An estimate for H2's page cache; serializing to measure was part of the cost.
+                if (obj instanceof Document document) {
+                    return 64 + 48 * document.size();
+                }
+                if (obj instanceof KeyValue key) {
+                    return 32 + 24 * key.size();
+                }
+                return FALLBACK.getMemory(obj);
+            }
+
+            @Override
+            public boolean isMemoryEstimationAllowed() {
+                return false;
+            }
+
+            @Override
+            public void write(WriteBuffer buffer, Object obj) {
+                if (obj instanceof Document document) {
+                    byte[] bson = bson(document);
+                    if (bson != null) {
+                        buffer.put(DOCUMENT).putVarInt(bson.length).put(bson);
+                        return;
+                    }
+                } else if (obj instanceof KeyValue key) {
+                    byte[] bson = bson(new Document("k", new ArrayList<>(key.stream().toList())));
+                    if (bson != null) {
+                        buffer.put(KEY).putVarInt(bson.length).put(bson);
+                        return;
+                    }
+                }
+                buffer.put(OTHER);
+                FALLBACK.write(buffer, obj);
+            }
+
+            @Override
+            public Object read(ByteBuffer buffer) {
+                byte tag = buffer.get();
+                if (tag == OTHER) {
+                    return FALLBACK.read(buffer);
+                }
+                byte[] bson = new byte[DataUtils.readVarInt(buffer)];
+                buffer.get(bson);
+                Document document = BsonDecoder.decodeBson(Unpooled.wrappedBuffer(bson));
+                if (tag == DOCUMENT) {
+                    return document;
+                }
+                return new KeyValue((List<?>) document.get("k"));
+            }
+
+            @Override
+            public Object[] createStorage(int size) {
+                return new Object[size];
+            }
+
+            /** The BSON of {@code document}, or null for a value BSON cannot hold (such as
+             * the library's Missing in a key), which then keeps H2's own encoding. */
+            private static byte[] bson(Document document) {
+                ByteBuf buffer = Unpooled.buffer();
+                try {
+                    BsonEncoder.encodeDocument(document, buffer);
+                    byte[] bytes = new byte[buffer.readableBytes()];
+                    buffer.readBytes(bytes);
+                    return bytes;
+                } catch (RuntimeException e) {
+                    return null;
+                } finally {
+                    buffer.release();
+                }
+            }
+        }
     }
 
     /** MongoDB 5.0 as a replica set member reports it: version 5.0.0, wire version 13. */
