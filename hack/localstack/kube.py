@@ -41,6 +41,7 @@ from localstack.process import (
     Server,
     StackError,
     cache_dir,
+    file_lock,
     free_port,
     run_checked,
     spawn,
@@ -173,8 +174,15 @@ def build_components(say: Say, names: Sequence[str]) -> None:
 def _build_one(say: Say, name: str, version: str, stamp: str) -> None:
     target = binary_path(name, version)
     stamp_file = target.with_name(f"{name}.stamp")
-    if target.exists() and stamp_file.exists() and stamp_file.read_text().strip() == stamp:
-        return
+    # Two runs on one cache (a test session and make test) would race on the .partial file.
+    with file_lock(target.with_name(f"{name}.lock")):
+        if target.exists() and stamp_file.exists() and stamp_file.read_text().strip() == stamp:
+            return
+        _go_build(say, name, version, target)
+        stamp_file.write_text(stamp + "\n")
+
+
+def _go_build(say: Say, name: str, version: str, target: Path) -> None:
     go = shutil.which("go")
     if go is None:
         raise StackError(f"go is not on PATH: install Go 1.24+ to build {name} {version} "
@@ -192,7 +200,6 @@ def _build_one(say: Say, name: str, version: str, stamp: str) -> None:
                  "-o", str(partial), f"{PACKAGE_ROOT}/{name}"], cwd=MODULE_DIR, log=log, env=env,
                 what=f"go build {name} {version}")
     os.replace(partial, target)
-    stamp_file.write_text(stamp + "\n")
     say(f"built {name} {version} in {time.monotonic() - started:.0f}s: {target}")
 
 
