@@ -437,6 +437,9 @@ public final class LiberatorMongo {
                     reply = hello(handle.handle("isMaster", query));
                 } else if (command.equalsIgnoreCase("listCollections")) {
                     reply = ListCollections.apply(query, handle.handle(command, query));
+                } else if (oplog != null && command.equals("find") && database.equals("local")
+                    && "oplog.rs".equals(query.get("find"))) {
+                    reply = oplog.find(query);
                 } else if (command.equals("insert") && oplog != null) {
                     reply = oplog.insert(query, () -> handle.handle(command, query));
                 } else {
@@ -672,6 +675,57 @@ public final class LiberatorMongo {
                 }, every, every, TimeUnit.MILLISECONDS);
             }
             return oplog;
+        }
+
+        // ---- reading ----
+
+        /**
+         * {@code find} on {@code local.oplog.rs} as MongoDB answers it: {@code $natural} order is
+         * timestamp order (a capped collection's insertion order), which the store's own order is
+         * not once entries are trimmed. Takes {@code filter}, {@code sort} by {@code $natural} or
+         * {@code ts} (1 or -1), {@code skip}, {@code limit} and an inclusion {@code projection};
+         * the whole answer comes in the first batch.
+         */
+        Document find(Document query) {
+            Document filter = query.get("filter") instanceof Document f ? f : new Document();
+            boolean reverse = false;
+            if (query.get("sort") instanceof Document sort && !sort.isEmpty()) {
+                if (sort.size() != 1 || !(sort.containsKey("$natural") || sort.containsKey("ts"))) {
+                    throw new MongoServerError(2, "BadValue", "liberator-mongo: local.oplog.rs "
+                        + "sorts by $natural or ts only, not " + sort.keySet());
+                }
+                reverse = ((Number) sort.values().iterator().next()).intValue() < 0;
+            }
+            long skip = query.get("skip") instanceof Number n ? n.longValue() : 0;
+            long limit = query.get("limit") instanceof Number n ? Math.abs(n.longValue()) : 0;
+            Document projection = query.get("projection") instanceof Document p ? p : null;
+            DefaultQueryMatcher matcher = new DefaultQueryMatcher();
+            List<Document> batch = new ArrayList<>();
+            for (Document entry : reverse ? entries.descendingMap().values() : entries.values()) {
+                if (!matcher.matches(entry, filter) || skip-- > 0) {
+                    continue;
+                }
+                batch.add(project(entry, projection));
+                if (limit > 0 && batch.size() >= limit) {
+                    break;
+                }
+            }
+            Document cursor = new Document("firstBatch", batch).append("id", 0L)
+                .append("ns", "local." + COLLECTION);
+            return new Document("cursor", cursor).append("ok", 1.0);
+        }
+
+        private static Document project(Document entry, Document projection) {
+            if (projection == null || projection.isEmpty()) {
+                return entry.cloneDeeply();
+            }
+            Document kept = new Document();
+            projection.forEach((field, include) -> {
+                if (Utils.isTrue(include) && entry.containsKey(field)) {
+                    kept.put(field, entry.get(field));
+                }
+            });
+            return kept.cloneDeeply();
         }
 
         // ---- time ----
@@ -1011,30 +1065,41 @@ public final class LiberatorMongo {
         }
     }
 
-    /** Resume tokens: {@code {_data: hex(timestamp)}}, an invalidate event's with a suffix. */
+    /**
+     * Resume tokens as MongoDB's begin: {@code _data} is hex of a KeyString whose first value is
+     * the event's cluster time ({@code 82}, BSON timestamp's type byte in KeyString, then the
+     * timestamp's 8 bytes big-endian), so a client can read a token's time as it can from
+     * MongoDB's. An invalidate event's token has a suffix. Anything else is not ours: refused.
+     */
     private static final class Tokens {
 
+        private static final String PREFIX = "82";
         private static final String INVALIDATE = "ff";
+        private static final int LENGTH = PREFIX.length() + 16;
 
         private Tokens() {
         }
 
         static Document token(long ts, boolean invalidate) {
-            return new Document("_data", Long.toHexString(ts) + (invalidate ? INVALIDATE : ""));
+            String hex = String.format("%016x", ts);
+            return new Document("_data", PREFIX + hex + (invalidate ? INVALIDATE : ""));
         }
 
         static boolean invalidate(Document token) {
-            return token.get("_data") instanceof String data && data.length() > 16
-                && data.endsWith(INVALIDATE) && data.length() == 16 + INVALIDATE.length();
+            return token.get("_data") instanceof String data
+                && data.length() == LENGTH + INVALIDATE.length() && data.endsWith(INVALIDATE);
         }
 
         /** A malformed token fails with the library's old message (NumberFormatException). */
         static long position(Document token) {
             String data = String.valueOf(token.get("_data"));
             if (invalidate(token)) {
-                data = data.substring(0, 16);
+                data = data.substring(0, LENGTH);
             }
-            return Long.parseUnsignedLong(data, 16);
+            if (data.length() != LENGTH || !data.regionMatches(true, 0, PREFIX, 0, 2)) {
+                throw new NumberFormatException("For input string: \"" + data + "\"");
+            }
+            return Long.parseUnsignedLong(data.substring(PREFIX.length()), 16);
         }
     }
 

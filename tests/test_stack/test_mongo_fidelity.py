@@ -343,6 +343,24 @@ def test_the_token_after_a_batch_is_the_last_event(coll: Collection[Doc]) -> Non
         assert stream.resume_token == events[-1]["_id"]
 
 
+def test_a_token_begins_with_its_events_cluster_time(coll: Collection[Doc]) -> None:
+    # MongoDB: _data is hex of a KeyString whose first value is the cluster time (type byte
+    # 0x82, then the timestamp's 8 bytes big-endian); clients read a token's time from it.
+    with coll.watch() as stream:
+        coll.insert_many([{"_id": i} for i in range(2)])
+        for event in take(stream, 2):
+            data = event["_id"]["_data"]
+            assert data[:2] == "82", data
+            value = int(data[2:18], 16)
+            assert Timestamp(value >> 32, value & 0xFFFFFFFF) == event["clusterTime"]
+
+
+def test_a_foreign_token_is_refused(coll: Collection[Doc]) -> None:
+    # A token this server never made (another cluster's) is refused, not read as a position.
+    with pytest.raises(OperationFailure):
+        coll.watch(resume_after={"_data": "826A1B2C3D000000012B0229296E04"}).try_next()
+
+
 # -- drop: drop, then invalidate ---------------------------------------------------------------
 
 def test_dropping_the_collection_ends_its_stream_with_drop_then_invalidate(
@@ -408,6 +426,27 @@ def test_a_trimmed_resume_point_fails_with_history_lost(bounded: Server, tmp_pat
         # Positions still in the oplog resume; the newest 20 entries are all there.
         with coll.watch(start_at_operation_time=_oldest(client)) as stream:
             assert len(take(stream, 20)) == 20
+
+
+def test_natural_order_of_the_oplog_is_time_order_after_a_trim(bounded: Server) -> None:
+    # MongoDB: local.oplog.rs is a capped collection, so $natural order is insertion (= time)
+    # order; rs.printReplicationInfo() reads the window from its first and last entries.
+    with pymongo.MongoClient(bounded.exports["LIBERATOR_MONGO_URI"]) as client:
+        coll, oplog = client["natural"]["entities"], client["local"]["oplog.rs"]
+        for i in range(45):  # one at a time: the store reuses freed slots out of time order
+            coll.insert_one({"_id": i})
+        forward = [e["ts"] for e in oplog.find({}, sort=[("$natural", 1)])]
+        assert forward == sorted(forward) and len(forward) >= 20
+        assert [e["ts"] for e in oplog.find({}, sort=[("$natural", -1)])] == forward[::-1]
+        assert [e["ts"] for e in oplog.find()] == forward
+        first = oplog.find_one({}, {"ts": 1}, sort=[("$natural", 1)])
+        assert first is not None and set(first) == {"ts"} and first["ts"] == forward[0]
+        newest = oplog.find_one({"op": "i"}, sort=[("$natural", -1)])
+        assert newest is not None and newest["o"] == {"_id": 44}
+        assert [e["o"]["_id"] for e in oplog.find({"op": "i"}, skip=1, limit=2,
+                                                  sort=[("ts", -1)])] == [43, 42]
+        with pytest.raises(OperationFailure, match="sorts by \\$natural or ts only"):
+            oplog.find_one({}, sort=[("op", 1)])
 
 
 def _oldest(client: pymongo.MongoClient[Doc]) -> Timestamp:
