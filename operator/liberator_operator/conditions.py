@@ -20,6 +20,7 @@ __all__ = [
     "PUBLISHING",
     "READY",
     "RESTART_REJECTED",
+    "RESUME_POINT_AT_RISK",
     "STALLED",
     "SUBSCRIPTIONS_READY",
     "TOPIC_READY",
@@ -38,6 +39,7 @@ INJECTING = "Injecting"
 PUBLISHING = "Publishing"
 RESTART_REJECTED = "RestartRejected"
 STALLED = "Stalled"
+RESUME_POINT_AT_RISK = "ResumePointAtRisk"
 # EventSeed
 PUBLISHER_FOUND = "PublisherFound"
 JOB_CREATED = "JobCreated"

@@ -23,6 +23,8 @@ __all__ = [
     "parse_status_record",
     "read_seed_progress",
     "read_status",
+    "resume_point_condition",
+    "resume_point_status",
     "seed_key",
     "stall_condition",
 ]
@@ -65,6 +67,9 @@ class DataStatus:
     """Why the leader does not move (``{reason, message, since}``); None while it moves."""
     checkpoints: dict[str, Any] | None = None
     """Per loop, ``{movedAt, ageSeconds}`` of its checkpoint."""
+    resume_point: dict[str, Any] | None = None
+    """The resume-point headroom: ``{status, reason, message, windowSeconds, oldestEntry,
+    headroomSeconds}`` (the publisher's headroom.py)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,7 @@ def parse_status_record(raw: Mapping[str, Any] | str | bytes | None) -> DataStat
         restart_rejected=_dict(record.get("restartRejected")),
         stalled=_dict(record.get("stalled")),
         checkpoints=_checkpoints(record.get("checkpoints")),
+        resume_point=_dict(record.get("resumePoint")),
     )
 
 
@@ -168,6 +174,42 @@ def stall_condition(data: DataStatus | None) -> tuple[str, str, str]:
         message = str(data.stalled.get("message") or "the publisher does not move")
         return "True", reason, f"{message} (since {since})" if since else message
     return "False", "Moving", "the leader captures and publishes"
+
+
+def resume_point_condition(data: DataStatus | None) -> tuple[str, str, str]:
+    """The ``ResumePointAtRisk`` condition (status, reason, message) from the leader's record:
+    Unknown without a record or a reading (never a False that reads as "safe")."""
+    if data is None:
+        return ("Unknown", "NoLeader", "no leader's status record: the resume points' headroom "
+                                       "is unknown")
+    point = data.resume_point or {}
+    status = point.get("status")
+    if status not in ("True", "False", "Unknown"):
+        return ("Unknown", "OplogWindowUnknown", "the leader reports no resume-point headroom "
+                                                 "(a sidecar older than this operator?)")
+    return (str(status), str(point.get("reason") or "OplogWindowUnknown"),
+            str(point.get("message") or ""))
+
+
+def resume_point_status(data: DataStatus | None) -> dict[str, Any] | None:
+    """``status.resumePoint``: the oplog window, its oldest entry and each loop's headroom, as
+    the CRD schema types them (a field that does not parse is left out)."""
+    point = data.resume_point if data is not None else None
+    if not point:
+        return None
+    out: dict[str, Any] = {}
+    window = _float(point.get("windowSeconds"))
+    if window is not None:
+        out["windowSeconds"] = window
+    if isinstance(point.get("oldestEntry"), str):
+        out["oldestEntry"] = point["oldestEntry"]
+    loops = point.get("headroomSeconds")
+    if isinstance(loops, Mapping):
+        headroom = {str(k): v for k, v in ((k, _float(v)) for k, v in loops.items())
+                    if v is not None}
+        if headroom:
+            out["headroomSeconds"] = headroom
+    return out or None
 
 
 def _checkpoints(value: Any) -> dict[str, Any] | None:

@@ -29,6 +29,8 @@ from liberator_operator.datastatus import (
     connect,
     read_seed_progress,
     read_status,
+    resume_point_condition,
+    resume_point_status,
     seed_key,
     stall_condition,
 )
@@ -314,6 +316,11 @@ def _stall(data: DataStatus | None) -> tuple[cond.Status, str, str]:
     return cast(cond.Status, status), reason, message
 
 
+def _resume_point(data: DataStatus | None) -> tuple[cond.Status, str, str]:
+    status, reason, message = resume_point_condition(data)
+    return cast(cond.Status, status), reason, message
+
+
 def parked_message(publisher: Publisher, data: DataStatus) -> str:
     """The Parked condition's message: the cause, and the documented recovery as one command.
 
@@ -347,6 +354,7 @@ def observe(rt: Runtime, *, body: Any, spec: Mapping[str, Any], meta: Mapping[st
     conds = _Conditions(status.get("conditions"), meta.get("generation"))
     conds.set(cond.PUBLISHING, state, reason, message)
     conds.set(cond.STALLED, *_stall(data))
+    conds.set(cond.RESUME_POINT_AT_RISK, *_resume_point(data))
     done = (data.restart if data else None) or status.get("restart")
     outcome = restart_outcome(spec, refused, data, done)
     if outcome.status:
@@ -364,6 +372,7 @@ def observe(rt: Runtime, *, body: Any, spec: Mapping[str, Any], meta: Mapping[st
         "parkedReason": data.parked_reason if data else None,
         "captureSince": data.capture_since if data else None,
         "checkpoints": data.checkpoints if data else None,
+        "resumePoint": resume_point_status(data),
         "lag": cond.lag_text(data.lag_seconds if data else None),
         "reason": cond.summary_reason(conds.items, paused=bool(spec.get("paused"))),
         "restart": dict(done) if done else None,

@@ -33,7 +33,7 @@ _PREFIX = "liberator-seed-"
 # Contract variables the seed command does not read (it publishes to --topic, serves no HTTP and
 # holds no lease).
 _NOT_FOR_SEED = frozenset({"LIBERATOR_TOPIC", "LIBERATOR_HTTP_PORT", "LIBERATOR_LEASE_TTL_SECONDS",
-                           "LIBERATOR_STALL_AFTER_SECONDS"})
+                           "LIBERATOR_STALL_AFTER_SECONDS", "LIBERATOR_RESUME_MARGIN_PERCENT"})
 
 
 def job_name(seed_name: str) -> str:

@@ -111,6 +111,7 @@ class EntityPublisherSpec(TypedDict):
     deletionPolicy: Literal["Retain", "Delete"]
     paused: bool
     stallAfterSeconds: NotRequired[int]
+    resumePointMarginPercent: NotRequired[int]
 
 
 class Publisher(TypedDict):

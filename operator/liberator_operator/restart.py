@@ -59,7 +59,28 @@ def control_for(spec: Mapping[str, Any], status: Mapping[str, Any],
     problem = request.future_problem(now) if done.get("id") != request.id else None
     if problem is not None:
         return ControlRecord(paused), _refused(request.id, "FutureTime", problem)
+    problem = _history_problem(request, status) if done.get("id") != request.id else None
+    if problem is not None:
+        return ControlRecord(paused), _refused(request.id, "OlderThanOplog", problem)
     return ControlRecord(paused, request), None
+
+
+def _history_problem(request: RestartRequest, status: Mapping[str, Any]) -> str | None:
+    """Why a time older than the oldest oplog entry cannot be restarted from, where the leader
+    last reported that entry (``status.resumePoint.oldestEntry``); None where it is unknown."""
+    moment = request.at()
+    oldest_text = (status.get("resumePoint") or {}).get("oldestEntry")
+    if moment is None or not isinstance(oldest_text, str):
+        return None
+    try:
+        oldest = datetime.fromisoformat(oldest_text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment >= oldest:
+        return None
+    return (f"spec.restartFrom.time {request.time} is older than the oldest oplog entry "
+            f"({oldest_text}, as the leader last reported it): the changes between are gone; "
+            f"use a time at or after it, or position: now, and an EventSeed for the gap")
 
 
 def _refused(ident: str, reason: str, message: str) -> Outcome:

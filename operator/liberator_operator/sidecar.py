@@ -106,6 +106,8 @@ def build_contract_env(publisher: Publisher,
         "LIBERATOR_LEASE_TTL_SECONDS": {"value": str(sidecar.get("leaseTtlSeconds", 10))},
         "LIBERATOR_PUBLISHER": {"value": f"{publisher['namespace']}/{publisher['name']}"},
         "LIBERATOR_STALL_AFTER_SECONDS": {"value": str(spec.get("stallAfterSeconds", 300))},
+        "LIBERATOR_RESUME_MARGIN_PERCENT": {
+            "value": str(spec.get("resumePointMarginPercent", 25))},
         "LIBERATOR_LOG_LEVEL": {"value": sidecar.get("logLevel", "INFO")},
         # One JSON object a line: what log collectors in a cluster parse.
         "LIBERATOR_LOG_FORMAT": {"value": "json"},

@@ -24,12 +24,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bson import Timestamp
+from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
+
+from liberator_publisher.headroom import OplogWindow, token_time
 
 __all__ = ["CHECKPOINT_COLLECTION", "LOOPS", "CheckpointError", "Checkpoints", "FencedError",
-           "Position", "cluster_time"]
+           "Mark", "Position", "cluster_time", "oplog_window"]
 
 CHECKPOINT_COLLECTION = "liberator.checkpoints"
 LOOPS = ("capture", "relay")
@@ -76,6 +79,35 @@ def cluster_time(database: Database[dict[str, Any]]) -> Timestamp | None:
     return Timestamp(when.time, when.inc + 1)
 
 
+@dataclass(frozen=True)
+class Mark:
+    """What the status shows of one loop's checkpoint."""
+
+    moved_at: datetime
+    """When its position was last written."""
+    position: Timestamp | None
+    """The cluster time of that position; None when the token does not say."""
+
+
+def oplog_window(client: MongoClient[dict[str, Any]]) -> OplogWindow | str:
+    """The oplog's oldest and newest entries, as ``rs.printReplicationInfo()`` reads them
+    (``local.oplog.rs`` in ``$natural`` order), or why they cannot be read."""
+    oplog = client["local"]["oplog.rs"]
+    try:
+        oldest = oplog.find_one({}, {"ts": 1}, sort=[("$natural", 1)], max_time_ms=5000)
+        newest = oplog.find_one({}, {"ts": 1}, sort=[("$natural", -1)], max_time_ms=5000)
+    except OperationFailure as e:
+        if e.code in (13, 8000):  # Unauthorized; Atlas's AtlasError for the same
+            return ("not authorized to read local.oplog.rs: grant the publisher's MongoDB user "
+                    "the clusterMonitor role (find on local.oplog.rs)")
+        return f"reading local.oplog.rs failed: {e}"
+    first = oldest.get("ts") if oldest else None
+    last = newest.get("ts") if newest else None
+    if not isinstance(first, Timestamp) or not isinstance(last, Timestamp):
+        return "local.oplog.rs has no entries: MongoDB is not a replica set member"
+    return OplogWindow(first, last)
+
+
 class Checkpoints:
     """The checkpoints of one publisher (``<namespace>/<name>``)."""
 
@@ -114,18 +146,23 @@ class Checkpoints:
         for loop in LOOPS:
             self._write(loop, epoch, {"epoch": epoch, "pod": pod}, moved=False)
 
-    def moved_at(self) -> dict[str, datetime]:
-        """When each loop's position was last written (loops without a checkpoint are left
-        out): the checkpoint ages the status reports."""
+    def marks(self) -> dict[str, Mark]:
+        """When each loop's position was last written and the cluster time it stands for
+        (loops without a checkpoint are left out): the checkpoint ages and the resume-point
+        headroom the status reports."""
         found = self.collection.find({"_id": {"$in": [self._id(loop) for loop in LOOPS]}},
-                                     {"updatedAt": 1})
+                                     {"updatedAt": 1, "token": 1, "operationTime": 1})
         prefix = f"{self.publisher}#"
-        result: dict[str, datetime] = {}
+        result: dict[str, Mark] = {}
         for document in found:
             when = document.get("updatedAt")
-            if isinstance(when, datetime):
-                result[str(document["_id"]).removeprefix(prefix)] = (
-                    when if when.tzinfo else when.replace(tzinfo=UTC))
+            if not isinstance(when, datetime):
+                continue
+            token, start = document.get("token"), document.get("operationTime")
+            position = token_time(token) if isinstance(token, Mapping) else (
+                start if isinstance(start, Timestamp) else None)
+            result[str(document["_id"]).removeprefix(prefix)] = Mark(
+                when if when.tzinfo else when.replace(tzinfo=UTC), position)
         return result
 
     def save(self, loop: str, epoch: int, position: Position, pod: str) -> None:

@@ -60,6 +60,8 @@ CONTRACT: tuple[EnvVar, ...] = (
            "`<namespace>/<name>` of the EntityPublisher; keys the lease and status record."),
     EnvVar("LIBERATOR_STALL_AFTER_SECONDS", False, "300",
            "How long the publisher may not move before it reports itself stalled."),
+    EnvVar("LIBERATOR_RESUME_MARGIN_PERCENT", False, "25",
+           "Share of the oplog window below which a checkpoint's headroom is reported at risk."),
     EnvVar("LIBERATOR_LOG_LEVEL", False, "INFO", "DEBUG, INFO, WARNING or ERROR."),
     EnvVar("LIBERATOR_LOG_FORMAT", False, "text", "`text` or `json` (one object a line)."),
     EnvVar("LIBERATOR_POD_NAME", False, "the host name",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from liberator_publisher.checkpoint import LOOPS
+from liberator_publisher.headroom import Headroom
 from liberator_publisher.source import PARK_REASONS
 from liberator_publisher.stall import STALL_REASONS
 
@@ -63,6 +64,15 @@ class Metrics:
                                     "Seconds since the loop's checkpoint position was last "
                                     "written (leader only; 0 without a checkpoint).", ["loop"],
                                     registry=r)
+        self.oplog_window = Gauge("liberator_oplog_window_seconds",
+                                  "Seconds between the oldest and newest oplog entry (leader; "
+                                  "NaN while unknown).", registry=r)
+        self.headroom = Gauge("liberator_resume_headroom_seconds",
+                              "Seconds between the loop's checkpoint position and the oldest "
+                              "oplog entry (leader; NaN while unknown).", ["loop"], registry=r)
+        self.at_risk = Gauge("liberator_resume_point_at_risk",
+                             "1 while the loop's headroom is below the margin of the oplog "
+                             "window (headroom.py).", ["loop"], registry=r)
         # Every labelled series exists at 0 from the start, so alerts and dashboards see it
         # before the first failure (an absent series is not 0 to PromQL).
         for stage in FAILED_STAGES:
@@ -71,6 +81,8 @@ class Metrics:
         self.set_stalled("")
         for loop in LOOPS:
             self.checkpoint_age.labels(loop=loop)
+            self.at_risk.labels(loop=loop)
+        self.set_headroom(None)
 
     def set_parked(self, reason: str) -> None:
         """Record a park: 1 for ``reason``, 0 for every other (``reason`` empty clears it)."""
@@ -83,6 +95,18 @@ class Metrics:
         """1 for ``reason``, 0 for every other (``reason`` empty: not stalled)."""
         for known in STALL_REASONS:
             self.stalled.labels(reason=known).set(1 if known == reason else 0)
+
+    def set_headroom(self, verdict: Headroom | None) -> None:
+        """The window, each loop's headroom and at-risk flag; NaN (unknown) without a verdict
+        or for a loop the verdict has no position for."""
+        nan = float("nan")
+        window = verdict.window_seconds if verdict is not None else None
+        self.oplog_window.set(nan if window is None else window)
+        for loop in LOOPS:
+            seconds = verdict.loops.get(loop) if verdict is not None else None
+            self.headroom.labels(loop=loop).set(nan if seconds is None else seconds)
+            self.at_risk.labels(loop=loop).set(
+                1 if verdict is not None and loop in verdict.at_risk else 0)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of the registry."""

@@ -37,11 +37,14 @@ from liberator_publisher.checkpoint import (
     CheckpointError,
     Checkpoints,
     FencedError,
+    Mark,
     Position,
     cluster_time,
+    oplog_window,
 )
 from liberator_publisher.command import Command
 from liberator_publisher.control import ControlError, ControlRecord, RestartRequest, read_control
+from liberator_publisher.headroom import OplogWindow, headroom_verdict
 from liberator_publisher.health import Health, HealthServer
 from liberator_publisher.identity import IDENTITY_SUFFIX, Identities, ensure_key_index
 from liberator_publisher.leader import Lease
@@ -51,7 +54,14 @@ from liberator_publisher.settings import ConfigError, Settings
 from liberator_publisher.sink import Sink, SinkSettings, preload
 from liberator_publisher.source import classify
 from liberator_publisher.stall import stall_verdict
-from liberator_publisher.status import Progress, StatusRecord, now_rfc3339, rfc3339, write_status
+from liberator_publisher.status import (
+    Progress,
+    StatusRecord,
+    now_rfc3339,
+    resume_point,
+    rfc3339,
+    write_status,
+)
 
 __all__ = ["COMMAND", "EXIT_CONFIG", "EXIT_FATAL", "EXIT_UNREACHABLE", "main"]
 
@@ -329,8 +339,10 @@ class Sidecar:
         self._restart_term = False
         self._control = ControlRecord()
         self._control_error = ""
-        self.moved_at: dict[str, datetime] = {}
-        """When each loop's checkpoint position was last written (read with the backlog)."""
+        self.marks: dict[str, Mark] = {}
+        """Each loop's checkpoint: when it moved, and to what time (read with the backlog)."""
+        self.window: OplogWindow | str = "not read yet"
+        """The oplog window, or why it cannot be read (read with the backlog)."""
 
     # -- probes --
 
@@ -583,6 +595,7 @@ class Sidecar:
         self.metrics.set_stalled("")  # a standby reports nothing of the leader's
         for loop in LOOPS:
             self.metrics.checkpoint_age.labels(loop=loop).set(0)
+        self.metrics.set_headroom(None)
         if term is None:
             return
         term.stop(drain_seconds)
@@ -601,10 +614,14 @@ class Sidecar:
             "reason": stall.reason, "message": stall.message,
             "since": rfc3339(wall - timedelta(seconds=stall.seconds))}
         ages: dict[str, dict[str, Any]] = {}
-        for loop, moved in self.moved_at.items():
-            age = max(0.0, (wall - moved).total_seconds())
-            ages[loop] = {"movedAt": rfc3339(moved), "ageSeconds": round(age, 1)}
+        for loop, mark in self.marks.items():
+            age = max(0.0, (wall - mark.moved_at).total_seconds())
+            ages[loop] = {"movedAt": rfc3339(mark.moved_at), "ageSeconds": round(age, 1)}
             self.metrics.checkpoint_age.labels(loop=loop).set(age)
+        headroom = headroom_verdict(self.window,
+                                    {loop: mark.position for loop, mark in self.marks.items()},
+                                    self.settings.resume_margin_percent / 100)
+        self.metrics.set_headroom(headroom)
         record = StatusRecord(
             pod=self.settings.pod_name, epoch=self.lease.epoch,
             lastEventTime=rfc3339(p.last_event_time) if p.last_event_time else None,
@@ -612,7 +629,8 @@ class Sidecar:
             relayLagSeconds=round(p.relay_lag_seconds, 3), backlog=p.backlog,
             parked=self.parked, captureSince=self.capture_since,
             paused=paused, restart=self.restart_done, restartRejected=self.restart_rejected,
-            stalled=stalled, checkpoints=ages or None, updatedAt=rfc3339(wall))
+            stalled=stalled, checkpoints=ages or None, resumePoint=resume_point(headroom),
+            updatedAt=rfc3339(wall))
         write_status(self.redis, self.settings.publisher, record,
                      ttl_seconds=max(60.0, self.settings.lease_ttl_seconds * 6))
 
@@ -627,7 +645,11 @@ class Sidecar:
                 pass  # MongoDB away: look again next time
         self._count_backlog()
         with contextlib.suppress(Exception):  # MongoDB away: the ages grow from the last read
-            self.moved_at = self.checkpoints.moved_at()
+            self.marks = self.checkpoints.marks()
+        try:
+            self.window = oplog_window(self.mongo)
+        except Exception as e:  # MongoDB away: unknown until it answers
+            self.window = f"MongoDB did not answer: {e}"
 
     def _count_backlog(self) -> None:
         try:

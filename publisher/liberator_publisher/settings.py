@@ -108,6 +108,10 @@ class Settings:
     stall_after_seconds: float = 300.0
     """LIBERATOR_STALL_AFTER_SECONDS: how long the publisher may not move (pending events and no
     publish, or captured changes and no checkpoint) before it reports itself stalled."""
+    resume_margin_percent: int = 25
+    """LIBERATOR_RESUME_MARGIN_PERCENT: a checkpoint whose headroom (its distance from the oldest
+    oplog entry) is below this share of the oplog window is reported at risk (headroom.py);
+    1 to 99."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -174,6 +178,8 @@ class Settings:
                                                 _positive_float, 30.0),
             stall_after_seconds=reader.optional("LIBERATOR_STALL_AFTER_SECONDS",
                                                 _positive_float, 300.0),
+            resume_margin_percent=reader.optional("LIBERATOR_RESUME_MARGIN_PERCENT", _percent,
+                                                  25),
         )
 
     def mapping(self) -> EventMapping:
@@ -385,6 +391,13 @@ def _positive_int(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise _InvalidError(f"{value!r} is not a positive whole number",
                             "use an integer of 1 or more")
+    return int(value)
+
+
+def _percent(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 99:
+        raise _InvalidError(f"{value!r} is not a whole percentage from 1 to 99",
+                            "use a number such as 25 (a quarter of the oplog window)")
     return int(value)
 
 

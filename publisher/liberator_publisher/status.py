@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from liberator_publisher.contract import status_key
+from liberator_publisher.headroom import Headroom
 
-__all__ = ["Progress", "StatusRecord", "now_rfc3339", "read_status", "rfc3339", "write_status"]
+__all__ = ["Progress", "StatusRecord", "now_rfc3339", "read_status", "resume_point", "rfc3339",
+           "write_status"]
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,22 @@ class StatusRecord:
     checkpoints: dict[str, dict[str, Any]] | None = None
     """Per loop, ``{movedAt, ageSeconds}``: when its position was last written, and how long
     ago. A loop without a checkpoint is left out."""
+    resumePoint: dict[str, Any] | None = None  # noqa: N815
+    """The resume-point headroom (headroom.py): ``{status, reason, message, windowSeconds,
+    oldestEntry, headroomSeconds: {loop: seconds}}``; status is True (at risk), False or
+    Unknown, and the window and oldest entry are None while unknown."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
+
+
+def resume_point(verdict: Headroom) -> dict[str, Any]:
+    """The ``resumePoint`` entry of the record."""
+    oldest = verdict.oldest
+    return {"status": verdict.status, "reason": verdict.reason, "message": verdict.message,
+            "windowSeconds": verdict.window_seconds,
+            "oldestEntry": rfc3339(oldest.as_datetime()) if oldest is not None else None,
+            "headroomSeconds": verdict.loops}
 
 
 def rfc3339(moment: datetime) -> str:

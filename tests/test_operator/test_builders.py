@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import jsonpatch
@@ -13,12 +14,15 @@ from liberator_operator.datastatus import (
     DataStatus,
     parse_seed_progress,
     parse_status_record,
+    resume_point_condition,
+    resume_point_status,
     stall_condition,
 )
 from liberator_operator.handlers import parked_message
 from liberator_operator.job import build_seed_job, job_name, job_phase, seed_args
 from liberator_operator.patch import INJECTED_ANNOTATION, build_patch
 from liberator_operator.provisioning import build_plan
+from liberator_operator.restart import control_for
 from liberator_operator.selector import matches
 from liberator_operator.settings import OperatorSettings
 from liberator_operator.sidecar import (
@@ -422,6 +426,47 @@ def test_stalled_condition_from_the_leaders_record() -> None:
     assert stall_condition(parked)[:2] == ("False", "Parked")
     paused = parse_status_record({"pod": "p", "paused": True})
     assert stall_condition(paused)[:2] == ("False", "Paused")
+
+
+AT_RISK_RECORD = {"pod": "p", "resumePoint": {
+    "status": "True", "reason": "ResumePointAtRisk", "message": "the capture checkpoint is near",
+    "windowSeconds": 3600.0, "oldestEntry": "2026-01-01T00:00:00.000Z",
+    "headroomSeconds": {"capture": 600.0, "relay": "far", "bogus": None}}}
+
+
+def test_resume_point_condition_from_the_leaders_record() -> None:
+    assert resume_point_condition(None)[:2] == ("Unknown", "NoLeader")  # never a safe False
+    older = parse_status_record({"pod": "p", "epoch": 1})  # a sidecar that does not report it
+    assert resume_point_condition(older)[:2] == ("Unknown", "OplogWindowUnknown")
+    garbled = parse_status_record({"pod": "p", "resumePoint": {"status": "maybe"}})
+    assert resume_point_condition(garbled)[0] == "Unknown"
+    at_risk = parse_status_record(AT_RISK_RECORD)
+    assert resume_point_condition(at_risk) == ("True", "ResumePointAtRisk",
+                                               "the capture checkpoint is near")
+    # status.resumePoint keeps what the CRD types: numbers for the headroom.
+    assert resume_point_status(at_risk) == {"windowSeconds": 3600.0,
+                                            "oldestEntry": "2026-01-01T00:00:00.000Z",
+                                            "headroomSeconds": {"capture": 600.0}}
+    assert resume_point_status(None) is None and resume_point_status(older) is None
+
+
+def test_restart_time_older_than_the_oplog_is_refused_where_the_window_is_known() -> None:
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    spec = {"restartFrom": {"id": "r1", "time": "2025-12-31T23:00:00Z"}}
+    known = {"resumePoint": {"oldestEntry": "2026-01-01T00:00:00.000Z"}}
+    record, refused = control_for(spec, known, now)
+    assert record.restartFrom is None and refused is not None
+    assert refused.reason == "OlderThanOplog"
+    assert ("spec.restartFrom.time 2025-12-31T23:00:00Z is older than the oldest oplog entry "
+            "(2026-01-01T00:00:00.000Z") in refused.message
+    assert "EventSeed" in refused.message and "set a new id" in refused.message
+    # At or after the oldest entry, or with the window unknown, the request goes to the leader.
+    later = {"restartFrom": {"id": "r2", "time": "2026-01-01T00:00:00Z"}}
+    assert control_for(later, known, now)[0].restartFrom is not None
+    assert control_for(spec, {}, now)[0].restartFrom is not None
+    # A request the leader already carried out is not refused after the fact.
+    done = {**known, "restart": {"id": "r1"}}
+    assert control_for(spec, done, now)[1] is None
 
 
 def test_checkpoint_ages_keep_only_well_formed_entries() -> None:

@@ -333,6 +333,11 @@ BAD_SPECS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("restart from a time without a zone", lambda s: s.update(restartFrom={
         "id": "r", "time": "2026-01-01T00:00:00"}),
      "spec.restartFrom.time must be an RFC 3339 time with a zone"),
+    ("resume-point margin of 0", lambda s: s.update(resumePointMarginPercent=0),
+     "spec.resumePointMarginPercent: Invalid value: 0: spec.resumePointMarginPercent in body "
+     "should be greater than or equal to 1"),
+    ("resume-point margin over 99", lambda s: s.update(resumePointMarginPercent=100),
+     "spec.resumePointMarginPercent in body should be less than or equal to 99"),
 ]
 
 
@@ -656,6 +661,53 @@ def test_stalled_leader_shows_stalled_with_checkpoint_ages_and_clears(
                         what="STATUS Publishing once it moves again")
     assert condition(moving, "Stalled")["status"] == "False"
     assert condition(moving, "Stalled")["reason"] == "Moving"
+
+
+def test_resume_point_at_risk_shows_and_an_older_restart_time_is_refused(
+        env: Env, operator: Operator, ns: str) -> None:
+    secret(env, ns, "risk-mongo", uri="mongodb://x")
+    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
+                                               ep_body(env, "risk", {"app": "risk"}))
+    unknown = eventually(lambda: condition(env.publisher(ns, "risk"), "ResumePointAtRisk")
+                         or None, what="a ResumePointAtRisk condition")
+    assert (unknown["status"], unknown["reason"]) == ("Unknown", "NoLeader")  # never a safe False
+    r = redis_lib.Redis.from_url(env.redis_url)
+    point = {"status": "True", "reason": "ResumePointAtRisk",
+             "message": "the capture checkpoint is near the oldest oplog entry (headroom "
+                        "capture 600s, relay 3590s; below 25% of the 3600s oplog window)",
+             "windowSeconds": 3600.0, "oldestEntry": "2026-01-01T00:00:00.000Z",
+             "headroomSeconds": {"capture": 600.0, "relay": 3590.0}}
+    record = {"pod": "app-0", "epoch": 3, "captureLagSeconds": 0.2, "relayLagSeconds": 0.1,
+              "backlog": 0, "parked": "", "updatedAt": "2026-01-01T01:00:00Z",
+              "resumePoint": point}
+    r.set(status_key(f"{ns}/risk"), json.dumps(record), ex=120)
+    risky = eventually(when(lambda: env.publisher(ns, "risk"),
+                            lambda p: condition(p, "ResumePointAtRisk").get("status") == "True"),
+                       what="ResumePointAtRisk=True")
+    at_risk = condition(risky, "ResumePointAtRisk")
+    assert at_risk["reason"] == "ResumePointAtRisk" and at_risk["message"] == point["message"]
+    shown = eventually(when(lambda: env.publisher(ns, "risk"),
+                            lambda p: p["status"].get("resumePoint")), what="status.resumePoint")
+    assert shown["status"]["resumePoint"] == {
+        "windowSeconds": 3600.0, "oldestEntry": "2026-01-01T00:00:00.000Z",
+        "headroomSeconds": {"capture": 600.0, "relay": 3590.0}}
+
+    # Where the window is known, a restart time before it is refused at apply time.
+    env.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "risk", {
+        "spec": {"restartFrom": {"id": "too-old", "time": "2025-12-31T12:00:00Z"}}})
+    refused = eventually(lambda: condition(env.publisher(ns, "risk"), "RestartRejected")
+                         if condition(env.publisher(ns, "risk"), "RestartRejected")
+                         .get("status") == "True" else None, what="RestartRejected=True")
+    assert refused["reason"] == "OlderThanOplog"
+    assert "older than the oldest oplog entry (2026-01-01T00:00:00.000Z" in refused["message"]
+    assert json.loads(r.get(control_key(f"{ns}/risk")) or "{}").get("restartFrom") is None
+
+    point.update(status="False", reason="HeadroomOK", message="headroom capture 3590s")
+    r.set(status_key(f"{ns}/risk"), json.dumps(record), ex=120)
+    clear = eventually(when(lambda: env.publisher(ns, "risk"),
+                            lambda p: condition(p, "ResumePointAtRisk").get("status") == "False"),
+                       what="ResumePointAtRisk=False once it catches up")
+    assert condition(clear, "ResumePointAtRisk")["reason"] == "HeadroomOK"
 
 
 def test_paused_publisher_shows_paused(env: Env, operator: Operator, ns: str) -> None:

@@ -78,6 +78,7 @@ def test_defaults_match_the_contract_table() -> None:
         settings.sweep_interval_seconds)
     assert float(documented["LIBERATOR_PENDING_AGE_SECONDS"]) == settings.pending_age_seconds
     assert float(documented["LIBERATOR_STALL_AFTER_SECONDS"]) == settings.stall_after_seconds
+    assert int(documented["LIBERATOR_RESUME_MARGIN_PERCENT"]) == settings.resume_margin_percent
     assert documented["LIBERATOR_OUTBOX_COLLECTION"].replace(
         "<collection>", "quotes") == settings.outbox_collection
     assert documented["LIBERATOR_SOURCE"].replace("<database>", "shop").replace(
@@ -106,6 +107,7 @@ def test_every_variable_set() -> None:
         LIBERATOR_SWEEP_INTERVAL_SECONDS="5",
         LIBERATOR_PENDING_AGE_SECONDS="60.5",
         LIBERATOR_STALL_AFTER_SECONDS="90",
+        LIBERATOR_RESUME_MARGIN_PERCENT="40",
     )
     assert settings.pubsub_emulator_host == "127.0.0.1:8085"
     assert settings.outbox_collection == "quotes_events"
@@ -121,6 +123,7 @@ def test_every_variable_set() -> None:
     assert settings.log_format == "json"
     assert settings.pod_name == "quotes-7d9f-abc"
     assert settings.stall_after_seconds == 90.0
+    assert settings.resume_margin_percent == 40
     assert settings.batch_size == 1000
     assert settings.max_await_ms == 250
     assert settings.sweep_interval_seconds == 5.0
@@ -241,6 +244,9 @@ BAD = [
     ("LIBERATOR_PENDING_AGE_SECONDS", "soon", "not a positive number of seconds"),
     ("LIBERATOR_STALL_AFTER_SECONDS", "0", "not a positive number of seconds"),
     ("LIBERATOR_STALL_AFTER_SECONDS", "5m", "not a positive number of seconds"),
+    ("LIBERATOR_RESUME_MARGIN_PERCENT", "0", "not a whole percentage from 1 to 99"),
+    ("LIBERATOR_RESUME_MARGIN_PERCENT", "100", "not a whole percentage from 1 to 99"),
+    ("LIBERATOR_RESUME_MARGIN_PERCENT", "0.25", "not a whole percentage from 1 to 99"),
 ]
 
 
