@@ -87,7 +87,8 @@ def summary_reason(conditions: Iterable[Condition] | None, *, paused: bool) -> s
     ``Paused`` first (the user asked for it); then why it is not Ready (a missing Secret, Pub/Sub
     unavailable...), since nothing can publish before that; then why it does not publish
     (``NoSidecar``, ``NoLeader``, ``Parked``...); ``Stalled`` when a leader runs but does not
-    move; ``Publishing`` when it does. ``Unknown`` before the first status check.
+    move; ``ResumePointAtRisk`` when it moves but a checkpoint nears the oplog's end;
+    ``Publishing`` otherwise. ``Unknown`` before the first status check.
     """
     if paused:
         return "Paused"
@@ -98,9 +99,11 @@ def summary_reason(conditions: Iterable[Condition] | None, *, paused: bool) -> s
     if publishing is None:
         return "Unknown"
     if publishing.get("status") == "True":
-        stalled = find(conditions, STALLED)
-        return "Stalled" if stalled is not None and stalled.get("status") == "True" \
-            else "Publishing"
+        for type_ in (STALLED, RESUME_POINT_AT_RISK):
+            condition = find(conditions, type_)
+            if condition is not None and condition.get("status") == "True":
+                return type_
+        return "Publishing"
     return str(publishing.get("reason") or "NotPublishing")
 
 

@@ -409,6 +409,12 @@ def test_status_column_gives_the_top_reason() -> None:
     assert summary_reason(stalled, paused=False) == "Stalled"
     moving = set_condition(stalled, "Stalled", False, "Moving", "", now="T")
     assert summary_reason(moving, paused=False) == "Publishing"
+    risky = set_condition(moving, "ResumePointAtRisk", True, "ResumePointAtRisk", "", now="T")
+    assert summary_reason(risky, paused=False) == "ResumePointAtRisk"
+    both = set_condition(risky, "Stalled", True, "CaptureNotMoving", "", now="T")
+    assert summary_reason(both, paused=False) == "Stalled"  # the cause before its effect
+    assert summary_reason(set_condition(risky, "ResumePointAtRisk", "Unknown", "NoLeader", "",
+                                        now="T"), paused=False) == "Publishing"
     assert summary_reason(set_condition(stalled, "Publishing", False, "Parked", "", now="T"),
                           paused=False) == "Parked"  # a park says more than a stall
 

@@ -686,6 +686,11 @@ def test_resume_point_at_risk_shows_and_an_older_restart_time_is_refused(
                        what="ResumePointAtRisk=True")
     at_risk = condition(risky, "ResumePointAtRisk")
     assert at_risk["reason"] == "ResumePointAtRisk" and at_risk["message"] == point["message"]
+    eventually(when(lambda: env.publisher(ns, "risk"),
+                    lambda p: p["status"].get("reason") == "ResumePointAtRisk"),
+               what="STATUS ResumePointAtRisk")
+    row = env.kubectl("get", "entitypublishers", "risk", "-n", ns).stdout.splitlines()[1]
+    assert row.split()[5:7] == ["True", "ResumePointAtRisk"], row
     shown = eventually(when(lambda: env.publisher(ns, "risk"),
                             lambda p: p["status"].get("resumePoint")), what="status.resumePoint")
     assert shown["status"]["resumePoint"] == {
