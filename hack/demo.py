@@ -359,6 +359,10 @@ class Demo:
     def show_status(self) -> None:
         self.step(8, "status, as a platform engineer sees it")
         self.show("get", "entitypublishers,eventseeds", "-A")
+        # The conditions behind STATUS, one a line (kubectl describe shows them too).
+        self.show("-n", NAMESPACE, "get", "entitypublisher", PUBLISHER, "-o",
+                  "jsonpath={range .status.conditions[*]}{.type}{'\\t'}{.status}{'\\t'}"
+                  "{.reason}{'\\t'}{.message}{'\\n'}{end}")
         print("      $ hack/stack status", flush=True)
         out = subprocess.run([str(ROOT / "hack" / "stack"), "status"], capture_output=True,
                              text=True, timeout=120, check=False)

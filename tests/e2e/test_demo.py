@@ -83,6 +83,9 @@ def test_demo_runs_end_to_end_on_the_node(tmp_path: Path) -> None:
     # kubectl get entitypublishers,eventseeds -A names both kinds; hack/stack status the pods.
     assert "entitypublisher.liberator.io/quotes" in output
     assert "eventseed.liberator.io/quotes-initial" in output
+    # The conditions behind STATUS: the leader moves, and its resume points have headroom.
+    assert re.search(r"Stalled\s+False\s+Moving", output), output[-8000:]
+    assert re.search(r"ResumePointAtRisk\s+False\s+HeadroomOK", output), output[-8000:]
     assert re.search(r"cluster\s+running", output)
     assert "pod quotes/quotes-service-" in output
     assert "local process" not in output
