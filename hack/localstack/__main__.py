@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from localstack import cluster, deploy, mongo
+from localstack import cluster, deploy, mongo, promtool
 from localstack.process import StackError, log_tail
 from localstack.stack import DEFAULT_NAMES, SERVER_NAMES, Stack, default_run_dir
 
@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("names", nargs="*", metavar="SERVER",
                     help=f"any of {', '.join(SERVER_NAMES)} (default: "
                          f"{' '.join(DEFAULT_NAMES)}; the cluster needs root)")
-    build = sub.add_parser("build", help="only build or install the servers")
+    build = sub.add_parser("build", help="only build or install the servers (with no names, "
+                           "also the test tools: promtool)")
     build.add_argument("names", nargs="*", metavar="SERVER", help="as for up")
     sub.add_parser("image", help="build the project's image from the Dockerfile (buildah) and "
                    "load it into the node when it runs")
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build":
             stack.build(tuple(args.names) or DEFAULT_NAMES)
+            if not args.names:
+                # `make test` runs this before pytest: the monitoring tests need promtool.
+                promtool.build(stack.say)
         elif args.command == "up":
             names = tuple(args.names) or DEFAULT_NAMES
             if "mongo" in names:
