@@ -12,6 +12,11 @@ What the local API server checks here, and what it cannot:
   (``x-kubernetes-preserve-unknown-fields``). So the two cert-manager objects are checked for
   kind, group, version and scope only; their fields are NOT validated against cert-manager's
   schema (docs/operations.md says the same).
+- **Weakened check**, the same way: the Prometheus Operator is not on the local stack either, so
+  ``monitoring.coreos.com/v1`` ``PrometheusRule``, ``PodMonitor`` and ``ServiceMonitor`` of
+  ``deploy/components/monitoring`` are checked against stand-in CRDs (kind, group, version and
+  scope only). Their Service and ConfigMap are validated for real. promtool checks the rules
+  themselves (tests/e2e/test_monitoring.py).
 - The local API server has no kubelet: nothing runs. Pod templates are checked by PodSecurity
   admission ("restricted") as pods in a namespace that enforces it, which is what
   ``liberator-system`` declares.
@@ -54,13 +59,13 @@ def render(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
-def stand_in_crd(kind: str, plural: str) -> dict[str, Any]:
-    """A cert-manager.io/v1 CRD that accepts any spec: kind and scope only, NOT the schema."""
+def stand_in_crd(kind: str, plural: str, group: str = "cert-manager.io") -> dict[str, Any]:
+    """A ``group``/v1 CRD that accepts any spec: kind and scope only, NOT the schema."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.cert-manager.io",
+        "metadata": {"name": f"{plural}.{group}",
                      "labels": {"liberator.io/test-stand-in": "true"}},
-        "spec": {"group": "cert-manager.io", "scope": "Namespaced",
+        "spec": {"group": group, "scope": "Namespaced",
                  "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
                  "versions": [{"name": "v1", "served": True, "storage": True,
                                "schema": {"openAPIV3Schema": {
@@ -219,6 +224,25 @@ def test_pod_templates_pass_the_restricted_pod_security_standard(
     result = dry_run(kubectl, [loose])
     assert result.returncode != 0
     assert 'violates PodSecurity "restricted' in result.stderr, result.stderr
+
+
+@pytest.mark.usefixtures("prepared")
+def test_monitoring_component_is_accepted_by_the_api_server(
+        kubectl: Kubectl, base: list[dict[str, Any]], tmp_path: Path) -> None:
+    """What deploy/components/monitoring adds to the base, in an overlay as a user writes it."""
+    install_crds(kubectl, [stand_in_crd(kind, f"{kind.lower()}s", "monitoring.coreos.com")
+                           for kind in ("PrometheusRule", "PodMonitor", "ServiceMonitor")])
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    # kustomize takes only relative paths to other kustomizations.
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(DEPLOY / "base", overlay)],
+        "components": [os.path.relpath(DEPLOY / "components" / "monitoring", overlay)]}))
+    added = [d for d in render(overlay) if d not in base]
+    assert sorted(d["kind"] for d in added) == [
+        "ConfigMap", "PodMonitor", "PrometheusRule", "Service", "ServiceMonitor"]
+    assert_every_object_accepted(added, dry_run(kubectl, added))
 
 
 # -- examples --------------------------------------------------------------------------------
