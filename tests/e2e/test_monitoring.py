@@ -93,7 +93,8 @@ def promtool_exe() -> Path:
     if not path.exists():
         if os.geteuid() != 0:
             pytest.skip(f"promtool {promtool.VERSION} is not built at {path} and this is not "
-                        "root: run `hack/stack build` (about 5 minutes) to run these tests")
+                        "root: run `hack/stack build` (a Go build of several minutes) to run "
+                        "these tests")
         promtool.build(say_stderr)
     return path
 
