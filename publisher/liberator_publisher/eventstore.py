@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -47,6 +46,7 @@ from liberator_publisher.command import Command
 from liberator_publisher.contract import DEFAULT_HTTP_PORT
 from liberator_publisher.health import Health, HealthServer
 from liberator_publisher.iam import denied_message
+from liberator_publisher.names import RESOURCE_ID_RULE, is_resource_id
 from liberator_publisher.settings import LOG_FORMATS, LOG_LEVELS
 from liberator_publisher.subscriber import MalformedEventError, parse_message
 
@@ -67,7 +67,6 @@ log = logging.getLogger(__name__)
 DEFAULT_COLLECTION = "liberator_events"
 _DUPLICATE_KEY = 11000
 _STUCK_AFTER = 120.0  # seconds without a finished pull before /healthz says stuck
-_SUBSCRIPTION_ID = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
 
 
 class UsageError(ValueError):
@@ -79,12 +78,12 @@ def subscription_path(value: str, project: str | None, flag: str = "--subscripti
     if value.startswith("projects/"):
         parts = value.split("/")
         if len(parts) != 4 or parts[2] != "subscriptions" or not parts[1] \
-                or not _SUBSCRIPTION_ID.fullmatch(parts[3]):
+                or not is_resource_id(parts[3]):
             raise UsageError(f"{flag}: {value!r} is not projects/<project>/subscriptions/<id>")
         return value
-    if not _SUBSCRIPTION_ID.fullmatch(value):
-        raise UsageError(f"{flag}: {value!r} is not a subscription id (3-255 letters, digits, "
-                         "- _ . ~ + %, starting with a letter) or a full path")
+    if not is_resource_id(value):
+        raise UsageError(f"{flag}: {value!r} is not a subscription id ({RESOURCE_ID_RULE}) or a "
+                         "full path")
     if not project:
         raise UsageError(f"{flag}: {value!r} is an id without a project; set "
                          "LIBERATOR_PUBSUB_PROJECT (or --project), or give the full path")

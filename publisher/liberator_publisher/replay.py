@@ -41,6 +41,7 @@ from liberator_publisher.eventstore import (
     check_mongo_uri,
     configure_logs,
 )
+from liberator_publisher.names import RESOURCE_ID_RULE, is_resource_id
 from liberator_publisher.subscriber import check_pattern, parse_time
 
 __all__ = ["COMMAND", "REPLAY_ATTRIBUTE", "Selection", "replay", "select", "selection_query"]
@@ -52,7 +53,6 @@ REPLAY_ATTRIBUTE = "ce-replay"
 ORDER = [("time", ASCENDING), ("version", ASCENDING), ("publishTime", ASCENDING),
          ("_id", ASCENDING)]
 """Replay order: time, then entity version (equal seed times), then publish time."""
-_TOPIC = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
 
 
 @dataclass(frozen=True)
@@ -220,9 +220,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
         if not args.dry_run:
             if not args.topic:
                 raise UsageError("--topic: required (or pass --dry-run to count only)")
-            if not _TOPIC.fullmatch(args.topic):
-                raise UsageError(f"--topic: {args.topic!r} is not a topic id (3-255 letters, "
-                                 "digits, - _ . ~ + %, starting with a letter)")
+            if not is_resource_id(args.topic):
+                raise UsageError(f"--topic: {args.topic!r} is not a topic id ({RESOURCE_ID_RULE})")
             project = _value(args.project, env, "LIBERATOR_PUBSUB_PROJECT", "--project")
             topic = f"projects/{project}/topics/{args.topic}"
     except UsageError as error:

@@ -52,6 +52,7 @@ from liberator_publisher.event import (
 from liberator_publisher.iam import denied_message
 from liberator_publisher.identity import IDENTITY_SUFFIX, remember_identities
 from liberator_publisher.ledger import LEDGER_SUFFIX, Checkpoint, Ledger, LedgerError
+from liberator_publisher.names import RESOURCE_ID_RULE, is_resource_id
 from liberator_publisher.settings import ConfigError, Settings
 
 __all__ = [
@@ -77,7 +78,6 @@ STATUS_PREFIX = "liberator:seed:"
 # Fixed namespace: seed ids depend only on source, entity id and version.
 SEED_ID_NAMESPACE = uuid.UUID("3d0c5b1e-9a77-5f0e-8a43-2b6c1f9e7d10")
 _SEED_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,252}")
-_TOPIC = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
 _JSON = JSONOptions(json_mode=JSONMode.RELAXED, tz_aware=True, tzinfo=UTC)
 _PROGRESS_EVERY = 2.0  # seconds between progress lines
 ORDERING_BUCKETS = 16
@@ -640,10 +640,9 @@ def _rate(text: str) -> float:
 
 
 def _topic(text: str) -> str:
-    if not _TOPIC.fullmatch(text) or text.lower().startswith("goog"):
-        raise argparse.ArgumentTypeError(f"--topic must be a Pub/Sub topic id (3-255 letters, "
-                                         f"digits, - _ . ~ + %, starting with a letter), not "
-                                         f"{text!r}")
+    if not is_resource_id(text):
+        raise argparse.ArgumentTypeError(f"--topic must be a Pub/Sub topic id ({RESOURCE_ID_RULE})"
+                                         f", not {text!r}")
     return text
 
 

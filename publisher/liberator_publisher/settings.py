@@ -22,13 +22,13 @@ from redis.connection import parse_url
 
 from liberator_publisher.contract import CONTRACT, DEFAULT_HTTP_PORT
 from liberator_publisher.event import EventMapping
+from liberator_publisher.names import RESOURCE_ID_RULE, is_resource_id
 
 __all__ = ["LOG_FORMATS", "LOG_LEVELS", "ConfigError", "Settings"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 
-_TOPIC = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
 # Project ids: 6-30 of [a-z0-9-], starting with a letter, not ending with '-'; legacy
 # domain-scoped ones carry a "domain.com:" prefix.
 _PROJECT = re.compile(r"(?:[a-z0-9][a-z0-9.\-]*[a-z0-9]:)?[a-z][a-z0-9\-]{4,28}[a-z0-9]")
@@ -318,10 +318,8 @@ def _topic(value: str) -> str:
         raise _InvalidError(f"{value!r} is a topic path, not a topic id",
                        "give the id only (the last part); the project comes from "
                        "LIBERATOR_PUBSUB_PROJECT")
-    if not _TOPIC.fullmatch(value) or value.lower().startswith("goog"):
-        raise _InvalidError(f"{value!r} is not a Pub/Sub topic id",
-                       "use 3-255 of letters, digits and - _ . ~ + %, starting with a letter "
-                       "and not with 'goog'")
+    if not is_resource_id(value):
+        raise _InvalidError(f"{value!r} is not a Pub/Sub topic id", f"use {RESOURCE_ID_RULE}")
     return value
 
 

@@ -116,6 +116,8 @@ GOOD_ENV = {"LIBERATOR_MONGO_URI": "mongodb://127.0.0.1:1/", "LIBERATOR_DATABASE
     ([], {}, "--subscription"),
     (["--subscription", "a b"], {}, "--subscription"),
     (["--subscription", "live-events"], {"LIBERATOR_PUBSUB_PROJECT": ""}, "--subscription"),
+    (["--subscription", "goog-events"], {}, "not with 'goog'"),
+    (["--subscription", "projects/p/subscriptions/goog-x"], {}, "--subscription"),
     (["--subscription", "live-events", "--mongo-uri", "http://x"], {}, "--mongo-uri"),
     (["--subscription", "live-events"], {"LIBERATOR_MONGO_URI": "nope"}, "LIBERATOR_MONGO_URI"),
     (["--subscription", "live-events"], {"LIBERATOR_MONGO_URI": ""}, "--mongo-uri"),

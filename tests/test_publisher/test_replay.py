@@ -87,6 +87,7 @@ GOOD_ENV = {"LIBERATOR_MONGO_URI": "mongodb://127.0.0.1:1/", "LIBERATOR_DATABASE
     (["--subject", "", "--dry-run"], {}, "--subject"),
     ([], {}, "--topic"),
     (["--topic", "projects/p/topics/t"], {}, "--topic"),
+    (["--topic", "goog-replay"], {}, "not with 'goog'"),  # Pub/Sub refuses it; so do we, first
     (["--topic", "replay-topic"], {"LIBERATOR_PUBSUB_PROJECT": ""}, "--project"),
     (["--dry-run", "--mongo-uri", "http://x"], {}, "--mongo-uri"),
     (["--dry-run"], {"LIBERATOR_MONGO_URI": "nope"}, "LIBERATOR_MONGO_URI"),

@@ -159,7 +159,7 @@ def test_bad_variable_exits_2_naming_it(variable: str, value: str,
 @pytest.mark.parametrize(("flags", "flag"), [
     ([], "--topic"),
     (["--topic", "projects/p/topics/t"], "--topic"),
-    (["--topic", "goog-x"], "--topic"),
+    (["--topic", "goog-x"], "not with 'goog'"),
     (["--topic", "t1", "--mode", "all"], "--mode"),
     (["--topic", "seed-topic", "--batch-size", "0"], "--batch-size"),
     (["--topic", "seed-topic", "--batch-size", "ten"], "--batch-size"),
