@@ -13,7 +13,7 @@ import importlib
 import sys
 from importlib.metadata import entry_points
 
-from liberator_publisher.command import Command
+from liberator_publisher.command import Command, UsageError
 
 __all__ = ["main"]
 
@@ -60,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     command = load(commands[name][0])
     parser = argparse.ArgumentParser(prog=f"liberator {name}", description=command.help)
     command.configure(parser)
-    return command.run(parser.parse_args(args[1:]))
+    parsed = parser.parse_args(args[1:])
+    try:
+        return command.run(parsed)
+    except UsageError as error:
+        print(f"liberator {name}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

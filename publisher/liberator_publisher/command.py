@@ -6,7 +6,12 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Command"]
+__all__ = ["Command", "UsageError"]
+
+
+class UsageError(ValueError):
+    """A flag or variable is wrong. The message names it and says the fix; ``liberator`` prints
+    ``liberator <command>: <message>`` and exits 2 (cli.py, once for every subcommand)."""
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from pymongo.errors import BulkWriteError, ConfigurationError, InvalidURI, PyMon
 from pymongo.uri_parser import parse_uri
 
 from liberator_publisher import logs
-from liberator_publisher.command import Command
+from liberator_publisher.command import Command, UsageError
 from liberator_publisher.contract import DEFAULT_HTTP_PORT
 from liberator_publisher.health import Health, HealthServer
 from liberator_publisher.iam import denied_message
@@ -67,10 +67,6 @@ log = logging.getLogger(__name__)
 DEFAULT_COLLECTION = "liberator_events"
 _DUPLICATE_KEY = 11000
 _STUCK_AFTER = 120.0  # seconds without a finished pull before /healthz says stuck
-
-
-class UsageError(ValueError):
-    """A flag or variable is wrong (exit code 2). The message names it."""
 
 
 def subscription_path(value: str, project: str | None, flag: str = "--subscription") -> str:
@@ -456,21 +452,14 @@ def configure_logs(env: Mapping[str, str]) -> None:
 
 def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
-    try:
-        configure_logs(env)
-        settings = settings_from(args, env)
-    except UsageError as error:
-        print(f"liberator eventstore: {error}", file=sys.stderr)
-        return 2
+    configure_logs(env)
+    settings = settings_from(args, env)
     store = EventStore(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
         store.run(stop)
-    except UsageError as error:
-        print(f"liberator eventstore: {error}", file=sys.stderr)
-        return 2
     except PyMongoError as error:
         print(f"liberator eventstore: MongoDB: {error}", file=sys.stderr)
         return 1

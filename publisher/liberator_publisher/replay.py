@@ -32,10 +32,9 @@ from pymongo import ASCENDING, MongoClient
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
-from liberator_publisher.command import Command
+from liberator_publisher.command import Command, UsageError
 from liberator_publisher.eventstore import (
     DEFAULT_COLLECTION,
-    UsageError,
     check_collection,
     check_database,
     check_mongo_uri,
@@ -206,27 +205,23 @@ def _selection(args: argparse.Namespace) -> Selection:
 
 def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
-    try:
-        configure_logs(env)
-        selection = _selection(args)
-        uri_name = "--mongo-uri" if args.mongo_uri is not None else "LIBERATOR_MONGO_URI"
-        uri = check_mongo_uri(_value(args.mongo_uri, env, "LIBERATOR_MONGO_URI", "--mongo-uri"),
-                              uri_name)
-        db_name = "--database" if args.database is not None else "LIBERATOR_DATABASE"
-        database = check_database(_value(args.database, env, "LIBERATOR_DATABASE",
-                                         "--database"), db_name)
-        collection_name = check_collection(args.collection, "--collection")
-        topic = ""
-        if not args.dry_run:
-            if not args.topic:
-                raise UsageError("--topic: required (or pass --dry-run to count only)")
-            if not is_resource_id(args.topic):
-                raise UsageError(f"--topic: {args.topic!r} is not a topic id ({RESOURCE_ID_RULE})")
-            project = _value(args.project, env, "LIBERATOR_PUBSUB_PROJECT", "--project")
-            topic = f"projects/{project}/topics/{args.topic}"
-    except UsageError as error:
-        print(f"liberator replay: {error}", file=sys.stderr)
-        return 2
+    configure_logs(env)
+    selection = _selection(args)
+    uri_name = "--mongo-uri" if args.mongo_uri is not None else "LIBERATOR_MONGO_URI"
+    uri = check_mongo_uri(_value(args.mongo_uri, env, "LIBERATOR_MONGO_URI", "--mongo-uri"),
+                          uri_name)
+    db_name = "--database" if args.database is not None else "LIBERATOR_DATABASE"
+    database = check_database(_value(args.database, env, "LIBERATOR_DATABASE",
+                                     "--database"), db_name)
+    collection_name = check_collection(args.collection, "--collection")
+    topic = ""
+    if not args.dry_run:
+        if not args.topic:
+            raise UsageError("--topic: required (or pass --dry-run to count only)")
+        if not is_resource_id(args.topic):
+            raise UsageError(f"--topic: {args.topic!r} is not a topic id ({RESOURCE_ID_RULE})")
+        project = _value(args.project, env, "LIBERATOR_PUBSUB_PROJECT", "--project")
+        topic = f"projects/{project}/topics/{args.topic}"
     mongo: MongoClient[dict[str, Any]] = MongoClient(uri, tz_aware=True,
                                                      serverSelectionTimeoutMS=10_000)
     try:

@@ -42,7 +42,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from liberator_publisher import logs
 from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION, CheckpointError, Checkpoints
-from liberator_publisher.command import Command
+from liberator_publisher.command import Command, UsageError
 from liberator_publisher.event import (
     EventMapping,
     Unpublishable,
@@ -53,7 +53,7 @@ from liberator_publisher.iam import denied_message
 from liberator_publisher.identity import IDENTITY_SUFFIX, remember_identities
 from liberator_publisher.ledger import LEDGER_SUFFIX, Checkpoint, Ledger, LedgerError
 from liberator_publisher.names import RESOURCE_ID_RULE, is_resource_id
-from liberator_publisher.settings import ConfigError, Settings
+from liberator_publisher.settings import Settings
 
 __all__ = [
     "COMMAND",
@@ -82,10 +82,6 @@ _JSON = JSONOptions(json_mode=JSONMode.RELAXED, tz_aware=True, tzinfo=UTC)
 _PROGRESS_EVERY = 2.0  # seconds between progress lines
 ORDERING_BUCKETS = 16
 """History mode's ordering keys: ``seed-<crc32(entity id) % 16>``."""
-
-
-class UsageError(ValueError):
-    """A flag or variable is wrong (exit code 2). The message names it."""
 
 
 def status_key(seed_id: str) -> str:
@@ -672,11 +668,7 @@ def _settings(env: Mapping[str, str], topic: str) -> Settings:
 
 def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
-    try:
-        settings = _settings(env, args.topic)
-    except ConfigError as error:
-        print(f"liberator seed: {error}", file=sys.stderr)
-        return 2
+    settings = _settings(env, args.topic)  # a ConfigError is a UsageError: exit 2 (cli.py)
     logs.configure(settings.log_level, settings.log_format)
     try:
         seed_id = args.seed_id or env.get("LIBERATOR_SEED", "").strip() or "manual"
@@ -687,9 +679,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
                               batch_size=args.batch_size, rate_limit=args.rate_limit,
                               seed_id=seed_id, allow_empty=args.allow_empty)
         summary = run_seed(settings, options)
-    except UsageError as error:
-        print(f"liberator seed: {error}", file=sys.stderr)
-        return 2
+    except UsageError:
+        raise
     except LedgerError as error:
         print(f"liberator seed: {error}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from pymongo.errors import ConfigurationError, InvalidURI
 from pymongo.uri_parser import parse_uri, parse_userinfo, split_hosts, split_options
 from redis.connection import parse_url
 
+from liberator_publisher.command import UsageError
 from liberator_publisher.contract import CONTRACT, DEFAULT_HTTP_PORT
 from liberator_publisher.event import EventMapping
 from liberator_publisher.names import RESOURCE_ID_RULE, is_resource_id
@@ -41,7 +42,7 @@ _BAD_DATABASE_CHARS = set('/\\. "$*<>:|?\0')
 _T = TypeVar("_T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A missing or malformed variable. The message is one line: ``VAR: what is wrong; fix``."""
 
     def __init__(self, variable: str, problem: str, fix: str) -> None:

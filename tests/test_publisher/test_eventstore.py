@@ -21,11 +21,11 @@ from google.cloud import pubsub_v1
 from pymongo import MongoClient
 
 from liberator_publisher.cli import main
+from liberator_publisher.command import UsageError
 from liberator_publisher.event import EventMapping, message_for, outbox_document_for_entity
 from liberator_publisher.eventstore import (
     EventStore,
     EventStoreSettings,
-    UsageError,
     dead_letter_document,
     event_document,
     subscription_path,

@@ -24,13 +24,13 @@ from google.cloud import pubsub_v1
 from pymongo import MongoClient
 
 from liberator_publisher.cli import main
+from liberator_publisher.command import UsageError
 from liberator_publisher.iam import denied_message
 from liberator_publisher.ledger import LEDGER_SUFFIX, Checkpoint, LedgerError
 from liberator_publisher.seed import (
     SEED_ATTRIBUTE,
     Pacer,
     SeedOptions,
-    UsageError,
     parse_filter,
     run_seed,
     seed_event_id,
