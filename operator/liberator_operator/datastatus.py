@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from liberator_publisher.contract import status_key
+from liberator_publisher.contract import seed_key, status_key
 
 __all__ = [
     "DataStatus",
@@ -25,17 +25,8 @@ __all__ = [
     "read_status",
     "resume_point_condition",
     "resume_point_status",
-    "seed_key",
     "stall_condition",
 ]
-
-SEED_KEY_PREFIX = "liberator:seed:"
-
-
-def seed_key(seed_id: str) -> str:
-    """Redis hash that ``liberator seed`` keeps for ``<namespace>/<name>`` (the SEED INTERFACE)."""
-    return f"{SEED_KEY_PREFIX}{seed_id}"
-
 
 @dataclass(frozen=True)
 class DataStatus:

@@ -31,7 +31,6 @@ from liberator_operator.datastatus import (
     read_status,
     resume_point_condition,
     resume_point_status,
-    seed_key,
     stall_condition,
 )
 from liberator_operator.job import build_seed_job, job_name, job_phase, seed_id
@@ -56,7 +55,7 @@ from liberator_operator.restart import control_for, restart_outcome
 from liberator_operator.settings import OperatorSettings
 from liberator_operator.sidecar import container_name, sidecar_running
 from liberator_operator.webhook import HANDLER_ID
-from liberator_publisher.contract import control_key
+from liberator_publisher.contract import control_key, seed_key
 from liberator_publisher.control import ControlRecord, write_control
 
 __all__ = ["Runtime", "parked_message", "register"]

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CONTRACT", "CONTROL_KEY_PREFIX", "DEFAULT_HTTP_PORT", "STATUS_KEY_PREFIX", "EnvVar",
-           "control_key", "status_key"]
+__all__ = ["CONTRACT", "CONTROL_KEY_PREFIX", "DEFAULT_HTTP_PORT", "SEED_KEY_PREFIX",
+           "STATUS_KEY_PREFIX", "EnvVar", "control_key", "seed_key", "status_key"]
 
 DEFAULT_HTTP_PORT = 8099
 STATUS_KEY_PREFIX = "liberator:status:"
 CONTROL_KEY_PREFIX = "liberator:control:"
+SEED_KEY_PREFIX = "liberator:seed:"
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,12 @@ CONTRACT: tuple[EnvVar, ...] = (
 def status_key(publisher: str) -> str:
     """Redis key of the leader's status record for the ``<namespace>/<name>`` publisher."""
     return f"{STATUS_KEY_PREFIX}{publisher}"
+
+
+def seed_key(seed_id: str) -> str:
+    """Redis hash of ``liberator seed``'s progress for ``<namespace>/<name>`` of an EventSeed,
+    which the operator reads into the EventSeed's status."""
+    return f"{SEED_KEY_PREFIX}{seed_id}"
 
 
 def control_key(publisher: str) -> str:

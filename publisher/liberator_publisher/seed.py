@@ -43,6 +43,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from liberator_publisher import logs
 from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION, CheckpointError, Checkpoints
 from liberator_publisher.command import Command, UsageError
+from liberator_publisher.contract import seed_key
 from liberator_publisher.event import (
     EventMapping,
     Unpublishable,
@@ -66,7 +67,6 @@ __all__ = [
     "parse_filter",
     "run_seed",
     "seed_event_id",
-    "status_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,6 @@ log = logging.getLogger(__name__)
 MODES = ("latest", "history")
 SEED_ATTRIBUTE = "ce-seed"
 """The extension attribute that marks seed events (value ``"true"``)."""
-STATUS_PREFIX = "liberator:seed:"
 # Fixed namespace: seed ids depend only on source, entity id and version.
 SEED_ID_NAMESPACE = uuid.UUID("3d0c5b1e-9a77-5f0e-8a43-2b6c1f9e7d10")
 _SEED_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,252}")
@@ -82,11 +81,6 @@ _JSON = JSONOptions(json_mode=JSONMode.RELAXED, tz_aware=True, tzinfo=UTC)
 _PROGRESS_EVERY = 2.0  # seconds between progress lines
 ORDERING_BUCKETS = 16
 """History mode's ordering keys: ``seed-<crc32(entity id) % 16>``."""
-
-
-def status_key(seed_id: str) -> str:
-    """The Redis hash the operator reads into the EventSeed's status."""
-    return f"{STATUS_PREFIX}{seed_id}"
 
 
 def seed_event_id(source: str, entity_id: str, version: str | None) -> str:
@@ -217,7 +211,7 @@ class _Status:
 
     def __init__(self, url: str, seed_id: str) -> None:
         self._client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        self._key = status_key(seed_id)
+        self._key = seed_key(seed_id)
         self._warned = False
 
     def update(self, fields: Mapping[str, str | int]) -> None:

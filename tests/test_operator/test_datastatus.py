@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from liberator_operator.datastatus import connect, read_seed_progress, read_status, seed_key
-from liberator_publisher.contract import status_key
+from liberator_operator.datastatus import connect, read_seed_progress, read_status
+from liberator_publisher.contract import seed_key, status_key
 from liberator_publisher.status import StatusRecord, write_status
 
 

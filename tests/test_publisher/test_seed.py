@@ -25,6 +25,7 @@ from pymongo import MongoClient
 
 from liberator_publisher.cli import main
 from liberator_publisher.command import UsageError
+from liberator_publisher.contract import seed_key
 from liberator_publisher.iam import denied_message
 from liberator_publisher.ledger import LEDGER_SUFFIX, Checkpoint, LedgerError
 from liberator_publisher.seed import (
@@ -34,7 +35,6 @@ from liberator_publisher.seed import (
     parse_filter,
     run_seed,
     seed_event_id,
-    status_key,
 )
 from liberator_publisher.settings import Settings
 from localstack import Server
@@ -286,14 +286,14 @@ def test_latest_publishes_each_entity_once_at_its_highest_version(world: Fixture
         assert data["quoteId"] == subject and data["version"] == VERSIONS
         started = started or attributes["ce-time"]
         assert attributes["ce-time"] == started  # every seed event: the seed's start time
-    status = world.redis.hgetall(status_key("shop/latest"))
+    status = world.redis.hgetall(seed_key("shop/latest"))
     assert status["phase"] == "Succeeded"
     assert (status["seeded"], status["skipped"], status["failed"]) == (str(ENTITIES), "0", "0")
     assert status["total"] == str(ENTITIES * VERSIONS)
     assert status["startedAt"] == started and status["completedAt"] >= started
 
     # A rerun of the same seed publishes nothing new, and restores a lost status.
-    world.redis.delete(status_key("shop/latest"))
+    world.redis.delete(seed_key("shop/latest"))
     again = world.seed("shop/latest", mode="latest")
     assert (again.seeded, again.already) == (0, ENTITIES)
     assert world.drain(0) == []
@@ -303,7 +303,7 @@ def test_latest_publishes_each_entity_once_at_its_highest_version(world: Fixture
     assert checkpoint["phase"] == "Succeeded"
     assert checkpoint["after"] == f"q-{ENTITIES - 1:05d}"
     assert checkpoint["counts"]["seeded"] == ENTITIES
-    status = world.redis.hgetall(status_key("shop/latest"))
+    status = world.redis.hgetall(seed_key("shop/latest"))
     assert (status["phase"], status["seeded"]) == ("Succeeded", str(ENTITIES))
 
 
@@ -353,7 +353,7 @@ def test_resume_after_sigkill_and_rate_limit(world: Fixture) -> None:
     env = {**os.environ, **world.env, "PYTHONPATH": str(ROOT / "hack")}
     argv = [sys.executable, "-m", "liberator_publisher.cli", "seed", "--topic", world.topic_id,
             "--seed-id", "shop/resume", "--rate-limit", "300", "--batch-size", "100"]
-    key = status_key("shop/resume")
+    key = seed_key("shop/resume")
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + DEADLINE
@@ -418,7 +418,7 @@ def test_a_missing_collection_is_refused_and_nothing_is_written(
     assert "--allow-empty" in err[0]
     database = world.mongo[world.settings.database]
     assert sorted(database.list_collection_names()) == ["quotes"]  # no ledger, no checkpoint
-    assert world.redis.exists(status_key("shop/typo")) == 0
+    assert world.redis.exists(seed_key("shop/typo")) == 0
     assert world.drain(0) == []
 
 
@@ -430,7 +430,7 @@ def test_allow_empty_seeds_an_absent_collection_on_purpose(
     assert main(["seed", "--topic", world.topic_id, "--seed-id", "shop/empty",
                  "--allow-empty"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "seeded=0 skipped=0 failed=0"
-    status = world.redis.hgetall(status_key("shop/empty"))
+    status = world.redis.hgetall(seed_key("shop/empty"))
     assert (status["phase"], status["seeded"]) == ("Succeeded", "0")
     assert world.drain(0) == []
 
