@@ -19,6 +19,7 @@ from typing import Any
 from bson import Timestamp
 
 from liberator_publisher.contract import control_key
+from liberator_publisher.times import parse_rfc3339
 
 __all__ = ["ControlError", "ControlRecord", "RestartRequest", "parse_restart", "parse_time",
            "read_control", "write_control"]
@@ -75,15 +76,11 @@ class RestartRequest:
 
 def parse_time(value: str) -> datetime:
     """An RFC 3339 time with a zone (``Z`` or an offset); raises :class:`ControlError`."""
-    text = value.strip()
     try:
-        moment = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+        return parse_rfc3339(value)
     except ValueError:
-        moment = None
-    if moment is None or "T" not in text.upper() or moment.tzinfo is None:
         raise ControlError(f"spec.restartFrom.time {value!r} is not an RFC 3339 time with a zone; "
-                           f"write e.g. 2026-12-01T10:00:00Z")
-    return moment.astimezone(UTC)
+                           f"write e.g. 2026-12-01T10:00:00Z") from None
 
 
 def parse_restart(value: Any) -> RestartRequest:

@@ -22,6 +22,7 @@ import bson
 from bson import Binary, ObjectId, Timestamp
 
 from liberator_publisher.encoding import EncodingError, to_json, value_to_json
+from liberator_publisher.times import rfc3339
 
 __all__ = [
     "DOCUMENT_OPERATIONS",
@@ -363,7 +364,7 @@ def _pending(
         "ce-id": base["_id"],
         "ce-source": mapping.source,
         "ce-type": event_type,
-        "ce-time": _rfc3339(time),
+        "ce-time": rfc3339(time),
         "ce-subject": entity_id,
         "content-type": CONTENT_TYPE,
     }
@@ -456,13 +457,6 @@ def _change_time(change: Mapping[str, Any], captured_at: datetime.datetime) -> d
     if isinstance(cluster_time, Timestamp):
         return cluster_time.as_datetime()
     return captured_at
-
-
-def _rfc3339(time: datetime.datetime) -> str:
-    """RFC 3339 in UTC with milliseconds (MongoDB's precision) and ``Z``; naive means UTC."""
-    if time.tzinfo is not None:
-        time = time.astimezone(datetime.UTC).replace(tzinfo=None)
-    return time.isoformat(timespec="milliseconds") + "Z"
 
 
 def _short_key(key: Mapping[str, Any]) -> str:

@@ -12,6 +12,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from liberator_publisher.times import rfc3339
+
 __all__ = ["FIELDS_ATTR", "JsonFormatter", "TextFormatter", "configure", "fields"]
 
 FIELDS_ATTR = "liberator_fields"
@@ -29,8 +31,7 @@ def _record_fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 def _timestamp(record: logging.LogRecord) -> str:
-    moment = datetime.fromtimestamp(record.created, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return rfc3339(datetime.fromtimestamp(record.created, tz=UTC))
 
 
 class JsonFormatter(logging.Formatter):

@@ -57,11 +57,10 @@ from liberator_publisher.stall import stall_verdict
 from liberator_publisher.status import (
     Progress,
     StatusRecord,
-    now_rfc3339,
     resume_point,
-    rfc3339,
     write_status,
 )
+from liberator_publisher.times import now_rfc3339, rfc3339
 
 __all__ = ["COMMAND", "EXIT_CONFIG", "EXIT_FATAL", "EXIT_UNREACHABLE", "main"]
 

@@ -55,6 +55,7 @@ from liberator_publisher.identity import IDENTITY_SUFFIX, remember_identities
 from liberator_publisher.ledger import LEDGER_SUFFIX, Checkpoint, Ledger, LedgerError
 from liberator_publisher.names import RESOURCE_ID_RULE, is_resource_id
 from liberator_publisher.settings import Settings
+from liberator_publisher.times import rfc3339
 
 __all__ = [
     "COMMAND",
@@ -227,9 +228,7 @@ class _Status:
 
 
 def _rfc3339(moment: datetime | None) -> str:
-    if moment is None:
-        return ""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return "" if moment is None else rfc3339(moment)
 
 
 def _capture_position(collection: Collection[dict[str, Any]],

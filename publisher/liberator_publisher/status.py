@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from liberator_publisher.contract import status_key
 from liberator_publisher.headroom import Headroom
+from liberator_publisher.times import rfc3339
 
-__all__ = ["Progress", "StatusRecord", "now_rfc3339", "read_status", "resume_point", "rfc3339",
-           "write_status"]
+__all__ = ["Progress", "StatusRecord", "read_status", "resume_point", "write_status"]
 
 
 @dataclass(frozen=True)
@@ -71,17 +71,6 @@ def resume_point(verdict: Headroom) -> dict[str, Any]:
             "windowSeconds": verdict.window_seconds,
             "oldestEntry": rfc3339(oldest.as_datetime()) if oldest is not None else None,
             "headroomSeconds": verdict.loops}
-
-
-def rfc3339(moment: datetime) -> str:
-    """``moment`` in UTC with milliseconds and ``Z`` (naive means UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def now_rfc3339() -> str:
-    return rfc3339(datetime.now(UTC))
 
 
 def write_status(redis: Any, publisher: str, record: StatusRecord, ttl_seconds: float) -> None:

@@ -42,6 +42,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 from prometheus_client import CollectorRegistry, Counter
 
+from liberator_publisher.times import parse_rfc3339
+
 __all__ = [
     "CloudEvent",
     "DeadLetters",
@@ -110,15 +112,7 @@ def parse_time(text: str, name: str = "time") -> datetime:
 
     Raises ``ValueError`` naming ``name`` for anything else (dates alone, missing offsets).
     """
-    if "T" not in text.upper() or not (text.endswith(("Z", "z")) or text[-6:-5] in "+-"):
-        raise ValueError(f"{name}: {text!r} is not an RFC 3339 timestamp with an offset; "
-                         "write e.g. 2026-01-02T03:04:05Z")
-    try:
-        moment = datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
-    except ValueError:
-        raise ValueError(f"{name}: {text!r} is not an RFC 3339 timestamp; "
-                         "write e.g. 2026-01-02T03:04:05Z") from None
-    return moment.astimezone(UTC)
+    return parse_rfc3339(text, name)
 
 
 def _is_json(content_type: str | None) -> bool:
