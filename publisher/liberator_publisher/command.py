@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
-__all__ = ["Command", "UsageError"]
+from liberator_publisher.validation import InvalidValue
+
+__all__ = ["Command", "UsageError", "checked"]
+
+_T = TypeVar("_T")
 
 
 class UsageError(ValueError):
@@ -26,3 +31,12 @@ class Command:
     """Adds the subcommand's flags to its parser."""
     run: Callable[[argparse.Namespace], int]
     """Runs it with the parsed flags; returns the process exit code."""
+
+
+def checked(parse: Callable[[str], _T], value: str, where: str) -> _T:
+    """``parse(value)`` (a rule of validation.py), its ``InvalidValue`` turned into a
+    :class:`UsageError` that names ``where``: the flag or variable the value came from."""
+    try:
+        return parse(value)
+    except InvalidValue as invalid:
+        raise UsageError(invalid.named(where)) from None

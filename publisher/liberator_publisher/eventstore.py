@@ -38,17 +38,16 @@ from google.cloud import pubsub_v1
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from pymongo import ASCENDING, MongoClient
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, ConfigurationError, InvalidURI, PyMongoError
-from pymongo.uri_parser import parse_uri
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from liberator_publisher import logs
-from liberator_publisher.command import Command, UsageError
+from liberator_publisher import validation as rules
+from liberator_publisher.command import Command, UsageError, checked
 from liberator_publisher.contract import DEFAULT_HTTP_PORT
 from liberator_publisher.health import Health, HealthServer
 from liberator_publisher.iam import denied_message
-from liberator_publisher.names import RESOURCE_ID_RULE, is_resource_id
-from liberator_publisher.settings import LOG_FORMATS, LOG_LEVELS
 from liberator_publisher.subscriber import MalformedEventError, parse_message
+from liberator_publisher.validation import RESOURCE_ID_RULE, is_resource_id
 
 __all__ = [
     "COMMAND",
@@ -389,35 +388,14 @@ def _pick(flag_value: str | None, env: Mapping[str, str], variable: str, flag: s
     return value
 
 
-def check_mongo_uri(uri: str, name: str) -> str:
-    try:
-        parse_uri(uri)
-    except (InvalidURI, ConfigurationError, ValueError) as error:
-        raise UsageError(f"{name}: not a valid MongoDB URI ({str(error).split(':')[0]}); use "
-                         "mongodb://host:port/?replicaSet=name") from None
-    return uri
-
-
-def check_database(name: str, where: str) -> str:
-    if set(name) & set('/\\. "$*<>:|?\0') or len(name.encode()) > 63:
-        raise UsageError(f"{where}: {name!r} is not a MongoDB database name")
-    return name
-
-
-def check_collection(name: str, where: str) -> str:
-    if not name or "$" in name or "\0" in name or name.startswith(("system.", ".")):
-        raise UsageError(f"{where}: {name!r} is not a usable MongoDB collection name")
-    return name
-
-
 def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> EventStoreSettings:
     """The settings from flags, with the contract's variables as defaults; ``UsageError``."""
     uri_flag = "--mongo-uri" if args.mongo_uri is not None else "LIBERATOR_MONGO_URI"
-    uri = check_mongo_uri(_pick(args.mongo_uri, env, "LIBERATOR_MONGO_URI", "--mongo-uri"),
-                          uri_flag)
+    uri = checked(rules.mongo_uri, _pick(args.mongo_uri, env, "LIBERATOR_MONGO_URI",
+                                         "--mongo-uri"), uri_flag)
     db_flag = "--database" if args.database is not None else "LIBERATOR_DATABASE"
-    database = check_database(_pick(args.database, env, "LIBERATOR_DATABASE", "--database"),
-                              db_flag)
+    database = checked(rules.database_name, _pick(args.database, env, "LIBERATOR_DATABASE",
+                                                  "--database"), db_flag)
     project = args.project if args.project is not None else env.get("LIBERATOR_PUBSUB_PROJECT")
     subscriptions = tuple(dict.fromkeys(subscription_path(s, project)
                                         for s in args.subscription))
@@ -432,21 +410,18 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> EventStor
     if not args.workers.isdigit() or not 1 <= int(args.workers) <= 16:
         raise UsageError(f"--workers: {args.workers!r} is not a whole number from 1 to 16")
     return EventStoreSettings(mongo_uri=uri, database=database, subscriptions=subscriptions,
-                              collection=check_collection(args.collection, "--collection"),
+                              collection=checked(rules.collection_name, args.collection,
+                                                 "--collection"),
                               http_port=int(port_text), max_messages=int(args.max_messages),
                               workers=int(args.workers))
 
 
 def configure_logs(env: Mapping[str, str]) -> None:
     """Set up logging from LIBERATOR_LOG_LEVEL and LIBERATOR_LOG_FORMAT; ``UsageError``."""
-    level = env.get("LIBERATOR_LOG_LEVEL", "").strip().upper() or "INFO"
-    if level not in LOG_LEVELS:
-        raise UsageError(f"LIBERATOR_LOG_LEVEL: {level!r} is not a log level; use one of "
-                         f"{', '.join(LOG_LEVELS)}")
-    kind = env.get("LIBERATOR_LOG_FORMAT", "").strip().lower() or "text"
-    if kind not in LOG_FORMATS:
-        raise UsageError(f"LIBERATOR_LOG_FORMAT: {kind!r} is not a log format; use one of "
-                         f"{', '.join(LOG_FORMATS)}")
+    level = checked(rules.log_level, env.get("LIBERATOR_LOG_LEVEL", "").strip() or "INFO",
+                    "LIBERATOR_LOG_LEVEL")
+    kind = checked(rules.log_format, env.get("LIBERATOR_LOG_FORMAT", "").strip() or "text",
+                   "LIBERATOR_LOG_FORMAT")
     logs.configure(level, kind)
 
 

@@ -32,15 +32,12 @@ from pymongo import ASCENDING, MongoClient
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
-from liberator_publisher.command import Command, UsageError
+from liberator_publisher import validation as rules
+from liberator_publisher.command import Command, UsageError, checked
 from liberator_publisher.eventstore import (
     DEFAULT_COLLECTION,
-    check_collection,
-    check_database,
-    check_mongo_uri,
     configure_logs,
 )
-from liberator_publisher.names import RESOURCE_ID_RULE, is_resource_id
 from liberator_publisher.subscriber import check_pattern, parse_time
 
 __all__ = ["COMMAND", "REPLAY_ATTRIBUTE", "Selection", "replay", "select", "selection_query"]
@@ -208,18 +205,17 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     configure_logs(env)
     selection = _selection(args)
     uri_name = "--mongo-uri" if args.mongo_uri is not None else "LIBERATOR_MONGO_URI"
-    uri = check_mongo_uri(_value(args.mongo_uri, env, "LIBERATOR_MONGO_URI", "--mongo-uri"),
-                          uri_name)
+    uri = checked(rules.mongo_uri, _value(args.mongo_uri, env, "LIBERATOR_MONGO_URI",
+                                          "--mongo-uri"), uri_name)
     db_name = "--database" if args.database is not None else "LIBERATOR_DATABASE"
-    database = check_database(_value(args.database, env, "LIBERATOR_DATABASE",
-                                     "--database"), db_name)
-    collection_name = check_collection(args.collection, "--collection")
+    database = checked(rules.database_name, _value(args.database, env, "LIBERATOR_DATABASE",
+                                                   "--database"), db_name)
+    collection_name = checked(rules.collection_name, args.collection, "--collection")
     topic = ""
     if not args.dry_run:
         if not args.topic:
             raise UsageError("--topic: required (or pass --dry-run to count only)")
-        if not is_resource_id(args.topic):
-            raise UsageError(f"--topic: {args.topic!r} is not a topic id ({RESOURCE_ID_RULE})")
+        checked(rules.topic_id, args.topic, "--topic")
         project = _value(args.project, env, "LIBERATOR_PUBSUB_PROJECT", "--project")
         topic = f"projects/{project}/topics/{args.topic}"
     mongo: MongoClient[dict[str, Any]] = MongoClient(uri, tz_aware=True,

@@ -41,6 +41,7 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
 from liberator_publisher import logs
+from liberator_publisher import validation as rules
 from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION, CheckpointError, Checkpoints
 from liberator_publisher.command import Command, UsageError
 from liberator_publisher.contract import seed_key
@@ -53,9 +54,9 @@ from liberator_publisher.event import (
 from liberator_publisher.iam import denied_message
 from liberator_publisher.identity import IDENTITY_SUFFIX, remember_identities
 from liberator_publisher.ledger import LEDGER_SUFFIX, Checkpoint, Ledger, LedgerError
-from liberator_publisher.names import RESOURCE_ID_RULE, is_resource_id
 from liberator_publisher.settings import Settings
 from liberator_publisher.times import rfc3339
+from liberator_publisher.validation import InvalidValue
 
 __all__ = [
     "COMMAND",
@@ -629,10 +630,10 @@ def _rate(text: str) -> float:
 
 
 def _topic(text: str) -> str:
-    if not is_resource_id(text):
-        raise argparse.ArgumentTypeError(f"--topic must be a Pub/Sub topic id ({RESOURCE_ID_RULE})"
-                                         f", not {text!r}")
-    return text
+    try:
+        return rules.topic_id(text)
+    except InvalidValue as invalid:
+        raise argparse.ArgumentTypeError(invalid.named("--topic")) from None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
