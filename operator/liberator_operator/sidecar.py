@@ -14,7 +14,7 @@ from typing import Any
 
 from liberator_operator.model import Publisher, SecretKeyRef
 from liberator_operator.settings import OperatorSettings
-from liberator_publisher.contract import CONTRACT
+from liberator_publisher.contract import CONTRACT, default_outbox
 
 __all__ = [
     "CONTAINER_PREFIX",
@@ -62,10 +62,6 @@ def sidecar_running(pod: Mapping[str, Any], publisher_name: str) -> bool:
         if item.get("name") == name:
             return bool((item.get("state") or {}).get("running") is not None)
     return False
-
-
-def default_outbox(collection: str) -> str:
-    return f"{collection}.outbox"
 
 
 def seed_topic(publisher: Publisher) -> str:

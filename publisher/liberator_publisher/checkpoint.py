@@ -29,12 +29,12 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
+from liberator_publisher.contract import CHECKPOINT_COLLECTION
 from liberator_publisher.headroom import OplogWindow, token_time
 
 __all__ = ["CHECKPOINT_COLLECTION", "LOOPS", "CheckpointError", "Checkpoints", "FencedError",
            "Mark", "Position", "cluster_time", "oplog_window"]
 
-CHECKPOINT_COLLECTION = "liberator.checkpoints"
 LOOPS = ("capture", "relay")
 
 

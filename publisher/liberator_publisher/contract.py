@@ -1,20 +1,48 @@
-"""The sidecar contract: the environment the operator injects and ``liberator publish`` reads.
+"""The sidecar contract: the environment the operator injects and ``liberator publish`` reads,
+and every Redis key and MongoDB collection name that more than one process shares.
 
 This list is the one source. The operator's injection builds its env from it, the publisher's
-settings parse it, and docs/publisher.md documents it; tests check all three agree.
+settings parse it, and docs/publisher.md documents it; tests check all three agree. The names
+below are read and written by the sidecar, the seed and the operator: each is spelled once here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CONTRACT", "CONTROL_KEY_PREFIX", "DEFAULT_HTTP_PORT", "SEED_KEY_PREFIX",
-           "STATUS_KEY_PREFIX", "EnvVar", "control_key", "seed_key", "status_key"]
+__all__ = ["CHECKPOINT_COLLECTION", "CONTRACT", "CONTROL_KEY_PREFIX", "DEFAULT_HTTP_PORT",
+           "EPOCH_KEY_PREFIX", "IDENTITY_SUFFIX", "LEASE_KEY_PREFIX", "LEDGER_SUFFIX",
+           "SEED_KEY_PREFIX", "STATUS_KEY_PREFIX", "EnvVar", "control_key", "default_outbox",
+           "seed_key", "status_key"]
 
 DEFAULT_HTTP_PORT = 8099
+
+# Redis keys, each followed by <namespace>/<name> of the EntityPublisher or EventSeed.
 STATUS_KEY_PREFIX = "liberator:status:"
+"""The leader's status record (status.py), read by the operator."""
 CONTROL_KEY_PREFIX = "liberator:control:"
+"""The operator's control record (control.py), read by the leader."""
 SEED_KEY_PREFIX = "liberator:seed:"
+"""A seed's progress (seed.py), read by the operator."""
+LEASE_KEY_PREFIX = "liberator:lease:"
+"""The leader lease (leader.py)."""
+EPOCH_KEY_PREFIX = "liberator:epoch:"
+"""The fencing epoch counter (leader.py)."""
+
+# MongoDB collections, in the watched database.
+CHECKPOINT_COLLECTION = "liberator.checkpoints"
+"""Both loops' checkpoints, the capture origin and the last restart, per publisher."""
+OUTBOX_SUFFIX = ".outbox"
+"""The outbox is ``<collection>.outbox`` unless LIBERATOR_OUTBOX_COLLECTION says otherwise."""
+IDENTITY_SUFFIX = ".identities"
+"""The seed's record of entity ids (identity.py) is ``<collection>.identities``."""
+LEDGER_SUFFIX = ".seedledger"
+"""The seed's ledger (ledger.py) is ``<collection>.seedledger``."""
+
+
+def default_outbox(collection: str) -> str:
+    """The outbox collection of ``collection`` when none is configured."""
+    return f"{collection}{OUTBOX_SUFFIX}"
 
 
 @dataclass(frozen=True)

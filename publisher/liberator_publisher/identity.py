@@ -24,11 +24,11 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
+from liberator_publisher.contract import IDENTITY_SUFFIX
+
 __all__ = ["IDENTITY_SUFFIX", "KEY_INDEX", "Identities", "ensure_key_index",
            "remember_identities"]
 
-IDENTITY_SUFFIX = ".identities"
-"""The seed's record is ``<collection>`` plus this suffix, in the same database."""
 KEY_INDEX = [("key", ASCENDING), ("clusterTime", DESCENDING)]
 """Serves the outbox look-up: the latest event of one document key."""
 _DUPLICATE_KEY = 11000

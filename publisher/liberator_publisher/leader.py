@@ -13,10 +13,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from liberator_publisher.contract import EPOCH_KEY_PREFIX, LEASE_KEY_PREFIX
+
 __all__ = ["EPOCH_KEY_PREFIX", "LEASE_KEY_PREFIX", "Lease", "epoch_key", "lease_key"]
 
-LEASE_KEY_PREFIX = "liberator:lease:"
-EPOCH_KEY_PREFIX = "liberator:epoch:"
 
 # Returns {new epoch, 0}, or {0, milliseconds the holder's lease has left} when it is held.
 _ACQUIRE = """

@@ -21,10 +21,10 @@ from typing import Any
 
 from pymongo.collection import Collection
 
+from liberator_publisher.contract import LEDGER_SUFFIX
+
 __all__ = ["LEDGER_SUFFIX", "MAX_RETRY_IDS", "Checkpoint", "Ledger", "LedgerError"]
 
-LEDGER_SUFFIX = ".seedledger"
-"""The ledger collection is ``<collection>`` plus this suffix, in the same database."""
 MAX_RETRY_IDS = 10_000
 """At most this many failed entity ids are kept for a retry (more means Pub/Sub is down: rerun
 with a new seed id)."""

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from liberator_publisher import validation as rules
 from liberator_publisher.command import UsageError
-from liberator_publisher.contract import CONTRACT, DEFAULT_HTTP_PORT
+from liberator_publisher.contract import CONTRACT, DEFAULT_HTTP_PORT, default_outbox
 from liberator_publisher.event import EventMapping
 from liberator_publisher.validation import LOG_FORMATS, LOG_LEVELS, InvalidValue
 
@@ -112,7 +112,7 @@ class Settings:
         redis_url = reader.required("LIBERATOR_REDIS_URL", rules.redis_url)
         emulator = reader.optional("PUBSUB_EMULATOR_HOST", rules.host_port, None)
         outbox = reader.optional("LIBERATOR_OUTBOX_COLLECTION", rules.collection_name,
-                                 f"{collection}.outbox")
+                                 default_outbox(collection))
         if outbox == collection:
             raise ConfigError("LIBERATOR_OUTBOX_COLLECTION", f"{outbox!r} is the entity "
                               "collection itself", "name a separate collection, or leave it "
