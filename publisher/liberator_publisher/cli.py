@@ -43,17 +43,32 @@ def load(target: str) -> Command:
     return command
 
 
+def _described(commands: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    """Each command with its own help line: an entry point's is read from its ``Command``,
+    which means importing it, so this runs only for ``liberator --help``."""
+    described = dict(commands)
+    for name, (target, _) in commands.items():
+        if name not in BUILTIN:
+            try:
+                described[name] = (target, load(target).help)
+            except Exception as error:  # a broken plug-in must not break --help
+                described[name] = (target, f"(cannot load {target}: {error})")
+    return described
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     commands = available()
+    asks_help = not args or args[0].startswith("-")
+    shown = _described(commands) if asks_help else commands
     top = argparse.ArgumentParser(
         prog="liberator",
         description="Liberator: MongoDB change streams to CloudEvents on Google Pub/Sub.",
-        epilog="commands:\n" + "\n".join(f"  {n:12} {h}" for n, (_, h) in commands.items()),
+        epilog="commands:\n" + "\n".join(f"  {n:12} {h}" for n, (_, h) in shown.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     top.add_argument("command", choices=sorted(commands), metavar="COMMAND")
-    if not args or args[0].startswith("-"):
+    if asks_help:
         top.parse_args(args)  # prints help or the error, and exits
         return 2
     name = top.parse_args(args[:1]).command
