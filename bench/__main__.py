@@ -1,4 +1,4 @@
-"""The data-plane benchmarks of DESIGN.md §7 in one run: ``python -m bench [--json] [...]``.
+"""The data-plane benchmarks of docs/targets.md in one run: ``python -m bench [--json] [...]``.
 
 Starts the local stack (MongoDB emulator, Pub/Sub emulator, Redis) from hack/localstack, measures
 the raw baselines B_ins, B_watch and B_pub, then runs ``liberator publish`` as a subprocess for
@@ -61,7 +61,7 @@ class Row:
     value: str
     """The figure with its unit."""
     target: str
-    """DESIGN.md §7's target, or ``-`` for a baseline."""
+    """The target of docs/targets.md, or ``-`` for a baseline."""
     ratio: str
     """Figure over target (or over its bound), where that means something."""
     verdict: str

@@ -1,4 +1,4 @@
-"""Raw baselines from DESIGN.md §7, measured with the plain clients on the same servers.
+"""Raw baselines of docs/targets.md, measured with the plain clients on the same servers.
 
 - B_ins: ``insert_many`` of small documents (docs/s).
 - B_watch: draining a change stream of already-written changes (events/s).

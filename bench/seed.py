@@ -1,4 +1,4 @@
-"""Seed throughput against B_ins (DESIGN.md §7: at least 0.8 x B_ins docs/s), from one run.
+"""Seed throughput against B_ins (docs/targets.md: at least 0.8 x B_ins docs/s), from one run.
 
 ``python -m bench.seed [--docs N]`` from the repo root starts MongoDB (mongo-java-server), the
 Pub/Sub emulator and Redis, measures B_ins (raw ``insert_many``), then seeds N entities in

@@ -30,7 +30,7 @@ __all__ = [
 CONTAINER_PREFIX = "liberator-"
 DEFAULT_RESOURCES: dict[str, dict[str, Any]] = {
     "requests": {"cpu": "20m", "memory": "96Mi"},
-    # DESIGN §7: at most 100 MiB idle plus 40 MiB under load; the limit leaves headroom above that.
+    # docs/targets.md: at most 80 MiB idle plus 30 MiB under load; the limit leaves room above.
     "limits": {"memory": "192Mi"},
 }
 _CONTRACT_NAMES = frozenset(var.name for var in CONTRACT)
@@ -146,7 +146,7 @@ def build_sidecar(publisher: Publisher, settings: OperatorSettings, *, port: int
         "ports": [{"name": f"lbr-{port}", "containerPort": port, "protocol": "TCP"}],
         "resources": sidecar.get("resources") or DEFAULT_RESOURCES,
         # /readyz is true once configured, standbys included: the sidecar never makes its
-        # application pod unready (DESIGN §3).
+        # application pod unready (docs/targets.md).
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": port},
                            "periodSeconds": 10, "failureThreshold": 3},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": port},
