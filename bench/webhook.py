@@ -1,4 +1,5 @@
-"""Injection webhook latency (docs/targets.md: p99 at most 5 ms in process, 100 ms via the API server).
+"""Injection webhook latency (docs/targets.md: p99 at most 5 ms in process, 100 ms via the API
+server).
 
 ``python -m bench.webhook [--pods 200]`` from the repo root starts the local kube-apiserver, runs
 ``liberator operator`` with its webhook on 127.0.0.1, and creates ``--pods`` matching pods one by
