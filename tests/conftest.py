@@ -16,6 +16,24 @@ import pytest
 
 from localstack import Server, Stack
 
+SERVER_FIXTURES = frozenset({"stack", "mongo_server", "mongo_uri", "pubsub", "redis_url", "kube",
+                             "node"})
+"""A test that asks for one of these talks to a real local server."""
+SERVER_FOLDERS = frozenset({"test_stack", "test_cluster"})
+"""Folders whose tests start their own servers, node or built tools."""
+SERVER_MODULES = frozenset({"test_demo.py", "test_monitoring.py"})
+"""The demo runs the node; the monitoring tests run promtool, which hack/stack builds."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a server, so ``pytest -m "not servers"`` runs the pure half."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        parts = set(item.path.parts)
+        if (fixtures & SERVER_FIXTURES or parts & SERVER_FOLDERS
+                or item.path.name in SERVER_MODULES or item.get_closest_marker("kube")):
+            item.add_marker(pytest.mark.servers)
+
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
