@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import yaml
 from google.cloud import pubsub_v1
 
 from localstack import Stack, apps, deploy
+from tests.support import waiting
 
 T = TypeVar("T")
 
@@ -51,18 +51,11 @@ http.server.HTTPServer(("", 8080), http.server.SimpleHTTPRequestHandler).serve_f
 
 
 def eventually(check: Callable[[], T | None], *, what: str, wait: float = WAIT) -> T:
-    deadline = time.monotonic() + wait
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except Exception as error:
-            last = error
-            value = None
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"{what}: not after {wait:.0f}s (last error: {last})")
+    """Poll ``check`` once a second: pods and Jobs move slowly, and any error while they do
+    (a container not started yet) counts as not yet."""
+    value: T = waiting.eventually(check, what=what, deadline=wait, every=1.0,
+                                  retry_on=(Exception,))
+    return value
 
 
 class Quotes:

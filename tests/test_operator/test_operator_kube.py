@@ -36,6 +36,7 @@ from liberator_operator.datastatus import seed_key
 from liberator_publisher.contract import control_key, status_key
 from localstack import Server, Stack
 from localstack.process import free_port
+from tests.support import waiting
 
 pytestmark = pytest.mark.kube
 
@@ -46,19 +47,9 @@ GROUP, VERSION = "liberator.io", "v1alpha1"
 
 
 def eventually(check: Callable[[], Any], *, what: str, deadline: float = DEADLINE) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after the deadline."""
-    end = time.monotonic() + deadline
-    last: Any = None
-    while time.monotonic() < end:
-        try:
-            last = check()
-        except ApiException as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {deadline:.0f}s waiting for {what}; last: {last!r}")
+    """Poll ``check``; an API error while the object settles counts as not yet."""
+    return waiting.eventually(check, what=what, deadline=deadline, every=0.25,
+                              retry_on=(ApiException,))
 
 
 def server(stack: Stack, name: str) -> Server:

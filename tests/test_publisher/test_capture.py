@@ -26,7 +26,7 @@ from liberator_publisher.identity import IDENTITY_SUFFIX, Identities
 from liberator_publisher.metrics import Metrics
 from liberator_publisher.source import Batch, StreamLostError, classify
 from liberator_publisher.status import Progress
-from tests.test_publisher.conftest import eventually
+from tests.support.publisher import eventually
 
 MAPPING = EventMapping(entity_type="quote", source="//test")
 

@@ -23,7 +23,7 @@ from liberator_publisher.control import (
     parse_restart,
     write_control,
 )
-from tests.test_publisher.conftest import Collector, Publisher, eventually
+from tests.support.publisher import Collector, Publisher, eventually
 from tests.test_publisher.test_failures import LOG_ENTITY, REJECTED_TOKEN, parked_health
 from tests.test_publisher.test_publish_e2e import check_order
 

@@ -19,7 +19,7 @@ from pymongo.collection import Collection
 from liberator_publisher.identity import IDENTITY_SUFFIX
 from liberator_publisher.seed import SeedOptions, run_seed
 from liberator_publisher.settings import Settings
-from tests.test_publisher.conftest import Collector, Publisher, Received, Topic, eventually
+from tests.support.publisher import Collector, Publisher, Received, Topic, eventually
 
 Doc = dict[str, Any]
 

@@ -36,7 +36,7 @@ from liberator_publisher.settings import Settings
 from liberator_publisher.subscriber import MalformedEventError
 from localstack import Server, Stack
 from localstack.process import free_port
-from tests.test_publisher.conftest import Publisher, eventually
+from tests.support.publisher import Publisher, eventually
 
 DEADLINE = 180.0
 ROOT = Path(__file__).resolve().parents[2]

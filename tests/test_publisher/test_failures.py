@@ -21,7 +21,7 @@ from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION
 from liberator_publisher.contract import status_key
 from localstack import Stack
 from localstack.process import free_port
-from tests.test_publisher.conftest import Collector, Publisher, Sidecar, eventually
+from tests.support.publisher import Collector, Publisher, Sidecar, eventually
 from tests.test_publisher.test_publish_e2e import check_order
 
 LOG_ENTITY = {"LIBERATOR_ID_FIELD": "entity"}

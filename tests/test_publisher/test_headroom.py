@@ -25,7 +25,7 @@ from liberator_publisher.headroom import (
 from liberator_publisher.metrics import Metrics
 from liberator_publisher.status import read_status, resume_point
 from localstack import Server, mongo
-from tests.test_publisher.conftest import Publisher, eventually, running_publisher
+from tests.support.publisher import Publisher, eventually, running_publisher
 
 WINDOW = OplogWindow(Timestamp(1000, 1), Timestamp(1100, 7))
 

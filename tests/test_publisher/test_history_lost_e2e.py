@@ -22,7 +22,7 @@ from pymongo.errors import OperationFailure
 from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION
 from liberator_publisher.contract import status_key
 from localstack import Server, mongo
-from tests.test_publisher.conftest import Collector, Publisher, eventually, running_publisher
+from tests.support.publisher import Collector, Publisher, eventually, running_publisher
 
 CAP = 200
 """Oplog entries kept: room for the sidecar's own writes, few enough to trim quickly."""

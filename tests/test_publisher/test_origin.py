@@ -17,7 +17,7 @@ from pymongo import MongoClient
 from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION
 from liberator_publisher.leader import lease_key
 from liberator_publisher.status import read_status
-from tests.test_publisher.conftest import Collector, Publisher, eventually
+from tests.support.publisher import Collector, Publisher, eventually
 
 HELD_MS = 6000
 MAX_WRITES = 3000  # the writer's bound; at ~100 writes/s it stops long before

@@ -11,7 +11,7 @@ from bson import ObjectId
 from pymongo.database import Database
 
 from liberator_publisher.contract import status_key
-from tests.test_publisher.conftest import Collector, Publisher, Received, eventually
+from tests.support.publisher import Collector, Publisher, Received, eventually
 
 
 def by_entity(messages: list[Received]) -> dict[str, list[Received]]:

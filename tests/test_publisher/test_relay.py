@@ -21,7 +21,7 @@ from liberator_publisher.relay import Relay, RelaySettings, ensure_indexes
 from liberator_publisher.sink import Sink, SinkSettings
 from liberator_publisher.status import Progress
 from localstack import Server
-from tests.test_publisher.conftest import OUTBOX, Collector, Topic, eventually
+from tests.support.publisher import OUTBOX, Collector, Topic, eventually
 
 MAPPING = EventMapping(entity_type="quote", source="//test")
 

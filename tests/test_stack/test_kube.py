@@ -13,7 +13,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from localstack import Server, Stack, StackError
 from localstack import kube as kube_module
+from tests.support import waiting
 
 DATA = Path(__file__).parent / "data"
 GROUP, VERSION, PLURAL = "smoke.liberator.io", "v1alpha1", "widgets"
@@ -34,16 +34,9 @@ DEADLINE = 60.0
 
 
 def eventually(check: Callable[[], Any], *, what: str, deadline: float = DEADLINE) -> Any:
-    """Poll ``check`` until it returns a truthy value (the API server applies some changes
-    asynchronously: CRD establishment, webhook registration)."""
-    end = time.monotonic() + deadline
-    last: Any = None
-    while time.monotonic() < end:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not true within {deadline:.0f}s (last: {last!r})")
+    """The API server applies some changes asynchronously (CRD establishment, webhook
+    registration): poll for them."""
+    return waiting.eventually(check, what=what, deadline=deadline, every=0.2)
 
 
 @pytest.fixture()
