@@ -33,6 +33,7 @@ test: $(STAMP) stack-build
 lint: $(STAMP)
 	$(PY) -m ruff check publisher operator hack tests bench
 	$(PY) -m mypy -p liberator_publisher -p liberator_operator
+	$(VENV)/bin/lint-imports
 
 demo: $(STAMP)
 	PYTHONPATH=hack $(PY) hack/demo.py

@@ -27,12 +27,12 @@ from google.cloud import pubsub_v1  # noqa: E402
 from pymongo import MongoClient  # noqa: E402
 
 from bench.baselines import b_ins  # noqa: E402
-from liberator_publisher.event import (  # noqa: E402
+from liberator_publisher.core.event import (  # noqa: E402
     EventMapping,
     message_for,
     outbox_document_for_entity,
 )
-from liberator_publisher.eventstore import EventStore, EventStoreSettings  # noqa: E402
+from liberator_publisher.store.eventstore import EventStore, EventStoreSettings  # noqa: E402
 from localstack import Stack  # noqa: E402
 
 MAPPING = EventMapping(entity_type="quote", source="//liberator/bench/quotes",

@@ -23,8 +23,8 @@ from google.cloud import pubsub_v1  # noqa: E402
 from pymongo import MongoClient  # noqa: E402
 
 from bench.baselines import b_ins, quote  # noqa: E402
-from liberator_publisher.seed import SeedOptions, run_seed  # noqa: E402
-from liberator_publisher.settings import Settings  # noqa: E402
+from liberator_publisher.core.settings import Settings  # noqa: E402
+from liberator_publisher.seed.seeder import SeedOptions, run_seed  # noqa: E402
 from localstack import Stack  # noqa: E402
 
 

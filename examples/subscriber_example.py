@@ -23,7 +23,7 @@ import uuid
 
 from google.cloud import pubsub_v1
 
-from liberator_publisher.subscriber import CloudEvent, Subscriber, SubscriberSettings
+from liberator_publisher import CloudEvent, Subscriber, SubscriberSettings
 
 totals: dict[str, float] = {}
 

@@ -23,7 +23,7 @@ from liberator_operator.cluster import Cluster
 from liberator_operator.handlers import Runtime, register
 from liberator_operator.settings import OperatorSettings, SettingsError
 from liberator_operator.webhook import build_webhook_configuration, self_signed_certificate
-from liberator_publisher.command import Command
+from liberator_publisher.runtime.command import Command
 
 __all__ = ["COMMAND", "kopf_settings"]
 

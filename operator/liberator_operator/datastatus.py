@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from liberator_publisher.contract import seed_key, status_key
+from liberator_publisher.core.contract import seed_key, status_key
 
 __all__ = [
     "DataStatus",

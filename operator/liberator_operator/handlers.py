@@ -55,8 +55,8 @@ from liberator_operator.restart import control_for, restart_outcome
 from liberator_operator.settings import OperatorSettings
 from liberator_operator.sidecar import container_name, sidecar_running
 from liberator_operator.webhook import HANDLER_ID
-from liberator_publisher.contract import control_key, seed_key
-from liberator_publisher.control import ControlRecord, write_control
+from liberator_publisher.core.contract import control_key, seed_key
+from liberator_publisher.core.control import ControlRecord, write_control
 
 __all__ = ["Runtime", "parked_message", "register"]
 

@@ -19,7 +19,7 @@ from liberator_operator.model import Publisher
 from liberator_operator.selector import matches
 from liberator_operator.settings import OperatorSettings
 from liberator_operator.sidecar import build_sidecar, container_name
-from liberator_publisher.contract import DEFAULT_HTTP_PORT
+from liberator_publisher.core.contract import DEFAULT_HTTP_PORT
 
 __all__ = [
     "INJECTED_ANNOTATION",

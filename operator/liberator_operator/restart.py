@@ -13,7 +13,12 @@ from datetime import datetime
 from typing import Any
 
 from liberator_operator.datastatus import DataStatus
-from liberator_publisher.control import ControlError, ControlRecord, RestartRequest, parse_restart
+from liberator_publisher.core.control import (
+    ControlError,
+    ControlRecord,
+    RestartRequest,
+    parse_restart,
+)
 
 __all__ = ["Outcome", "control_for", "restart_outcome"]
 

@@ -2,7 +2,7 @@
 
 Pure functions: the webhook calls :func:`build_sidecar`, the seed Job reuses
 :func:`build_contract_env`. Variable names come only from
-:data:`liberator_publisher.contract.CONTRACT`.
+:data:`liberator_publisher.core.contract.CONTRACT`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from liberator_operator.model import Publisher, SecretKeyRef
 from liberator_operator.settings import OperatorSettings
-from liberator_publisher.contract import CONTRACT, default_outbox
+from liberator_publisher.core.contract import CONTRACT, default_outbox
 
 __all__ = [
     "CONTAINER_PREFIX",

@@ -13,16 +13,17 @@ import importlib
 import sys
 from importlib.metadata import entry_points
 
-from liberator_publisher.command import Command, UsageError
+from liberator_publisher.runtime.command import Command, UsageError
 
 __all__ = ["main"]
 
 # name -> (module with a COMMAND, one line of help)
 BUILTIN: dict[str, tuple[str, str]] = {
-    "publish": ("liberator_publisher.runner", "run the change-data-capture sidecar"),
-    "seed": ("liberator_publisher.seed", "publish every existing entity once to the seed topic"),
-    "eventstore": ("liberator_publisher.eventstore", "store every event, indexed by time"),
-    "replay": ("liberator_publisher.replay", "republish stored events to a topic"),
+    "publish": ("liberator_publisher.sidecar.runner", "run the change-data-capture sidecar"),
+    "seed": ("liberator_publisher.seed.seeder",
+             "publish every existing entity once to the seed topic"),
+    "eventstore": ("liberator_publisher.store.eventstore", "store every event, indexed by time"),
+    "replay": ("liberator_publisher.store.replay", "republish stored events to a topic"),
 }
 ENTRY_POINT_GROUP = "liberator.commands"
 

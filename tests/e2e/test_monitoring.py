@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from liberator_operator.patch import INJECTED_LABEL, build_patch
 from liberator_operator.settings import OperatorSettings
-from liberator_publisher.eventstore import EventStore, EventStoreSettings
-from liberator_publisher.metrics import Metrics
+from liberator_publisher.sidecar.metrics import Metrics
+from liberator_publisher.store.eventstore import EventStore, EventStoreSettings
 from localstack import promtool
 from localstack.process import say_stderr
 from tests.test_operator.builders import pod, publisher

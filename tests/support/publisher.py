@@ -28,7 +28,7 @@ from google.api_core.exceptions import AlreadyExists
 from google.cloud import pubsub_v1
 from pymongo import MongoClient
 
-from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION
+from liberator_publisher.state.checkpoint import CHECKPOINT_COLLECTION
 from localstack import Server
 from localstack.process import free_port
 from tests.support.waiting import DEADLINE, eventually

@@ -31,7 +31,7 @@ from liberator_operator.sidecar import (
     container_name,
     sidecar_running,
 )
-from liberator_publisher.contract import CONTRACT
+from liberator_publisher.core.contract import CONTRACT
 from tests.test_operator.builders import pod, publisher
 
 SETTINGS = OperatorSettings(image="example/liberator:1", namespace="liberator-system")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from liberator_operator.datastatus import connect, read_seed_progress, read_status
-from liberator_publisher.contract import seed_key, status_key
-from liberator_publisher.status import StatusRecord, write_status
+from liberator_publisher.core.contract import seed_key, status_key
+from liberator_publisher.core.status import StatusRecord, write_status
 
 
 def test_reads_the_record_the_publisher_writes(redis_url: str, unique: str) -> None:

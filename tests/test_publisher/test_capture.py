@@ -14,18 +14,18 @@ from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure
 
-from liberator_publisher.capture import Capture, CaptureSettings, insert_outbox
-from liberator_publisher.checkpoint import (
+from liberator_publisher.core.event import EventMapping
+from liberator_publisher.core.status import Progress
+from liberator_publisher.sidecar.capture import Capture, CaptureSettings, insert_outbox
+from liberator_publisher.sidecar.metrics import Metrics
+from liberator_publisher.sidecar.source import Batch, StreamLostError, classify
+from liberator_publisher.state.checkpoint import (
     CHECKPOINT_COLLECTION,
     CheckpointError,
     Checkpoints,
     Position,
 )
-from liberator_publisher.event import EventMapping
-from liberator_publisher.identity import IDENTITY_SUFFIX, Identities
-from liberator_publisher.metrics import Metrics
-from liberator_publisher.source import Batch, StreamLostError, classify
-from liberator_publisher.status import Progress
+from liberator_publisher.state.identity import IDENTITY_SUFFIX, Identities
 from tests.support.publisher import eventually
 
 MAPPING = EventMapping(entity_type="quote", source="//test")

@@ -10,7 +10,7 @@ from bson import Timestamp
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
-from liberator_publisher.checkpoint import (
+from liberator_publisher.state.checkpoint import (
     CHECKPOINT_COLLECTION,
     CheckpointError,
     Checkpoints,

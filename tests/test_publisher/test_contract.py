@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from liberator_publisher import settings as settings_module
-from liberator_publisher.contract import CONTRACT, STATUS_KEY_PREFIX, status_key
+from liberator_publisher.core import settings as settings_module
+from liberator_publisher.core.contract import CONTRACT, STATUS_KEY_PREFIX, status_key
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "publisher.md"
 

@@ -14,15 +14,15 @@ import pytest
 import redis
 from pymongo.database import Database
 
-from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION
-from liberator_publisher.contract import control_key, status_key
-from liberator_publisher.control import (
+from liberator_publisher.core.contract import control_key, status_key
+from liberator_publisher.core.control import (
     ControlError,
     ControlRecord,
     RestartRequest,
     parse_restart,
     write_control,
 )
+from liberator_publisher.state.checkpoint import CHECKPOINT_COLLECTION
 from tests.support.publisher import Collector, Publisher, eventually
 from tests.test_publisher.test_failures import LOG_ENTITY, REJECTED_TOKEN, parked_health
 from tests.test_publisher.test_publish_e2e import check_order

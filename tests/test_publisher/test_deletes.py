@@ -16,9 +16,9 @@ import pytest
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
-from liberator_publisher.identity import IDENTITY_SUFFIX
-from liberator_publisher.seed import SeedOptions, run_seed
-from liberator_publisher.settings import Settings
+from liberator_publisher.core.settings import Settings
+from liberator_publisher.seed.seeder import SeedOptions, run_seed
+from liberator_publisher.state.identity import IDENTITY_SUFFIX
 from tests.support.publisher import Collector, Publisher, Received, Topic, eventually
 
 Doc = dict[str, Any]

@@ -27,7 +27,7 @@ from bson.son import SON
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from liberator_publisher.encoding import JSON_OPTIONS, EncodingError, to_json, value_to_json
+from liberator_publisher.core.encoding import JSON_OPTIONS, EncodingError, to_json, value_to_json
 
 UTC = datetime.UTC
 

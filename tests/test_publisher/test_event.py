@@ -15,8 +15,8 @@ from bson import Binary, Decimal128, ObjectId, Timestamp, json_util
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from liberator_publisher.encoding import JSON_OPTIONS
-from liberator_publisher.event import (
+from liberator_publisher.core.encoding import JSON_OPTIONS
+from liberator_publisher.core.event import (
     MAX_ATTRIBUTE_KEY_BYTES,
     MAX_ATTRIBUTE_VALUE_BYTES,
     MAX_ATTRIBUTES,

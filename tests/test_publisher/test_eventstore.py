@@ -21,19 +21,19 @@ from google.cloud import pubsub_v1
 from pymongo import MongoClient
 
 from liberator_publisher.cli import main
-from liberator_publisher.command import UsageError
-from liberator_publisher.event import EventMapping, message_for, outbox_document_for_entity
-from liberator_publisher.eventstore import (
+from liberator_publisher.consumer.subscriber import MalformedEventError
+from liberator_publisher.core.event import EventMapping, message_for, outbox_document_for_entity
+from liberator_publisher.core.settings import Settings
+from liberator_publisher.runtime.command import UsageError
+from liberator_publisher.seed.ledger import LEDGER_SUFFIX
+from liberator_publisher.seed.seeder import SeedOptions, run_seed, seed_event_id
+from liberator_publisher.store.eventstore import (
     EventStore,
     EventStoreSettings,
     dead_letter_document,
     event_document,
     subscription_path,
 )
-from liberator_publisher.ledger import LEDGER_SUFFIX
-from liberator_publisher.seed import SeedOptions, run_seed, seed_event_id
-from liberator_publisher.settings import Settings
-from liberator_publisher.subscriber import MalformedEventError
 from localstack import Server, Stack
 from localstack.process import free_port
 from tests.support.publisher import Publisher, eventually
@@ -419,7 +419,7 @@ def test_waits_for_a_subscription_created_later(world: World,
     settings = EventStoreSettings(mongo_uri=world.mongo_uri, database=world.database,
                                   subscriptions=(late,), http_port=port, pull_timeout_seconds=2,
                                   wait_max_seconds=1.0)
-    caplog.set_level("INFO", logger="liberator_publisher.eventstore")
+    caplog.set_level("INFO", logger="liberator_publisher.store.eventstore")
     running = Running(settings)
     with running:
         _, body = eventually(lambda: (r := readyz(port))[0] == 503 and r,

@@ -17,8 +17,8 @@ from bson.binary import Binary
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION
-from liberator_publisher.contract import status_key
+from liberator_publisher.core.contract import status_key
+from liberator_publisher.state.checkpoint import CHECKPOINT_COLLECTION
 from localstack import Stack
 from localstack.process import free_port
 from tests.support.publisher import Collector, Publisher, Sidecar, eventually

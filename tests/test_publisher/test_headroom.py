@@ -13,7 +13,7 @@ import redis
 from bson import Timestamp
 from pymongo import MongoClient
 
-from liberator_publisher.headroom import (
+from liberator_publisher.core.headroom import (
     AT_RISK,
     LOST,
     OK,
@@ -22,8 +22,8 @@ from liberator_publisher.headroom import (
     headroom_verdict,
     token_time,
 )
-from liberator_publisher.metrics import Metrics
-from liberator_publisher.status import read_status, resume_point
+from liberator_publisher.core.status import read_status, resume_point
+from liberator_publisher.sidecar.metrics import Metrics
 from localstack import Server, mongo
 from tests.support.publisher import Publisher, eventually, running_publisher
 

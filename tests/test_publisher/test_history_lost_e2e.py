@@ -19,8 +19,8 @@ import redis
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 
-from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION
-from liberator_publisher.contract import status_key
+from liberator_publisher.core.contract import status_key
+from liberator_publisher.state.checkpoint import CHECKPOINT_COLLECTION
 from localstack import Server, mongo
 from tests.support.publisher import Collector, Publisher, eventually, running_publisher
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from liberator_publisher.contract import status_key
-from liberator_publisher.leader import Lease, epoch_key, lease_key
-from liberator_publisher.status import StatusRecord, read_status, write_status
+from liberator_publisher.core.contract import status_key
+from liberator_publisher.core.status import StatusRecord, read_status, write_status
+from liberator_publisher.sidecar.leader import Lease, epoch_key, lease_key
 
 
 @pytest.fixture()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from liberator_publisher import source
-from liberator_publisher.metrics import FAILED_STAGES, Metrics
+from liberator_publisher.sidecar import source
+from liberator_publisher.sidecar.metrics import FAILED_STAGES, Metrics
 
 
 def samples(metrics: Metrics) -> dict[str, float]:

@@ -14,9 +14,9 @@ from typing import Any
 import redis
 from pymongo import MongoClient
 
-from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION
-from liberator_publisher.leader import lease_key
-from liberator_publisher.status import read_status
+from liberator_publisher.core.status import read_status
+from liberator_publisher.sidecar.leader import lease_key
+from liberator_publisher.state.checkpoint import CHECKPOINT_COLLECTION
 from tests.support.publisher import Collector, Publisher, eventually
 
 HELD_MS = 6000

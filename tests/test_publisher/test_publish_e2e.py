@@ -10,7 +10,7 @@ import redis
 from bson import ObjectId
 from pymongo.database import Database
 
-from liberator_publisher.contract import status_key
+from liberator_publisher.core.contract import status_key
 from tests.support.publisher import Collector, Publisher, Received, eventually
 
 

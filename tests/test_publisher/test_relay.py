@@ -14,12 +14,12 @@ from bson import Timestamp
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION, Checkpoints, Position
-from liberator_publisher.event import EventMapping, outbox_document_for_entity
-from liberator_publisher.metrics import Metrics
-from liberator_publisher.relay import Relay, RelaySettings, ensure_indexes
-from liberator_publisher.sink import Sink, SinkSettings
-from liberator_publisher.status import Progress
+from liberator_publisher.core.event import EventMapping, outbox_document_for_entity
+from liberator_publisher.core.status import Progress
+from liberator_publisher.sidecar.metrics import Metrics
+from liberator_publisher.sidecar.relay import Relay, RelaySettings, ensure_indexes
+from liberator_publisher.sidecar.sink import Sink, SinkSettings
+from liberator_publisher.state.checkpoint import CHECKPOINT_COLLECTION, Checkpoints, Position
 from localstack import Server
 from tests.support.publisher import OUTBOX, Collector, Topic, eventually
 

@@ -14,11 +14,16 @@ from google.cloud import pubsub_v1
 from pymongo import MongoClient
 
 from liberator_publisher.cli import main
-from liberator_publisher.command import UsageError
-from liberator_publisher.event import EventMapping, message_for, outbox_document_for_entity
-from liberator_publisher.eventstore import EventStore, EventStoreSettings
-from liberator_publisher.replay import REPLAY_ATTRIBUTE, Selection, message_of, selection_query
-from liberator_publisher.subscriber import CloudEvent, Subscriber, SubscriberSettings
+from liberator_publisher.consumer.subscriber import CloudEvent, Subscriber, SubscriberSettings
+from liberator_publisher.core.event import EventMapping, message_for, outbox_document_for_entity
+from liberator_publisher.runtime.command import UsageError
+from liberator_publisher.store.eventstore import EventStore, EventStoreSettings
+from liberator_publisher.store.replay import (
+    REPLAY_ATTRIBUTE,
+    Selection,
+    message_of,
+    selection_query,
+)
 from localstack import Server
 
 DEADLINE = 180.0

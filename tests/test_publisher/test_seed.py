@@ -24,11 +24,12 @@ from google.cloud import pubsub_v1
 from pymongo import MongoClient
 
 from liberator_publisher.cli import main
-from liberator_publisher.command import UsageError
-from liberator_publisher.contract import seed_key
-from liberator_publisher.iam import denied_message
-from liberator_publisher.ledger import LEDGER_SUFFIX, Checkpoint, LedgerError
-from liberator_publisher.seed import (
+from liberator_publisher.core.contract import seed_key
+from liberator_publisher.core.iam import denied_message
+from liberator_publisher.core.settings import Settings
+from liberator_publisher.runtime.command import UsageError
+from liberator_publisher.seed.ledger import LEDGER_SUFFIX, Checkpoint, LedgerError
+from liberator_publisher.seed.seeder import (
     SEED_ATTRIBUTE,
     Pacer,
     SeedOptions,
@@ -36,7 +37,6 @@ from liberator_publisher.seed import (
     run_seed,
     seed_event_id,
 )
-from liberator_publisher.settings import Settings
 from localstack import Server
 
 ENTITIES = 2000

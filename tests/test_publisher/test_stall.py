@@ -12,8 +12,8 @@ import pytest
 import redis
 from pymongo.database import Database
 
-from liberator_publisher.stall import CAPTURE_NOT_MOVING, NOTHING_PUBLISHED, stall_verdict
-from liberator_publisher.status import Progress, read_status
+from liberator_publisher.core.stall import CAPTURE_NOT_MOVING, NOTHING_PUBLISHED, stall_verdict
+from liberator_publisher.core.status import Progress, read_status
 from tests.support.publisher import Collector, Publisher, Topic, eventually
 
 STALL = {"LIBERATOR_ID_FIELD": "entity", "LIBERATOR_STALL_AFTER_SECONDS": "2"}

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from google.cloud import pubsub_v1
 
-from liberator_publisher.subscriber import (
+from liberator_publisher.consumer.subscriber import (
     REASON_ATTRIBUTE,
     CloudEvent,
     MalformedEventError,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from liberator_publisher.times import parse_rfc3339, rfc3339
+from liberator_publisher.core.times import parse_rfc3339, rfc3339
 
 
 def test_written_in_utc_with_milliseconds_and_z() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from liberator_publisher import validation
 from liberator_publisher.cli import main
-from liberator_publisher.validation import RESOURCE_ID_RULE, InvalidValue, is_resource_id
+from liberator_publisher.core import validation
+from liberator_publisher.core.validation import RESOURCE_ID_RULE, InvalidValue, is_resource_id
 
 
 @pytest.mark.parametrize("value", ["abc", "quotes.events", "a" + "b" * 254, "Events~1+2%3"])

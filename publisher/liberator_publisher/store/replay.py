@@ -32,13 +32,14 @@ from pymongo import ASCENDING, MongoClient
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
-from liberator_publisher import validation as rules
-from liberator_publisher.command import Command, UsageError, checked
-from liberator_publisher.eventstore import (
+from liberator_publisher.core import validation as rules
+from liberator_publisher.core.cloudevent import check_pattern
+from liberator_publisher.core.times import parse_rfc3339
+from liberator_publisher.runtime.command import Command, UsageError, checked
+from liberator_publisher.store.eventstore import (
     DEFAULT_COLLECTION,
     configure_logs,
 )
-from liberator_publisher.subscriber import check_pattern, parse_time
 
 __all__ = ["COMMAND", "REPLAY_ATTRIBUTE", "Selection", "replay", "select", "selection_query"]
 
@@ -187,7 +188,7 @@ def _time(text: str | None, flag: str) -> datetime | None:
     if text is None:
         return None
     try:
-        return parse_time(text, flag)
+        return parse_rfc3339(text, flag)
     except ValueError as error:
         raise UsageError(str(error)) from None
 

@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from liberator_publisher import validation as rules
-from liberator_publisher.command import UsageError
-from liberator_publisher.contract import CONTRACT, DEFAULT_HTTP_PORT, default_outbox
-from liberator_publisher.event import EventMapping
-from liberator_publisher.validation import LOG_FORMATS, LOG_LEVELS, InvalidValue
+from liberator_publisher.core import validation as rules
+from liberator_publisher.core.contract import CONTRACT, DEFAULT_HTTP_PORT, default_outbox
+from liberator_publisher.core.errors import UsageError
+from liberator_publisher.core.event import EventMapping
+from liberator_publisher.core.validation import LOG_FORMATS, LOG_LEVELS, InvalidValue
 
 __all__ = ["LOG_FORMATS", "LOG_LEVELS", "ConfigError", "Settings"]
 

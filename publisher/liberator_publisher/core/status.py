@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from liberator_publisher.contract import status_key
-from liberator_publisher.headroom import Headroom
-from liberator_publisher.times import rfc3339
+from liberator_publisher.core.contract import status_key
+from liberator_publisher.core.headroom import Headroom
+from liberator_publisher.core.times import rfc3339
 
 __all__ = ["Progress", "StatusRecord", "read_status", "resume_point", "write_status"]
 

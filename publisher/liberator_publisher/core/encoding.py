@@ -17,6 +17,8 @@ from bson import json_util
 from bson.binary import UuidRepresentation
 from bson.json_util import JSONMode, JSONOptions
 
+from liberator_publisher.core.errors import LiberatorError
+
 __all__ = ["JSON_OPTIONS", "EncodingError", "to_json", "value_to_json"]
 
 JSON_OPTIONS: JSONOptions = JSONOptions(
@@ -29,7 +31,7 @@ JSON_OPTIONS: JSONOptions = JSONOptions(
 """Relaxed extended JSON, tz-aware UTC datetimes; also what readers should pass to ``loads``."""
 
 
-class EncodingError(ValueError):
+class EncodingError(LiberatorError, ValueError):
     """A value that has no extended JSON form; the message says which and why."""
 
     def __init__(self, reason: str) -> None:

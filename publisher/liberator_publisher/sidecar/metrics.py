@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from liberator_publisher.checkpoint import LOOPS
-from liberator_publisher.headroom import Headroom
-from liberator_publisher.source import PARK_REASONS
-from liberator_publisher.stall import STALL_REASONS
+from liberator_publisher.core.headroom import Headroom
+from liberator_publisher.core.stall import STALL_REASONS
+from liberator_publisher.sidecar.source import PARK_REASONS
+from liberator_publisher.state.checkpoint import LOOPS
 
 __all__ = ["FAILED_STAGES", "Metrics"]
 

@@ -19,7 +19,8 @@ from bson import Timestamp
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
-from liberator_publisher.checkpoint import CheckpointError, Position
+from liberator_publisher.core.errors import LiberatorError
+from liberator_publisher.state.checkpoint import CheckpointError, Position
 
 __all__ = ["END_OPERATIONS", "PARK_REASONS", "Batch", "ChangeReader", "ChangeSource",
            "StreamLostError", "classify", "rejects_token"]
@@ -49,7 +50,7 @@ RECOVERY = ("recovery: run an EventSeed for this publisher, then 'liberator publ
             "current position by itself (no restart needed)")
 
 
-class StreamLostError(RuntimeError):
+class StreamLostError(LiberatorError, RuntimeError):
     """The stream cannot resume from its checkpoint; the publisher must park."""
 
     def __init__(self, code: str, cause: str) -> None:

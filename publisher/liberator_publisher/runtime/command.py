@@ -7,16 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from liberator_publisher.validation import InvalidValue
+from liberator_publisher.core.errors import UsageError
+from liberator_publisher.core.validation import InvalidValue
 
 __all__ = ["Command", "UsageError", "checked"]
 
 _T = TypeVar("_T")
 
 
-class UsageError(ValueError):
-    """A flag or variable is wrong. The message names it and says the fix; ``liberator`` prints
-    ``liberator <command>: <message>`` and exits 2 (cli.py, once for every subcommand)."""
 
 
 @dataclass(frozen=True)

@@ -40,23 +40,23 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
-from liberator_publisher import logs
-from liberator_publisher import validation as rules
-from liberator_publisher.checkpoint import CHECKPOINT_COLLECTION, CheckpointError, Checkpoints
-from liberator_publisher.command import Command, UsageError
-from liberator_publisher.contract import seed_key
-from liberator_publisher.event import (
+from liberator_publisher.core import validation as rules
+from liberator_publisher.core.contract import seed_key
+from liberator_publisher.core.event import (
     EventMapping,
     Unpublishable,
     message_for,
     outbox_document_for_entity,
 )
-from liberator_publisher.iam import denied_message
-from liberator_publisher.identity import IDENTITY_SUFFIX, remember_identities
-from liberator_publisher.ledger import LEDGER_SUFFIX, Checkpoint, Ledger, LedgerError
-from liberator_publisher.settings import Settings
-from liberator_publisher.times import rfc3339
-from liberator_publisher.validation import InvalidValue
+from liberator_publisher.core.iam import denied_message
+from liberator_publisher.core.settings import Settings
+from liberator_publisher.core.times import rfc3339
+from liberator_publisher.core.validation import InvalidValue
+from liberator_publisher.runtime import logs
+from liberator_publisher.runtime.command import Command, UsageError
+from liberator_publisher.seed.ledger import LEDGER_SUFFIX, Checkpoint, Ledger, LedgerError
+from liberator_publisher.state.checkpoint import CHECKPOINT_COLLECTION, CheckpointError, Checkpoints
+from liberator_publisher.state.identity import IDENTITY_SUFFIX, remember_identities
 
 __all__ = [
     "COMMAND",

@@ -12,7 +12,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from liberator_publisher.times import rfc3339
+from liberator_publisher.core.times import rfc3339
 
 __all__ = ["FIELDS_ATTR", "JsonFormatter", "TextFormatter", "configure", "fields"]
 

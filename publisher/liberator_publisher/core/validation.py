@@ -15,7 +15,7 @@ from pymongo.errors import ConfigurationError, InvalidURI
 from pymongo.uri_parser import parse_uri, parse_userinfo, split_hosts, split_options
 from redis.connection import parse_url
 
-from liberator_publisher.contract import DEFAULT_HTTP_PORT
+from liberator_publisher.core.contract import DEFAULT_HTTP_PORT
 
 __all__ = [
     "LOG_FORMATS",

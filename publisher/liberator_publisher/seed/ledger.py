@@ -21,7 +21,8 @@ from typing import Any
 
 from pymongo.collection import Collection
 
-from liberator_publisher.contract import LEDGER_SUFFIX
+from liberator_publisher.core.contract import LEDGER_SUFFIX
+from liberator_publisher.core.errors import LiberatorError
 
 __all__ = ["LEDGER_SUFFIX", "MAX_RETRY_IDS", "Checkpoint", "Ledger", "LedgerError"]
 
@@ -30,7 +31,7 @@ MAX_RETRY_IDS = 10_000
 with a new seed id)."""
 
 
-class LedgerError(ValueError):
+class LedgerError(LiberatorError, ValueError):
     """A ledger document that cannot be read (edited by hand, say). The message names the field."""
 
     def __init__(self, seed_id: str, field: str, problem: str) -> None:

@@ -24,7 +24,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
-from liberator_publisher.contract import IDENTITY_SUFFIX
+from liberator_publisher.core.contract import IDENTITY_SUFFIX
 
 __all__ = ["IDENTITY_SUFFIX", "KEY_INDEX", "Identities", "ensure_key_index",
            "remember_identities"]

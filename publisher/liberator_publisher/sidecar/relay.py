@@ -26,13 +26,13 @@ from typing import Any
 from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
 
-from liberator_publisher.checkpoint import Checkpoints, Position
-from liberator_publisher.event import Message, Unpublishable, message_for
-from liberator_publisher.logs import fields
-from liberator_publisher.metrics import Metrics
-from liberator_publisher.sink import Sink
-from liberator_publisher.source import ChangeReader
-from liberator_publisher.status import Progress
+from liberator_publisher.core.event import Message, Unpublishable, message_for
+from liberator_publisher.core.status import Progress
+from liberator_publisher.runtime.logs import fields
+from liberator_publisher.sidecar.metrics import Metrics
+from liberator_publisher.sidecar.sink import Sink
+from liberator_publisher.sidecar.source import ChangeReader
+from liberator_publisher.state.checkpoint import Checkpoints, Position
 
 __all__ = ["PENDING_INDEX", "PIPELINE", "Relay", "RelaySettings", "ensure_indexes"]
 

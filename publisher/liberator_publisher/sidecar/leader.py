@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from liberator_publisher.contract import EPOCH_KEY_PREFIX, LEASE_KEY_PREFIX
+from liberator_publisher.core.contract import EPOCH_KEY_PREFIX, LEASE_KEY_PREFIX
 
 __all__ = ["EPOCH_KEY_PREFIX", "LEASE_KEY_PREFIX", "Lease", "epoch_key", "lease_key"]
 

@@ -40,14 +40,14 @@ from pymongo import ASCENDING, MongoClient
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from liberator_publisher import logs
-from liberator_publisher import validation as rules
-from liberator_publisher.command import Command, UsageError, checked
-from liberator_publisher.contract import DEFAULT_HTTP_PORT
-from liberator_publisher.health import Health, HealthServer
-from liberator_publisher.iam import denied_message
-from liberator_publisher.subscriber import MalformedEventError, parse_message
-from liberator_publisher.validation import RESOURCE_ID_RULE, is_resource_id
+from liberator_publisher.core import validation as rules
+from liberator_publisher.core.cloudevent import MalformedEventError, parse_message
+from liberator_publisher.core.contract import DEFAULT_HTTP_PORT
+from liberator_publisher.core.iam import denied_message
+from liberator_publisher.core.validation import RESOURCE_ID_RULE, is_resource_id
+from liberator_publisher.runtime import logs
+from liberator_publisher.runtime.command import Command, UsageError, checked
+from liberator_publisher.runtime.health import Health, HealthServer
 
 __all__ = [
     "COMMAND",

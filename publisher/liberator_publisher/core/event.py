@@ -21,8 +21,9 @@ from typing import Any
 import bson
 from bson import Binary, ObjectId, Timestamp
 
-from liberator_publisher.encoding import EncodingError, to_json, value_to_json
-from liberator_publisher.times import rfc3339
+from liberator_publisher.core.encoding import EncodingError, to_json, value_to_json
+from liberator_publisher.core.errors import LiberatorError
+from liberator_publisher.core.times import rfc3339
 
 __all__ = [
     "DOCUMENT_OPERATIONS",
@@ -68,7 +69,7 @@ _NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
 _TYPE_SUFFIX = {"insert": "created", "update": "updated", "replace": "updated", "delete": "deleted"}
 
 
-class Unpublishable(ValueError):  # noqa: N818 (the shared interface names it)
+class Unpublishable(LiberatorError, ValueError):  # noqa: N818 (the shared interface names it)
     """A message Pub/Sub would refuse, or an outbox document that cannot become a message."""
 
     def __init__(self, reason: str) -> None:
@@ -154,7 +155,7 @@ def outbox_document_for_change(
 
     ``known_id`` is the id field's value last seen for the document of a delete that
     ``needs_identity``; the delete's data is then its key and that id (see
-    :mod:`liberator_publisher.identity`). Never raises for a bad entity document. Raises
+    :mod:`liberator_publisher.state.identity`). Never raises for a bad entity document. Raises
     ``ValueError`` only for a change without a resume token (``_id``), which MongoDB never sends.
     """
     token = change.get("_id")

@@ -20,18 +20,18 @@ from bson import Timestamp
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
-from liberator_publisher.checkpoint import Checkpoints, Position
-from liberator_publisher.event import (
+from liberator_publisher.core.event import (
     DOCUMENT_OPERATIONS,
     EventMapping,
     needs_identity,
     outbox_document_for_change,
 )
-from liberator_publisher.identity import Identities
-from liberator_publisher.logs import fields
-from liberator_publisher.metrics import Metrics
-from liberator_publisher.source import ChangeReader, ChangeSource
-from liberator_publisher.status import Progress
+from liberator_publisher.core.status import Progress
+from liberator_publisher.runtime.logs import fields
+from liberator_publisher.sidecar.metrics import Metrics
+from liberator_publisher.sidecar.source import ChangeReader, ChangeSource
+from liberator_publisher.state.checkpoint import Checkpoints, Position
+from liberator_publisher.state.identity import Identities
 
 __all__ = ["Capture", "CaptureSettings", "change_time", "insert_outbox"]
 

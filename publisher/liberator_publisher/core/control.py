@@ -18,8 +18,9 @@ from typing import Any
 
 from bson import Timestamp
 
-from liberator_publisher.contract import control_key
-from liberator_publisher.times import parse_rfc3339
+from liberator_publisher.core.contract import control_key
+from liberator_publisher.core.errors import LiberatorError
+from liberator_publisher.core.times import parse_rfc3339
 
 __all__ = ["ControlError", "ControlRecord", "RestartRequest", "parse_restart", "parse_time",
            "read_control", "write_control"]
@@ -27,7 +28,7 @@ __all__ = ["ControlError", "ControlRecord", "RestartRequest", "parse_restart", "
 POSITIONS = ("now",)
 
 
-class ControlError(ValueError):
+class ControlError(LiberatorError, ValueError):
     """A control record or restart request that cannot be carried out; names the field."""
 
 

@@ -29,8 +29,9 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
-from liberator_publisher.contract import CHECKPOINT_COLLECTION
-from liberator_publisher.headroom import OplogWindow, token_time
+from liberator_publisher.core.contract import CHECKPOINT_COLLECTION
+from liberator_publisher.core.errors import LiberatorError
+from liberator_publisher.core.headroom import OplogWindow, token_time
 
 __all__ = ["CHECKPOINT_COLLECTION", "LOOPS", "CheckpointError", "Checkpoints", "FencedError",
            "Mark", "Position", "cluster_time", "oplog_window"]
@@ -38,7 +39,7 @@ __all__ = ["CHECKPOINT_COLLECTION", "LOOPS", "CheckpointError", "Checkpoints", "
 LOOPS = ("capture", "relay")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LiberatorError, ValueError):
     """A checkpoint document that cannot be read (edited by hand, say); the publisher parks."""
 
     def __init__(self, document_id: str, field: str, problem: str) -> None:
@@ -48,7 +49,7 @@ class CheckpointError(ValueError):
         self.field = field
 
 
-class FencedError(RuntimeError):
+class FencedError(LiberatorError, RuntimeError):
     """A checkpoint write from an older epoch: another replica leads now."""
 
 

@@ -29,9 +29,32 @@ from pymongo.errors import OperationFailure, PyMongoError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from liberator_publisher import logs
-from liberator_publisher.capture import Capture, CaptureSettings
-from liberator_publisher.checkpoint import (
+from liberator_publisher.core.control import (
+    ControlError,
+    ControlRecord,
+    RestartRequest,
+    read_control,
+)
+from liberator_publisher.core.headroom import OplogWindow, headroom_verdict
+from liberator_publisher.core.settings import ConfigError, Settings
+from liberator_publisher.core.stall import stall_verdict
+from liberator_publisher.core.status import (
+    Progress,
+    StatusRecord,
+    resume_point,
+    write_status,
+)
+from liberator_publisher.core.times import now_rfc3339, rfc3339
+from liberator_publisher.runtime import logs
+from liberator_publisher.runtime.command import Command
+from liberator_publisher.runtime.health import Health, HealthServer
+from liberator_publisher.sidecar.capture import Capture, CaptureSettings
+from liberator_publisher.sidecar.leader import Lease
+from liberator_publisher.sidecar.metrics import Metrics
+from liberator_publisher.sidecar.relay import Relay, RelaySettings, ensure_indexes
+from liberator_publisher.sidecar.sink import Sink, SinkSettings, preload
+from liberator_publisher.sidecar.source import classify
+from liberator_publisher.state.checkpoint import (
     CHECKPOINT_COLLECTION,
     LOOPS,
     CheckpointError,
@@ -42,29 +65,11 @@ from liberator_publisher.checkpoint import (
     cluster_time,
     oplog_window,
 )
-from liberator_publisher.command import Command
-from liberator_publisher.control import ControlError, ControlRecord, RestartRequest, read_control
-from liberator_publisher.headroom import OplogWindow, headroom_verdict
-from liberator_publisher.health import Health, HealthServer
-from liberator_publisher.identity import IDENTITY_SUFFIX, Identities, ensure_key_index
-from liberator_publisher.leader import Lease
-from liberator_publisher.metrics import Metrics
-from liberator_publisher.relay import Relay, RelaySettings, ensure_indexes
-from liberator_publisher.settings import ConfigError, Settings
-from liberator_publisher.sink import Sink, SinkSettings, preload
-from liberator_publisher.source import classify
-from liberator_publisher.stall import stall_verdict
-from liberator_publisher.status import (
-    Progress,
-    StatusRecord,
-    resume_point,
-    write_status,
-)
-from liberator_publisher.times import now_rfc3339, rfc3339
+from liberator_publisher.state.identity import IDENTITY_SUFFIX, Identities, ensure_key_index
 
 __all__ = ["COMMAND", "EXIT_CONFIG", "EXIT_FATAL", "EXIT_UNREACHABLE", "main"]
 
-log = logging.getLogger("liberator_publisher.runner")
+log = logging.getLogger("liberator_publisher.sidecar.runner")
 
 EXIT_CONFIG = 2
 """A missing or malformed variable."""

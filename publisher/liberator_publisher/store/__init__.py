@@ -1,0 +1,3 @@
+"""``liberator eventstore`` and ``liberator replay``: keeps every event indexed by time, and
+republishes a selection.
+"""
