@@ -1,19 +1,21 @@
 """The data plane as the operator sees it: the leader's status record and seed progress in Redis.
 
-Read defensively: the record may be a JSON string or a hash, with camelCase or snake_case keys,
-and a field that does not parse is left out rather than failing the whole status.
+The status record is read through the publisher's own type (core/status.py's ``StatusRecord``):
+the keys it writes and no others. A field that does not parse is left out rather than failing
+the whole status.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import redis
 
 from liberator_publisher.core.contract import seed_key, status_key
+from liberator_publisher.core.status import StatusRecord
 
 __all__ = [
     "DataStatus",
@@ -83,6 +85,9 @@ class SeedProgress:
     """RFC 3339 end."""
 
 
+_RECORD_KEYS = frozenset(f.name for f in fields(StatusRecord))
+
+
 def _pick(record: Mapping[str, Any], *keys: str) -> Any:
     for key in keys:
         value = record.get(key)
@@ -122,30 +127,32 @@ def _as_mapping(raw: Mapping[str, Any] | str | bytes | None) -> Mapping[str, Any
 
 
 def parse_status_record(raw: Mapping[str, Any] | str | bytes | None) -> DataStatus | None:
-    """A :class:`DataStatus` from the record as stored; None when there is none."""
+    """A :class:`DataStatus` from the record as the leader writes it (a JSON object whose keys
+    are :class:`StatusRecord`'s fields); None when there is none. A field that does not parse is
+    left out; no other key or spelling is guessed at."""
     record = _as_mapping(raw)
     if not record:
         return None
-    parked = _pick(record, "parkedReason", "parked_reason", "parked")
-    if parked in (False, "false", "False", "0", 0):
-        parked = None
+
+    def get(key: str) -> Any:
+        assert key in _RECORD_KEYS, key  # read only what the publisher writes
+        return record.get(key)
+
     return DataStatus(
-        leader=_str(_pick(record, "leader", "pod", "podName", "pod_name")),
-        epoch=_int(_pick(record, "epoch")),
-        lag_seconds=_float(_pick(record, "lagSeconds", "lag_seconds", "captureLagSeconds",
-                                 "capture_lag_seconds", "lag")),
-        backlog=_int(_pick(record, "backlog", "outboxBacklog", "outbox_backlog")),
-        last_event_time=_str(_pick(record, "lastEventTime", "last_event_time",
-                                   "lastPublishTime", "last_publish_time")),
-        parked_reason=_str(parked),
-        capture_since=_str(_pick(record, "captureSince")),
-        updated=_str(_pick(record, "updatedAt", "updated_at", "updated", "time")),
-        paused=record.get("paused") is True,
-        restart=_dict(record.get("restart")),
-        restart_rejected=_dict(record.get("restartRejected")),
-        stalled=_dict(record.get("stalled")),
-        checkpoints=_checkpoints(record.get("checkpoints")),
-        resume_point=_dict(record.get("resumePoint")),
+        leader=_str(get("pod") or None),
+        epoch=_int(get("epoch")),
+        lag_seconds=_float(get("captureLagSeconds")),
+        backlog=_int(get("backlog")),
+        last_event_time=_str(get("lastEventTime")),
+        parked_reason=_str(get("parked") or None),
+        capture_since=_str(get("captureSince")),
+        updated=_str(get("updatedAt")),
+        paused=get("paused") is True,
+        restart=_dict(get("restart")),
+        restart_rejected=_dict(get("restartRejected")),
+        stalled=_dict(get("stalled")),
+        checkpoints=_checkpoints(get("checkpoints")),
+        resume_point=_dict(get("resumePoint")),
     )
 
 
@@ -246,15 +253,9 @@ def connect(url: str) -> redis.Redis:
 
 
 def read_status(client: redis.Redis, publisher: str) -> DataStatus | None:
-    """The status record of ``<namespace>/<name>``, stored as a JSON string or a hash."""
-    key = status_key(publisher)
-    kind = client.type(key)
-    if kind == "hash":
-        return parse_status_record(client.hgetall(key))  # type: ignore[arg-type]
-    if kind == "string":
-        value = client.get(key)
-        return parse_status_record(value if isinstance(value, str | bytes) else None)
-    return None
+    """The status record of ``<namespace>/<name>``: the JSON string the leader writes."""
+    value = client.get(status_key(publisher))
+    return parse_status_record(value if isinstance(value, str | bytes) else None)
 
 
 def read_seed_progress(client: redis.Redis, seed: str) -> SeedProgress | None:
