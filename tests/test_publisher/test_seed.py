@@ -447,6 +447,8 @@ def test_missing_topic_is_a_usage_error(world: Fixture) -> None:
     ({"startedAt": "yesterday"}, "startedAt"),
     ({"counts": {"seeded": "many"}}, "counts"),
     ({"retry": "q-1"}, "retry"),
+    ({"phase": "Done"}, "phase"),
+    ({"phase": 1}, "phase"),
 ])
 def test_a_damaged_ledger_document_names_the_field(change: dict[str, Any], field: str) -> None:
     good = {"_id": "shop/seed", "mode": "latest", "filter": "{}",

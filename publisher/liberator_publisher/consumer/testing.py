@@ -20,7 +20,12 @@ from typing import Any, Literal
 from uuid import uuid4
 
 from liberator_publisher.core.cloudevent import CloudEvent, parse_message
-from liberator_publisher.core.event import EventMapping, message_for, outbox_document_for_entity
+from liberator_publisher.core.event import (
+    PENDING,
+    EventMapping,
+    message_for,
+    outbox_document_for_entity,
+)
 
 __all__ = ["cloud_event", "pubsub_message"]
 
@@ -45,7 +50,7 @@ def pubsub_message(entity_type: str, document: Mapping[str, Any], *,
     outbox = outbox_document_for_entity(document, mapping, event_id=event_id or uuid4().hex,
                                         operation=_OPERATIONS[operation],
                                         time=time or datetime.now(UTC))
-    if outbox.get("status") != "pending":
+    if outbox.get("status") != PENDING:
         raise ValueError(f"Liberator would not publish this document: {outbox.get('reason')}")
     message = message_for(outbox)
     return message.data, dict(message.attributes)

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final, Literal, Required, TypedDict, cast
 
 import bson
 from bson import Binary, ObjectId, Timestamp
@@ -27,13 +27,18 @@ from liberator_publisher.core.times import rfc3339
 
 __all__ = [
     "DOCUMENT_OPERATIONS",
+    "FAILED",
     "MAX_ATTRIBUTES",
     "MAX_ATTRIBUTE_KEY_BYTES",
     "MAX_ATTRIBUTE_VALUE_BYTES",
     "MAX_MESSAGE_BYTES",
     "MAX_ORDERING_KEY_BYTES",
+    "PENDING",
+    "PUBLISHED",
     "EventMapping",
     "Message",
+    "OutboxDocument",
+    "OutboxStatus",
     "Unpublishable",
     "check_limits",
     "event_id_for_token",
@@ -54,6 +59,44 @@ MAX_ORDERING_KEY_BYTES = 1024
 
 DOCUMENT_OPERATIONS = ("insert", "update", "replace", "delete")
 """Change stream operation types that become events; others (drop, rename, invalidate) do not."""
+
+OutboxStatus = Literal["pending", "published", "failed"]
+"""An outbox document's state: written pending (or failed, when it cannot be an event), marked
+published by the relay once Pub/Sub acknowledged it; a republish sets pending again."""
+PENDING: Final = "pending"
+PUBLISHED: Final = "published"
+FAILED: Final = "failed"
+
+
+class OutboxDocument(TypedDict, total=False):
+    """One document of the outbox collection (docs/publisher.md): what capture and the seed
+    write, and what the relay publishes and marks."""
+
+    _id: Required[str]
+    """The event id (``ce-id``): from the change's resume token, so a change read twice is
+    stored once."""
+    status: Required[OutboxStatus]
+    entityId: str
+    type: str
+    operation: str
+    """The change stream's operation type (``insert``, ``update``, ``replace``, ``delete``)."""
+    attributes: dict[str, str]
+    data: str
+    """The CloudEvent data: UTF-8 relaxed extended JSON."""
+    orderingKey: str
+    token: Any
+    """The change's resume token (absent for seeded entities)."""
+    key: Any
+    """The document's ``_id``: a later delete under a business id finds its entity here."""
+    capturedAt: datetime.datetime
+    attempts: int
+    reason: str
+    """Why the document is failed."""
+    publishedAt: datetime.datetime
+    messageId: str
+    clusterTime: Timestamp
+    """The change's oplog time: orders the sweep among events captured in one batch."""
+
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
@@ -150,7 +193,7 @@ def needs_identity(change: Mapping[str, Any], mapping: EventMapping) -> bool:
 def outbox_document_for_change(
     change: Mapping[str, Any], mapping: EventMapping, *, captured_at: datetime.datetime,
     known_id: Any = None,
-) -> dict[str, Any]:
+) -> OutboxDocument:
     """The outbox document for one change stream event, ``pending`` or ``failed``.
 
     ``known_id`` is the id field's value last seen for the document of a delete that
@@ -212,7 +255,7 @@ def outbox_document_for_entity(
     operation: str,
     time: datetime.datetime,
     extra_attributes: Mapping[str, str] = _NO_ATTRIBUTES,
-) -> dict[str, Any]:
+) -> OutboxDocument:
     """The outbox document for an entity as it stands (the seed), ``pending`` or ``failed``.
 
     Same format as ``outbox_document_for_change`` without ``token``; ``capturedAt`` is ``time``.
@@ -237,7 +280,7 @@ def message_for(outbox_document: Mapping[str, Any]) -> Message:
     type (say, edited by hand), or a message over Pub/Sub's limits.
     """
     event_id = outbox_document.get("_id")
-    if outbox_document.get("status") == "failed":
+    if outbox_document.get("status") == FAILED:
         raise Unpublishable(f"event {event_id}: it failed at capture: "
                             f"{outbox_document.get('reason', 'no reason recorded')}")
     data = outbox_document.get("data")
@@ -316,7 +359,7 @@ def _build(
     use_context: bool,
     extra_attributes: Mapping[str, str],
     id_hint: str,
-) -> dict[str, Any]:
+) -> OutboxDocument:
     try:
         outbox = _pending(document, mapping, base, operation=operation, time=time,
                           use_context=use_context, extra_attributes=extra_attributes,
@@ -340,7 +383,7 @@ def _pending(
     use_context: bool,
     extra_attributes: Mapping[str, str],
     id_hint: str,
-) -> dict[str, Any]:
+) -> OutboxDocument:
     entity_id = _entity_id(document, mapping.id_field)
     if not isinstance(entity_id, str):
         raise _CaptureError(f"{entity_id.reason}{id_hint}")
@@ -401,27 +444,30 @@ def _pending(
                              ordering_key=entity_id))
     except Unpublishable as error:
         raise _CaptureError(error.reason, entity_id=entity_id, event_type=event_type) from None
-    return {
+    pending: OutboxDocument = {
         "_id": base["_id"],
-        "status": "pending",
+        "status": PENDING,
         "entityId": entity_id,
         "type": event_type,
         "operation": operation,
         "attributes": attributes,
         "data": text,
         "orderingKey": entity_id,
-        **({"token": base["token"]} if "token" in base else {}),
-        **({"key": base["key"]} if "key" in base else {}),
         "capturedAt": base["capturedAt"],
         "attempts": 0,
     }
+    if "token" in base:
+        pending["token"] = base["token"]
+    if "key" in base:
+        pending["key"] = base["key"]
+    return pending
 
 
-def _failed(base: dict[str, Any], reason: str) -> dict[str, Any]:
-    failed = {"_id": base["_id"], "status": "failed", "reason": reason}
+def _failed(base: dict[str, Any], reason: str) -> OutboxDocument:
+    failed: dict[str, Any] = {"_id": base["_id"], "status": FAILED, "reason": reason}
     failed.update((k, v) for k, v in base.items() if k != "_id")
     failed["attempts"] = 0
-    return failed
+    return cast(OutboxDocument, failed)
 
 
 def _entity_id(document: Mapping[str, Any], id_field: str) -> str | _CaptureError:

@@ -17,15 +17,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pymongo.collection import Collection
 
 from liberator_publisher.core.contract import LEDGER_SUFFIX
 from liberator_publisher.core.errors import LiberatorError
 
-__all__ = ["LEDGER_SUFFIX", "MAX_RETRY_IDS", "Checkpoint", "Ledger", "LedgerError"]
+__all__ = ["LEDGER_SUFFIX", "MAX_RETRY_IDS", "SEED_PHASES", "Checkpoint", "Ledger", "LedgerError",
+           "SeedPhase"]
 
+SeedPhase = Literal["Running", "Succeeded", "Failed"]
+"""Where a seed stands, in its ledger, its Redis progress and the EventSeed's status."""
+SEED_PHASES: tuple[SeedPhase, ...] = ("Running", "Succeeded", "Failed")
 MAX_RETRY_IDS = 10_000
 """At most this many failed entity ids are kept for a retry (more means Pub/Sub is down: rerun
 with a new seed id)."""
@@ -52,7 +56,7 @@ class Checkpoint:
     """The filter as canonical extended JSON; a rerun must use the same."""
     started_at: datetime
     """When the seed first started; every event of this seed carries it as ``ce-time``."""
-    phase: str = "Running"
+    phase: SeedPhase = "Running"
     """``Running`` (also after a crash), ``Succeeded`` or ``Failed``."""
     after: Any = None
     """The last entity id (its BSON value) whose events Pub/Sub acknowledged; None at the start."""
@@ -91,9 +95,12 @@ class Checkpoint:
             raise LedgerError(seed_id, "counts", "must hold whole numbers")
         if field_of("mode", str) not in ("latest", "history"):
             raise LedgerError(seed_id, "mode", "must be latest or history")
+        phase = field_of("phase", str, required=False) or "Running"
+        if phase not in SEED_PHASES:
+            raise LedgerError(seed_id, "phase", f"must be one of {', '.join(SEED_PHASES)}")
         return cls(seed_id=seed_id, mode=document["mode"], filter=field_of("filter", str),
                    started_at=field_of("startedAt", datetime),
-                   phase=field_of("phase", str, required=False) or "Running",
+                   phase=phase,
                    after=document.get("after"), counts=dict(counts),
                    capture=field_of("capture", dict, required=False) or {},
                    retry=field_of("retry", list, required=False) or [],

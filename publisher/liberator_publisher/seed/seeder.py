@@ -43,6 +43,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from liberator_publisher.core import validation as rules
 from liberator_publisher.core.contract import seed_key
 from liberator_publisher.core.event import (
+    FAILED,
     EventMapping,
     Unpublishable,
     message_for,
@@ -361,7 +362,7 @@ class _Seeder:
         probe = outbox_document_for_entity(document, self.mapping, event_id="probe",
                                            operation="insert", time=self._time,
                                            extra_attributes={SEED_ATTRIBUTE: "true"})
-        if probe["status"] == "failed":
+        if probe["status"] == FAILED:
             self._skip(document, str(probe.get("reason")))
             return None
         entity_id = str(probe["entityId"])

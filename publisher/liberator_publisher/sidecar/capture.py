@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import bson
 from bson import Timestamp
@@ -22,7 +22,9 @@ from pymongo.errors import BulkWriteError
 
 from liberator_publisher.core.event import (
     DOCUMENT_OPERATIONS,
+    FAILED,
     EventMapping,
+    OutboxDocument,
     needs_identity,
     outbox_document_for_change,
 )
@@ -65,12 +67,14 @@ def change_time(change: Mapping[str, Any]) -> datetime | None:
     return None
 
 
-def insert_outbox(outbox: Collection[dict[str, Any]], documents: list[dict[str, Any]]) -> set[int]:
+def insert_outbox(outbox: Collection[dict[str, Any]], documents: Sequence[OutboxDocument],
+                  ) -> set[int]:
     """Insert ``documents`` unordered; return the indexes that were new (not duplicates)."""
     if not documents:
         return set()
     try:
-        outbox.insert_many(documents, ordered=False)
+        # A TypedDict is a dict at run time; pymongo's stubs ask for dict[str, Any].
+        outbox.insert_many(cast(list[dict[str, Any]], documents), ordered=False)
     except BulkWriteError as error:
         errors = error.details.get("writeErrors", [])
         if not all(_duplicate_id(e) for e in errors):
@@ -208,7 +212,7 @@ class Capture:
                 document.setdefault("clusterTime", change["clusterTime"])
             documents.append(document)
         new = insert_outbox(self.outbox, documents)
-        failed = [documents[i] for i in sorted(new) if documents[i].get("status") == "failed"]
+        failed = [documents[i] for i in sorted(new) if documents[i]["status"] == FAILED]
         self.metrics.captured.inc(len(new))
         if failed:
             self.metrics.failed.labels(stage="capture").inc(len(failed))

@@ -26,7 +26,14 @@ from typing import Any
 from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
 
-from liberator_publisher.core.event import Message, Unpublishable, message_for
+from liberator_publisher.core.event import (
+    FAILED,
+    PENDING,
+    PUBLISHED,
+    Message,
+    Unpublishable,
+    message_for,
+)
 from liberator_publisher.core.status import Progress
 from liberator_publisher.runtime.logs import fields
 from liberator_publisher.sidecar.metrics import Metrics
@@ -40,8 +47,8 @@ log = logging.getLogger(__name__)
 
 PIPELINE: list[dict[str, Any]] = [
     {"$match": {"$or": [
-        {"operationType": {"$in": ["insert", "replace"]}, "fullDocument.status": "pending"},
-        {"operationType": "update", "updateDescription.updatedFields.status": "pending"},
+        {"operationType": {"$in": ["insert", "replace"]}, "fullDocument.status": PENDING},
+        {"operationType": "update", "updateDescription.updatedFields.status": PENDING},
     ]}},
 ]
 """The outbox stream: only changes that leave an event pending.
@@ -206,7 +213,7 @@ class Relay:
                 document = (self.outbox.find_one({"_id": key.get("_id")})
                             if isinstance(key, Mapping) else None)
             # The lookup may show a newer state than the event: only pending is sent.
-            if not isinstance(document, Mapping) or document.get("status") != "pending":
+            if not isinstance(document, Mapping) or document.get("status") != PENDING:
                 continue
             event_id = str(document.get("_id"))
             if event_id in self._inflight:
@@ -218,7 +225,7 @@ class Relay:
     def sweep(self, min_age_seconds: float, limit: int | None) -> int:
         """Send pending events older than ``min_age_seconds`` that are not in flight."""
         cutoff = datetime.now(UTC) - timedelta(seconds=min_age_seconds)
-        cursor = self.outbox.find({"status": "pending", "capturedAt": {"$lte": cutoff}},
+        cursor = self.outbox.find({"status": PENDING, "capturedAt": {"$lte": cutoff}},
                                   sort=[("capturedAt", ASCENDING), ("clusterTime", ASCENDING)],
                                   batch_size=self.settings.batch_size)
         if limit is not None:
@@ -295,7 +302,7 @@ class Relay:
         now = datetime.now(UTC)
         self.outbox.bulk_write([
             UpdateOne({"_id": flight.event_id},
-                      {"$set": {"status": "published", "publishedAt": now,
+                      {"$set": {"status": PUBLISHED, "publishedAt": now,
                                 "messageId": message_id},
                        "$inc": {"attempts": 1}})
             for flight, message_id in published], ordered=False)
@@ -366,7 +373,7 @@ class Relay:
     def _fail(self, event_id: str, reason: str) -> None:
         self._recent[event_id] = None  # the stream may bring it again: handled once
         self.outbox.update_one({"_id": event_id},
-                               {"$set": {"status": "failed", "reason": reason},
+                               {"$set": {"status": FAILED, "reason": reason},
                                 "$inc": {"attempts": 1}})
         self.metrics.failed.labels(stage="relay").inc()
         log.warning("event cannot be published; marked failed",

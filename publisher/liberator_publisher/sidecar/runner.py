@@ -35,6 +35,7 @@ from liberator_publisher.core.control import (
     RestartRequest,
     read_control,
 )
+from liberator_publisher.core.event import PENDING
 from liberator_publisher.core.headroom import OplogWindow, headroom_verdict
 from liberator_publisher.core.settings import ConfigError, Settings
 from liberator_publisher.core.stall import stall_verdict
@@ -658,7 +659,7 @@ class Sidecar:
     def _count_backlog(self) -> None:
         try:
             outbox = self.database[self.settings.outbox_collection]
-            count = int(outbox.count_documents({"status": "pending"}, maxTimeMS=5000))
+            count = int(outbox.count_documents({"status": PENDING}, maxTimeMS=5000))
         except Exception:
             return
         self.progress.backlog_at(count, time.monotonic())

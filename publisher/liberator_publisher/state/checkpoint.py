@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from bson import Timestamp
 from pymongo import MongoClient
@@ -33,10 +33,22 @@ from liberator_publisher.core.contract import CHECKPOINT_COLLECTION
 from liberator_publisher.core.errors import LiberatorError
 from liberator_publisher.core.headroom import OplogWindow, token_time
 
-__all__ = ["CHECKPOINT_COLLECTION", "LOOPS", "CheckpointError", "Checkpoints", "FencedError",
-           "Mark", "Position", "cluster_time", "oplog_window"]
+__all__ = [
+    "CHECKPOINT_COLLECTION",
+    "LOOPS",
+    "CheckpointError",
+    "Checkpoints",
+    "FencedError",
+    "Loop",
+    "Mark",
+    "Position",
+    "cluster_time",
+    "oplog_window",
+]
 
-LOOPS = ("capture", "relay")
+Loop = Literal["capture", "relay"]
+"""The two loops that keep a checkpoint."""
+LOOPS: tuple[Loop, ...] = ("capture", "relay")
 
 
 class CheckpointError(LiberatorError, ValueError):
@@ -116,12 +128,12 @@ class Checkpoints:
         self.collection = collection
         self.publisher = publisher
 
-    def _id(self, loop: str) -> str:
+    def _id(self, loop: Loop) -> str:
         if loop not in LOOPS:
             raise ValueError(f"unknown loop {loop!r}; expected one of {', '.join(LOOPS)}")
         return f"{self.publisher}#{loop}"
 
-    def load(self, loop: str) -> Position:
+    def load(self, loop: Loop) -> Position:
         """The saved position of ``loop`` (empty when none was saved)."""
         found = self.collection.find_one({"_id": self._id(loop)})
         if not found:
@@ -137,7 +149,7 @@ class Checkpoints:
                                   f"must be a BSON timestamp, not {type(when).__name__}")
         return Position(token=token, operation_time=when)
 
-    def epoch(self, loop: str) -> int:
+    def epoch(self, loop: Loop) -> int:
         """The epoch that last wrote or claimed ``loop``'s checkpoint (0 if none)."""
         found = self.collection.find_one({"_id": self._id(loop)}, {"epoch": 1})
         return int(found.get("epoch", 0)) if found else 0
@@ -166,7 +178,7 @@ class Checkpoints:
                 when if when.tzinfo else when.replace(tzinfo=UTC), position)
         return result
 
-    def save(self, loop: str, epoch: int, position: Position, pod: str) -> None:
+    def save(self, loop: Loop, epoch: int, position: Position, pod: str) -> None:
         """Move ``loop``'s checkpoint; raises :class:`FencedError` if a newer epoch owns it."""
         self._write(loop, epoch, {"token": position.token,
                                   "operationTime": position.operation_time,
@@ -230,7 +242,7 @@ class Checkpoints:
     def _restart_id(self) -> str:
         return f"{self.publisher}#restart"
 
-    def _write(self, loop: str, epoch: int, fields: dict[str, Any], *, moved: bool = True,
+    def _write(self, loop: Loop, epoch: int, fields: dict[str, Any], *, moved: bool = True,
                ) -> None:
         self._write_id(self._id(loop), epoch, fields, moved=moved)
 
