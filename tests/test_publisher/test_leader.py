@@ -83,7 +83,8 @@ def test_status_record_round_trips_and_expires(client: redis.Redis, unique: str)
                       "relayLagSeconds": 0.25, "backlog": 7, "parked": "",
                       "captureSince": "2025-12-31T23:00:00.000Z",
                       "updatedAt": "2026-01-01T00:00:00Z", "paused": False, "restart": None,
-                      "restartRejected": None, "stalled": None, "checkpoints": None}
+                      "restartRejected": None, "stalled": None, "checkpoints": None,
+                      "resumePoint": None}
     write_status(client, f"ns/{unique}", record, ttl_seconds=0.2)
     deadline = time.monotonic() + 10
     while read_status(client, f"ns/{unique}") is not None and time.monotonic() < deadline:

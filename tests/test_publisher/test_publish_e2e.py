@@ -75,7 +75,8 @@ def test_insert_update_delete_arrive_in_order_with_cloudevent_attributes(
     assert status["pod"] == "pod-0" and status["epoch"] >= 1 and status["parked"] == ""
     assert set(status) == {"pod", "epoch", "lastEventTime", "captureLagSeconds",
                            "relayLagSeconds", "backlog", "parked", "captureSince", "updatedAt",
-                           "paused", "restart", "restartRejected", "stalled", "checkpoints"}
+                           "paused", "restart", "restartRejected", "stalled", "checkpoints",
+                           "resumePoint"}
     code, body = car.get("/healthz")
     assert code == 200 and body.startswith("ok (leader")
     assert car.stop() == 0  # SIGTERM is graceful

@@ -39,7 +39,7 @@ from liberator_publisher.runtime.logs import fields
 from liberator_publisher.sidecar.metrics import Metrics
 from liberator_publisher.sidecar.sink import Sink
 from liberator_publisher.sidecar.source import ChangeReader
-from liberator_publisher.state.checkpoint import Checkpoints, Position
+from liberator_publisher.state.checkpoint import Checkpoints, Position, cluster_time
 
 __all__ = ["PENDING_INDEX", "PIPELINE", "Relay", "RelaySettings", "ensure_indexes"]
 
@@ -150,6 +150,15 @@ class Relay:
         """Relay until ``active()`` turns false, then wait up to ``drain_seconds()`` for acks."""
         position = self.checkpoints.load("relay")
         self._saved = position
+        first = position.empty
+        if first:
+            # The stream starts where the first sweep's view of the outbox ends: an event
+            # captured before this cluster time is found by the sweep, a later one by the stream
+            # (one found by both goes out once). Opened at "whenever the aggregate runs", events
+            # written in between would wait for the periodic sweep and go out after later ones.
+            when = cluster_time(self.outbox.database)
+            if when is not None:
+                position = Position(operation_time=when)
         reader = ChangeReader(self.outbox, position, pipeline=PIPELINE,
                               batch_size=self.settings.batch_size,
                               max_await_ms=self.settings.max_await_ms,
@@ -158,8 +167,8 @@ class Relay:
         self._reader = reader
         reader.start()
         try:
-            if position.empty:
-                # First start: events captured before the stream opened are only in the outbox.
+            if first:
+                # First start: events captured before the stream's start are only in the outbox.
                 self.sweep(min_age_seconds=0.0, limit=None)
             last_sweep = time.monotonic()
             while active():
