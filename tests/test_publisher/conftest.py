@@ -13,7 +13,7 @@ import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from localstack import Server, Stack
+from localstack import Server, Stack, mongo
 from tests.support.publisher import Collector, Publisher, running_publisher
 
 
@@ -40,3 +40,23 @@ def db(publisher: Publisher, mongo_uri: str) -> Iterator[Database[dict[str, Any]
     yield client[publisher.database]
     client.drop_database(publisher.database)
     client.close()
+
+
+@pytest.fixture()
+def bounded_mongo(request: pytest.FixtureRequest, tmp_path: Path,
+                  real_mongo_uri: str | None) -> Iterator[Server]:
+    """A stand-in of its own whose oplog keeps the test module's ``CAP`` entries."""
+    if real_mongo_uri:
+        pytest.skip("drives the local stand-in's oplog cap")
+    server = mongo.start(tmp_path / "mongo", oplog_max_entries=int(request.module.CAP))
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def bounded_publisher(bounded_mongo: Server, pubsub: Server, redis_url: str, unique: str,
+                      tmp_path: Path) -> Iterator[Publisher]:
+    """A fresh publisher on the bounded stand-in."""
+    with running_publisher(bounded_mongo.exports["LIBERATOR_MONGO_URI"], pubsub, redis_url,
+                           unique, tmp_path) as p:
+        yield p

@@ -4,8 +4,6 @@ warns while its capture checkpoint holds still, before the resume point is lost 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +22,8 @@ from liberator_publisher.core.headroom import (
 )
 from liberator_publisher.core.status import read_status, resume_point
 from liberator_publisher.sidecar.metrics import Metrics
-from localstack import Server, mongo
-from tests.support.publisher import Publisher, eventually, running_publisher
+from localstack import Server
+from tests.support.publisher import Publisher, eventually
 
 WINDOW = OplogWindow(Timestamp(1000, 1), Timestamp(1100, 7))
 
@@ -115,24 +113,7 @@ def test_the_status_entry_and_the_metrics_carry_the_verdict() -> None:
 # -- a real sidecar on the bounded stand-in oplog ---------------------------------------------
 
 CAP = 300
-"""Oplog entries the stand-in keeps."""
-
-
-@pytest.fixture()
-def bounded_mongo(tmp_path: Path, real_mongo_uri: str | None) -> Iterator[Server]:
-    if real_mongo_uri:
-        pytest.skip("drives the local stand-in's oplog cap")
-    server = mongo.start(tmp_path / "mongo", oplog_max_entries=CAP)
-    yield server
-    server.stop()
-
-
-@pytest.fixture()
-def bounded_publisher(bounded_mongo: Server, pubsub: Server, redis_url: str, unique: str,
-                      tmp_path: Path) -> Iterator[Publisher]:
-    with running_publisher(bounded_mongo.exports["LIBERATOR_MONGO_URI"], pubsub, redis_url,
-                           unique, tmp_path) as p:
-        yield p
+"""Oplog entries the stand-in keeps (the bounded_mongo fixture reads it)."""
 
 
 def resume_record(publisher: Publisher) -> dict[str, Any]:

@@ -10,8 +10,6 @@ sidecar must park alive and ready, say why everywhere, and recover through the d
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,28 +19,12 @@ from pymongo.errors import OperationFailure
 
 from liberator_publisher.core.contract import status_key
 from liberator_publisher.state.checkpoint import CHECKPOINT_COLLECTION
-from localstack import Server, mongo
-from tests.support.publisher import Collector, Publisher, eventually, running_publisher
+from localstack import Server
+from tests.support.publisher import Collector, Publisher, eventually
 
 CAP = 200
-"""Oplog entries kept: room for the sidecar's own writes, few enough to trim quickly."""
-
-
-@pytest.fixture()
-def bounded_mongo(tmp_path: Path, real_mongo_uri: str | None) -> Iterator[Server]:
-    if real_mongo_uri:
-        pytest.skip("drives the local stand-in's oplog cap")
-    server = mongo.start(tmp_path / "mongo", oplog_max_entries=CAP)
-    yield server
-    server.stop()
-
-
-@pytest.fixture()
-def bounded_publisher(bounded_mongo: Server, pubsub: Server, redis_url: str, unique: str,
-                      tmp_path: Path) -> Iterator[Publisher]:
-    with running_publisher(bounded_mongo.exports["LIBERATOR_MONGO_URI"], pubsub, redis_url,
-                           unique, tmp_path) as p:
-        yield p
+"""Oplog entries kept (the bounded_mongo fixture reads it): room for the sidecar's own writes, few
+enough to trim quickly."""
 
 
 def test_a_trimmed_checkpoint_parks_the_sidecar_and_reset_recovers(
