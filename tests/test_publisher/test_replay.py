@@ -95,6 +95,8 @@ GOOD_ENV = {"LIBERATOR_MONGO_URI": "mongodb://127.0.0.1:1/", "LIBERATOR_DATABASE
     (["--topic", "projects/p/topics/t"], {}, "--topic"),
     (["--topic", "goog-replay"], {}, "not with 'goog'"),  # Pub/Sub refuses it; so do we, first
     (["--topic", "replay-topic"], {"LIBERATOR_PUBSUB_PROJECT": ""}, "--project"),
+    (["--topic", "replay-topic", "--project", "Not A Project"], {}, "--project: 'Not A Project'"),
+    (["--topic", "replay-topic"], {"LIBERATOR_PUBSUB_PROJECT": "x"}, "LIBERATOR_PUBSUB_PROJECT"),
     (["--dry-run", "--mongo-uri", "http://x"], {}, "--mongo-uri"),
     (["--dry-run"], {"LIBERATOR_MONGO_URI": "nope"}, "LIBERATOR_MONGO_URI"),
     (["--dry-run"], {"LIBERATOR_DATABASE": ""}, "--database"),

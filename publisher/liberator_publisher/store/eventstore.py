@@ -46,7 +46,7 @@ from liberator_publisher.core.contract import DEFAULT_HTTP_PORT
 from liberator_publisher.core.iam import denied_message
 from liberator_publisher.core.validation import RESOURCE_ID_RULE, is_resource_id
 from liberator_publisher.runtime import logs
-from liberator_publisher.runtime.command import Command, UsageError, checked
+from liberator_publisher.runtime.command import Command, UsageError, checked, flag_or_env
 from liberator_publisher.runtime.health import Health, HealthServer
 
 __all__ = [
@@ -366,12 +366,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="subscription id or full path to store (repeatable: live and seed)")
     parser.add_argument("--project", default=None,
                         help="project of subscription ids (default $LIBERATOR_PUBSUB_PROJECT)")
-    parser.add_argument("--mongo-uri", default=None,
-                        help="MongoDB URI (default $LIBERATOR_MONGO_URI)")
-    parser.add_argument("--database", default=None,
-                        help="database of the events collection (default $LIBERATOR_DATABASE)")
-    parser.add_argument("--collection", default=DEFAULT_COLLECTION,
-                        help=f"events collection (default {DEFAULT_COLLECTION})")
+    add_events_flags(parser)
     parser.add_argument("--http-port", default=None,
                         help=f"port of /healthz and /metrics, 0 = off (default "
                              f"$LIBERATOR_HTTP_PORT or {DEFAULT_HTTP_PORT})")
@@ -381,21 +376,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="pull loops per subscription (1-16, default 2)")
 
 
-def _pick(flag_value: str | None, env: Mapping[str, str], variable: str, flag: str) -> str:
-    value = (flag_value if flag_value is not None else env.get(variable, "")).strip()
-    if not value:
-        raise UsageError(f"{flag}: required; pass it or set {variable}")
-    return value
+def add_events_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the events are stored: the flags the event store and replay share."""
+    parser.add_argument("--mongo-uri", default=None,
+                        help="MongoDB URI (default $LIBERATOR_MONGO_URI)")
+    parser.add_argument("--database", default=None,
+                        help="database of the events collection (default $LIBERATOR_DATABASE)")
+    parser.add_argument("--collection", default=DEFAULT_COLLECTION,
+                        help=f"events collection (default {DEFAULT_COLLECTION})")
+
+
+def events_location(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, str, str]:
+    """``(mongo_uri, database, collection)`` from the flags of :func:`add_events_flags`, with the
+    contract's variables as defaults; ``UsageError`` names the flag or variable."""
+    return (flag_or_env(args.mongo_uri, env, "LIBERATOR_MONGO_URI", "--mongo-uri",
+                        rules.mongo_uri),
+            flag_or_env(args.database, env, "LIBERATOR_DATABASE", "--database",
+                        rules.database_name),
+            checked(rules.collection_name, args.collection, "--collection"))
 
 
 def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> EventStoreSettings:
     """The settings from flags, with the contract's variables as defaults; ``UsageError``."""
-    uri_flag = "--mongo-uri" if args.mongo_uri is not None else "LIBERATOR_MONGO_URI"
-    uri = checked(rules.mongo_uri, _pick(args.mongo_uri, env, "LIBERATOR_MONGO_URI",
-                                         "--mongo-uri"), uri_flag)
-    db_flag = "--database" if args.database is not None else "LIBERATOR_DATABASE"
-    database = checked(rules.database_name, _pick(args.database, env, "LIBERATOR_DATABASE",
-                                                  "--database"), db_flag)
+    uri, database, collection = events_location(args, env)
     project = args.project if args.project is not None else env.get("LIBERATOR_PUBSUB_PROJECT")
     subscriptions = tuple(dict.fromkeys(subscription_path(s, project)
                                         for s in args.subscription))
@@ -410,8 +413,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> EventStor
     if not args.workers.isdigit() or not 1 <= int(args.workers) <= 16:
         raise UsageError(f"--workers: {args.workers!r} is not a whole number from 1 to 16")
     return EventStoreSettings(mongo_uri=uri, database=database, subscriptions=subscriptions,
-                              collection=checked(rules.collection_name, args.collection,
-                                                 "--collection"),
+                              collection=collection,
                               http_port=int(port_text), max_messages=int(args.max_messages),
                               workers=int(args.workers))
 

@@ -35,11 +35,8 @@ from pymongo.errors import PyMongoError
 from liberator_publisher.core import validation as rules
 from liberator_publisher.core.cloudevent import check_pattern
 from liberator_publisher.core.times import parse_rfc3339
-from liberator_publisher.runtime.command import Command, UsageError, checked
-from liberator_publisher.store.eventstore import (
-    DEFAULT_COLLECTION,
-    configure_logs,
-)
+from liberator_publisher.runtime.command import Command, UsageError, checked, flag_or_env
+from liberator_publisher.store.eventstore import add_events_flags, configure_logs, events_location
 
 __all__ = ["COMMAND", "REPLAY_ATTRIBUTE", "Selection", "replay", "select", "selection_query"]
 
@@ -169,19 +166,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subject", action="append", default=[], dest="subjects",
                         help="subject (entity id) (repeatable; default all)")
     parser.add_argument("--dry-run", action="store_true", help="print the count only")
-    parser.add_argument("--mongo-uri", default=None,
-                        help="MongoDB URI (default $LIBERATOR_MONGO_URI)")
-    parser.add_argument("--database", default=None,
-                        help="database of the events collection (default $LIBERATOR_DATABASE)")
-    parser.add_argument("--collection", default=DEFAULT_COLLECTION,
-                        help=f"events collection (default {DEFAULT_COLLECTION})")
-
-
-def _value(flag_value: str | None, env: Mapping[str, str], variable: str, flag: str) -> str:
-    value = (flag_value if flag_value is not None else env.get(variable, "")).strip()
-    if not value:
-        raise UsageError(f"{flag}: required; pass it or set {variable}")
-    return value
+    add_events_flags(parser)
 
 
 def _time(text: str | None, flag: str) -> datetime | None:
@@ -205,19 +190,14 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     configure_logs(env)
     selection = _selection(args)
-    uri_name = "--mongo-uri" if args.mongo_uri is not None else "LIBERATOR_MONGO_URI"
-    uri = checked(rules.mongo_uri, _value(args.mongo_uri, env, "LIBERATOR_MONGO_URI",
-                                          "--mongo-uri"), uri_name)
-    db_name = "--database" if args.database is not None else "LIBERATOR_DATABASE"
-    database = checked(rules.database_name, _value(args.database, env, "LIBERATOR_DATABASE",
-                                                   "--database"), db_name)
-    collection_name = checked(rules.collection_name, args.collection, "--collection")
+    uri, database, collection_name = events_location(args, env)
     topic = ""
     if not args.dry_run:
         if not args.topic:
             raise UsageError("--topic: required (or pass --dry-run to count only)")
         checked(rules.topic_id, args.topic, "--topic")
-        project = _value(args.project, env, "LIBERATOR_PUBSUB_PROJECT", "--project")
+        project = flag_or_env(args.project, env, "LIBERATOR_PUBSUB_PROJECT", "--project",
+                              rules.project_id)
         topic = f"projects/{project}/topics/{args.topic}"
     mongo: MongoClient[dict[str, Any]] = MongoClient(uri, tz_aware=True,
                                                      serverSelectionTimeoutMS=10_000)
