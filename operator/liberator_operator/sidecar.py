@@ -14,7 +14,13 @@ from typing import Any
 
 from liberator_operator.model import Publisher, SecretKeyRef
 from liberator_operator.settings import OperatorSettings
-from liberator_publisher.core.contract import CONTRACT, default_outbox
+from liberator_publisher.core.contract import (
+    CONTRACT,
+    LEASE_TTL_SECONDS,
+    RESUME_MARGIN_PERCENT,
+    STALL_AFTER_SECONDS,
+    default_outbox,
+)
 
 __all__ = [
     "CONTAINER_PREFIX",
@@ -99,11 +105,13 @@ def build_contract_env(publisher: Publisher,
             "value": mongo.get("outboxCollection") or default_outbox(mongo["collection"])},
         "LIBERATOR_ID_FIELD": {"value": entity.get("idField", "_id")},
         "LIBERATOR_EVENT_CONTEXT_FIELD": {"value": entity.get("eventContextField", "_event")},
-        "LIBERATOR_LEASE_TTL_SECONDS": {"value": str(sidecar.get("leaseTtlSeconds", 10))},
+        "LIBERATOR_LEASE_TTL_SECONDS": {
+            "value": f"{sidecar.get('leaseTtlSeconds', LEASE_TTL_SECONDS):g}"},
         "LIBERATOR_PUBLISHER": {"value": f"{publisher['namespace']}/{publisher['name']}"},
-        "LIBERATOR_STALL_AFTER_SECONDS": {"value": str(spec.get("stallAfterSeconds", 300))},
+        "LIBERATOR_STALL_AFTER_SECONDS": {
+            "value": str(spec.get("stallAfterSeconds", STALL_AFTER_SECONDS))},
         "LIBERATOR_RESUME_MARGIN_PERCENT": {
-            "value": str(spec.get("resumePointMarginPercent", 25))},
+            "value": str(spec.get("resumePointMarginPercent", RESUME_MARGIN_PERCENT))},
         "LIBERATOR_LOG_LEVEL": {"value": sidecar.get("logLevel", "INFO")},
         # One JSON object a line: what log collectors in a cluster parse.
         "LIBERATOR_LOG_FORMAT": {"value": "json"},

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
+from liberator_publisher.core import contract
+
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 
@@ -78,3 +80,13 @@ def test_defaults_match_the_design() -> None:
     assert seed["required"] == ["publisher"]
     assert seed["properties"]["mode"]["enum"] == ["latest", "history"]
     assert seed["properties"]["mode"]["default"] == "latest"
+
+
+def test_crd_defaults_are_the_contracts() -> None:
+    # One home for each default (core/contract.py): the CRD's copy must not drift from it.
+    spec = load("entitypublisher.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "properties"]["spec"]["properties"]
+    assert spec["stallAfterSeconds"]["default"] == contract.STALL_AFTER_SECONDS
+    assert spec["resumePointMarginPercent"]["default"] == contract.RESUME_MARGIN_PERCENT
+    lease = spec["sidecar"]["properties"]["leaseTtlSeconds"]["default"]
+    assert lease == contract.LEASE_TTL_SECONDS

@@ -10,12 +10,42 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CHECKPOINT_COLLECTION", "CONTRACT", "CONTROL_KEY_PREFIX", "DEFAULT_HTTP_PORT",
-           "EPOCH_KEY_PREFIX", "IDENTITY_SUFFIX", "LEASE_KEY_PREFIX", "LEDGER_SUFFIX",
-           "SEED_KEY_PREFIX", "STATUS_KEY_PREFIX", "EnvVar", "control_key", "default_outbox",
-           "seed_key", "status_key"]
+__all__ = [
+    "BATCH_SIZE",
+    "CHECKPOINT_COLLECTION",
+    "CONTRACT",
+    "CONTROL_KEY_PREFIX",
+    "DEFAULT_HTTP_PORT",
+    "EPOCH_KEY_PREFIX",
+    "IDENTITY_SUFFIX",
+    "LEASE_KEY_PREFIX",
+    "LEASE_TTL_SECONDS",
+    "LEDGER_SUFFIX",
+    "MAX_AWAIT_MS",
+    "PENDING_AGE_SECONDS",
+    "RESUME_MARGIN_PERCENT",
+    "SEED_KEY_PREFIX",
+    "STALL_AFTER_SECONDS",
+    "STATUS_KEY_PREFIX",
+    "SWEEP_INTERVAL_SECONDS",
+    "EnvVar",
+    "control_key",
+    "default_outbox",
+    "seed_key",
+    "status_key",
+]
 
 DEFAULT_HTTP_PORT = 8099
+
+# Defaults of the contract's numbers: each written once, here. The settings, the loops' own
+# settings, the table below and the operator's injection read them from here.
+LEASE_TTL_SECONDS = 10.0
+STALL_AFTER_SECONDS = 300
+RESUME_MARGIN_PERCENT = 25
+BATCH_SIZE = 500
+MAX_AWAIT_MS = 500
+SWEEP_INTERVAL_SECONDS = 10.0
+PENDING_AGE_SECONDS = 30.0
 
 # Redis keys, each followed by <namespace>/<name> of the EntityPublisher or EventSeed.
 STATUS_KEY_PREFIX = "liberator:status:"
@@ -84,25 +114,26 @@ CONTRACT: tuple[EnvVar, ...] = (
            "Comma-separated top-level fields left out of the event data."),
     EnvVar("LIBERATOR_HTTP_PORT", False, str(DEFAULT_HTTP_PORT),
            "Port of /healthz, /readyz and /metrics."),
-    EnvVar("LIBERATOR_LEASE_TTL_SECONDS", False, "10", "Leader lease time-to-live in seconds."),
+    EnvVar("LIBERATOR_LEASE_TTL_SECONDS", False, f"{LEASE_TTL_SECONDS:g}",
+           "Leader lease time-to-live in seconds."),
     EnvVar("LIBERATOR_PUBLISHER", False, "<database>/<collection>",
            "`<namespace>/<name>` of the EntityPublisher; keys the lease and status record."),
-    EnvVar("LIBERATOR_STALL_AFTER_SECONDS", False, "300",
+    EnvVar("LIBERATOR_STALL_AFTER_SECONDS", False, str(STALL_AFTER_SECONDS),
            "How long the publisher may not move before it reports itself stalled."),
-    EnvVar("LIBERATOR_RESUME_MARGIN_PERCENT", False, "25",
+    EnvVar("LIBERATOR_RESUME_MARGIN_PERCENT", False, str(RESUME_MARGIN_PERCENT),
            "Share of the oplog window below which a checkpoint's headroom is reported at risk."),
     EnvVar("LIBERATOR_LOG_LEVEL", False, "INFO", "DEBUG, INFO, WARNING or ERROR."),
     EnvVar("LIBERATOR_LOG_FORMAT", False, "text", "`text` or `json` (one object a line)."),
     EnvVar("LIBERATOR_POD_NAME", False, "the host name",
            "Name of this replica, shown as the leader in status (the downward API sets it)."),
     # Tuning: the operator need not set these; the defaults suit most collections.
-    EnvVar("LIBERATOR_BATCH_SIZE", False, "500",
+    EnvVar("LIBERATOR_BATCH_SIZE", False, str(BATCH_SIZE),
            "Change stream batch size (documents per getMore)."),
-    EnvVar("LIBERATOR_MAX_AWAIT_MS", False, "500",
+    EnvVar("LIBERATOR_MAX_AWAIT_MS", False, str(MAX_AWAIT_MS),
            "Longest wait of a change stream getMore for new changes, in milliseconds."),
-    EnvVar("LIBERATOR_SWEEP_INTERVAL_SECONDS", False, "10",
+    EnvVar("LIBERATOR_SWEEP_INTERVAL_SECONDS", False, f"{SWEEP_INTERVAL_SECONDS:g}",
            "How often the relay sweeps the outbox for stale pending events."),
-    EnvVar("LIBERATOR_PENDING_AGE_SECONDS", False, "30",
+    EnvVar("LIBERATOR_PENDING_AGE_SECONDS", False, f"{PENDING_AGE_SECONDS:g}",
            "Age after which the sweep publishes a pending event the relay's stream missed."),
 )
 

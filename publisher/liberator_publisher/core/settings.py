@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from liberator_publisher.core import contract as c
 from liberator_publisher.core import validation as rules
 from liberator_publisher.core.contract import CONTRACT, DEFAULT_HTTP_PORT, default_outbox
 from liberator_publisher.core.errors import UsageError
@@ -72,7 +73,7 @@ class Settings:
     """LIBERATOR_EXCLUDE_FIELDS: top-level fields left out of the data."""
     http_port: int = DEFAULT_HTTP_PORT
     """LIBERATOR_HTTP_PORT: port of /healthz, /readyz and /metrics."""
-    lease_ttl_seconds: float = 10.0
+    lease_ttl_seconds: float = c.LEASE_TTL_SECONDS
     """LIBERATOR_LEASE_TTL_SECONDS: leader lease time-to-live."""
     publisher: str = ""
     """LIBERATOR_PUBLISHER: ``<namespace>/<name>`` of the EntityPublisher; ``from_env`` defaults
@@ -83,18 +84,18 @@ class Settings:
     """LIBERATOR_LOG_FORMAT: one of LOG_FORMATS (lower case)."""
     pod_name: str = ""
     """LIBERATOR_POD_NAME: this replica's name; ``from_env`` defaults it to the host name."""
-    batch_size: int = 500
+    batch_size: int = c.BATCH_SIZE
     """LIBERATOR_BATCH_SIZE: change stream batch size (documents per getMore)."""
-    max_await_ms: int = 500
+    max_await_ms: int = c.MAX_AWAIT_MS
     """LIBERATOR_MAX_AWAIT_MS: longest wait of a change stream getMore for new changes, in ms."""
-    sweep_interval_seconds: float = 10.0
+    sweep_interval_seconds: float = c.SWEEP_INTERVAL_SECONDS
     """LIBERATOR_SWEEP_INTERVAL_SECONDS: how often the relay sweeps for stale pending events."""
-    pending_age_seconds: float = 30.0
+    pending_age_seconds: float = c.PENDING_AGE_SECONDS
     """LIBERATOR_PENDING_AGE_SECONDS: age after which the sweep publishes a pending event."""
-    stall_after_seconds: float = 300.0
+    stall_after_seconds: float = c.STALL_AFTER_SECONDS
     """LIBERATOR_STALL_AFTER_SECONDS: how long the publisher may not move (pending events and no
     publish, or captured changes and no checkpoint) before it reports itself stalled."""
-    resume_margin_percent: int = 25
+    resume_margin_percent: int = c.RESUME_MARGIN_PERCENT
     """LIBERATOR_RESUME_MARGIN_PERCENT: a checkpoint whose headroom (its distance from the oldest
     oplog entry) is below this share of the oplog window is reported at risk (headroom.py);
     1 to 99."""
@@ -150,23 +151,25 @@ class Settings:
             exclude_fields=exclude,
             http_port=reader.optional("LIBERATOR_HTTP_PORT", rules.port, DEFAULT_HTTP_PORT),
             lease_ttl_seconds=reader.optional("LIBERATOR_LEASE_TTL_SECONDS", rules.positive_float,
-                                              10.0),
+                                              c.LEASE_TTL_SECONDS),
             publisher=reader.optional("LIBERATOR_PUBLISHER", rules.publisher_name,
                                       f"{database}/{collection}"),
             log_level=reader.optional("LIBERATOR_LOG_LEVEL", rules.log_level, "INFO"),
             log_format=reader.optional("LIBERATOR_LOG_FORMAT", rules.log_format, "text"),
             pod_name=(reader.optional("LIBERATOR_POD_NAME", rules.any_text, None)
                       or socket.gethostname()),
-            batch_size=reader.optional("LIBERATOR_BATCH_SIZE", rules.positive_int, 500),
-            max_await_ms=reader.optional("LIBERATOR_MAX_AWAIT_MS", rules.positive_int, 500),
+            batch_size=reader.optional("LIBERATOR_BATCH_SIZE", rules.positive_int, c.BATCH_SIZE),
+            max_await_ms=reader.optional("LIBERATOR_MAX_AWAIT_MS", rules.positive_int,
+                                         c.MAX_AWAIT_MS),
             sweep_interval_seconds=reader.optional("LIBERATOR_SWEEP_INTERVAL_SECONDS",
-                                                   rules.positive_float, 10.0),
+                                                   rules.positive_float,
+                                                   c.SWEEP_INTERVAL_SECONDS),
             pending_age_seconds=reader.optional("LIBERATOR_PENDING_AGE_SECONDS",
-                                                rules.positive_float, 30.0),
+                                                rules.positive_float, c.PENDING_AGE_SECONDS),
             stall_after_seconds=reader.optional("LIBERATOR_STALL_AFTER_SECONDS",
-                                                rules.positive_float, 300.0),
+                                                rules.positive_float, c.STALL_AFTER_SECONDS),
             resume_margin_percent=reader.optional("LIBERATOR_RESUME_MARGIN_PERCENT", rules.percent,
-                                                  25),
+                                                  c.RESUME_MARGIN_PERCENT),
         )
 
     def mapping(self) -> EventMapping:

@@ -20,6 +20,7 @@ from bson import Timestamp
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
+from liberator_publisher.core.contract import BATCH_SIZE, MAX_AWAIT_MS
 from liberator_publisher.core.event import (
     DOCUMENT_OPERATIONS,
     FAILED,
@@ -45,9 +46,9 @@ DUPLICATE_KEY = 11000
 class CaptureSettings:
     """Tuning of the capture loop."""
 
-    batch_size: int = 500
+    batch_size: int = BATCH_SIZE
     """Most changes read and inserted at once."""
-    max_await_ms: int = 500
+    max_await_ms: int = MAX_AWAIT_MS
     """How long one ``getMore`` waits on a quiet stream."""
     heartbeat_seconds: float = 5.0
     """Least time between checkpoint writes of a quiet stream's post-batch token."""

@@ -26,6 +26,12 @@ from typing import Any
 from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
 
+from liberator_publisher.core.contract import (
+    BATCH_SIZE,
+    MAX_AWAIT_MS,
+    PENDING_AGE_SECONDS,
+    SWEEP_INTERVAL_SECONDS,
+)
 from liberator_publisher.core.event import (
     FAILED,
     PENDING,
@@ -72,13 +78,13 @@ def ensure_indexes(outbox: Collection[dict[str, Any]]) -> None:
 class RelaySettings:
     """Tuning of the relay loop."""
 
-    batch_size: int = 500
+    batch_size: int = BATCH_SIZE
     """Most stream events handled at once."""
-    max_await_ms: int = 500
+    max_await_ms: int = MAX_AWAIT_MS
     """How long one ``getMore`` waits on a quiet outbox."""
-    sweep_interval_seconds: float = 10.0
+    sweep_interval_seconds: float = SWEEP_INTERVAL_SECONDS
     """How often the sweep looks for pending events the stream did not bring."""
-    pending_age_seconds: float = 30.0
+    pending_age_seconds: float = PENDING_AGE_SECONDS
     """How old a pending event must be before the sweep sends it."""
     checkpoint_interval_seconds: float = 1.0
     """Least time between relay checkpoint writes."""
