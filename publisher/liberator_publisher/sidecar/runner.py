@@ -8,12 +8,8 @@ lease; checkpoint writes carry the term's epoch and a stale one is refused.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
-import os
-import signal
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -23,7 +19,7 @@ from typing import Any
 import redis
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -35,7 +31,7 @@ from liberator_publisher.core.control import (
 )
 from liberator_publisher.core.event import PENDING
 from liberator_publisher.core.headroom import OplogWindow, headroom_verdict
-from liberator_publisher.core.settings import ConfigError, Settings
+from liberator_publisher.core.settings import Settings
 from liberator_publisher.core.stall import stall_verdict
 from liberator_publisher.core.status import (
     Progress,
@@ -45,7 +41,6 @@ from liberator_publisher.core.status import (
 )
 from liberator_publisher.core.times import now_rfc3339, rfc3339
 from liberator_publisher.runtime import logs
-from liberator_publisher.runtime.command import Command
 from liberator_publisher.runtime.health import Health, HealthServer
 from liberator_publisher.sidecar.leader import Lease
 from liberator_publisher.sidecar.metrics import Metrics
@@ -53,7 +48,6 @@ from liberator_publisher.sidecar.relay import ensure_indexes
 from liberator_publisher.sidecar.sink import preload
 from liberator_publisher.sidecar.term import Term, TermContext
 from liberator_publisher.state.checkpoint import (
-    CHECKPOINT_COLLECTION,
     LOOPS,
     CheckpointError,
     Checkpoints,
@@ -64,7 +58,7 @@ from liberator_publisher.state.checkpoint import (
 )
 from liberator_publisher.state.identity import ensure_key_index
 
-__all__ = ["COMMAND", "EXIT_CONFIG", "EXIT_FATAL", "EXIT_UNREACHABLE", "main"]
+__all__ = ["EXIT_CONFIG", "EXIT_FATAL", "EXIT_UNREACHABLE", "Sidecar", "record_origin"]
 
 log = logging.getLogger("liberator_publisher.sidecar.runner")
 
@@ -79,62 +73,7 @@ STUCK_AFTER_SECONDS = 120.0
 BACKLOG_EVERY_SECONDS = 5.0
 
 
-def _configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--exit-on-fatal", action="store_true",
-                        help="exit non-zero on a lost stream position instead of parking alive")
-    parser.add_argument("--reset-checkpoint", action="store_true",
-                        help="delete this publisher's checkpoints (after a park and an "
-                             "EventSeed), then exit; the next start begins at the current "
-                             "position")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run the sidecar until SIGTERM; returns the exit code."""
-    try:
-        settings = Settings.from_env(os.environ)
-    except ConfigError as error:
-        print(f"liberator publish: configuration error: {error}", file=sys.stderr, flush=True)
-        return EXIT_CONFIG
-    logs.configure(settings.log_level, settings.log_format)
-    try:
-        mongo = _connect_mongo(settings)
-    except _StartError as error:
-        print(f"liberator publish: {error}", file=sys.stderr, flush=True)
-        return EXIT_UNREACHABLE
-    database = mongo[settings.database]
-    checkpoints = Checkpoints(database[CHECKPOINT_COLLECTION], settings.publisher)
-    if args.reset_checkpoint:
-        removed = checkpoints.reset()
-        print(f"liberator publish: removed {removed} checkpoint(s) of {settings.publisher}; the "
-              f"next start captures from the current position", file=sys.stderr, flush=True)
-        mongo.close()
-        return 0
-    # Before anything else: every write from this moment on is captured, however long this
-    # replica then waits for the lease (see checkpoint.py, the origin).
-    try:
-        _record_origin(checkpoints, database)
-    except PyMongoError as error:
-        print(f"liberator publish: LIBERATOR_MONGO_URI: cannot record the capture origin: "
-              f"{error}", file=sys.stderr, flush=True)
-        mongo.close()
-        return EXIT_UNREACHABLE
-    sidecar = Sidecar(settings, mongo, checkpoints, exit_on_fatal=args.exit_on_fatal)
-    try:
-        sidecar.start_http()
-    except OSError as error:
-        print(f"liberator publish: LIBERATOR_HTTP_PORT: cannot listen on port "
-              f"{settings.http_port}: {error}; choose a free port", file=sys.stderr, flush=True)
-        return EXIT_CONFIG
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, sidecar.on_signal)
-    return sidecar.run()
-
-
-class _StartError(Exception):
-    pass
-
-
-def _record_origin(checkpoints: Checkpoints, database: Database[dict[str, Any]]) -> None:
+def record_origin(checkpoints: Checkpoints, database: Database[dict[str, Any]]) -> None:
     """Record the cluster time now as the origin, while capture has no checkpoint yet."""
     try:
         if not checkpoints.load("capture").empty:
@@ -147,25 +86,6 @@ def _record_origin(checkpoints: Checkpoints, database: Database[dict[str, Any]])
                     "starts where its stream opens")
         return
     checkpoints.record_origin(when)
-
-
-def _connect_mongo(settings: Settings) -> MongoClient[dict[str, Any]]:
-    timeout_ms = int(CONNECT_TIMEOUT_SECONDS * 1000)
-    try:
-        client: MongoClient[dict[str, Any]] = MongoClient(
-            settings.mongo_uri, tz_aware=True, appname="liberator-publish",
-            serverSelectionTimeoutMS=timeout_ms)
-        client[settings.database].command("ping")
-    except OperationFailure as error:
-        raise _StartError(f"LIBERATOR_MONGO_URI: MongoDB refused the connection: "
-                          f"{error.details.get('errmsg', error) if error.details else error} "
-                          f"(code {error.code}); check the user, password and authSource") from None
-    except PyMongoError as error:
-        first = str(error).split(",", 1)[0].split("\n", 1)[0]
-        raise _StartError(f"LIBERATOR_MONGO_URI: cannot reach MongoDB within "
-                          f"{CONNECT_TIMEOUT_SECONDS:.0f}s ({type(error).__name__}: {first}); "
-                          f"check the host, port and that the server runs") from None
-    return client
 
 
 class Sidecar:
@@ -336,7 +256,7 @@ class Sidecar:
             self._read_control()
             self.restart_done = self.checkpoints.restart_done()
             self._restart_term = self._restart_if_due(epoch)
-            _record_origin(self.checkpoints, self.database)  # after a reset: from now on
+            record_origin(self.checkpoints, self.database)  # after a reset: from now on
             origin = self.checkpoints.origin()
             self.capture_since = rfc3339(origin.as_datetime()) if origin else None
 
@@ -537,5 +457,3 @@ class Sidecar:
 def _fields(**values: Any) -> dict[str, Any]:
     return logs.fields(**values)
 
-
-COMMAND = Command("publish", "run the change-data-capture sidecar", _configure, main)
