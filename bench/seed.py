@@ -24,7 +24,8 @@ from pymongo import MongoClient  # noqa: E402
 
 from bench.baselines import b_ins, quote  # noqa: E402
 from liberator_publisher.core.settings import Settings  # noqa: E402
-from liberator_publisher.seed.seeder import SeedOptions, run_seed  # noqa: E402
+from liberator_publisher.seed.options import SeedOptions  # noqa: E402
+from liberator_publisher.seed.seeder import run_seed  # noqa: E402
 from localstack import Stack  # noqa: E402
 
 

@@ -17,7 +17,8 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from liberator_publisher.core.settings import Settings
-from liberator_publisher.seed.seeder import SeedOptions, run_seed
+from liberator_publisher.seed.options import SeedOptions
+from liberator_publisher.seed.seeder import run_seed
 from liberator_publisher.state.identity import IDENTITY_SUFFIX
 from tests.support.publisher import Collector, Publisher, Received, Topic, eventually
 

@@ -26,7 +26,8 @@ from liberator_publisher.core.event import EventMapping, message_for, outbox_doc
 from liberator_publisher.core.settings import Settings
 from liberator_publisher.runtime.command import UsageError
 from liberator_publisher.seed.ledger import LEDGER_SUFFIX
-from liberator_publisher.seed.seeder import SeedOptions, run_seed, seed_event_id
+from liberator_publisher.seed.options import SeedOptions, seed_event_id
+from liberator_publisher.seed.seeder import run_seed
 from liberator_publisher.store.eventstore import (
     EventStore,
     EventStoreSettings,

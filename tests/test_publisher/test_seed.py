@@ -29,14 +29,14 @@ from liberator_publisher.core.iam import denied_message
 from liberator_publisher.core.settings import Settings
 from liberator_publisher.runtime.command import UsageError
 from liberator_publisher.seed.ledger import LEDGER_SUFFIX, Checkpoint, LedgerError
-from liberator_publisher.seed.seeder import (
+from liberator_publisher.seed.options import (
     SEED_ATTRIBUTE,
     Pacer,
     SeedOptions,
     parse_filter,
-    run_seed,
     seed_event_id,
 )
+from liberator_publisher.seed.seeder import run_seed
 from localstack import Server
 
 ENTITIES = 2000

@@ -18,16 +18,12 @@ Exit codes: 0 done (even with skipped or failed documents), 2 usage or configura
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import re
 import sys
 import time
-import uuid
 import zlib
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,7 +36,6 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
-from liberator_publisher.core import validation as rules
 from liberator_publisher.core.contract import seed_key
 from liberator_publisher.core.event import (
     FAILED,
@@ -52,150 +47,26 @@ from liberator_publisher.core.event import (
 from liberator_publisher.core.iam import denied_message
 from liberator_publisher.core.settings import Settings
 from liberator_publisher.core.times import rfc3339
-from liberator_publisher.core.validation import InvalidValue
-from liberator_publisher.runtime import logs
-from liberator_publisher.runtime.command import Command, UsageError
-from liberator_publisher.seed.ledger import LEDGER_SUFFIX, Checkpoint, Ledger, LedgerError
+from liberator_publisher.runtime.command import UsageError
+from liberator_publisher.seed.ledger import LEDGER_SUFFIX, Checkpoint, Ledger
+from liberator_publisher.seed.options import (
+    SEED_ATTRIBUTE,
+    Pacer,
+    SeedOptions,
+    Summary,
+    seed_event_id,
+)
 from liberator_publisher.state.checkpoint import CHECKPOINT_COLLECTION, CheckpointError, Checkpoints
 from liberator_publisher.state.identity import IDENTITY_SUFFIX, remember_identities
 
-__all__ = [
-    "COMMAND",
-    "MODES",
-    "SEED_ATTRIBUTE",
-    "Pacer",
-    "SeedOptions",
-    "Summary",
-    "check_collection",
-    "parse_filter",
-    "run_seed",
-    "seed_event_id",
-]
+__all__ = ["ORDERING_BUCKETS", "check_collection", "run_seed"]
 
 log = logging.getLogger(__name__)
 
-MODES = ("latest", "history")
-SEED_ATTRIBUTE = "ce-seed"
-"""The extension attribute that marks seed events (value ``"true"``)."""
-# Fixed namespace: seed ids depend only on source, entity id and version.
-SEED_ID_NAMESPACE = uuid.UUID("3d0c5b1e-9a77-5f0e-8a43-2b6c1f9e7d10")
-_SEED_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,252}")
 _JSON = JSONOptions(json_mode=JSONMode.RELAXED, tz_aware=True, tzinfo=UTC)
 _PROGRESS_EVERY = 2.0  # seconds between progress lines
 ORDERING_BUCKETS = 16
 """History mode's ordering keys: ``seed-<crc32(entity id) % 16>``."""
-
-
-def seed_event_id(source: str, entity_id: str, version: str | None) -> str:
-    """The ``ce-id`` of a seed event: the same entity version always gets the same id."""
-    return str(uuid.uuid5(SEED_ID_NAMESPACE, f"{source}\n{entity_id}\n{version or ''}"))
-
-
-def parse_filter(text: str) -> dict[str, Any]:
-    """``--filter``: a MongoDB query in relaxed extended JSON (``{"$date": ...}`` works)."""
-    try:
-        value = json_util.loads(text, json_options=_JSON)
-    except (ValueError, TypeError) as error:
-        raise UsageError(f"--filter: not JSON ({error}); give a MongoDB query such as "
-                         "'{\"region\": \"eu\"}'") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"--filter: must be a JSON object (a MongoDB query), not "
-                         f"{type(value).__name__}")
-    return value
-
-
-@dataclass(frozen=True)
-class SeedOptions:
-    """The flags of ``liberator seed``."""
-
-    topic: str
-    """Seed topic id (``--topic``), in ``LIBERATOR_PUBSUB_PROJECT``."""
-    seed_id: str
-    """Keys the ledger, checkpoint and Redis status (``--seed-id``)."""
-    mode: str = "latest"
-    """``latest`` (one event per entity) or ``history`` (every version document)."""
-    filter: Mapping[str, Any] = field(default_factory=dict)
-    """A MongoDB query selecting the documents (``--filter``)."""
-    batch_size: int = 500
-    """Documents per batch: per publish wait and checkpoint (``--batch-size``)."""
-    rate_limit: float = 0.0
-    """Documents per second, 0 for no limit (``--rate-limit``)."""
-    allow_empty: bool = False
-    """Seed a collection that does not exist (yet) on purpose: nothing to publish, and the seed
-    succeeds. Without it such a seed is refused, since it is most often a typo
-    (``--allow-empty``, EventSeed ``spec.allowEmpty``)."""
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise UsageError(f"--mode: {self.mode!r} is not one of {', '.join(MODES)}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size: must be at least 1, got {self.batch_size}")
-        if self.rate_limit < 0:
-            raise UsageError(f"--rate-limit: must be 0 (no limit) or more, got {self.rate_limit}")
-        if not _SEED_ID.fullmatch(self.seed_id):
-            raise UsageError(f"--seed-id: {self.seed_id!r} is not a seed id; use letters, "
-                             "digits and . _ / - (such as shop/quotes-seed)")
-
-
-@dataclass
-class Summary:
-    """What a seed did; ``line()`` is the last line on stdout."""
-
-    seeded: int = 0
-    """Events published by this seed (across resumed runs; a rerun of a finished seed starts
-    from 0, so it shows what was new)."""
-    already: int = 0
-    """On a rerun of a finished seed: the events its earlier runs published (none again)."""
-    skipped: int = 0
-    """Bad documents: no id field, no version field, unencodable or over Pub/Sub's limits."""
-    failed: int = 0
-    """Events Pub/Sub refused after the client's retries; a rerun publishes just these again."""
-    scanned: int = 0
-    """Documents read."""
-    total: int = 0
-    """Documents matching the filter when the scan started (for progress and ETA)."""
-
-    def line(self) -> str:
-        return f"seeded={self.seeded} skipped={self.skipped} failed={self.failed}"
-
-    def counts(self) -> dict[str, int]:
-        return {"seeded": self.seeded, "already": self.already, "skipped": self.skipped,
-                "failed": self.failed, "scanned": self.scanned}
-
-
-class Pacer:
-    """Keeps a rate: ``wait()`` before each document sleeps as needed.
-
-    A token bucket holding one second of documents: after a stall (a slow batch, a pause) it
-    catches up by at most one second's worth, so any window of T seconds sees at most
-    rate x (T + 1) documents.
-    """
-
-    BURST_SECONDS = 1.0
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.rate = rate
-        self._clock = clock
-        self._sleep = sleep
-        self._next: float | None = None  # when the next document is due
-
-    def delay(self) -> float:
-        """Seconds to wait before the next document (0 when unlimited or behind)."""
-        if self.rate <= 0:
-            return 0.0
-        now = self._clock()
-        if self._next is None:
-            self._next = now
-        self._next = max(self._next, now - self.BURST_SECONDS)  # no credit beyond the burst
-        return max(0.0, self._next - now)
-
-    def wait(self) -> None:
-        pause = self.delay()
-        if pause > 0:
-            self._sleep(pause)
-        if self._next is not None:
-            self._next += 1.0 / self.rate
 
 
 @dataclass
@@ -610,82 +481,3 @@ def run_seed(settings: Settings, options: SeedOptions) -> Summary:
 # -- the command line --
 
 
-def _positive_int(flag: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if not text.strip().isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be a whole number of 1 or more, "
-                                             f"not {text!r}")
-        return int(text)
-    return parse
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"--rate-limit must be documents per second (0 for no "
-                                         f"limit), not {text!r}")
-    return value
-
-
-def _topic(text: str) -> str:
-    try:
-        return rules.topic_id(text)
-    except InvalidValue as invalid:
-        raise argparse.ArgumentTypeError(invalid.named("--topic")) from None
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--topic", required=True, type=_topic,
-                        help="seed topic id (in LIBERATOR_PUBSUB_PROJECT)")
-    parser.add_argument("--mode", choices=MODES, default="latest",
-                        help="latest: one event per entity; history: every version document")
-    parser.add_argument("--filter", default="{}",
-                        help="MongoDB query in relaxed extended JSON (default {})")
-    parser.add_argument("--batch-size", type=_positive_int("--batch-size"), default=500,
-                        help="documents per batch (default 500)")
-    parser.add_argument("--rate-limit", type=_rate, default=0.0,
-                        help="documents per second, 0 = unlimited (default)")
-    parser.add_argument("--allow-empty", action="store_true",
-                        help="succeed with nothing to seed when the collection does not exist "
-                             "(default: refuse, it is most often a typo)")
-    parser.add_argument("--seed-id", default=None,
-                        help="keys the ledger and checkpoint (default: $LIBERATOR_SEED or "
-                             "'manual')")
-
-
-def _settings(env: Mapping[str, str], topic: str) -> Settings:
-    # The seed needs no live topic; the contract's parser wants one, so give it the seed topic.
-    return Settings.from_env({**env, "LIBERATOR_TOPIC": topic})
-
-
-def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
-    env = os.environ if env is None else env
-    settings = _settings(env, args.topic)  # a ConfigError is a UsageError: exit 2 (cli.py)
-    logs.configure(settings.log_level, settings.log_format)
-    try:
-        seed_id = args.seed_id or env.get("LIBERATOR_SEED", "").strip() or "manual"
-        if not args.seed_id and env.get("LIBERATOR_SEED") and not _SEED_ID.fullmatch(seed_id):
-            raise UsageError(f"LIBERATOR_SEED: {seed_id!r} is not <namespace>/<name> of an "
-                             "EventSeed; fix it or pass --seed-id")
-        options = SeedOptions(topic=args.topic, mode=args.mode, filter=parse_filter(args.filter),
-                              batch_size=args.batch_size, rate_limit=args.rate_limit,
-                              seed_id=seed_id, allow_empty=args.allow_empty)
-        summary = run_seed(settings, options)
-    except UsageError:
-        raise
-    except LedgerError as error:
-        print(f"liberator seed: {error}", file=sys.stderr)
-        return 1
-    except Exception as error:
-        log.exception("seed failed")
-        print(f"liberator seed: failed: {error}", file=sys.stderr)
-        return 1
-    print(summary.line(), flush=True)
-    return 0
-
-
-COMMAND = Command(name="seed", help="publish every existing entity once to the seed topic",
-                  configure=configure, run=run)
