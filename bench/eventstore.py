@@ -29,9 +29,9 @@ from pymongo import MongoClient  # noqa: E402
 from bench.baselines import b_ins  # noqa: E402
 from liberator_publisher.core.event import (  # noqa: E402
     EventMapping,
-    message_for,
     outbox_document_for_entity,
 )
+from liberator_publisher.core.message import message_for  # noqa: E402
 from liberator_publisher.store.eventstore import EventStore, EventStoreSettings  # noqa: E402
 from localstack import Stack  # noqa: E402
 

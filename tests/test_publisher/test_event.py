@@ -17,20 +17,22 @@ from hypothesis import strategies as st
 
 from liberator_publisher.core.encoding import JSON_OPTIONS
 from liberator_publisher.core.event import (
+    EventMapping,
+    event_id_for_token,
+    needs_identity,
+    outbox_document_for_change,
+    outbox_document_for_entity,
+)
+from liberator_publisher.core.message import (
     MAX_ATTRIBUTE_KEY_BYTES,
     MAX_ATTRIBUTE_VALUE_BYTES,
     MAX_ATTRIBUTES,
     MAX_MESSAGE_BYTES,
     MAX_ORDERING_KEY_BYTES,
-    EventMapping,
     Message,
     Unpublishable,
     check_limits,
-    event_id_for_token,
     message_for,
-    needs_identity,
-    outbox_document_for_change,
-    outbox_document_for_entity,
 )
 from tests.test_publisher.test_encoding import documents, values
 

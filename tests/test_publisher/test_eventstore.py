@@ -22,7 +22,8 @@ from pymongo import MongoClient
 
 from liberator_publisher.cli import main
 from liberator_publisher.consumer.subscriber import MalformedEventError
-from liberator_publisher.core.event import EventMapping, message_for, outbox_document_for_entity
+from liberator_publisher.core.event import EventMapping, outbox_document_for_entity
+from liberator_publisher.core.message import message_for
 from liberator_publisher.core.settings import Settings
 from liberator_publisher.runtime.command import UsageError
 from liberator_publisher.seed.ledger import LEDGER_SUFFIX

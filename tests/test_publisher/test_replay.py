@@ -15,7 +15,8 @@ from pymongo import MongoClient
 
 from liberator_publisher.cli import main
 from liberator_publisher.consumer.subscriber import CloudEvent, Subscriber, SubscriberSettings
-from liberator_publisher.core.event import EventMapping, message_for, outbox_document_for_entity
+from liberator_publisher.core.event import EventMapping, outbox_document_for_entity
+from liberator_publisher.core.message import message_for
 from liberator_publisher.runtime.command import UsageError
 from liberator_publisher.store.eventstore import EventStore, EventStoreSettings
 from liberator_publisher.store.replay import (

@@ -20,12 +20,9 @@ from typing import Any, Literal
 from uuid import uuid4
 
 from liberator_publisher.core.cloudevent import CloudEvent, parse_message
-from liberator_publisher.core.event import (
-    PENDING,
-    EventMapping,
-    message_for,
-    outbox_document_for_entity,
-)
+from liberator_publisher.core.event import EventMapping, outbox_document_for_entity
+from liberator_publisher.core.message import message_for
+from liberator_publisher.core.outbox import PENDING
 
 __all__ = ["cloud_event", "pubsub_message"]
 

@@ -16,87 +16,34 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal, Required, TypedDict, cast
+from typing import Any, cast
 
 import bson
 from bson import Binary, ObjectId, Timestamp
 
 from liberator_publisher.core.encoding import EncodingError, to_json, value_to_json
-from liberator_publisher.core.errors import LiberatorError
+from liberator_publisher.core.message import (
+    MAX_ATTRIBUTE_VALUE_BYTES,
+    MAX_ORDERING_KEY_BYTES,
+    Message,
+    Unpublishable,
+    check_limits,
+    short,
+)
+from liberator_publisher.core.outbox import FAILED, PENDING, OutboxDocument
 from liberator_publisher.core.times import rfc3339
 
 __all__ = [
     "DOCUMENT_OPERATIONS",
-    "FAILED",
-    "MAX_ATTRIBUTES",
-    "MAX_ATTRIBUTE_KEY_BYTES",
-    "MAX_ATTRIBUTE_VALUE_BYTES",
-    "MAX_MESSAGE_BYTES",
-    "MAX_ORDERING_KEY_BYTES",
-    "PENDING",
-    "PUBLISHED",
     "EventMapping",
-    "Message",
-    "OutboxDocument",
-    "OutboxStatus",
-    "Unpublishable",
-    "check_limits",
     "event_id_for_token",
-    "message_for",
     "needs_identity",
     "outbox_document_for_change",
     "outbox_document_for_entity",
 ]
 
-# Pub/Sub's limits (https://cloud.google.com/pubsub/quotas#resource_limits). The emulator does
-# not enforce them, so they are checked here.
-MAX_MESSAGE_BYTES = 10_000_000
-"""Data plus attribute keys and values plus ordering key, in bytes."""
-MAX_ATTRIBUTES = 100
-MAX_ATTRIBUTE_KEY_BYTES = 256
-MAX_ATTRIBUTE_VALUE_BYTES = 1024
-MAX_ORDERING_KEY_BYTES = 1024
-
 DOCUMENT_OPERATIONS = ("insert", "update", "replace", "delete")
 """Change stream operation types that become events; others (drop, rename, invalidate) do not."""
-
-OutboxStatus = Literal["pending", "published", "failed"]
-"""An outbox document's state: written pending (or failed, when it cannot be an event), marked
-published by the relay once Pub/Sub acknowledged it; a republish sets pending again."""
-PENDING: Final = "pending"
-PUBLISHED: Final = "published"
-FAILED: Final = "failed"
-
-
-class OutboxDocument(TypedDict, total=False):
-    """One document of the outbox collection (docs/publisher.md): what capture and the seed
-    write, and what the relay publishes and marks."""
-
-    _id: Required[str]
-    """The event id (``ce-id``): from the change's resume token, so a change read twice is
-    stored once."""
-    status: Required[OutboxStatus]
-    entityId: str
-    type: str
-    operation: str
-    """The change stream's operation type (``insert``, ``update``, ``replace``, ``delete``)."""
-    attributes: dict[str, str]
-    data: str
-    """The CloudEvent data: UTF-8 relaxed extended JSON."""
-    orderingKey: str
-    token: Any
-    """The change's resume token (absent for seeded entities)."""
-    key: Any
-    """The document's ``_id``: a later delete under a business id finds its entity here."""
-    capturedAt: datetime.datetime
-    attempts: int
-    reason: str
-    """Why the document is failed."""
-    publishedAt: datetime.datetime
-    messageId: str
-    clusterTime: Timestamp
-    """The change's oplog time: orders the sweep among events captured in one batch."""
-
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
@@ -110,15 +57,6 @@ CONTEXT_EXTENSIONS = (
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c2a0e-4b8d-5e3a-9c7f-1d2e3f4a5b6c")
 _NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
 _TYPE_SUFFIX = {"insert": "created", "update": "updated", "replace": "updated", "delete": "deleted"}
-
-
-class Unpublishable(LiberatorError, ValueError):  # noqa: N818 (the shared interface names it)
-    """A message Pub/Sub would refuse, or an outbox document that cannot become a message."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        """Readable reason, fit for an outbox document's ``reason``."""
 
 
 @dataclass(frozen=True)
@@ -153,18 +91,6 @@ class EventMapping:
         if self.id_field in self.exclude_fields:
             raise ValueError(f"EventMapping.exclude_fields must not hold the id field "
                              f"{self.id_field!r}")
-
-
-@dataclass(frozen=True)
-class Message:
-    """One Pub/Sub message, as the relay publishes it."""
-
-    data: bytes
-    """The CloudEvent data: UTF-8 relaxed extended JSON."""
-    attributes: dict[str, str]
-    """The CloudEvent attributes (``ce-*``, ``content-type``)."""
-    ordering_key: str
-    """The entity id, so one entity's events arrive in order."""
 
 
 def event_id_for_token(resume_token: Mapping[str, Any]) -> str:
@@ -273,73 +199,6 @@ def outbox_document_for_entity(
                   id_hint="")
 
 
-def message_for(outbox_document: Mapping[str, Any]) -> Message:
-    """The Pub/Sub message of a pending outbox document.
-
-    Raises ``Unpublishable`` for a failed document, one whose fields are missing or of the wrong
-    type (say, edited by hand), or a message over Pub/Sub's limits.
-    """
-    event_id = outbox_document.get("_id")
-    if outbox_document.get("status") == FAILED:
-        raise Unpublishable(f"event {event_id}: it failed at capture: "
-                            f"{outbox_document.get('reason', 'no reason recorded')}")
-    data = outbox_document.get("data")
-    if not isinstance(data, str):
-        raise Unpublishable(f"event {event_id}: field 'data' must be a string, "
-                            f"not {_short(data)}")
-    attributes = outbox_document.get("attributes")
-    if not isinstance(attributes, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
-    ):
-        raise Unpublishable(f"event {event_id}: field 'attributes' must be a sub-document of "
-                            f"strings, not {_short(attributes)}")
-    ordering_key = outbox_document.get("orderingKey")
-    if not isinstance(ordering_key, str):
-        raise Unpublishable(f"event {event_id}: field 'orderingKey' must be a string, "
-                            f"not {_short(ordering_key)}")
-    try:
-        encoded = data.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Unpublishable(f"event {event_id}: field 'data' is not valid Unicode") from None
-    message = Message(data=encoded, attributes=dict(attributes), ordering_key=ordering_key)
-    try:
-        check_limits(message)
-    except Unpublishable as error:
-        raise Unpublishable(f"event {event_id}: {error.reason}") from None
-    return message
-
-
-def check_limits(message: Message) -> None:
-    """Raise ``Unpublishable`` if Pub/Sub would refuse ``message``; the reason says which limit."""
-    if len(message.attributes) > MAX_ATTRIBUTES:
-        raise Unpublishable(f"the message has {len(message.attributes)} attributes; Pub/Sub "
-                            f"allows at most {MAX_ATTRIBUTES}")
-    size = len(message.data)
-    for key, value in message.attributes.items():
-        key_bytes = len(key.encode("utf-8", "surrogatepass"))
-        value_bytes = len(value.encode("utf-8", "surrogatepass"))
-        if not key:
-            raise Unpublishable("an attribute key is empty; Pub/Sub requires a name")
-        if key.startswith("goog"):
-            raise Unpublishable(f"attribute {_short(key)} starts with 'goog', which Pub/Sub "
-                                f"reserves")
-        if key_bytes > MAX_ATTRIBUTE_KEY_BYTES:
-            raise Unpublishable(f"attribute key {_short(key)} is {key_bytes} bytes; Pub/Sub "
-                                f"allows at most {MAX_ATTRIBUTE_KEY_BYTES}")
-        if value_bytes > MAX_ATTRIBUTE_VALUE_BYTES:
-            raise Unpublishable(f"attribute {key} is {value_bytes} bytes; Pub/Sub allows at "
-                                f"most {MAX_ATTRIBUTE_VALUE_BYTES}")
-        size += key_bytes + value_bytes
-    key_bytes = len(message.ordering_key.encode("utf-8", "surrogatepass"))
-    if key_bytes > MAX_ORDERING_KEY_BYTES:
-        raise Unpublishable(f"the ordering key (the entity id) is {key_bytes} bytes; Pub/Sub "
-                            f"allows at most {MAX_ORDERING_KEY_BYTES}")
-    size += key_bytes
-    if size > MAX_MESSAGE_BYTES:
-        raise Unpublishable(f"the message is {size} bytes (data {len(message.data)}); Pub/Sub "
-                            f"allows at most {MAX_MESSAGE_BYTES}")
-
-
 class _CaptureError(Exception):
     def __init__(self, reason: str, *, entity_id: str | None = None,
                  event_type: str | None = None) -> None:
@@ -395,14 +254,14 @@ def _pending(
     context = document.get(mapping.event_context_field) if use_context else None
     if context is not None and not isinstance(context, Mapping):
         raise _CaptureError(f"event context field {mapping.event_context_field!r} must be a "
-                       f"sub-document, not {_short(context)}", entity_id=entity_id)
+                       f"sub-document, not {short(context)}", entity_id=entity_id)
     context = context or {}
     event_type = context.get("type")
     if event_type is None:
         event_type = f"{mapping.entity_type}.{_TYPE_SUFFIX[operation]}"
     elif not isinstance(event_type, str) or not event_type.strip():
         raise _CaptureError(f"'{mapping.event_context_field}.type' must be a non-empty string (the "
-                       f"CloudEvent type), not {_short(event_type)}", entity_id=entity_id)
+                       f"CloudEvent type), not {short(event_type)}", entity_id=entity_id)
     attributes = {
         "ce-specversion": SPEC_VERSION,
         "ce-id": base["_id"],
@@ -426,7 +285,7 @@ def _pending(
             continue
         if not isinstance(value, str) or not value:
             raise _CaptureError(f"'{mapping.event_context_field}.{key}' must be a non-empty "
-                                f"string, not {_short(value)}", entity_id=entity_id,
+                                f"string, not {short(value)}", entity_id=entity_id,
                                 event_type=event_type)
         attributes[attribute] = value
     for key, value in extra_attributes.items():
@@ -513,11 +372,3 @@ def _short_key(key: Mapping[str, Any]) -> str:
     except EncodingError:
         text = repr(key.get("_id"))
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _short(value: Any) -> str:
-    """A value for an error message: its type and a bounded repr."""
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{type(value).__name__} {text}"

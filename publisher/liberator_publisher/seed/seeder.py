@@ -37,14 +37,10 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
 from liberator_publisher.core.contract import seed_key
-from liberator_publisher.core.event import (
-    FAILED,
-    EventMapping,
-    Unpublishable,
-    message_for,
-    outbox_document_for_entity,
-)
+from liberator_publisher.core.event import EventMapping, outbox_document_for_entity
 from liberator_publisher.core.iam import denied_message
+from liberator_publisher.core.message import Unpublishable, message_for
+from liberator_publisher.core.outbox import FAILED
 from liberator_publisher.core.settings import Settings
 from liberator_publisher.core.times import rfc3339
 from liberator_publisher.runtime.command import UsageError

@@ -23,12 +23,11 @@ from pymongo.errors import BulkWriteError
 from liberator_publisher.core.contract import BATCH_SIZE, MAX_AWAIT_MS
 from liberator_publisher.core.event import (
     DOCUMENT_OPERATIONS,
-    FAILED,
     EventMapping,
-    OutboxDocument,
     needs_identity,
     outbox_document_for_change,
 )
+from liberator_publisher.core.outbox import FAILED, OutboxDocument
 from liberator_publisher.core.status import Progress
 from liberator_publisher.runtime.logs import fields
 from liberator_publisher.sidecar.metrics import Metrics

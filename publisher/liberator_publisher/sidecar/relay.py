@@ -32,14 +32,8 @@ from liberator_publisher.core.contract import (
     PENDING_AGE_SECONDS,
     SWEEP_INTERVAL_SECONDS,
 )
-from liberator_publisher.core.event import (
-    FAILED,
-    PENDING,
-    PUBLISHED,
-    Message,
-    Unpublishable,
-    message_for,
-)
+from liberator_publisher.core.message import Message, Unpublishable, message_for
+from liberator_publisher.core.outbox import FAILED, PENDING, PUBLISHED
 from liberator_publisher.core.status import Progress
 from liberator_publisher.runtime.logs import fields
 from liberator_publisher.sidecar.metrics import Metrics

@@ -29,8 +29,8 @@ from liberator_publisher.core.control import (
     RestartRequest,
     read_control,
 )
-from liberator_publisher.core.event import PENDING
 from liberator_publisher.core.headroom import OplogWindow, headroom_verdict
+from liberator_publisher.core.outbox import PENDING
 from liberator_publisher.core.settings import Settings
 from liberator_publisher.core.stall import stall_verdict
 from liberator_publisher.core.status import (
