@@ -243,51 +243,16 @@ def _pending(
     extra_attributes: Mapping[str, str],
     id_hint: str,
 ) -> OutboxDocument:
-    entity_id = _entity_id(document, mapping.id_field)
-    if not isinstance(entity_id, str):
-        raise _CaptureError(f"{entity_id.reason}{id_hint}")
-    id_bytes = len(entity_id.encode("utf-8", "surrogatepass"))
-    if id_bytes > MAX_ORDERING_KEY_BYTES:
-        raise _CaptureError(f"id field {mapping.id_field!r} is {id_bytes} bytes as text; Pub/Sub "
-                            f"allows at most {MAX_ORDERING_KEY_BYTES} for the ordering key and "
-                            f"ce-subject", entity_id=entity_id)
-    context = document.get(mapping.event_context_field) if use_context else None
-    if context is not None and not isinstance(context, Mapping):
-        raise _CaptureError(f"event context field {mapping.event_context_field!r} must be a "
-                       f"sub-document, not {short(context)}", entity_id=entity_id)
-    context = context or {}
+    entity_id = _ordering_id(document, mapping, id_hint)
+    context = _context(document, mapping, entity_id) if use_context else {}
     event_type = context.get("type")
     if event_type is None:
         event_type = f"{mapping.entity_type}.{_TYPE_SUFFIX[operation]}"
     elif not isinstance(event_type, str) or not event_type.strip():
         raise _CaptureError(f"'{mapping.event_context_field}.type' must be a non-empty string (the "
-                       f"CloudEvent type), not {short(event_type)}", entity_id=entity_id)
-    attributes = {
-        "ce-specversion": SPEC_VERSION,
-        "ce-id": base["_id"],
-        "ce-source": mapping.source,
-        "ce-type": event_type,
-        "ce-time": rfc3339(time),
-        "ce-subject": entity_id,
-        "content-type": CONTENT_TYPE,
-    }
-    if mapping.version_field is not None:
-        version = document.get(mapping.version_field)
-        if version is not None:
-            try:
-                attributes["ce-entityversion"] = _render(version)
-            except EncodingError as error:
-                raise _CaptureError(f"version field {mapping.version_field!r}: {error.reason}",
-                               entity_id=entity_id, event_type=event_type) from None
-    for key, attribute in CONTEXT_EXTENSIONS:
-        value = context.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str) or not value:
-            raise _CaptureError(f"'{mapping.event_context_field}.{key}' must be a non-empty "
-                                f"string, not {short(value)}", entity_id=entity_id,
-                                event_type=event_type)
-        attributes[attribute] = value
+                            f"CloudEvent type), not {short(event_type)}", entity_id=entity_id)
+    attributes = _attributes(document, mapping, context=context, event_id=base["_id"],
+                             event_type=event_type, entity_id=entity_id, time=time)
     for key, value in extra_attributes.items():
         if key in attributes:
             raise ValueError(f"extra attribute {key!r} would replace a CloudEvent attribute")
@@ -296,12 +261,9 @@ def _pending(
             if k != mapping.event_context_field and k not in mapping.exclude_fields}
     try:
         text = to_json(data)
-    except EncodingError as error:
-        raise _CaptureError(error.reason, entity_id=entity_id, event_type=event_type) from None
-    try:
         check_limits(Message(data=text.encode("utf-8"), attributes=attributes,
                              ordering_key=entity_id))
-    except Unpublishable as error:
+    except (EncodingError, Unpublishable) as error:
         raise _CaptureError(error.reason, entity_id=entity_id, event_type=event_type) from None
     pending: OutboxDocument = {
         "_id": base["_id"],
@@ -320,6 +282,62 @@ def _pending(
     if "key" in base:
         pending["key"] = base["key"]
     return pending
+
+
+def _ordering_id(document: Mapping[str, Any], mapping: EventMapping, id_hint: str) -> str:
+    """The entity id as text: ``ce-subject`` and the ordering key, within Pub/Sub's limit."""
+    entity_id = _entity_id(document, mapping.id_field)
+    if not isinstance(entity_id, str):
+        raise _CaptureError(f"{entity_id.reason}{id_hint}")
+    id_bytes = len(entity_id.encode("utf-8", "surrogatepass"))
+    if id_bytes > MAX_ORDERING_KEY_BYTES:
+        raise _CaptureError(f"id field {mapping.id_field!r} is {id_bytes} bytes as text; Pub/Sub "
+                            f"allows at most {MAX_ORDERING_KEY_BYTES} for the ordering key and "
+                            f"ce-subject", entity_id=entity_id)
+    return entity_id
+
+
+def _context(document: Mapping[str, Any], mapping: EventMapping,
+             entity_id: str) -> Mapping[str, Any]:
+    """The document's event context sub-document (empty without one)."""
+    context = document.get(mapping.event_context_field)
+    if context is not None and not isinstance(context, Mapping):
+        raise _CaptureError(f"event context field {mapping.event_context_field!r} must be a "
+                            f"sub-document, not {short(context)}", entity_id=entity_id)
+    return context or {}
+
+
+def _attributes(document: Mapping[str, Any], mapping: EventMapping, *,
+                context: Mapping[str, Any], event_id: str, event_type: str, entity_id: str,
+                time: datetime.datetime) -> dict[str, str]:
+    """The CloudEvent attributes: the core ones, the entity version, the context's extensions."""
+    attributes = {
+        "ce-specversion": SPEC_VERSION,
+        "ce-id": event_id,
+        "ce-source": mapping.source,
+        "ce-type": event_type,
+        "ce-time": rfc3339(time),
+        "ce-subject": entity_id,
+        "content-type": CONTENT_TYPE,
+    }
+    if mapping.version_field is not None:
+        version = document.get(mapping.version_field)
+        if version is not None:
+            try:
+                attributes["ce-entityversion"] = _render(version)
+            except EncodingError as error:
+                raise _CaptureError(f"version field {mapping.version_field!r}: {error.reason}",
+                                    entity_id=entity_id, event_type=event_type) from None
+    for key, attribute in CONTEXT_EXTENSIONS:
+        value = context.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            raise _CaptureError(f"'{mapping.event_context_field}.{key}' must be a non-empty "
+                                f"string, not {short(value)}", entity_id=entity_id,
+                                event_type=event_type)
+        attributes[attribute] = value
+    return attributes
 
 
 def _failed(base: dict[str, Any], reason: str) -> OutboxDocument:
