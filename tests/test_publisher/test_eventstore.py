@@ -29,13 +29,12 @@ from liberator_publisher.runtime.command import UsageError
 from liberator_publisher.seed.ledger import LEDGER_SUFFIX
 from liberator_publisher.seed.options import SeedOptions, seed_event_id
 from liberator_publisher.seed.seeder import run_seed
-from liberator_publisher.store.eventstore import (
-    EventStore,
-    EventStoreSettings,
+from liberator_publisher.store.documents import (
     dead_letter_document,
     event_document,
     subscription_path,
 )
+from liberator_publisher.store.eventstore import EventStore, EventStoreSettings
 from localstack import Server, Stack
 from localstack.process import free_port
 from tests.support.publisher import Publisher, eventually
