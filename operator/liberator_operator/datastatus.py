@@ -253,8 +253,12 @@ def connect(url: str) -> redis.Redis:
 
 
 def read_status(client: redis.Redis, publisher: str) -> DataStatus | None:
-    """The status record of ``<namespace>/<name>``: the JSON string the leader writes."""
-    value = client.get(status_key(publisher))
+    """The status record of ``<namespace>/<name>``: the JSON string the leader writes (a key of
+    another type is not the leader's record: None)."""
+    try:
+        value = client.get(status_key(publisher))
+    except redis.ResponseError:  # WRONGTYPE: something else wrote the key
+        return None
     return parse_status_record(value if isinstance(value, str | bytes) else None)
 
 
