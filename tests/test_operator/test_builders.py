@@ -18,8 +18,8 @@ from liberator_operator.datastatus import (
     resume_point_status,
     stall_condition,
 )
-from liberator_operator.handlers import parked_message
 from liberator_operator.job import build_seed_job, job_name, job_phase, seed_args
+from liberator_operator.observe import parked_message
 from liberator_operator.patch import INJECTED_ANNOTATION, build_patch
 from liberator_operator.provisioning import build_plan
 from liberator_operator.restart import control_for
