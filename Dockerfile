@@ -6,7 +6,7 @@
 #   `make image` builds this same file with buildah and loads it into the local node.
 # Base: debian:bookworm-slim with Debian's python3 (3.11), not python:3.11-slim. Anyone can pull
 #   it, and with no registry at hand it can be made from Debian's packages alone (debootstrap
-#   --variant=minbase bookworm, trimmed as Debian's slim images are: hack/localstack/images.py).
+#   --variant=minbase bookworm, trimmed as Debian's slim images are: hack/liberator_stack/images.py).
 #   Debian also ships the security fixes of that python3. See docs/cluster.md.
 # Size target: under 200 MB uncompressed (measured 2026-12 with buildah: see docs/cluster.md).
 

@@ -1,7 +1,7 @@
 """The data-plane benchmarks of docs/targets.md in one run: ``python -m bench [--json] [...]``.
 
-Starts the local stack (MongoDB emulator, Pub/Sub emulator, Redis) from hack/localstack, measures
-the raw baselines B_ins, B_watch and B_pub, then runs ``liberator publish`` as a subprocess for
+Starts the local stack (MongoDB emulator, Pub/Sub emulator, Redis) from hack/liberator_stack,
+measures the raw baselines B_ins, B_watch and B_pub, then runs ``liberator publish`` as a subprocess for
 end-to-end throughput, latency at half load, RSS, idle CPU and failover, and prints one table.
 
 Every phase that writes to MongoDB gets a fresh stand-in (a new, empty H2 file), so one phase's
@@ -43,7 +43,7 @@ from bench.baselines import (  # noqa: E402
     oplog_cost,
     quote,
 )
-from localstack import Stack  # noqa: E402
+from liberator_stack import Stack  # noqa: E402
 
 MIB = 1024 * 1024
 _T = TypeVar("_T")

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localstack.process import (
+from liberator_stack.process import (
     Proc,
     StackError,
     cache_dir,

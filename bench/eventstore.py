@@ -33,7 +33,7 @@ from liberator_publisher.core.event import (  # noqa: E402
 )
 from liberator_publisher.core.message import message_for  # noqa: E402
 from liberator_publisher.store.eventstore import EventStore, EventStoreSettings  # noqa: E402
-from localstack import Stack  # noqa: E402
+from liberator_stack import Stack  # noqa: E402
 
 MAPPING = EventMapping(entity_type="quote", source="//liberator/bench/quotes",
                        id_field="quoteId", version_field="version")

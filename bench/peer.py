@@ -41,7 +41,7 @@ from bench.__main__ import Run, machine  # noqa: E402
 from bench.baselines import quote  # noqa: E402
 from bench.publisher import Load, Sidecar, SidecarEnv, cpu_seconds, poll, rss_bytes  # noqa: E402
 from bench.pull import Puller, StalledError  # noqa: E402
-from localstack import Stack  # noqa: E402
+from liberator_stack import Stack  # noqa: E402
 
 MIB = 1024 * 1024
 PROBE = 10**9

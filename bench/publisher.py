@@ -28,7 +28,7 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from bench.baselines import INSERT_BATCH, quote
-from localstack.process import free_port
+from liberator_stack.process import free_port
 
 __all__ = ["EndToEnd", "Failover", "Idle", "Latency", "Sidecar", "SidecarEnv", "cpu_seconds",
            "end_to_end", "failover", "idle", "latency", "poll", "rss_bytes", "start_leader"]

@@ -26,7 +26,7 @@ from bench.baselines import b_ins, quote  # noqa: E402
 from liberator_publisher.core.settings import Settings  # noqa: E402
 from liberator_publisher.seed.options import SeedOptions  # noqa: E402
 from liberator_publisher.seed.seeder import run_seed  # noqa: E402
-from localstack import Stack  # noqa: E402
+from liberator_stack import Stack  # noqa: E402
 
 
 def seed_rate(env: dict[str, str], mode: str, entities: int, versions: int) -> tuple[int, float]:

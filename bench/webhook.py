@@ -32,8 +32,8 @@ from kubernetes import client, config  # noqa: E402
 
 from liberator_operator.patch import build_patch  # noqa: E402
 from liberator_operator.settings import OperatorSettings  # noqa: E402
-from localstack import Stack  # noqa: E402
-from localstack.process import free_port  # noqa: E402
+from liberator_stack import Stack  # noqa: E402
+from liberator_stack.process import free_port  # noqa: E402
 
 METRIC = "apiserver_admission_webhook_admission_duration_seconds"
 

@@ -32,8 +32,8 @@ import yaml
 from bson.decimal128 import Decimal128
 from pymongo import MongoClient
 
-from localstack import Stack, StackError, apps, deploy, host
-from localstack.stack import default_run_dir
+from liberator_stack import Stack, StackError, apps, deploy, host
+from liberator_stack.stack import default_run_dir
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Fixtures that hand tests the real local servers from hack/localstack.
+"""Fixtures that hand tests the real local servers from hack/liberator_stack.
 
 Servers start lazily, once per session, on free loopback ports, and stop at the end. A test that
 asks for ``mongo`` gets mongo-java-server, or the server named by ``LIBERATOR_TEST_MONGO_URI``.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from localstack import Server, Stack
+from liberator_stack import Server, Stack
 
 SERVER_FIXTURES = frozenset({"stack", "mongo_server", "mongo_uri", "pubsub", "redis_url", "kube",
                              "node"})

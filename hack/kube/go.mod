@@ -1,4 +1,4 @@
-// Build module for the local stack's kube-apiserver (see hack/localstack/kube.py).
+// Build module for the local stack's kube-apiserver (see hack/liberator_stack/kube.py).
 //
 // k8s.io/kubernetes maps its k8s.io/* staging modules to folders of its own repository, which
 // do not exist in the module proxy's zip; each one is replaced here by its published release

@@ -111,7 +111,7 @@ public final class LiberatorMongo {
             System.out.println("liberator-mongo: stopped");
             System.out.flush();
         }, "liberator-mongo-shutdown"));
-        // hack/localstack/mongo.py waits for a ping; this line is for people reading the log.
+        // hack/liberator_stack/mongo.py waits for a ping; this line is for people reading the log.
         System.out.println("liberator-mongo: ready on " + host + ":" + port + " backend=" + args[2]
             + " oplog=" + limits);
         System.out.flush();
@@ -231,7 +231,7 @@ public final class LiberatorMongo {
      * positions, counters) keeps H2's own encoding behind a tag byte.
      *
      * <p>The format differs from the library's, so the launcher's file has a name of its own
-     * ({@code hack/localstack/mongo.py}). {@code renameCollection} still opens its new maps with
+     * ({@code hack/liberator_stack/mongo.py}). {@code renameCollection} still opens its new maps with
      * the library's types: fine while the process runs, unreadable after a restart.
      */
     static final class H2Store {

@@ -19,7 +19,7 @@ from types import ModuleType
 
 import pytest
 
-from localstack import host
+from liberator_stack import host
 from tests.test_stack.hostsnap import others_can_enter
 
 ROOT = Path(__file__).resolve().parents[2]

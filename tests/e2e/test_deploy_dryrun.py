@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 import yaml
 
-from localstack import Server
+from liberator_stack import Server
 
 pytestmark = pytest.mark.kube
 

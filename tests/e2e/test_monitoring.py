@@ -3,7 +3,7 @@ renders on the base, the scrape configs find what the operator injects, and ever
 rules and the dashboard name is one the code exports.
 
 promtool is the real one, built at a pinned release by ``hack/stack build``
-(hack/localstack/promtool.py). Without it these tests build it as root and skip otherwise.
+(hack/liberator_stack/promtool.py). Without it these tests build it as root and skip otherwise.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from liberator_operator.patch import INJECTED_LABEL, build_patch
 from liberator_operator.settings import OperatorSettings
 from liberator_publisher.sidecar.metrics import Metrics
 from liberator_publisher.store.eventstore import EventStore, EventStoreSettings
-from localstack import promtool
-from localstack.process import say_stderr
+from liberator_stack import promtool
+from liberator_stack.process import say_stderr
 from tests.test_operator.builders import pod, publisher
 
 ROOT = Path(__file__).resolve().parents[2]

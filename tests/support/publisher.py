@@ -2,7 +2,7 @@
 subprocess, a Pub/Sub topic with an ordered subscription, and a collector that pulls everything
 that arrives.
 
-Everything talks to the real local servers of hack/localstack (MongoDB stand-in, Pub/Sub
+Everything talks to the real local servers of hack/liberator_stack (MongoDB stand-in, Pub/Sub
 emulator, Redis); nothing here is a mock. The fixtures that hand these out live in
 tests/test_publisher/conftest.py.
 """
@@ -29,8 +29,8 @@ from google.cloud import pubsub_v1
 from pymongo import MongoClient
 
 from liberator_publisher.state.checkpoint import CHECKPOINT_COLLECTION
-from localstack import Server
-from localstack.process import free_port
+from liberator_stack import Server
+from liberator_stack.process import free_port
 from tests.support.waiting import DEADLINE, eventually
 
 __all__ = ["LIBERATOR", "OUTBOX", "Collector", "Publisher", "Received", "Sidecar", "Topic",

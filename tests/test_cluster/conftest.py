@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from localstack import Stack, deploy, host
+from liberator_stack import Stack, deploy, host
 from tests.test_cluster.kit import Node
 
 

@@ -14,7 +14,7 @@ import pymongo
 import yaml
 from google.cloud import pubsub_v1
 
-from localstack import Stack, apps, deploy
+from liberator_stack import Stack, apps, deploy
 from tests.support import waiting
 
 T = TypeVar("T")
@@ -155,7 +155,7 @@ class Quotes:
             client[self.database].quotes.insert_many([{"_id": i, "version": 1} for i in ids])
 
 
-# Shared with make demo (one home: hack/localstack/apps.py).
+# Shared with make demo (one home: hack/liberator_stack/apps.py).
 sidecars = apps.sidecars
 ready = apps.container_ready
 pod_ready = apps.pod_ready

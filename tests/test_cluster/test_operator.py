@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from localstack import deploy
+from liberator_stack import deploy
 from tests.test_cluster.kit import WAIT, Node, Quotes, Reader, eventually, sidecars
 
 

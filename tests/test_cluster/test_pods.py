@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from localstack import nodeconf as nc
+from liberator_stack import nodeconf as nc
 from tests.test_cluster.kit import (
     Node,
     Quotes,

@@ -34,8 +34,8 @@ from kubernetes.client.exceptions import ApiException
 from liberator_operator.cluster import Cluster
 from liberator_operator.datastatus import seed_key
 from liberator_publisher.core.contract import control_key, status_key
-from localstack import Server, Stack
-from localstack.process import free_port
+from liberator_stack import Server, Stack
+from liberator_stack.process import free_port
 from tests.support import waiting
 
 pytestmark = pytest.mark.kube

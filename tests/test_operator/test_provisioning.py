@@ -8,7 +8,7 @@ import pytest
 from google.cloud import pubsub_v1
 
 from liberator_operator.provisioning import ProvisioningError, PubSubAdmin, build_plan
-from localstack import Server
+from liberator_stack import Server
 from tests.test_operator.builders import publisher
 
 

@@ -1,6 +1,6 @@
 """Fixtures for the publisher runtime tests; the helpers they hand out are in tests/support.
 
-Everything talks to the real local servers of hack/localstack; nothing here is a mock.
+Everything talks to the real local servers of hack/liberator_stack; nothing here is a mock.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from localstack import Server, Stack, mongo
+from liberator_stack import Server, Stack, mongo
 from tests.support.publisher import Collector, Publisher, running_publisher
 
 

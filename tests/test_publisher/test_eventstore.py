@@ -35,8 +35,8 @@ from liberator_publisher.store.documents import (
     subscription_path,
 )
 from liberator_publisher.store.eventstore import EventStore, EventStoreSettings
-from localstack import Server, Stack
-from localstack.process import free_port
+from liberator_stack import Server, Stack
+from liberator_stack.process import free_port
 from tests.support.publisher import Publisher, eventually
 
 DEADLINE = 180.0

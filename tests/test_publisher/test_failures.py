@@ -19,8 +19,8 @@ from pymongo.database import Database
 
 from liberator_publisher.core.contract import status_key
 from liberator_publisher.state.checkpoint import CHECKPOINT_COLLECTION
-from localstack import Stack
-from localstack.process import free_port
+from liberator_stack import Stack
+from liberator_stack.process import free_port
 from tests.support.publisher import Collector, Publisher, Sidecar, eventually
 from tests.test_publisher.test_publish_e2e import check_order
 

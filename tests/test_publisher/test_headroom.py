@@ -22,7 +22,7 @@ from liberator_publisher.core.headroom import (
 )
 from liberator_publisher.core.status import read_status, resume_point
 from liberator_publisher.sidecar.metrics import Metrics
-from localstack import Server
+from liberator_stack import Server
 from tests.support.publisher import Publisher, eventually
 
 WINDOW = OplogWindow(Timestamp(1000, 1), Timestamp(1100, 7))

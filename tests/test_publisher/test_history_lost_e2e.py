@@ -1,6 +1,6 @@
 """A lost resume point, end to end on real servers: no injected error, a bounded oplog.
 
-The MongoDB stand-in runs with a small oplog cap (hack/localstack's ``mongo.start(...,
+The MongoDB stand-in runs with a small oplog cap (hack/liberator_stack's ``mongo.start(...,
 oplog_max_entries=...)``). A stopped sidecar misses enough writes that its capture checkpoint
 falls off the oplog; on restart MongoDB (and the stand-in) answer 286 ChangeStreamHistoryLost. The
 sidecar must park alive and ready, say why everywhere, and recover through the documented
@@ -19,7 +19,7 @@ from pymongo.errors import OperationFailure
 
 from liberator_publisher.core.contract import status_key
 from liberator_publisher.state.checkpoint import CHECKPOINT_COLLECTION
-from localstack import Server
+from liberator_stack import Server
 from tests.support.publisher import Collector, Publisher, eventually
 
 CAP = 200

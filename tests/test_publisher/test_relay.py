@@ -20,7 +20,7 @@ from liberator_publisher.sidecar.metrics import Metrics
 from liberator_publisher.sidecar.relay import Relay, RelaySettings, ensure_indexes
 from liberator_publisher.sidecar.sink import Sink, SinkSettings
 from liberator_publisher.state.checkpoint import CHECKPOINT_COLLECTION, Checkpoints, Position
-from localstack import Server
+from liberator_stack import Server
 from tests.support.publisher import OUTBOX, Collector, Topic, eventually
 
 MAPPING = EventMapping(entity_type="quote", source="//test")

@@ -25,7 +25,7 @@ from liberator_publisher.store.replay import (
     message_of,
     selection_query,
 )
-from localstack import Server
+from liberator_stack import Server
 
 DEADLINE = 180.0
 MAPPING = EventMapping(entity_type="quote", source="//liberator/shop/quotes",

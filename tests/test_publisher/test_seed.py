@@ -37,7 +37,7 @@ from liberator_publisher.seed.options import (
     seed_event_id,
 )
 from liberator_publisher.seed.seeder import run_seed
-from localstack import Server
+from liberator_stack import Server
 
 ENTITIES = 2000
 VERSIONS = 3

@@ -32,7 +32,7 @@ from liberator_publisher.consumer.subscriber import (
     parse_message,
     parse_time,
 )
-from localstack import Server
+from liberator_stack import Server
 
 DEADLINE = 90.0
 

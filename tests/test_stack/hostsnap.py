@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from localstack import host
-from localstack import nodeconf as nc
+from liberator_stack import host
+from liberator_stack import nodeconf as nc
 
 # Kernel counters and per-boot values that move by themselves.
 VOLATILE = re.compile(

@@ -57,7 +57,7 @@ def test_up_mongo_without_pymongo_fails_at_once_naming_make_venv(tmp_path: Path)
     # As `hack/stack up mongo` under a system python without pymongo (before `make venv`): the
     # import is made to fail in the child only (None in sys.modules), nothing else changes.
     code = ("import sys, runpy; sys.modules['pymongo'] = None; "
-            "sys.argv = ['localstack', 'up', 'mongo']; runpy.run_module('localstack', "
+            "sys.argv = ['liberator_stack', 'up', 'mongo']; runpy.run_module('liberator_stack', "
             "run_name='__main__')")
     env = {**os.environ, "LIBERATOR_STACK_DIR": str(tmp_path), "PYTHONPATH": str(ROOT / "hack")}
     started = time.monotonic()

@@ -1,4 +1,5 @@
-"""Smoke tests of the local Kubernetes API server (hack/localstack/kube.py) against the real one.
+"""Smoke tests of the local Kubernetes API server (hack/liberator_stack/kube.py) against the real
+one.
 
 They check what the operator relies on: CRDs with printer columns, a status subresource and CEL,
 watches, a mutating admission webhook served from this machine, native sidecars, kubectl, and a
@@ -23,8 +24,8 @@ import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from localstack import Server, Stack, StackError
-from localstack import kube as kube_module
+from liberator_stack import Server, Stack, StackError
+from liberator_stack import kube as kube_module
 from tests.support import waiting
 
 DATA = Path(__file__).parent / "data"

@@ -24,8 +24,8 @@ from pymongo.change_stream import CollectionChangeStream
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
-from localstack import Stack, mongo
-from localstack.process import Server, StackError
+from liberator_stack import Stack, mongo
+from liberator_stack.process import Server, StackError
 
 Doc = dict[str, Any]
 DEADLINE = 30.0  # generous: the machine is shared; a getMore alone takes about 0.1 s here

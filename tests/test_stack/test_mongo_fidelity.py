@@ -21,8 +21,8 @@ from bson import Timestamp
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from localstack import mongo
-from localstack.process import Server, StackError
+from liberator_stack import mongo
+from liberator_stack.process import Server, StackError
 from tests.test_stack.test_mongo import kinds, quiet, take
 
 Doc = dict[str, Any]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from localstack import host
-from localstack import nodeconf as nc
+from liberator_stack import host
+from liberator_stack import nodeconf as nc
 from tests.test_stack.hostsnap import differences, others_can_enter, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]

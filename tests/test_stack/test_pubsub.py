@@ -6,7 +6,7 @@ from collections import defaultdict
 
 from google.cloud import pubsub_v1
 
-from localstack import Server
+from liberator_stack import Server
 
 MESSAGES = 1000
 KEYS = 10

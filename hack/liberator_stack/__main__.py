@@ -6,9 +6,9 @@ import argparse
 import shlex
 import sys
 
-from localstack import cluster, deploy, mongo, promtool
-from localstack.process import StackError, log_tail
-from localstack.stack import DEFAULT_NAMES, SERVER_NAMES, Stack, default_run_dir
+from liberator_stack import cluster, deploy, mongo, promtool
+from liberator_stack.process import StackError, log_tail
+from liberator_stack.stack import DEFAULT_NAMES, SERVER_NAMES, Stack, default_run_dir
 
 
 def main(argv: list[str] | None = None) -> int:

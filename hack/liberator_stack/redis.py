@@ -6,8 +6,8 @@ import shutil
 import socket
 from pathlib import Path
 
-from localstack.nodeconf import listen_host
-from localstack.process import (
+from liberator_stack.nodeconf import listen_host
+from liberator_stack.process import (
     Say,
     Server,
     StackError,

@@ -18,8 +18,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from localstack.nodeconf import listen_host
-from localstack.process import (
+from liberator_stack.nodeconf import listen_host
+from liberator_stack.process import (
     Say,
     Server,
     StackError,

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from localstack import images, kube
-from localstack.process import StackError
+from liberator_stack import images, kube
+from liberator_stack.process import StackError
 
 if TYPE_CHECKING:
-    from localstack.stack import Stack
+    from liberator_stack.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "deploy" / "overlays" / "local"

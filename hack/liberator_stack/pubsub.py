@@ -6,8 +6,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from localstack.nodeconf import listen_host
-from localstack.process import Say, Server, StackError, free_port, log_matches, spawn, wait_until
+from liberator_stack.nodeconf import listen_host
+from liberator_stack.process import (
+    Say,
+    Server,
+    StackError,
+    free_port,
+    log_matches,
+    spawn,
+    wait_until,
+)
 
 PROJECT = "liberator-local"
 

@@ -2,7 +2,7 @@
 
 ``record()`` writes the sysctls and the folders that exist before anything changes. ``network_up``
 creates the node bridge and the firewall chains. ``sweep()`` works from fixed facts
-(:mod:`localstack.nodeconf`), not from process ids, so it also cleans after a run that crashed:
+(:mod:`liberator_stack.nodeconf`), not from process ids, so it also cleans after a run that crashed:
 it kills every process that names the node's folders and every process in a ``kubepods`` cgroup,
 unmounts what lies under those folders, removes the cgroups, links, iptables chains and nftables
 tables the node made, and puts each recorded sysctl back.
@@ -23,8 +23,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from localstack import nodeconf as nc
-from localstack.process import Say, StackError, cache_dir
+from liberator_stack import nodeconf as nc
+from liberator_stack.process import Say, StackError, cache_dir
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 TABLES = ("filter", "nat", "mangle", "raw")
@@ -151,7 +151,7 @@ def network_up() -> None:
     conflicts = address_conflicts()
     if conflicts:
         raise StackError(f"the node's addresses clash with this machine's network: "
-                         f"{conflicts[0]}; change them in hack/localstack/nodeconf.py")
+                         f"{conflicts[0]}; change them in hack/liberator_stack/nodeconf.py")
     if not link_exists(nc.NODE_LINK):
         _run(["ip", "link", "add", nc.NODE_LINK, "type", "bridge"])
     _run(["ip", "addr", "replace", f"{nc.NODE_IP}/{nc.NODE_PREFIX}", "dev", nc.NODE_LINK])

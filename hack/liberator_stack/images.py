@@ -20,8 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from localstack import nodeconf as nc
-from localstack.process import Say, StackError, cache_dir, run_checked
+from liberator_stack import nodeconf as nc
+from liberator_stack.process import Say, StackError, cache_dir, run_checked
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_LINE = re.compile(r"^# Build: docker build -t (?P<ref>\S+) \.$", re.MULTILINE)

@@ -2,10 +2,10 @@
 
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy (iptables mode, for
 ClusterIP Services) and a kubelet on containerd + runc with the CNI bridge plugin. The binaries
-are built from ``hack/kube`` (:mod:`localstack.kube`), the Debian packages are installed when
-missing, and the images come from :mod:`localstack.images`. Addresses, names and folders are
-facts of :mod:`localstack.nodeconf`; what changes on the host, and how ``down`` undoes it even
-after a crash, is :mod:`localstack.host`.
+are built from ``hack/kube`` (:mod:`liberator_stack.kube`), the Debian packages are installed when
+missing, and the images come from :mod:`liberator_stack.images`. Addresses, names and folders are
+facts of :mod:`liberator_stack.nodeconf`; what changes on the host, and how ``down`` undoes it even
+after a crash, is :mod:`liberator_stack.host`.
 
 Settings this machine kind needs (hybrid cgroups, no ``CAP_SYS_RESOURCE``, no registry) are
 commented where they are set. Only one node runs per machine: the addresses are fixed.
@@ -27,9 +27,9 @@ from typing import Any
 
 import yaml
 
-from localstack import host, images, kube
-from localstack import nodeconf as nc
-from localstack.process import (
+from liberator_stack import host, images, kube
+from liberator_stack import nodeconf as nc
+from liberator_stack.process import (
     Proc,
     Say,
     Server,
@@ -122,7 +122,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   path = "{nc.CONTAINERD_ROOT}/opt"
 
 [plugins."io.containerd.grpc.v1.cri"]
-  # registry.k8s.io cannot be reached: a pause image built here (localstack.images).
+  # registry.k8s.io cannot be reached: a pause image built here (liberator_stack.images).
   sandbox_image = "{nc.PAUSE_IMAGE}"
   # Root lacks CAP_SYS_RESOURCE here: a negative oom_score_adj fails every sandbox in runc.
   restrict_oom_score_adj = true

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from localstack.process import Say, StackError, cache_dir, file_lock, run_checked
+from liberator_stack.process import Say, StackError, cache_dir, file_lock, run_checked
 
 __all__ = ["PACKAGE", "VERSION", "binary_path", "build"]
 

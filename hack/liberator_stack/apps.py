@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from localstack import images
+from liberator_stack import images
 
 # What Pod Security "restricted" asks of a container.
 RESTRICTED: dict[str, Any] = {

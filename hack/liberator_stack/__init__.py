@@ -3,15 +3,15 @@
 Each server module (``mongo``, ``pubsub``, ``redis``, ``kube``) exposes two functions:
 
 - ``build(say)``: install or build what the server needs, idempotently, caching under
-  :func:`localstack.process.cache_dir`. ``say`` prints progress for people (stderr).
+  :func:`liberator_stack.process.cache_dir`. ``say`` prints progress for people (stderr).
 - ``start(run_dir)``: start the server on free loopback ports and return a
-  :class:`localstack.process.Server` once it is ready.
+  :class:`liberator_stack.process.Server` once it is ready.
 
-:mod:`localstack.stack` ties them together for pytest fixtures, ``make demo`` and the
+:mod:`liberator_stack.stack` ties them together for pytest fixtures, ``make demo`` and the
 ``hack/stack`` command line.
 """
 
-from localstack.process import Server, StackError, cache_dir
-from localstack.stack import SERVER_NAMES, Stack
+from liberator_stack.process import Server, StackError, cache_dir
+from liberator_stack.stack import SERVER_NAMES, Stack
 
 __all__ = ["SERVER_NAMES", "Server", "Stack", "StackError", "cache_dir"]

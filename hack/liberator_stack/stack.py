@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from localstack.process import Proc, Say, Server, StackError, say_stderr
+from liberator_stack.process import Proc, Say, Server, StackError, say_stderr
 
 SERVER_NAMES = ("mongo", "pubsub", "redis", "kube", "cluster")
 # `hack/stack up` with no names: the cluster needs root, so it is asked for by name.
@@ -21,7 +21,7 @@ NODE_CLIENTS = ("mongo", "pubsub", "redis")
 def server_module(name: str) -> ModuleType:
     if name not in SERVER_NAMES:
         raise StackError(f"unknown server {name!r}; choose from {', '.join(SERVER_NAMES)}")
-    return importlib.import_module(f"localstack.{name}")
+    return importlib.import_module(f"liberator_stack.{name}")
 
 
 class Stack:

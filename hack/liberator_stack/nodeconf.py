@@ -6,7 +6,7 @@ get 198.18.0.0/24 and Services 198.18.128.0/24. Not 192.0.2.0/24: machines of th
 for their own uplink (eth0 192.0.2.2, gateway 192.0.2.1). ``up`` refuses to start when any of
 these ranges overlaps an address or route the machine already has. Nothing is masqueraded, and
 a firewall chain drops pod packets addressed to anything but the node or another pod
-(:mod:`localstack.host`).
+(:mod:`liberator_stack.host`).
 
 Everything the node writes outside the stack's run folder lives under :data:`VAR_DIR` and
 :data:`RUN_ROOT`, fixed paths, so ``hack/stack down`` finds the leftovers of a crashed run
@@ -19,7 +19,7 @@ import ipaddress
 import os
 from pathlib import Path
 
-from localstack.process import StackError
+from liberator_stack.process import StackError
 
 NODE_NAME = "liberator-node"
 NODE_LINK = "liberator0"
