@@ -2,7 +2,8 @@
 
 Starts the local stack (MongoDB emulator, Pub/Sub emulator, Redis) from hack/liberator_stack,
 measures the raw baselines B_ins, B_watch and B_pub, then runs ``liberator publish`` as a
-subprocess for end-to-end throughput, latency at half load, RSS, idle CPU and failover, and prints one table.
+subprocess for end-to-end throughput, latency at half load, RSS, idle CPU and failover, and
+prints one table.
 
 Every phase that writes to MongoDB gets a fresh stand-in (a new, empty H2 file), so one phase's
 writes (a bigger heap, a bigger H2 file) do not weigh on the next. The ``oplog`` phase checks that
