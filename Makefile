@@ -31,7 +31,8 @@ test: $(STAMP) stack-build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check publisher operator hack tests bench
+	$(PY) -m ruff format --check publisher operator hack tests bench examples
+	$(PY) -m ruff check publisher operator hack tests bench examples
 	$(PY) -m mypy -p liberator_publisher -p liberator_operator
 	$(VENV)/bin/lint-imports
 

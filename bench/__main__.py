@@ -58,6 +58,7 @@ LOAD_GROWTH_MIB = 30
 STANDBY_MIB = 60
 """The RSS targets of docs/targets.md."""
 
+
 @dataclass(frozen=True)
 class Row:
     """One line of the table."""
@@ -143,18 +144,26 @@ class Run:
             watch = b_watch(client, self.database("watch"), n)
             poll = b_idle(client, self.database("idle"), min(10.0, self.args.idle_seconds))
         self.say(f"B_watch {watch.per_second:,.0f} events/s")
-        bpub = b_pub(self.exports["LIBERATOR_PUBSUB_PROJECT"], f"bench-pub-{self.tag}", n,
-                     self.args.entities)
+        bpub = b_pub(
+            self.exports["LIBERATOR_PUBSUB_PROJECT"], f"bench-pub-{self.tag}", n, self.args.entities
+        )
         self.say(f"B_pub {bpub.per_second:,.0f} msgs/s")
-        self.raw["baselines"] = {"B_ins": asdict(ins), "B_watch": asdict(watch),
-                                 "B_pub": asdict(bpub), "idle_poll": asdict(poll)}
+        self.raw["baselines"] = {
+            "B_ins": asdict(ins),
+            "B_watch": asdict(watch),
+            "B_pub": asdict(bpub),
+            "idle_poll": asdict(poll),
+        }
         self.add("B_ins (raw insert_many)", f"{ins.per_second:,.0f} docs/s", "-", "-", "info")
-        self.add("B_watch (raw watch drain)", f"{watch.per_second:,.0f} events/s", "-", "-",
-                 "info")
-        self.add("B_pub (raw batched publish)", f"{bpub.per_second:,.0f} msgs/s", "-", "-",
-                 "info")
-        self.add("raw idle poll of 2 quiet streams (pymongo)", f"{poll.millicores:.0f} mcores",
-                 "-", f"{poll.getmores_per_second:,.0f} getMore/s", "info")
+        self.add("B_watch (raw watch drain)", f"{watch.per_second:,.0f} events/s", "-", "-", "info")
+        self.add("B_pub (raw batched publish)", f"{bpub.per_second:,.0f} msgs/s", "-", "-", "info")
+        self.add(
+            "raw idle poll of 2 quiet streams (pymongo)",
+            f"{poll.millicores:.0f} mcores",
+            "-",
+            f"{poll.getmores_per_second:,.0f} getMore/s",
+            "info",
+        )
         return ins, watch, bpub
 
     def oplog(self) -> None:
@@ -169,27 +178,41 @@ class Run:
                 documents = fill_oplog(client, database, size)
                 self.say(f"oplog filled to {size:,} entries in {time.monotonic() - started:.0f} s")
                 cost = oplog_cost(client, database, documents, a.oplog_ops)
-                self.say(f"oplog {cost.oplog}: getMore {cost.getmore_mean * 1000:.2f} ms, "
-                         f"find_one {cost.lookup_mean * 1000:.2f} ms")
+                self.say(
+                    f"oplog {cost.oplog}: getMore {cost.getmore_mean * 1000:.2f} ms, "
+                    f"find_one {cost.lookup_mean * 1000:.2f} ms"
+                )
                 costs.append(cost)
         self.raw["oplog"] = [asdict(c) for c in costs]
         first = costs[0]
         for cost in costs:
             length = f"{cost.oplog:,}" if cost.oplog is not None else "?"
-            for what, mean, base in (("empty getMore", cost.getmore_mean, first.getmore_mean),
-                                     ("find_one by _id", cost.lookup_mean, first.lookup_mean)):
+            for what, mean, base in (
+                ("empty getMore", cost.getmore_mean, first.getmore_mean),
+                ("find_one by _id", cost.lookup_mean, first.lookup_mean),
+            ):
                 where = f"{what}, oplog {length} (mean of {cost.ops})"
                 if cost is first:
                     self.add(where, f"{mean * 1000:.2f} ms", "-", "-", "info")
                 else:
                     ratio = mean / base if base > 0 else float("inf")
-                    self.add(where, f"{mean * 1000:.2f} ms", f"<= {CLOSE:g} x first size",
-                             f"{ratio:.2f}", verdict(ratio <= CLOSE))
+                    self.add(
+                        where,
+                        f"{mean * 1000:.2f} ms",
+                        f"<= {CLOSE:g} x first size",
+                        f"{ratio:.2f}",
+                        verdict(ratio <= CLOSE),
+                    )
 
     def setup(self, name: str, lease_ttl: int = 10) -> tuple[pub.SidecarEnv, pub.Load]:
         uri = self.fresh_mongo()
-        setup = pub.SidecarEnv(dict(self.exports), self.database(name), f"bench-{name}-{self.tag}",
-                               self.stack.run_dir, lease_ttl=lease_ttl)
+        setup = pub.SidecarEnv(
+            dict(self.exports),
+            self.database(name),
+            f"bench-{name}-{self.tag}",
+            self.stack.run_dir,
+            lease_ttl=lease_ttl,
+        )
         setup.create_topic()
         return setup, pub.Load(MongoClient(uri), setup.database)
 
@@ -199,61 +222,119 @@ class Run:
         try:
             car, idle = pub.idle(setup, load, a.warmup, a.idle_seconds, profile=a.profile)
             self.say(f"idle: RSS {idle.rss / MIB:.1f} MiB, CPU {idle.millicores:.1f} mcores")
-            run = pub.end_to_end(car, load, first=a.warmup, count=a.events,
-                                 entities=a.entities, deadline=max(300.0, a.events / 10),
-                                 servers=self.server_pids(), profile=a.profile)
+            run = pub.end_to_end(
+                car,
+                load,
+                first=a.warmup,
+                count=a.events,
+                entities=a.entities,
+                deadline=max(300.0, a.events / 10),
+                servers=self.server_pids(),
+                profile=a.profile,
+            )
         finally:
             setup.stop()
             load.db.client.close()
-        self.say(f"end to end {run.per_second:,.0f} events/s, k={run.writes_per_event}, "
-                 f"{run.seconds:.1f} s, CPU s {run.cpu}")
+        self.say(
+            f"end to end {run.per_second:,.0f} events/s, k={run.writes_per_event}, "
+            f"{run.seconds:.1f} s, CPU s {run.cpu}"
+        )
         self.raw["idle"] = asdict(idle)
         self.raw["e2e"] = {**asdict(run), "per_second": run.per_second}
         k = run.writes_per_event if run.writes_per_event is not None else 3.0
-        self.add("k (Mongo writes per event)", f"{k:.3f}", "-", "-",
-                 "info" if run.writes_per_event is not None else "info (assumed)")
+        self.add(
+            "k (Mongo writes per event)",
+            f"{k:.3f}",
+            "-",
+            "-",
+            "info" if run.writes_per_event is not None else "info (assumed)",
+        )
         if base is not None:
             ins, watch, bpub = base
             bound = min(watch.per_second, bpub.per_second, ins.per_second / k)
             self.raw["bound"] = bound
-            which = {watch.per_second: "B_watch", bpub.per_second: "B_pub",
-                     ins.per_second / k: "B_ins/k"}[bound]
-            self.add(f"min(B_watch, B_pub, B_ins/k) = {which}", f"{bound:,.0f} events/s", "-", "-",
-                     "info")
+            which = {
+                watch.per_second: "B_watch",
+                bpub.per_second: "B_pub",
+                ins.per_second / k: "B_ins/k",
+            }[bound]
+            self.add(
+                f"min(B_watch, B_pub, B_ins/k) = {which}",
+                f"{bound:,.0f} events/s",
+                "-",
+                "-",
+                "info",
+            )
             ratio = run.per_second / bound
-            self.add("end-to-end insert to publish ack", f"{run.per_second:,.0f} events/s",
-                     ">= 0.7 x bound", f"{ratio:.2f}", verdict(ratio >= 0.7))
+            self.add(
+                "end-to-end insert to publish ack",
+                f"{run.per_second:,.0f} events/s",
+                ">= 0.7 x bound",
+                f"{ratio:.2f}",
+                verdict(ratio >= 0.7),
+            )
         else:
-            self.add("end-to-end insert to publish ack", f"{run.per_second:,.0f} events/s",
-                     ">= 0.7 x bound", "-", "info (no baselines)")
+            self.add(
+                "end-to-end insert to publish ack",
+                f"{run.per_second:,.0f} events/s",
+                ">= 0.7 x bound",
+                "-",
+                "info (no baselines)",
+            )
         # docs/targets.md: leader at most 80 MiB idle and idle + 30 MiB under load; standby 60.
-        self.add("sidecar RSS idle, cold (leader, before 1st event)",
-                 f"{idle.rss_cold / MIB:.1f} MiB", f"<= {LEADER_IDLE_MIB} MiB",
-                 f"{idle.rss_cold / (LEADER_IDLE_MIB * MIB):.2f}",
-                 verdict(idle.rss_cold <= LEADER_IDLE_MIB * MIB))
-        self.add("sidecar RSS idle (after warm-up)", f"{idle.rss / MIB:.1f} MiB",
-                 f"<= {LEADER_IDLE_MIB} MiB", f"{idle.rss / (LEADER_IDLE_MIB * MIB):.2f}",
-                 verdict(idle.rss <= LEADER_IDLE_MIB * MIB))
+        self.add(
+            "sidecar RSS idle, cold (leader, before 1st event)",
+            f"{idle.rss_cold / MIB:.1f} MiB",
+            f"<= {LEADER_IDLE_MIB} MiB",
+            f"{idle.rss_cold / (LEADER_IDLE_MIB * MIB):.2f}",
+            verdict(idle.rss_cold <= LEADER_IDLE_MIB * MIB),
+        )
+        self.add(
+            "sidecar RSS idle (after warm-up)",
+            f"{idle.rss / MIB:.1f} MiB",
+            f"<= {LEADER_IDLE_MIB} MiB",
+            f"{idle.rss / (LEADER_IDLE_MIB * MIB):.2f}",
+            verdict(idle.rss <= LEADER_IDLE_MIB * MIB),
+        )
         growth = run.rss_peak - idle.rss
-        self.add("sidecar RSS under load (peak)",
-                 f"{run.rss_peak / MIB:.1f} MiB (+{growth / MIB:.1f})",
-                 f"<= idle + {LOAD_GROWTH_MIB} MiB", f"{growth / (LOAD_GROWTH_MIB * MIB):.2f}",
-                 verdict(growth <= LOAD_GROWTH_MIB * MIB))
-        self.add(f"idle CPU (leader, {idle.seconds:.0f} s)", f"{idle.millicores:.1f} mcores",
-                 "<= 5 mcores", f"{idle.millicores / 5:.2f}", verdict(idle.millicores <= 5))
-        self.add(f"standby idle CPU ({idle.seconds:.0f} s)",
-                 f"{idle.standby_millicores:.1f} mcores",
-                 "<= 5 mcores", f"{idle.standby_millicores / 5:.2f}",
-                 verdict(idle.standby_millicores <= 5))
-        self.add("standby RSS", f"{idle.standby_rss / MIB:.1f} MiB", f"<= {STANDBY_MIB} MiB",
-                 f"{idle.standby_rss / (STANDBY_MIB * MIB):.2f}",
-                 verdict(idle.standby_rss <= STANDBY_MIB * MIB))
+        self.add(
+            "sidecar RSS under load (peak)",
+            f"{run.rss_peak / MIB:.1f} MiB (+{growth / MIB:.1f})",
+            f"<= idle + {LOAD_GROWTH_MIB} MiB",
+            f"{growth / (LOAD_GROWTH_MIB * MIB):.2f}",
+            verdict(growth <= LOAD_GROWTH_MIB * MIB),
+        )
+        self.add(
+            f"idle CPU (leader, {idle.seconds:.0f} s)",
+            f"{idle.millicores:.1f} mcores",
+            "<= 5 mcores",
+            f"{idle.millicores / 5:.2f}",
+            verdict(idle.millicores <= 5),
+        )
+        self.add(
+            f"standby idle CPU ({idle.seconds:.0f} s)",
+            f"{idle.standby_millicores:.1f} mcores",
+            "<= 5 mcores",
+            f"{idle.standby_millicores / 5:.2f}",
+            verdict(idle.standby_millicores <= 5),
+        )
+        self.add(
+            "standby RSS",
+            f"{idle.standby_rss / MIB:.1f} MiB",
+            f"<= {STANDBY_MIB} MiB",
+            f"{idle.standby_rss / (STANDBY_MIB * MIB):.2f}",
+            verdict(idle.standby_rss <= STANDBY_MIB * MIB),
+        )
         if run.oplog is not None:
-            self.add("empty getMore at the end of the run", f"{run.empty_getmore * 1000:.0f} ms",
-                     "-", f"oplog {run.oplog:,}", "info")
+            self.add(
+                "empty getMore at the end of the run",
+                f"{run.empty_getmore * 1000:.0f} ms",
+                "-",
+                f"oplog {run.oplog:,}",
+                "info",
+            )
         busy = ", ".join(f"{name} {sec:.1f}" for name, sec in run.cpu.items())
-        self.add("CPU s during the end-to-end run", busy, "-", f"{run.seconds:.1f} s wall",
-                 "info")
+        self.add("CPU s during the end-to-end run", busy, "-", f"{run.seconds:.1f} s wall", "info")
         return run.per_second
 
     def latency(self, rate: float) -> None:
@@ -265,11 +346,18 @@ class Run:
         finally:
             setup.stop()
             load.db.client.close()
-        self.say(f"latency at {lat.achieved:.0f}/s: p50 {lat.p50 * 1000:.0f} ms, "
-                 f"p99 {lat.p99 * 1000:.0f} ms")
-        self.raw["latency"] = {"rate": lat.rate, "achieved": lat.achieved,
-                               "count": len(lat.samples), "p50": lat.p50, "p99": lat.p99,
-                               "max": lat.samples[-1]}
+        self.say(
+            f"latency at {lat.achieved:.0f}/s: p50 {lat.p50 * 1000:.0f} ms, "
+            f"p99 {lat.p99 * 1000:.0f} ms"
+        )
+        self.raw["latency"] = {
+            "rate": lat.rate,
+            "achieved": lat.achieved,
+            "count": len(lat.samples),
+            "p50": lat.p50,
+            "p99": lat.p99,
+            "max": lat.samples[-1],
+        }
         where = f"at {lat.achieved:.0f} events/s, n={len(lat.samples)}"
         self.add(f"latency p50 ({where})", f"{lat.p50 * 1000:.0f} ms", "reported", "-", "info")
         self.add(f"latency p99 ({where})", f"{lat.p99 * 1000:.0f} ms", "reported", "-", "info")
@@ -278,19 +366,34 @@ class Run:
         a = self.args
         setup, load = self.setup("fail", lease_ttl=a.failover_ttl)
         try:
-            result = pub.failover(setup, load, rate=a.failover_rate, before_kill=a.failover_before,
-                                  after_kill=a.failover_after, deadline=300)
+            result = pub.failover(
+                setup,
+                load,
+                rate=a.failover_rate,
+                before_kill=a.failover_before,
+                after_kill=a.failover_after,
+                deadline=300,
+            )
         finally:
             setup.stop()
             load.db.client.close()
         self.say(f"failover gap {result.gap:.2f} s, missing {result.missing}")
         self.raw["failover"] = asdict(result)
         bound = result.ttl + 1
-        self.add(f"failover gap (TTL {result.ttl} s, {a.failover_rate:.0f} events/s)",
-                 f"{result.gap:.2f} s (kill to 1st ack {result.takeover:.2f} s)",
-                 f"<= {bound} s", f"{result.gap / bound:.2f}", verdict(result.gap <= bound))
-        self.add("failover: inserted events never published", f"{result.missing} of "
-                 f"{result.inserted}", "0", "-", verdict(result.missing == 0))
+        self.add(
+            f"failover gap (TTL {result.ttl} s, {a.failover_rate:.0f} events/s)",
+            f"{result.gap:.2f} s (kill to 1st ack {result.takeover:.2f} s)",
+            f"<= {bound} s",
+            f"{result.gap / bound:.2f}",
+            verdict(result.gap <= bound),
+        )
+        self.add(
+            "failover: inserted events never published",
+            f"{result.missing} of {result.inserted}",
+            "0",
+            "-",
+            verdict(result.missing == 0),
+        )
 
 
 def machine() -> dict[str, Any]:
@@ -299,20 +402,29 @@ def machine() -> dict[str, Any]:
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "kernel": platform.release(), "loadavg_start": os.getloadavg()}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_start": os.getloadavg(),
+    }
 
 
 def table(rows: list[Row]) -> str:
     head = Row("metric", "value", "target", "ratio", "verdict")
-    cols = list(zip(*[(r.metric, r.value, r.target, r.ratio, r.verdict) for r in [head, *rows]],
-                    strict=True))
+    cols = list(
+        zip(
+            *[(r.metric, r.value, r.target, r.ratio, r.verdict) for r in [head, *rows]], strict=True
+        )
+    )
     widths = [max(len(c) for c in col) for col in cols]
     lines = []
     for n, r in enumerate([head, *rows]):
         cells = (r.metric, r.value, r.target, r.ratio, r.verdict)
-        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
-                     + " |")
+        lines.append(
+            "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+        )
         if n == 0:
             lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
@@ -326,47 +438,104 @@ def sizes(text: str) -> list[int]:
         values = []
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(
-            f"must be oplog lengths separated by commas, such as 10000,100000, not {text!r}")
+            f"must be oplog lengths separated by commas, such as 10000,100000, not {text!r}"
+        )
     return values
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                   help="record the sidecar with py-spy (if installed) into DIR: idle.txt and "
-                        "load.txt, collapsed stacks")
-    p.add_argument("--skip", action="append", default=[], choices=PHASES,
-                   help="leave a phase out (repeatable)")
-    p.add_argument("--only", action="append", default=[], choices=PHASES,
-                   help="run only this phase (repeatable), e.g. --only oplog")
-    p.add_argument("--baseline-docs", type=int, default=5000,
-                   help="documents for B_ins and B_watch, messages for B_pub (default 5000)")
-    p.add_argument("--oplog-sizes", type=sizes, default=[10_000, 100_000], metavar="N,N",
-                   help="oplog lengths at which the oplog phase times an empty getMore and a "
-                        "find_one by _id (default 10000,100000)")
-    p.add_argument("--oplog-ops", type=int, default=300,
-                   help="operations of each kind timed at each oplog length (default 300)")
-    p.add_argument("--events", type=int, default=3000,
-                   help="events of the end-to-end throughput run (default 3000)")
-    p.add_argument("--entities", type=int, default=100,
-                   help="distinct entity ids (ordering keys) in B_pub and the throughput run "
-                        "(default 100)")
-    p.add_argument("--warmup", type=int, default=100,
-                   help="events pushed through a sidecar before it is measured (default 100)")
-    p.add_argument("--idle-seconds", type=float, default=20.0,
-                   help="how long idle CPU is sampled (default 20)")
-    p.add_argument("--latency-seconds", type=float, default=15.0,
-                   help="duration of the paced run at half the measured maximum (default 15)")
-    p.add_argument("--latency-rate", type=float, default=0.0,
-                   help="events/s of the latency run (default: half the end-to-end rate)")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="record the sidecar with py-spy (if installed) into DIR: idle.txt and "
+        "load.txt, collapsed stacks",
+    )
+    p.add_argument(
+        "--skip", action="append", default=[], choices=PHASES, help="leave a phase out (repeatable)"
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        choices=PHASES,
+        help="run only this phase (repeatable), e.g. --only oplog",
+    )
+    p.add_argument(
+        "--baseline-docs",
+        type=int,
+        default=5000,
+        help="documents for B_ins and B_watch, messages for B_pub (default 5000)",
+    )
+    p.add_argument(
+        "--oplog-sizes",
+        type=sizes,
+        default=[10_000, 100_000],
+        metavar="N,N",
+        help="oplog lengths at which the oplog phase times an empty getMore and a "
+        "find_one by _id (default 10000,100000)",
+    )
+    p.add_argument(
+        "--oplog-ops",
+        type=int,
+        default=300,
+        help="operations of each kind timed at each oplog length (default 300)",
+    )
+    p.add_argument(
+        "--events",
+        type=int,
+        default=3000,
+        help="events of the end-to-end throughput run (default 3000)",
+    )
+    p.add_argument(
+        "--entities",
+        type=int,
+        default=100,
+        help="distinct entity ids (ordering keys) in B_pub and the throughput run (default 100)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=100,
+        help="events pushed through a sidecar before it is measured (default 100)",
+    )
+    p.add_argument(
+        "--idle-seconds", type=float, default=20.0, help="how long idle CPU is sampled (default 20)"
+    )
+    p.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=15.0,
+        help="duration of the paced run at half the measured maximum (default 15)",
+    )
+    p.add_argument(
+        "--latency-rate",
+        type=float,
+        default=0.0,
+        help="events/s of the latency run (default: half the end-to-end rate)",
+    )
     p.add_argument("--failover-ttl", type=int, default=3, help="lease TTL in s (default 3)")
-    p.add_argument("--failover-rate", type=float, default=50.0,
-                   help="steady insert rate during failover, events/s (default 50)")
-    p.add_argument("--failover-before", type=float, default=5.0,
-                   help="seconds of load before the leader is killed (default 5)")
-    p.add_argument("--failover-after", type=float, default=8.0,
-                   help="seconds of load after the standby took over (default 8)")
+    p.add_argument(
+        "--failover-rate",
+        type=float,
+        default=50.0,
+        help="steady insert rate during failover, events/s (default 50)",
+    )
+    p.add_argument(
+        "--failover-before",
+        type=float,
+        default=5.0,
+        help="seconds of load before the leader is killed (default 5)",
+    )
+    p.add_argument(
+        "--failover-after",
+        type=float,
+        default=8.0,
+        help="seconds of load after the standby took over (default 8)",
+    )
     return p
 
 
@@ -374,16 +543,27 @@ def check(args: argparse.Namespace) -> None:
     """Refuse sizes that cannot give a figure, naming the flag."""
     for flag in ("baseline_docs", "oplog_ops", "events", "entities", "warmup", "failover_ttl"):
         if getattr(args, flag) < 1:
-            raise SystemExit(f"python -m bench: --{flag.replace('_', '-')} must be at least 1, "
-                             f"not {getattr(args, flag)}")
-    for flag in ("idle_seconds", "latency_seconds", "failover_rate", "failover_before",
-                 "failover_after"):
+            raise SystemExit(
+                f"python -m bench: --{flag.replace('_', '-')} must be at least 1, "
+                f"not {getattr(args, flag)}"
+            )
+    for flag in (
+        "idle_seconds",
+        "latency_seconds",
+        "failover_rate",
+        "failover_before",
+        "failover_after",
+    ):
         if getattr(args, flag) <= 0:
-            raise SystemExit(f"python -m bench: --{flag.replace('_', '-')} must be positive, "
-                             f"not {getattr(args, flag)}")
+            raise SystemExit(
+                f"python -m bench: --{flag.replace('_', '-')} must be positive, "
+                f"not {getattr(args, flag)}"
+            )
     if args.latency_rate < 0:
-        raise SystemExit(f"python -m bench: --latency-rate must be positive (or 0 for half the "
-                         f"measured maximum), not {args.latency_rate}")
+        raise SystemExit(
+            f"python -m bench: --latency-rate must be positive (or 0 for half the "
+            f"measured maximum), not {args.latency_rate}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,21 +585,38 @@ def main(argv: list[str] | None = None) -> int:
         if half > 0:
             run.phase("latency", lambda: run.latency(half))
         elif "latency" not in args.skip and (not args.only or "latency" in args.only):
-            run.add("latency", "not measured", "reported", "-",
-                    "skipped: no end-to-end rate (give --latency-rate)")
+            run.add(
+                "latency",
+                "not measured",
+                "reported",
+                "-",
+                "skipped: no end-to-end rate (give --latency-rate)",
+            )
         run.phase("failover", run.failover)
     info["loadavg_end"] = os.getloadavg()
     info["seconds"] = round(time.monotonic() - started, 1)
     info["mongo"] = "LIBERATOR_TEST_MONGO_URI" if real else "mongo-java-server (fresh per phase)"
     if args.json:
-        print(json.dumps({"machine": info, "table": table(run.rows),
-                          "rows": [asdict(r) for r in run.rows],
-                          "raw": run.raw, "args": vars(args)}, indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "machine": info,
+                    "table": table(run.rows),
+                    "rows": [asdict(r) for r in run.rows],
+                    "raw": run.raw,
+                    "args": vars(args),
+                },
+                indent=2,
+                default=str,
+            )
+        )
     else:
         print(table(run.rows))
-        print(f"\nmachine: {info['cpus']} CPUs ({info['cpu']}), load average "
-              f"{info['loadavg_start'][0]:.1f} at start, {info['loadavg_end'][0]:.1f} at end; "
-              f"MongoDB: {info['mongo']}; {info['seconds']:.0f} s")
+        print(
+            f"\nmachine: {info['cpus']} CPUs ({info['cpu']}), load average "
+            f"{info['loadavg_start'][0]:.1f} at start, {info['loadavg_end'][0]:.1f} at end; "
+            f"MongoDB: {info['mongo']}; {info['seconds']:.0f} s"
+        )
     return 0  # a missed target is a finding in the table, not a failure of the run
 
 

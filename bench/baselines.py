@@ -22,8 +22,18 @@ from typing import Any
 
 from pymongo import MongoClient
 
-__all__ = ["IdlePoll", "OplogCost", "Rate", "b_idle", "b_ins", "b_pub", "b_watch", "fill_oplog",
-           "oplog_cost", "quote"]
+__all__ = [
+    "IdlePoll",
+    "OplogCost",
+    "Rate",
+    "b_idle",
+    "b_ins",
+    "b_pub",
+    "b_watch",
+    "fill_oplog",
+    "oplog_cost",
+    "quote",
+]
 
 INSERT_BATCH = 500
 """Documents per ``insert_many``: the publisher benchmark writes its load the same way."""
@@ -51,36 +61,50 @@ def quote(i: int, entities: int = 0) -> dict[str, Any]:
     (entity ids) repeat as they do in a real collection. With 0, every document is its own entity.
     """
     key, version = (i % entities, i // entities + 1) if entities > 0 else (i, 1)
-    return {"quoteId": f"q-{key}", "version": version, "seq": i, "customer": f"c-{i % 97}",
-            "amount": i * 1.5, "currency": "EUR",
-            "lines": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}]}
+    return {
+        "quoteId": f"q-{key}",
+        "version": version,
+        "seq": i,
+        "customer": f"c-{i % 97}",
+        "amount": i * 1.5,
+        "currency": "EUR",
+        "lines": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}],
+    }
 
 
-def b_ins(client: MongoClient[dict[str, Any]], database: str, count: int,
-          batch: int = INSERT_BATCH) -> Rate:
+def b_ins(
+    client: MongoClient[dict[str, Any]], database: str, count: int, batch: int = INSERT_BATCH
+) -> Rate:
     """Insert ``count`` documents into ``<database>.bins`` in unordered batches."""
     coll = client[database]["bins"]
     docs = [quote(i) for i in range(count)]
     start = time.perf_counter()
     for i in range(0, count, batch):
-        coll.insert_many(docs[i:i + batch], ordered=False)
+        coll.insert_many(docs[i : i + batch], ordered=False)
     return Rate(count, time.perf_counter() - start)
 
 
-def b_watch(client: MongoClient[dict[str, Any]], database: str, count: int,
-            batch_size: int = 500, deadline: float = 300.0) -> Rate:
+def b_watch(
+    client: MongoClient[dict[str, Any]],
+    database: str,
+    count: int,
+    batch_size: int = 500,
+    deadline: float = 300.0,
+) -> Rate:
     """Drain ``count`` already-written inserts from a change stream (as the capture loop reads).
 
     The stream is opened before the writes (so it sees them without a resume token, which the
     emulator's quiet streams lack), and only the drain is timed.
     """
     coll = client[database]["bwatch"]
-    with coll.watch(full_document="updateLookup", batch_size=batch_size,
-                    max_await_time_ms=200) as stream:
+    with coll.watch(
+        full_document="updateLookup", batch_size=batch_size, max_await_time_ms=200
+    ) as stream:
         stream.try_next()  # opens the cursor at the current position
         for i in range(0, count, INSERT_BATCH):
-            coll.insert_many([quote(j) for j in range(i, min(count, i + INSERT_BATCH))],
-                             ordered=False)
+            coll.insert_many(
+                [quote(j) for j in range(i, min(count, i + INSERT_BATCH))], ordered=False
+            )
         seen = 0
         start = time.perf_counter()
         end = time.monotonic() + deadline
@@ -102,8 +126,9 @@ class IdlePoll:
     """CPU of the two polling threads together, in thousandths of a core."""
 
 
-def b_idle(client: MongoClient[dict[str, Any]], database: str, seconds: float,
-           max_await_ms: int = 500) -> IdlePoll:
+def b_idle(
+    client: MongoClient[dict[str, Any]], database: str, seconds: float, max_await_ms: int = 500
+) -> IdlePoll:
     """What two idle streams cost this client (the sidecar keeps two open while it leads).
 
     On MongoDB a quiet ``getMore`` waits ``max_await_ms``; a server that answers at once makes
@@ -126,17 +151,25 @@ def b_idle(client: MongoClient[dict[str, Any]], database: str, seconds: float,
         thread.start()
     for thread in threads:
         thread.join()
-    return IdlePoll(getmores_per_second=sum(r for r, _ in results) / seconds,
-                    millicores=1000.0 * sum(c for _, c in results) / seconds)
+    return IdlePoll(
+        getmores_per_second=sum(r for r, _ in results) / seconds,
+        millicores=1000.0 * sum(c for _, c in results) / seconds,
+    )
 
 
 def message_for(i: int, entities: int) -> tuple[bytes, dict[str, str], str]:
     """(data, attributes, ordering key) shaped like the publisher's CloudEvents."""
     doc = quote(i, entities)
-    attributes = {"ce-specversion": "1.0", "ce-id": f"{i:032x}",
-                  "ce-source": "//liberator/bench/quotes", "ce-type": "quote.created",
-                  "ce-time": "2026-01-01T00:00:00.000Z", "ce-subject": doc["quoteId"],
-                  "ce-entityversion": str(doc["version"]), "content-type": "application/json"}
+    attributes = {
+        "ce-specversion": "1.0",
+        "ce-id": f"{i:032x}",
+        "ce-source": "//liberator/bench/quotes",
+        "ce-type": "quote.created",
+        "ce-time": "2026-01-01T00:00:00.000Z",
+        "ce-subject": doc["quoteId"],
+        "ce-entityversion": str(doc["version"]),
+        "content-type": "application/json",
+    }
     return json.dumps(doc).encode(), attributes, doc["quoteId"]
 
 
@@ -147,16 +180,20 @@ def b_pub(project: str, topic_id: str, count: int, entities: int = 100) -> Rate:
     settings = pubsub_v1.types.PublisherOptions(
         enable_message_ordering=True,
         flow_control=pubsub_v1.types.PublishFlowControl(
-            message_limit=2000, byte_limit=64 * 1024 * 1024,
-            limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK),
+            message_limit=2000,
+            byte_limit=64 * 1024 * 1024,
+            limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK,
+        ),
     )
     publisher = pubsub_v1.PublisherClient(publisher_options=settings)
     topic = publisher.topic_path(project, topic_id)
     publisher.create_topic(name=topic)
     messages = [message_for(i, entities) for i in range(count)]
     start = time.perf_counter()
-    futures = [publisher.publish(topic, data, ordering_key=key, **attributes)
-               for data, attributes, key in messages]
+    futures = [
+        publisher.publish(topic, data, ordering_key=key, **attributes)
+        for data, attributes, key in messages
+    ]
     for future in futures:
         future.result(timeout=300)
     elapsed = time.perf_counter() - start
@@ -178,8 +215,9 @@ def oplog_length(client: MongoClient[dict[str, Any]]) -> int | None:
         return None
 
 
-def fill_oplog(client: MongoClient[dict[str, Any]], database: str, entries: int,
-               deadline: float = 600.0) -> int:
+def fill_oplog(
+    client: MongoClient[dict[str, Any]], database: str, entries: int, deadline: float = 600.0
+) -> int:
     """Insert into ``<database>.fill`` (``_id`` 0, 1, ...) until the oplog holds ``entries``.
 
     Returns how many documents ``fill`` holds. Where the oplog cannot be read, inserts
@@ -196,8 +234,7 @@ def fill_oplog(client: MongoClient[dict[str, Any]], database: str, entries: int,
         if time.monotonic() > end:
             raise RuntimeError(f"oplog fill: {length} of {entries} entries within {deadline}s")
         batch = min(FILL_BATCH, missing)
-        coll.insert_many([{**quote(i), "_id": i} for i in range(have, have + batch)],
-                         ordered=False)
+        coll.insert_many([{**quote(i), "_id": i} for i in range(have, have + batch)], ordered=False)
         have += batch
 
 
@@ -216,8 +253,9 @@ class OplogCost:
     lookup_p50: float
 
 
-def oplog_cost(client: MongoClient[dict[str, Any]], database: str, documents: int,
-               ops: int) -> OplogCost:
+def oplog_cost(
+    client: MongoClient[dict[str, Any]], database: str, documents: int, ops: int
+) -> OplogCost:
     """Time ``ops`` empty ``getMore`` calls and ``ops`` ``find_one`` by ``_id``.
 
     The stream is on a quiet collection (each ``getMore`` finds nothing, as a live stream's
@@ -243,8 +281,12 @@ def oplog_cost(client: MongoClient[dict[str, Any]], database: str, documents: in
         found = coll.find_one({"_id": key})
         lookups.append(time.perf_counter() - start)
         assert found is not None, f"fill document {key} is missing"
-    return OplogCost(oplog=oplog_length(client), documents=documents, ops=ops,
-                     getmore_mean=statistics.fmean(getmores),
-                     getmore_p50=statistics.median(getmores),
-                     lookup_mean=statistics.fmean(lookups),
-                     lookup_p50=statistics.median(lookups))
+    return OplogCost(
+        oplog=oplog_length(client),
+        documents=documents,
+        ops=ops,
+        getmore_mean=statistics.fmean(getmores),
+        getmore_p50=statistics.median(getmores),
+        lookup_mean=statistics.fmean(lookups),
+        lookup_p50=statistics.median(lookups),
+    )

@@ -29,8 +29,7 @@ from liberator_stack.process import (
     spawn,
 )
 
-__all__ = ["ARTIFACT", "DEFAULT_JAVA", "VERSION", "DebeziumServer", "fetch", "home",
-           "java_problem"]
+__all__ = ["ARTIFACT", "DEFAULT_JAVA", "VERSION", "DebeziumServer", "fetch", "home", "java_problem"]
 
 VERSION = "3.6.1.Final"
 ARTIFACT = f"io.debezium:debezium-server-dist:{VERSION}:tar.gz"
@@ -54,7 +53,6 @@ def _complete() -> bool:
     return (home().parent / STAMP).exists() and any((home()).glob("debezium-server-*runner.jar"))
 
 
-
 def _progress(folder: Path, stop: threading.Event, every: float = 10.0) -> None:
     """Print how much of the download is on disk, every ``every`` seconds, until ``stop``."""
     repo = Path.home() / ".m2" / "repository" / "io" / "debezium" / "debezium-server-dist"
@@ -64,8 +62,10 @@ def _progress(folder: Path, stop: threading.Event, every: float = 10.0) -> None:
         for where in (repo, folder):
             with contextlib.suppress(OSError):
                 size += sum(p.stat().st_size for p in where.rglob("*") if p.is_file())
-        say(f"downloading: {size / 1e6:,.0f} of about {SIZE_MB} MB after "
-            f"{time.monotonic() - started:.0f} s")
+        say(
+            f"downloading: {size / 1e6:,.0f} of about {SIZE_MB} MB after "
+            f"{time.monotonic() - started:.0f} s"
+        )
 
 
 def fetch() -> Path:
@@ -88,16 +88,29 @@ def fetch() -> Path:
             ticker = threading.Thread(target=_progress, args=(work, stop), daemon=True)
             ticker.start()
             try:
-                run_checked(["mvn", "-B", "-q", "dependency:copy", f"-Dartifact={ARTIFACT}",
-                             f"-DoutputDirectory={work}", "-Dmdep.overWriteReleases=true"],
-                            log=log, what=f"mvn dependency:copy {ARTIFACT}")
+                run_checked(
+                    [
+                        "mvn",
+                        "-B",
+                        "-q",
+                        "dependency:copy",
+                        f"-Dartifact={ARTIFACT}",
+                        f"-DoutputDirectory={work}",
+                        "-Dmdep.overWriteReleases=true",
+                    ],
+                    log=log,
+                    what=f"mvn dependency:copy {ARTIFACT}",
+                )
             finally:
                 stop.set()
                 ticker.join()
             archive = next(work.glob("debezium-server-dist-*.tar.gz"))
             say(f"downloaded in {time.monotonic() - started:.0f} s; unpacking")
-            run_checked(["tar", "-xzf", str(archive), "-C", str(work)], log=log,
-                        what=f"tar -xzf {archive.name}")
+            run_checked(
+                ["tar", "-xzf", str(archive), "-C", str(work)],
+                log=log,
+                what=f"tar -xzf {archive.name}",
+            )
             archive.unlink()  # Maven keeps its own copy in the local repository
             (work / STAMP).write_text(f"{ARTIFACT}\n")
             if target.exists():
@@ -123,8 +136,18 @@ def java_problem(java: Path) -> str | None:
     return None
 
 
-def properties(*, mongo_uri: str, database: str, collection: str, prefix: str, project: str,
-               emulator: str, ordering: bool, http_port: int, offsets: Path) -> str:
+def properties(
+    *,
+    mongo_uri: str,
+    database: str,
+    collection: str,
+    prefix: str,
+    project: str,
+    emulator: str,
+    ordering: bool,
+    http_port: int,
+    offsets: Path,
+) -> str:
     """The ``application.properties`` of one run: the MongoDB connector and the Pub/Sub sink.
 
     Everything else stays as shipped (batching, flow control, delivery timeout, JSON format).
@@ -180,25 +203,49 @@ class DebeziumServer:
 
     def write_config(self) -> None:
         (self.folder / "config").mkdir(parents=True, exist_ok=True)
-        (self.folder / "config" / "application.properties").write_text(properties(
-            mongo_uri=self.mongo_uri, database=self.database, collection=self.collection,
-            prefix=self.prefix, project=self.project, emulator=self.emulator,
-            ordering=self.ordering, http_port=free_port(), offsets=self.folder / "offsets.dat"))
+        (self.folder / "config" / "application.properties").write_text(
+            properties(
+                mongo_uri=self.mongo_uri,
+                database=self.database,
+                collection=self.collection,
+                prefix=self.prefix,
+                project=self.project,
+                emulator=self.emulator,
+                ordering=self.ordering,
+                http_port=free_port(),
+                offsets=self.folder / "offsets.dat",
+            )
+        )
 
     def start(self) -> Proc:
         """Start the server (as ``run.sh`` does, with the JDK named and ``--add-opens``)."""
         self.write_config()  # a fresh HTTP port on every start
         dist = home()
         runner = next(dist.glob("debezium-server-*runner.jar"))
-        classpath = os.pathsep.join([str(runner), str(dist / "config" / "lib"),
-                                     str(dist / "lib" / "*")])
+        classpath = os.pathsep.join(
+            [str(runner), str(dist / "config" / "lib"), str(dist / "lib" / "*")]
+        )
         # Without the --add-opens its shutdown hook fails on Java 25.
-        argv = [str(self.java), "--add-opens", "java.base/java.lang=ALL-UNNAMED",
-                "-cp", classpath, "io.debezium.server.Main"]
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""),
-               "JAVA_HOME": str(self.java.parent.parent)}
-        proc = spawn(f"debezium-{len(self.runs)}", argv,
-                     self.folder / f"debezium-{len(self.runs)}.log", env=env, cwd=self.folder)
+        argv = [
+            str(self.java),
+            "--add-opens",
+            "java.base/java.lang=ALL-UNNAMED",
+            "-cp",
+            classpath,
+            "io.debezium.server.Main",
+        ]
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": os.environ.get("HOME", ""),
+            "JAVA_HOME": str(self.java.parent.parent),
+        }
+        proc = spawn(
+            f"debezium-{len(self.runs)}",
+            argv,
+            self.folder / f"debezium-{len(self.runs)}.log",
+            env=env,
+            cwd=self.folder,
+        )
         self.runs.append(proc)
         return proc
 
@@ -213,8 +260,9 @@ class DebeziumServer:
         proc = self.current
         if not proc.alive():
             code = proc.popen.poll() if proc.popen else "?"
-            raise RuntimeError(f"Debezium Server exited ({code}); log {proc.log}:\n"
-                               f"{log_tail(proc.log, 15)}")
+            raise RuntimeError(
+                f"Debezium Server exited ({code}); log {proc.log}:\n{log_tail(proc.log, 15)}"
+            )
 
     def stop(self) -> None:
         """SIGTERM (it commits its offsets on the way out), SIGKILL after 60 s."""

@@ -35,23 +35,42 @@ from liberator_publisher.core.message import message_for  # noqa: E402
 from liberator_publisher.store.eventstore import EventStore, EventStoreSettings  # noqa: E402
 from liberator_stack import Stack  # noqa: E402
 
-MAPPING = EventMapping(entity_type="quote", source="//liberator/bench/quotes",
-                       id_field="quoteId", version_field="version")
+MAPPING = EventMapping(
+    entity_type="quote",
+    source="//liberator/bench/quotes",
+    id_field="quoteId",
+    version_field="version",
+)
 
 
 def publish(topic: str, count: int) -> None:
-    publisher = pubsub_v1.PublisherClient(publisher_options=pubsub_v1.types.PublisherOptions(
-        flow_control=pubsub_v1.types.PublishFlowControl(
-            message_limit=2000,
-            limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK)))
+    publisher = pubsub_v1.PublisherClient(
+        publisher_options=pubsub_v1.types.PublisherOptions(
+            flow_control=pubsub_v1.types.PublishFlowControl(
+                message_limit=2000,
+                limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK,
+            )
+        )
+    )
     base = datetime(2026, 1, 1, tzinfo=UTC)
     futures = []
     for i in range(count):
-        doc = {"quoteId": f"q-{i % 1000}", "version": i // 1000 + 1, "amount": i * 1.5,
-               "currency": "EUR", "lines": [{"sku": "A-1", "qty": 2}]}
-        message = message_for(outbox_document_for_entity(
-            doc, MAPPING, event_id=f"e-{i}", operation="update",
-            time=base + timedelta(milliseconds=i)))
+        doc = {
+            "quoteId": f"q-{i % 1000}",
+            "version": i // 1000 + 1,
+            "amount": i * 1.5,
+            "currency": "EUR",
+            "lines": [{"sku": "A-1", "qty": 2}],
+        }
+        message = message_for(
+            outbox_document_for_entity(
+                doc,
+                MAPPING,
+                event_id=f"e-{i}",
+                operation="update",
+                time=base + timedelta(milliseconds=i),
+            )
+        )
         futures.append(publisher.publish(topic, message.data, **message.attributes))
     for future in futures:
         future.result(timeout=300)
@@ -63,8 +82,9 @@ def raw_pull(subscription: str, count: int) -> float:
     seen = 0
     start = time.perf_counter()
     while seen < count:
-        response = client.pull(request={"subscription": subscription, "max_messages": 1000},
-                               timeout=10)
+        response = client.pull(
+            request={"subscription": subscription, "max_messages": 1000}, timeout=10
+        )
         ack_ids = [item.ack_id for item in response.received_messages]
         if ack_ids:
             client.acknowledge(request={"subscription": subscription, "ack_ids": ack_ids})
@@ -73,17 +93,25 @@ def raw_pull(subscription: str, count: int) -> float:
 
 
 def stored(store: EventStore) -> float:
-    return sum(store.registry.get_sample_value("liberator_eventstore_messages_total",
-                                               {"outcome": outcome}) or 0.0
-               for outcome in ("stored", "duplicate"))
+    return sum(
+        store.registry.get_sample_value("liberator_eventstore_messages_total", {"outcome": outcome})
+        or 0.0
+        for outcome in ("stored", "duplicate")
+    )
 
 
 def store_pull(mongo_uri: str, subscription: str, count: int) -> float:
     """Seconds for ``liberator eventstore``'s loops (default workers) to store ``count``."""
     database = f"benchevents{uuid.uuid4().hex[:8]}"  # fresh, even on a reused server
-    store = EventStore(EventStoreSettings(mongo_uri=mongo_uri, database=database,
-                                          subscriptions=(subscription,), http_port=0,
-                                          pull_timeout_seconds=2))
+    store = EventStore(
+        EventStoreSettings(
+            mongo_uri=mongo_uri,
+            database=database,
+            subscriptions=(subscription,),
+            http_port=0,
+            pull_timeout_seconds=2,
+        )
+    )
     stop = threading.Event()
     runner = threading.Thread(target=store.run, args=(stop,))
     start = time.perf_counter()
@@ -112,11 +140,17 @@ def main() -> int:
         os.environ.update(exports)
         project = exports["LIBERATOR_PUBSUB_PROJECT"]
         admin = pubsub_v1.SubscriberClient()
-        topic = pubsub_v1.PublisherClient().create_topic(
-            name=f"projects/{project}/topics/bench-store").name
-        subs = [admin.create_subscription(request={
-            "name": f"projects/{project}/subscriptions/bench-{name}", "topic": topic}).name
-            for name in ("raw", "store")]
+        topic = (
+            pubsub_v1.PublisherClient()
+            .create_topic(name=f"projects/{project}/topics/bench-store")
+            .name
+        )
+        subs = [
+            admin.create_subscription(
+                request={"name": f"projects/{project}/subscriptions/bench-{name}", "topic": topic}
+            ).name
+            for name in ("raw", "store")
+        ]
         publish(topic, args.events)
         raw = raw_pull(subs[0], args.events)
         stored = store_pull(exports["LIBERATOR_MONGO_URI"], subs[1], args.events)
@@ -127,10 +161,14 @@ def main() -> int:
         client.drop_database(database)
         client.close()
         print(f"raw pull loop: {raw_rate:,.0f} events/s ({args.events} in {raw:.2f} s)")
-        print(f"event store: {store_rate:,.0f} events/s ({args.events} in {stored:.2f} s), "
-              f"{store_rate / raw_rate:.2f} x the raw pull loop")
-        print(f"B_ins: {ins.per_second:,.0f} docs/s; the event store writes one document per "
-              f"event: {store_rate / ins.per_second:.2f} x B_ins")
+        print(
+            f"event store: {store_rate:,.0f} events/s ({args.events} in {stored:.2f} s), "
+            f"{store_rate / raw_rate:.2f} x the raw pull loop"
+        )
+        print(
+            f"B_ins: {ins.per_second:,.0f} docs/s; the event store writes one document per "
+            f"event: {store_rate / ins.per_second:.2f} x B_ins"
+        )
     return 0
 
 

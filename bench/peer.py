@@ -187,8 +187,15 @@ def wait_ready(subject: Subject, load: Load, puller: Puller, deadline: float = 1
     raise StalledError(f"no probe event pulled within {deadline:.0f} s of the start")
 
 
-def measure(fig: Figures, subject: Subject, load: Load, puller: Puller, *,
-            args: argparse.Namespace, servers: dict[str, int]) -> None:
+def measure(
+    fig: Figures,
+    subject: Subject,
+    load: Load,
+    puller: Puller,
+    *,
+    args: argparse.Namespace,
+    servers: dict[str, int],
+) -> None:
     """Steps 1-4 of the module docstring; a failed step ends the run, its error kept."""
     n, w, entities = args.events, args.warmup, args.entities
     deadline = max(300.0, n / 10)
@@ -209,8 +216,10 @@ def measure(fig: Figures, subject: Subject, load: Load, puller: Puller, *,
         time.sleep(args.idle_seconds)
         fig.idle_millicores = 1000.0 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
         fig.idle_rss = rss_bytes(pid)
-        say(f"{fig.system}: idle RSS {fig.idle_rss / MIB:.0f} MiB, "
-            f"CPU {fig.idle_millicores:.1f} mcores")
+        say(
+            f"{fig.system}: idle RSS {fig.idle_rss / MIB:.0f} MiB, "
+            f"CPU {fig.idle_millicores:.1f} mcores"
+        )
 
         step, expected = "e2e", (w, n)
         sampler = Sampler(subject.pid)
@@ -218,25 +227,31 @@ def measure(fig: Figures, subject: Subject, load: Load, puller: Puller, *,
         before = {name: cpu_seconds(p) for name, p in pids.items()}
         start = time.time()
         load.insert(w, n, entities)
-        arrived = puller.wait(w, n, deadline=deadline, stall=args.stall_seconds,
-                              alive=subject.alive)
+        arrived = puller.wait(
+            w, n, deadline=deadline, stall=args.stall_seconds, alive=subject.alive
+        )
         fig.cpu = {name: round(cpu_seconds(p) - before[name], 2) for name, p in pids.items()}
         fig.e2e_seconds = arrived.last_at - start
-        say(f"{fig.system}: end to end {n / fig.e2e_seconds:,.0f} events/s "
-            f"({fig.e2e_seconds:.1f} s), CPU s {fig.cpu}")
+        say(
+            f"{fig.system}: end to end {n / fig.e2e_seconds:,.0f} events/s "
+            f"({fig.e2e_seconds:.1f} s), CPU s {fig.cpu}"
+        )
 
         step, expected = "drain", (w + n, n)
         subject.stop()
         load.insert(w + n, n, entities)
         start = time.time()
         subject.start()
-        arrived = puller.wait(w + n, n, deadline=deadline, stall=args.stall_seconds,
-                              alive=subject.alive)
+        arrived = puller.wait(
+            w + n, n, deadline=deadline, stall=args.stall_seconds, alive=subject.alive
+        )
         fig.drain_seconds = arrived.last_at - start
         fig.drain_first = arrived.first_at - start
         fig.drain_after_first = arrived.last_at - arrived.first_at
-        say(f"{fig.system}: backlog of {n} drained in {fig.drain_seconds:.1f} s "
-            f"(first after {fig.drain_first:.1f} s)")
+        say(
+            f"{fig.system}: backlog of {n} drained in {fig.drain_seconds:.1f} s "
+            f"(first after {fig.drain_first:.1f} s)"
+        )
     except Exception as error:  # the table shows the failed step; the other systems still run
         got = puller.count(*expected) if step != "start" else 0
         reason = f"{type(error).__name__}: {error}".splitlines()[0][:160]
@@ -249,7 +264,7 @@ def measure(fig: Figures, subject: Subject, load: Load, puller: Puller, *,
             fig.peak_rss = sampler.close() or None
         fig.duplicates = puller.messages - len(puller.seen)
         data = puller.sample or b""
-        fig.sample = data[max(0, data.find(b'"payload"')):][:600].decode(errors="replace")
+        fig.sample = data[max(0, data.find(b'"payload"')) :][:600].decode(errors="replace")
         subject.stop()
 
 
@@ -287,8 +302,15 @@ def run_debezium(run: Run, args: argparse.Namespace, ordering: bool) -> Figures:
     project = run.exports["LIBERATOR_PUBSUB_PROJECT"]
     folder = Path(tempfile.mkdtemp(prefix=f"debezium-{label}-", dir=run.stack.run_dir))
     server = debezium.DebeziumServer(
-        folder=folder, java=args.java, mongo_uri=uri, database=database, collection=COLLECTION,
-        project=project, emulator=run.exports["PUBSUB_EMULATOR_HOST"], ordering=ordering)
+        folder=folder,
+        java=args.java,
+        mongo_uri=uri,
+        database=database,
+        collection=COLLECTION,
+        project=project,
+        emulator=run.exports["PUBSUB_EMULATOR_HOST"],
+        ordering=ordering,
+    )
     load = Load(_client(uri), database)
     try:
         create_topic(project, server.topic)  # the sink exits on NOT_FOUND
@@ -313,6 +335,7 @@ def servers(run: Run) -> dict[str, int]:
 
 # -- the table --
 
+
 def _rate(n: int, seconds: float | None) -> float | None:
     return n / seconds if seconds else None
 
@@ -333,24 +356,44 @@ def rows(figs: list[Figures], n: int) -> list[tuple[str, list[tuple[float | None
     def add(metric: str, get: Callable[[Figures], float | None], unit: str, fmt: str) -> None:
         out.append((metric, [(get(f), _cell(get(f), unit, fmt, f)) for f in figs]))
 
-    add(f"e2e events/s, N={n:,} (1st insert to N-th pulled)",
-        lambda f: _rate(n, f.e2e_seconds), "", ",.0f")
+    add(
+        f"e2e events/s, N={n:,} (1st insert to N-th pulled)",
+        lambda f: _rate(n, f.e2e_seconds),
+        "",
+        ",.0f",
+    )
     add("e2e seconds", lambda f: f.e2e_seconds, "s", ".1f")
-    add(f"backlog drain events/s, N={n:,} (start to N-th pulled)",
-        lambda f: _rate(n, f.drain_seconds), "", ",.0f")
+    add(
+        f"backlog drain events/s, N={n:,} (start to N-th pulled)",
+        lambda f: _rate(n, f.drain_seconds),
+        "",
+        ",.0f",
+    )
     add("backlog: start to 1st event pulled", lambda f: f.drain_first, "s", ".1f")
-    add("backlog events/s after the 1st (start-up left out)",
-        lambda f: _rate(n - 1, f.drain_after_first), "", ",.0f")
+    add(
+        "backlog events/s after the 1st (start-up left out)",
+        lambda f: _rate(n - 1, f.drain_after_first),
+        "",
+        ",.0f",
+    )
     add("idle RSS", lambda f: f.idle_rss and f.idle_rss / MIB, "MiB", ".0f")
     add("peak RSS (e2e and drain)", lambda f: f.peak_rss and f.peak_rss / MIB, "MiB", ".0f")
     add("idle CPU", lambda f: f.idle_millicores, "mcores", ".1f")
     add(f"process CPU for the {n:,} e2e events", lambda f: f.cpu.get("process"), "s", ".2f")
     add("MongoDB stand-in CPU, same span", lambda f: f.cpu.get("stand-in"), "s", ".2f")
     add("Pub/Sub emulator CPU, same span", lambda f: f.cpu.get("pubsub"), "s", ".2f")
-    out.append(("messages pulled more than once",
-                [(None, str(f.duplicates) if f.ran else "not run") for f in figs]))
-    out.append(("load average (1 min) as its run began",
-                [(None, f"{f.loadavg:.2f}" if f.ran else "not run") for f in figs]))
+    out.append(
+        (
+            "messages pulled more than once",
+            [(None, str(f.duplicates) if f.ran else "not run") for f in figs],
+        )
+    )
+    out.append(
+        (
+            "load average (1 min) as its run began",
+            [(None, f"{f.loadavg:.2f}" if f.ran else "not run") for f in figs],
+        )
+    )
     return out
 
 
@@ -367,8 +410,10 @@ def table(figs: list[Figures], n: int) -> str:
             line += [text, f"{mine / value:.2f}" if mine is not None and value else "-"]
         lines.append(line)
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
-    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
-           for row in lines]
+    out = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+        for row in lines
+    ]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(out)
 
@@ -379,26 +424,54 @@ def failures(figs: list[Figures]) -> str:
 
 # -- the command line --
 
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--events", type=int, default=3000,
-                   help="N: events of the end-to-end and of the backlog step (default 3000)")
-    p.add_argument("--entities", type=int, default=100,
-                   help="distinct entity ids (Liberator's ordering keys) in the load "
-                        "(default 100)")
-    p.add_argument("--warmup", type=int, default=100,
-                   help="events through each publisher before it is measured (default 100)")
-    p.add_argument("--idle-seconds", type=float, default=20.0,
-                   help="how long idle CPU is sampled (default 20)")
-    p.add_argument("--stall-seconds", type=float, default=60.0,
-                   help="a step with no new event for this long has failed (default 60)")
-    p.add_argument("--ordering", choices=("both", "on", "off"), default="both",
-                   help="Debezium's Pub/Sub ordering: run it on, off, or both (default both)")
-    p.add_argument("--no-liberator", action="store_true",
-                   help="run Debezium only (the ratio columns then read '-')")
-    p.add_argument("--java", type=Path, default=debezium.DEFAULT_JAVA,
-                   help=f"Java 21+ for Debezium Server (default {debezium.DEFAULT_JAVA})")
+    p.add_argument(
+        "--events",
+        type=int,
+        default=3000,
+        help="N: events of the end-to-end and of the backlog step (default 3000)",
+    )
+    p.add_argument(
+        "--entities",
+        type=int,
+        default=100,
+        help="distinct entity ids (Liberator's ordering keys) in the load (default 100)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=100,
+        help="events through each publisher before it is measured (default 100)",
+    )
+    p.add_argument(
+        "--idle-seconds", type=float, default=20.0, help="how long idle CPU is sampled (default 20)"
+    )
+    p.add_argument(
+        "--stall-seconds",
+        type=float,
+        default=60.0,
+        help="a step with no new event for this long has failed (default 60)",
+    )
+    p.add_argument(
+        "--ordering",
+        choices=("both", "on", "off"),
+        default="both",
+        help="Debezium's Pub/Sub ordering: run it on, off, or both (default both)",
+    )
+    p.add_argument(
+        "--no-liberator",
+        action="store_true",
+        help="run Debezium only (the ratio columns then read '-')",
+    )
+    p.add_argument(
+        "--java",
+        type=Path,
+        default=debezium.DEFAULT_JAVA,
+        help=f"Java 21+ for Debezium Server (default {debezium.DEFAULT_JAVA})",
+    )
     return p
 
 
@@ -409,12 +482,15 @@ def check(args: argparse.Namespace) -> None:
             raise SystemExit(f"{PROG}: --{flag} must be at least 1, not {getattr(args, flag)}")
     for flag in ("idle_seconds", "stall_seconds"):
         if not getattr(args, flag) > 0:
-            raise SystemExit(f"{PROG}: --{flag.replace('_', '-')} must be positive, "
-                             f"not {getattr(args, flag)}")
+            raise SystemExit(
+                f"{PROG}: --{flag.replace('_', '-')} must be positive, not {getattr(args, flag)}"
+            )
     problem = debezium.java_problem(args.java)
     if problem:
-        raise SystemExit(f"{PROG}: --java: {problem}; give a Java 21+ binary, e.g. "
-                         f"--java {debezium.DEFAULT_JAVA}")
+        raise SystemExit(
+            f"{PROG}: --java: {problem}; give a Java 21+ binary, e.g. "
+            f"--java {debezium.DEFAULT_JAVA}"
+        )
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -447,17 +523,29 @@ def main(argv: list[str] | None = None) -> int:
     info["debezium"] = debezium.VERSION
     text = table(figs, args.events)
     if args.json:
-        print(json.dumps({"machine": info, "table": text, "figures": [asdict(f) for f in figs],
-                          "args": vars(args)}, indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "machine": info,
+                    "table": text,
+                    "figures": [asdict(f) for f in figs],
+                    "args": vars(args),
+                },
+                indent=2,
+                default=str,
+            )
+        )
     else:
         print(text)
         if any(f.errors for f in figs):
             print(f"\nfailed runs:\n{failures(figs)}")
-        print(f"\nratio = Liberator ÷ Debezium on every row: above 1 is better for events/s, "
-              f"below 1 for seconds, RSS and CPU. machine: {info['cpus']} CPUs ({info['cpu']}), "
-              f"load average {info['loadavg_start'][0]:.2f} at start, "
-              f"{info['loadavg_end'][0]:.2f} at end; Debezium Server {debezium.VERSION}; "
-              f"{info['seconds']:.0f} s")
+        print(
+            f"\nratio = Liberator ÷ Debezium on every row: above 1 is better for events/s, "
+            f"below 1 for seconds, RSS and CPU. machine: {info['cpus']} CPUs ({info['cpu']}), "
+            f"load average {info['loadavg_start'][0]:.2f} at start, "
+            f"{info['loadavg_end'][0]:.2f} at end; Debezium Server {debezium.VERSION}; "
+            f"{info['seconds']:.0f} s"
+        )
     return 0  # a failed or slower run is a finding in the table, not a failure of the command
 
 

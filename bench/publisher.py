@@ -30,8 +30,22 @@ from pymongo.collection import Collection
 from bench.baselines import INSERT_BATCH, quote
 from liberator_stack.process import free_port
 
-__all__ = ["EndToEnd", "Failover", "Idle", "Latency", "Sidecar", "SidecarEnv", "cpu_seconds",
-           "end_to_end", "failover", "idle", "latency", "poll", "rss_bytes", "start_leader"]
+__all__ = [
+    "EndToEnd",
+    "Failover",
+    "Idle",
+    "Latency",
+    "Sidecar",
+    "SidecarEnv",
+    "cpu_seconds",
+    "end_to_end",
+    "failover",
+    "idle",
+    "latency",
+    "poll",
+    "rss_bytes",
+    "start_leader",
+]
 
 LIBERATOR = Path(sys.executable).with_name("liberator")
 OUTBOX = "quotes_outbox"
@@ -74,9 +88,23 @@ def py_spy(pid: int, output: Path | None) -> Iterator[None]:
         yield
         return
     output.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "100",
-                             "--threads", "--output", str(output)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--rate",
+            "100",
+            "--threads",
+            "--output",
+            str(output),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         yield
     finally:
@@ -98,8 +126,13 @@ class Sidecar:
 
     def start(self) -> Sidecar:
         with self.log.open("ab") as out:
-            self.popen = subprocess.Popen([str(LIBERATOR), "publish"], env=self.env, stdout=out,
-                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.popen = subprocess.Popen(
+                [str(LIBERATOR), "publish"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         return self
 
     @property
@@ -126,8 +159,10 @@ class Sidecar:
 
     def is_leader(self) -> bool:
         if not self.alive():
-            raise RuntimeError(f"liberator publish exited ({self.popen and self.popen.poll()}); "
-                               f"log {self.log}:\n{self.log.read_text(errors='replace')[-3000:]}")
+            raise RuntimeError(
+                f"liberator publish exited ({self.popen and self.popen.poll()}); "
+                f"log {self.log}:\n{self.log.read_text(errors='replace')[-3000:]}"
+            )
         return self.metric("liberator_leader") == 1.0
 
     def rss_bytes(self) -> int:
@@ -169,17 +204,21 @@ class SidecarEnv:
 
     def env(self) -> dict[str, str]:
         return {
-            "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""),
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": os.environ.get("HOME", ""),
             "LIBERATOR_MONGO_URI": self.exports["LIBERATOR_MONGO_URI"],
-            "LIBERATOR_DATABASE": self.database, "LIBERATOR_COLLECTION": "quotes",
-            "LIBERATOR_ENTITY_TYPE": "quote", "LIBERATOR_ID_FIELD": "quoteId",
+            "LIBERATOR_DATABASE": self.database,
+            "LIBERATOR_COLLECTION": "quotes",
+            "LIBERATOR_ENTITY_TYPE": "quote",
+            "LIBERATOR_ID_FIELD": "quoteId",
             "LIBERATOR_VERSION_FIELD": "version",
             "LIBERATOR_PUBSUB_PROJECT": self.exports["LIBERATOR_PUBSUB_PROJECT"],
             "PUBSUB_EMULATOR_HOST": self.exports["PUBSUB_EMULATOR_HOST"],
             "LIBERATOR_TOPIC": self.topic,
             "LIBERATOR_REDIS_URL": self.exports["LIBERATOR_REDIS_URL"],
             "LIBERATOR_PUBLISHER": f"bench/{self.database}",
-            "LIBERATOR_LEASE_TTL_SECONDS": str(self.lease_ttl), "LIBERATOR_LOG_LEVEL": "WARNING",
+            "LIBERATOR_LEASE_TTL_SECONDS": str(self.lease_ttl),
+            "LIBERATOR_LOG_LEVEL": "WARNING",
             # mongo-java-server fails updateLookup in a dotted collection name; MongoDB does not.
             "LIBERATOR_OUTBOX_COLLECTION": OUTBOX,
         }
@@ -188,13 +227,17 @@ class SidecarEnv:
         from google.cloud import pubsub_v1  # noqa: PLC0415  (grpc: import only when needed)
 
         client = pubsub_v1.PublisherClient()
-        client.create_topic(name=client.topic_path(self.exports["LIBERATOR_PUBSUB_PROJECT"],
-                                                   self.topic))
+        client.create_topic(
+            name=client.topic_path(self.exports["LIBERATOR_PUBSUB_PROJECT"], self.topic)
+        )
 
     def sidecar(self) -> Sidecar:
         n = len(self.sidecars)
-        env = {**self.env(), "LIBERATOR_HTTP_PORT": str(free_port()),
-               "LIBERATOR_POD_NAME": f"bench-{n}"}
+        env = {
+            **self.env(),
+            "LIBERATOR_HTTP_PORT": str(free_port()),
+            "LIBERATOR_POD_NAME": f"bench-{n}",
+        }
         car = Sidecar(env, self.run_dir / f"{self.database}-sidecar-{n}.log").start()
         self.sidecars.append(car)
         return car
@@ -223,8 +266,10 @@ class Load:
         """Oplog entries of this database's three collections so far (None if unreadable)."""
         try:
             oplog = self.db.client["local"]["oplog.rs"]
-            return sum(oplog.count_documents({"ns": f"{self.database}.{name}"})
-                       for name in ("quotes", OUTBOX, CHECKPOINTS))
+            return sum(
+                oplog.count_documents({"ns": f"{self.database}.{name}"})
+                for name in ("quotes", OUTBOX, CHECKPOINTS)
+            )
         except Exception:  # a real server may refuse the oplog to this user
             return None
 
@@ -234,8 +279,11 @@ class Load:
         The lease alone is not enough: a first start captures from "now", so a change written
         before the capture stream opened is (by design) not captured.
         """
-        poll(lambda: self.db[CHECKPOINTS].find_one({"_id": f"bench/{self.database}#capture"}),
-             what="the capture checkpoint is written", deadline=deadline)
+        poll(
+            lambda: self.db[CHECKPOINTS].find_one({"_id": f"bench/{self.database}#capture"}),
+            what="the capture checkpoint is written",
+            deadline=deadline,
+        )
 
     def oplog_size(self) -> int | None:
         try:
@@ -254,13 +302,18 @@ class Load:
 
     def insert(self, first: int, count: int, entities: int) -> None:
         for i in range(first, first + count, INSERT_BATCH):
-            self.entities.insert_many([quote(j, entities) for j in
-                                       range(i, min(first + count, i + INSERT_BATCH))],
-                                      ordered=False)
+            self.entities.insert_many(
+                [quote(j, entities) for j in range(i, min(first + count, i + INSERT_BATCH))],
+                ordered=False,
+            )
 
     def wait_published(self, total: int, deadline: float) -> None:
-        poll(lambda: self.published() >= total,
-             what=f"{total} outbox documents published", deadline=deadline, every=0.5)
+        poll(
+            lambda: self.published() >= total,
+            what=f"{total} outbox documents published",
+            deadline=deadline,
+            every=0.5,
+        )
 
     def last_published_at(self) -> float:
         doc = self.outbox.find_one({"status": "published"}, sort=[("publishedAt", -1)])
@@ -269,8 +322,10 @@ class Load:
 
     def published_times(self) -> dict[str, float]:
         """entityId -> publishedAt (epoch seconds) of every published event."""
-        return {d["entityId"]: _epoch(d["publishedAt"]) for d in
-                self.outbox.find({"status": "published"}, {"entityId": 1, "publishedAt": 1})}
+        return {
+            d["entityId"]: _epoch(d["publishedAt"])
+            for d in self.outbox.find({"status": "published"}, {"entityId": 1, "publishedAt": 1})
+        }
 
 
 def _epoch(value: datetime) -> float:
@@ -308,14 +363,14 @@ class Idle:
     """How long the CPU was sampled."""
 
 
-def idle(setup: SidecarEnv, load: Load, warmup: int, seconds: float,
-         profile: Path | None = None) -> tuple[Sidecar, Idle]:
+def idle(
+    setup: SidecarEnv, load: Load, warmup: int, seconds: float, profile: Path | None = None
+) -> tuple[Sidecar, Idle]:
     """Start a leader and a standby, warm the leader up, then sample both for ``seconds``."""
     car = setup.sidecar()
     poll(car.is_leader, what="the sidecar takes the lease", deadline=120)
     standby = setup.sidecar()
-    poll(lambda: standby.metric("liberator_leader") == 0.0, what="the standby is up",
-         deadline=120)
+    poll(lambda: standby.metric("liberator_leader") == 0.0, what="the standby is up", deadline=120)
     load.wait_capturing()
     time.sleep(2.0)  # let the relay open its stream too
     cold = car.rss_bytes()
@@ -328,11 +383,14 @@ def idle(setup: SidecarEnv, load: Load, warmup: int, seconds: float,
         cpu1, spare1, t1 = car.cpu_seconds(), standby.cpu_seconds(), time.monotonic()
     spare_rss = standby.rss_bytes()
     standby.stop()
-    return car, Idle(rss_cold=cold, rss=car.rss_bytes(),
-                     millicores=1000.0 * (cpu1 - cpu0) / (t1 - t0),
-                     standby_rss=spare_rss,
-                     standby_millicores=1000.0 * (spare1 - spare0) / (t1 - t0),
-                     seconds=t1 - t0)
+    return car, Idle(
+        rss_cold=cold,
+        rss=car.rss_bytes(),
+        millicores=1000.0 * (cpu1 - cpu0) / (t1 - t0),
+        standby_rss=spare_rss,
+        standby_millicores=1000.0 * (spare1 - spare0) / (t1 - t0),
+        seconds=t1 - t0,
+    )
 
 
 @dataclass(frozen=True)
@@ -361,9 +419,17 @@ class EndToEnd:
         return self.events / self.seconds
 
 
-def end_to_end(car: Sidecar, load: Load, *, first: int, count: int, entities: int,
-               deadline: float, servers: dict[str, int],
-               profile: Path | None = None) -> EndToEnd:
+def end_to_end(
+    car: Sidecar,
+    load: Load,
+    *,
+    first: int,
+    count: int,
+    entities: int,
+    deadline: float,
+    servers: dict[str, int],
+    profile: Path | None = None,
+) -> EndToEnd:
     """Insert ``count`` events as fast as ``insert_many`` goes; time until all are acked.
 
     ``servers`` names other processes (name -> pid) whose CPU time is reported alongside.
@@ -394,9 +460,16 @@ def end_to_end(car: Sidecar, load: Load, *, first: int, count: int, entities: in
     time.sleep(2.0)  # the relay checkpoint is written at most once a second: count it in k
     writes1 = load.writes()
     k = None if writes0 is None or writes1 is None else (writes1 - writes0) / count
-    return EndToEnd(events=count, seconds=end - start, writes_per_event=k, rss_peak=peak[0],
-                    insert_seconds=inserted - start, cpu=cpu, oplog=load.oplog_size(),
-                    empty_getmore=load.empty_getmore())
+    return EndToEnd(
+        events=count,
+        seconds=end - start,
+        writes_per_event=k,
+        rss_peak=peak[0],
+        insert_seconds=inserted - start,
+        cpu=cpu,
+        oplog=load.oplog_size(),
+        empty_getmore=load.empty_getmore(),
+    )
 
 
 @dataclass(frozen=True)
@@ -423,8 +496,9 @@ class Latency:
         return self.percentile(99)
 
 
-def paced_inserts(load: Load, first: int, rate: float, seconds: float,
-                  stop: threading.Event | None = None) -> dict[str, float]:
+def paced_inserts(
+    load: Load, first: int, rate: float, seconds: float, stop: threading.Event | None = None
+) -> dict[str, float]:
     """Insert new entities at ``rate``/s; return entityId -> insert time (epoch seconds).
 
     Every 10 ms the documents that are due go in one ``insert_many``, so the rate holds even
@@ -474,12 +548,22 @@ class Failover:
     """Inserted events with no published outbox document: the gaps (must be 0)."""
 
 
-def failover(setup: SidecarEnv, load: Load, *, rate: float, before_kill: float,
-             after_kill: float, deadline: float) -> Failover:
+def failover(
+    setup: SidecarEnv,
+    load: Load,
+    *,
+    rate: float,
+    before_kill: float,
+    after_kill: float,
+    deadline: float,
+) -> Failover:
     """Two sidecars, steady inserts at ``rate``; SIGKILL the leader; measure the publish gap."""
     cars = [setup.sidecar(), setup.sidecar()]
-    leader = poll(lambda: next((c for c in cars if c.is_leader()), None),
-                  what="one of two sidecars takes the lease", deadline=120)
+    leader = poll(
+        lambda: next((c for c in cars if c.is_leader()), None),
+        what="one of two sidecars takes the lease",
+        deadline=120,
+    )
     standby = next(c for c in cars if c is not leader)
     load.wait_capturing()
     # Warm the leader up, so the measured gap is the takeover and not a first start.
@@ -487,8 +571,12 @@ def failover(setup: SidecarEnv, load: Load, *, rate: float, before_kill: float,
     load.wait_published(20, deadline=120)
     stop = threading.Event()
     sent: dict[str, float] = {}
-    writer = threading.Thread(target=lambda: sent.update(
-        paced_inserts(load, 20, rate, before_kill + after_kill + 60, stop)), daemon=True)
+    writer = threading.Thread(
+        target=lambda: sent.update(
+            paced_inserts(load, 20, rate, before_kill + after_kill + 60, stop)
+        ),
+        daemon=True,
+    )
     writer.start()
     time.sleep(before_kill)
     leader.kill()
@@ -504,5 +592,10 @@ def failover(setup: SidecarEnv, load: Load, *, rate: float, before_kill: float,
     first_after = min(t for t in times if t > killed)
     published = load.published_times()
     missing = sum(1 for key in sent if key not in published)
-    return Failover(ttl=setup.lease_ttl, gap=first_after - last_before,
-                    takeover=first_after - killed, inserted=len(sent), missing=missing)
+    return Failover(
+        ttl=setup.lease_ttl,
+        gap=first_after - last_before,
+        takeover=first_after - killed,
+        inserted=len(sent),
+        missing=missing,
+    )

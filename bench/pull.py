@@ -51,9 +51,13 @@ class Puller:
 
         self._client = pubsub_v1.SubscriberClient()
         self.path = self._client.subscription_path(project, name)
-        self._client.create_subscription(request={
-            "name": self.path, "topic": f"projects/{project}/topics/{topic}",
-            "ack_deadline_seconds": 60})
+        self._client.create_subscription(
+            request={
+                "name": self.path,
+                "topic": f"projects/{project}/topics/{topic}",
+                "ack_deadline_seconds": 60,
+            }
+        )
         self.seen: dict[int, float] = {}
         """seq -> when it was first pulled."""
         self.messages = 0
@@ -71,7 +75,8 @@ class Puller:
         while not self._stop.is_set():
             try:
                 reply: Any = self._client.pull(
-                    request={"subscription": self.path, "max_messages": 1000}, timeout=10)
+                    request={"subscription": self.path, "max_messages": 1000}, timeout=10
+                )
             except (exceptions.DeadlineExceeded, exceptions.ServiceUnavailable):
                 continue
             except BaseException as error:  # surfaced by wait()
@@ -90,14 +95,16 @@ class Puller:
                     self.seen.setdefault(seq, now)
             self.messages += len(received)
             with contextlib.suppress(Exception):  # an unacked message only comes back later
-                self._client.acknowledge(request={
-                    "subscription": self.path, "ack_ids": [m.ack_id for m in received]})
+                self._client.acknowledge(
+                    request={"subscription": self.path, "ack_ids": [m.ack_id for m in received]}
+                )
 
     def count(self, first: int, count: int) -> int:
         return sum(1 for seq in range(first, first + count) if seq in self.seen)
 
-    def wait(self, first: int, count: int, *, deadline: float, stall: float,
-             alive: Callable[[], None]) -> Arrivals:
+    def wait(
+        self, first: int, count: int, *, deadline: float, stall: float, alive: Callable[[], None]
+    ) -> Arrivals:
         """Wait until every one of ``count`` events from ``first`` was pulled.
 
         Raise :class:`StalledError` when none new arrived for ``stall`` seconds or ``deadline``
@@ -117,8 +124,10 @@ class Puller:
                 progress, got = now, now_got
             alive()
             if now - progress > stall:
-                raise StalledError(f"stalled: {got} of {count} events after {now - start:.0f} s "
-                              f"(none new for {stall:.0f} s)")
+                raise StalledError(
+                    f"stalled: {got} of {count} events after {now - start:.0f} s "
+                    f"(none new for {stall:.0f} s)"
+                )
             if now - start > deadline:
                 raise StalledError(f"{got} of {count} events within the {deadline:.0f} s deadline")
             time.sleep(0.1)

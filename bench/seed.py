@@ -31,25 +31,32 @@ from liberator_stack import Stack  # noqa: E402
 
 def seed_rate(env: dict[str, str], mode: str, entities: int, versions: int) -> tuple[int, float]:
     """(documents scanned, seconds) of one seed over a fresh collection."""
-    settings = Settings.from_env({**env, "LIBERATOR_COLLECTION": f"quotes_{mode}",
-                                  "LIBERATOR_TOPIC": "unused"})
+    settings = Settings.from_env(
+        {**env, "LIBERATOR_COLLECTION": f"quotes_{mode}", "LIBERATOR_TOPIC": "unused"}
+    )
     client: MongoClient[dict[str, Any]] = MongoClient(settings.mongo_uri)
     coll = client[settings.database][settings.collection]
     docs = [{**quote(i), "version": v} for v in range(1, versions + 1) for i in range(entities)]
     for start in range(0, len(docs), 1000):
-        coll.insert_many(docs[start:start + 1000], ordered=False)
+        coll.insert_many(docs[start : start + 1000], ordered=False)
     publisher = pubsub_v1.PublisherClient()
     admin = pubsub_v1.SubscriberClient()
     topic = publisher.create_topic(
-        name=publisher.topic_path(settings.pubsub_project,
-                                  f"bench-seed-{mode}-{settings.database}")).name
-    admin.create_subscription(request={
-        "name": admin.subscription_path(settings.pubsub_project,
-                                        f"bench-seed-{mode}-{settings.database}"),
-        "topic": topic, "enable_message_ordering": True})
+        name=publisher.topic_path(settings.pubsub_project, f"bench-seed-{mode}-{settings.database}")
+    ).name
+    admin.create_subscription(
+        request={
+            "name": admin.subscription_path(
+                settings.pubsub_project, f"bench-seed-{mode}-{settings.database}"
+            ),
+            "topic": topic,
+            "enable_message_ordering": True,
+        }
+    )
     start = time.perf_counter()
-    summary = run_seed(settings, SeedOptions(topic=topic.rsplit("/", 1)[1], mode=mode,
-                                             seed_id=f"bench-{mode}"))
+    summary = run_seed(
+        settings, SeedOptions(topic=topic.rsplit("/", 1)[1], mode=mode, seed_id=f"bench-{mode}")
+    )
     elapsed = time.perf_counter() - start
     assert summary.scanned == len(docs), summary
     client.close()
@@ -69,18 +76,25 @@ def main() -> int:
             exports["LIBERATOR_MONGO_URI"] = real
         os.environ.update(exports)
         database = f"benchseed{uuid.uuid4().hex[:8]}"  # fresh, even on a reused server
-        env = {**exports, "LIBERATOR_DATABASE": database, "LIBERATOR_COLLECTION": "quotes",
-               "LIBERATOR_ENTITY_TYPE": "quote", "LIBERATOR_ID_FIELD": "quoteId",
-               "LIBERATOR_VERSION_FIELD": "version", "LIBERATOR_LOG_LEVEL": "WARNING"}
+        env = {
+            **exports,
+            "LIBERATOR_DATABASE": database,
+            "LIBERATOR_COLLECTION": "quotes",
+            "LIBERATOR_ENTITY_TYPE": "quote",
+            "LIBERATOR_ID_FIELD": "quoteId",
+            "LIBERATOR_VERSION_FIELD": "version",
+            "LIBERATOR_LOG_LEVEL": "WARNING",
+        }
         client: MongoClient[dict[str, Any]] = MongoClient(exports["LIBERATOR_MONGO_URI"])
         ins = b_ins(client, database, args.docs)
         print(f"B_ins: {ins.per_second:,.0f} docs/s ({ins.count} docs in {ins.seconds:.2f} s)")
-        for mode, entities, versions in (("latest", args.docs, 1),
-                                         ("history", args.docs // 4, 4)):
+        for mode, entities, versions in (("latest", args.docs, 1), ("history", args.docs // 4, 4)):
             count, seconds = seed_rate(env, mode, entities, versions)
             rate = count / seconds
-            print(f"seed {mode}: {rate:,.0f} docs/s ({count} docs in {seconds:.2f} s), "
-                  f"{rate / ins.per_second:.2f} x B_ins (target 0.8)")
+            print(
+                f"seed {mode}: {rate:,.0f} docs/s ({count} docs in {seconds:.2f} s), "
+                f"{rate / ins.per_second:.2f} x B_ins (target 0.8)"
+            )
         client.drop_database(database)
         client.close()
     return 0

@@ -45,8 +45,13 @@ def quantile(values: list[float], q: float) -> float:
 
 def webhook_histogram(kubectl_env: dict[str, str]) -> dict[float, float]:
     """Cumulative bucket counts of our webhook's admission duration, from /metrics."""
-    text = subprocess.run(["kubectl", "get", "--raw", "/metrics"], env=kubectl_env, check=True,
-                          capture_output=True, text=True).stdout
+    text = subprocess.run(
+        ["kubectl", "get", "--raw", "/metrics"],
+        env=kubectl_env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     buckets: dict[float, float] = {}
     for line in text.splitlines():
         if line.startswith(f"{METRIC}_bucket") and 'name="inject.liberator.io"' in line:
@@ -65,14 +70,17 @@ def histogram_quantile(before: dict[float, float], after: dict[float, float], q:
     return float("nan")
 
 
-def create_pods(core: client.CoreV1Api, namespace: str, prefix: str, count: int,
-                labels: dict[str, str]) -> tuple[list[float], int]:
+def create_pods(
+    core: client.CoreV1Api, namespace: str, prefix: str, count: int, labels: dict[str, str]
+) -> tuple[list[float], int]:
     """Round-trip seconds of each pod CREATE, and how many came back with a sidecar."""
     seconds: list[float] = []
     injected = 0
     for i in range(count):
-        body = {"metadata": {"name": f"{prefix}-{i}", "labels": labels},
-                "spec": {"containers": [{"name": "app", "image": "busybox"}]}}
+        body = {
+            "metadata": {"name": f"{prefix}-{i}", "labels": labels},
+            "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+        }
         start = time.perf_counter()
         pod = core.create_namespaced_pod(namespace, body)
         seconds.append(time.perf_counter() - start)
@@ -82,18 +90,34 @@ def create_pods(core: client.CoreV1Api, namespace: str, prefix: str, count: int,
 
 def in_process(calls: int) -> list[float]:
     """Seconds per ``build_patch`` for a pod in a namespace with five publishers."""
-    publishers: list[Any] = [{"namespace": "shop", "name": f"p{i}", "spec": {
-        "selector": {"matchLabels": {"app": f"svc-{i}"}}, "allowMatchAll": False,
-        "mongo": {"uriSecretRef": {"name": "mongo", "key": "uri"}, "database": "sales",
-                  "collection": f"c{i}"},
-        "entity": {"type": "quote", "idField": "_id", "eventContextField": "_event"},
-        "pubsub": {"project": "p", "topic": "integration-events"},
-        "redis": {"url": "redis://redis:6379/0"}, "sidecar": {}, "deletionPolicy": "Retain",
-        "paused": False}} for i in range(5)]
-    body = {"metadata": {"name": "app", "namespace": "shop",
-                         "labels": {"app": "svc-3", "tier": "api"}},
-            "spec": {"containers": [{"name": "app", "image": "busybox",
-                                     "ports": [{"containerPort": 8080}]}]}}
+    publishers: list[Any] = [
+        {
+            "namespace": "shop",
+            "name": f"p{i}",
+            "spec": {
+                "selector": {"matchLabels": {"app": f"svc-{i}"}},
+                "allowMatchAll": False,
+                "mongo": {
+                    "uriSecretRef": {"name": "mongo", "key": "uri"},
+                    "database": "sales",
+                    "collection": f"c{i}",
+                },
+                "entity": {"type": "quote", "idField": "_id", "eventContextField": "_event"},
+                "pubsub": {"project": "p", "topic": "integration-events"},
+                "redis": {"url": "redis://redis:6379/0"},
+                "sidecar": {},
+                "deletionPolicy": "Retain",
+                "paused": False,
+            },
+        }
+        for i in range(5)
+    ]
+    body = {
+        "metadata": {"name": "app", "namespace": "shop", "labels": {"app": "svc-3", "tier": "api"}},
+        "spec": {
+            "containers": [{"name": "app", "image": "busybox", "ports": [{"containerPort": 8080}]}]
+        },
+    }
     settings = OperatorSettings()
     times: list[float] = []
     for _ in range(calls):
@@ -115,40 +139,81 @@ def main() -> int:
     with Stack(run_dir) as stack:
         kubeconfig = stack.up(("kube",))["KUBECONFIG"]
         kubectl_env = {**os.environ, "KUBECONFIG": kubeconfig}
-        subprocess.run(["kubectl", "apply", "-f", str(ROOT / "crds")], env=kubectl_env,
-                       check=True, capture_output=True)
-        subprocess.run(["kubectl", "wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/entitypublishers.liberator.io"], env=kubectl_env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["kubectl", "apply", "-f", str(ROOT / "crds")],
+            env=kubectl_env,
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                "kubectl",
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/entitypublishers.liberator.io",
+            ],
+            env=kubectl_env,
+            check=True,
+            capture_output=True,
+        )
         api = config.new_client_from_config(config_file=kubeconfig)
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
         for ns in ("bench", "liberator-system"):
             core.create_namespace({"metadata": {"name": ns}})
-        custom.create_namespaced_custom_object("liberator.io", "v1alpha1", "bench",
-                                               "entitypublishers", {
-            "apiVersion": "liberator.io/v1alpha1", "kind": "EntityPublisher",
-            "metadata": {"name": "quotes"},
-            "spec": {"selector": {"matchLabels": {"app": "quotes"}},
-                     "mongo": {"uriSecretRef": {"name": "quotes-mongo"}, "database": "sales",
-                               "collection": "quotes"},
-                     "entity": {"type": "quote"}, "pubsub": {"project": "bench-project"},
-                     "redis": {"url": "redis://127.0.0.1:1/0"}}})
+        custom.create_namespaced_custom_object(
+            "liberator.io",
+            "v1alpha1",
+            "bench",
+            "entitypublishers",
+            {
+                "apiVersion": "liberator.io/v1alpha1",
+                "kind": "EntityPublisher",
+                "metadata": {"name": "quotes"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "quotes"}},
+                    "mongo": {
+                        "uriSecretRef": {"name": "quotes-mongo"},
+                        "database": "sales",
+                        "collection": "quotes",
+                    },
+                    "entity": {"type": "quote"},
+                    "pubsub": {"project": "bench-project"},
+                    "redis": {"url": "redis://127.0.0.1:1/0"},
+                },
+            },
+        )
         port = free_port()
         log = run_dir / "operator.log"
         with log.open("ab") as out:
             operator = subprocess.Popen(
-                [str(Path(sys.executable).with_name("liberator")), "operator", "--standalone",
-                 "--webhook-addr", "127.0.0.1", "--webhook-port", str(port),
-                 "--webhook-configure", "liberator-injector"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**kubectl_env, "LIBERATOR_OPERATOR_NAMESPACE": "liberator-system"})
+                [
+                    str(Path(sys.executable).with_name("liberator")),
+                    "operator",
+                    "--standalone",
+                    "--webhook-addr",
+                    "127.0.0.1",
+                    "--webhook-port",
+                    str(port),
+                    "--webhook-configure",
+                    "liberator-injector",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**kubectl_env, "LIBERATOR_OPERATOR_NAMESPACE": "liberator-system"},
+            )
         try:
             deadline = time.monotonic() + 120
             while True:  # until a dry-run pod comes back injected
-                probe = core.create_namespaced_pod("bench", {
-                    "metadata": {"name": "probe", "labels": {"app": "quotes"}},
-                    "spec": {"containers": [{"name": "app", "image": "busybox"}]}},
-                    dry_run="All")
+                probe = core.create_namespaced_pod(
+                    "bench",
+                    {
+                        "metadata": {"name": "probe", "labels": {"app": "quotes"}},
+                        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+                    },
+                    dry_run="All",
+                )
                 if probe.spec.init_containers:
                     break
                 if time.monotonic() > deadline or operator.poll() is not None:
@@ -159,8 +224,7 @@ def main() -> int:
             before = webhook_histogram(kubectl_env)
             with_hook, injected = create_pods(core, "bench", "pod", args.pods, {"app": "quotes"})
             after = webhook_histogram(kubectl_env)
-            without, _ = create_pods(core, "liberator-system", "base", args.pods,
-                                     {"app": "quotes"})
+            without, _ = create_pods(core, "liberator-system", "base", args.pods, {"app": "quotes"})
         finally:
             operator.terminate()
             operator.wait(timeout=30)
@@ -185,8 +249,11 @@ def main() -> int:
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
         print(f"{key:34} {shown}")
     print(json.dumps(report))
-    ok = (report["injected"] == args.pods and report["build_patch_p99_ms"] <= 5
-          and report["apiserver_webhook_p99_ms_bucket"] <= 100)
+    ok = (
+        report["injected"] == args.pods
+        and report["build_patch_p99_ms"] <= 5
+        and report["apiserver_webhook_p99_ms_bucket"] <= 100
+    )
     return 0 if ok else 1
 
 

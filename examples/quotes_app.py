@@ -39,46 +39,71 @@ class Config:
     max_quotes: int = 20
 
 
-def _number(env: Mapping[str, str], name: str, *, default: float, low: float, high: float,
-            kind: type[int] | type[float]) -> Any:
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    *,
+    default: float,
+    low: float,
+    high: float,
+    kind: type[int] | type[float],
+) -> Any:
     raw = env.get(name, "").strip()
     if not raw:
         return kind(default)
     try:
         value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a{'n integer' if kind is int else ' number'}: "
-                          f"set it between {low:g} and {high:g}, or unset it for "
-                          f"{default:g}") from None
+        raise ConfigError(
+            f"{name}={raw!r} is not a{'n integer' if kind is int else ' number'}: "
+            f"set it between {low:g} and {high:g}, or unset it for "
+            f"{default:g}"
+        ) from None
     if not low <= value <= high:
-        raise ConfigError(f"{name}={raw!r} is out of range: set it between {low:g} and "
-                          f"{high:g}, or unset it for {default:g}")
+        raise ConfigError(
+            f"{name}={raw!r} is out of range: set it between {low:g} and "
+            f"{high:g}, or unset it for {default:g}"
+        )
     return value
 
 
 def load_config(env: Mapping[str, str]) -> Config:
     for name in ("MONGO_URI", "POD_NAME"):
         if not env.get(name, "").strip():
-            raise ConfigError(f"{name} is not set: give the app's Deployment an env entry "
-                              f"{name} (examples/quotes_app.py)")
+            raise ConfigError(
+                f"{name} is not set: give the app's Deployment an env entry "
+                f"{name} (examples/quotes_app.py)"
+            )
     if not env["MONGO_URI"].startswith(("mongodb://", "mongodb+srv://")):
-        raise ConfigError(f"MONGO_URI={env['MONGO_URI']!r} is not a MongoDB URI: it starts "
-                          "with mongodb:// or mongodb+srv://")
-    return Config(mongo_uri=env["MONGO_URI"], pod=env["POD_NAME"],
-                  database=env.get("QUOTES_DATABASE", "").strip() or "quotes",
-                  interval=_number(env, "QUOTES_INTERVAL_SECONDS", default=3.0, low=0.1,
-                                   high=3600, kind=float),
-                  max_quotes=_number(env, "QUOTES_MAX", default=20, low=0, high=10000,
-                                     kind=int))
+        raise ConfigError(
+            f"MONGO_URI={env['MONGO_URI']!r} is not a MongoDB URI: it starts "
+            "with mongodb:// or mongodb+srv://"
+        )
+    return Config(
+        mongo_uri=env["MONGO_URI"],
+        pod=env["POD_NAME"],
+        database=env.get("QUOTES_DATABASE", "").strip() or "quotes",
+        interval=_number(
+            env, "QUOTES_INTERVAL_SECONDS", default=3.0, low=0.1, high=3600, kind=float
+        ),
+        max_quotes=_number(env, "QUOTES_MAX", default=20, low=0, high=10000, kind=int),
+    )
 
 
 def quote(config: Config, n: int) -> dict[str, Any]:
     from bson.decimal128 import Decimal128  # noqa: PLC0415 (pymongo's; load_config needs none)
 
-    return {"_id": f"{config.pod}-{n:03d}", "version": 1, "by": config.pod,
-            "customer": f"ACME-{n % 3}", "amount": Decimal128(Decimal(1000 + 5 * n)),
-            "currency": "EUR", "status": "draft", "internalNotes": "never published",
-            "createdAt": dt.datetime.now(dt.UTC)}
+    return {
+        "_id": f"{config.pod}-{n:03d}",
+        "version": 1,
+        "by": config.pod,
+        "customer": f"ACME-{n % 3}",
+        "amount": Decimal128(Decimal(1000 + 5 * n)),
+        "currency": "EUR",
+        "status": "draft",
+        "internalNotes": "never published",
+        "createdAt": dt.datetime.now(dt.UTC),
+    }
 
 
 def serve(port: int = 8080) -> None:
@@ -107,7 +132,8 @@ def main() -> int:
     import pymongo  # noqa: PLC0415
 
     quotes: Any = pymongo.MongoClient(config.mongo_uri, serverSelectionTimeoutMS=5000)[
-        config.database]["quotes"]
+        config.database
+    ]["quotes"]
     written = 0
     while written < config.max_quotes and not stop.is_set():
         try:

@@ -29,13 +29,16 @@ totals: dict[str, float] = {}
 
 
 def build(subscription: str, redis_url: str) -> Subscriber:
-    sub = Subscriber(SubscriberSettings(subscription=subscription, redis_url=redis_url,
-                                        pull_timeout_seconds=2))
+    sub = Subscriber(
+        SubscriberSettings(subscription=subscription, redis_url=redis_url, pull_timeout_seconds=2)
+    )
 
     @sub.on("quote.purchased")  # an exact type wins over a prefix
     def purchased(event: CloudEvent) -> None:
-        print(f"bill {event.subject}: {event.data['amount']} (correlation "
-              f"{event.extensions.get('correlationid')})")
+        print(
+            f"bill {event.subject}: {event.data['amount']} (correlation "
+            f"{event.extensions.get('correlationid')})"
+        )
 
     @sub.on("quote.*")  # every other quote event: keep the latest state
     def quote_changed(event: CloudEvent) -> None:
@@ -52,22 +55,47 @@ def demo(redis_url: str) -> int:
     publisher = pubsub_v1.PublisherClient()
     admin = pubsub_v1.SubscriberClient()
     topic = publisher.create_topic(name=publisher.topic_path(project, f"demo-{suffix}")).name
-    subscription = admin.create_subscription(request={
-        "name": admin.subscription_path(project, f"demo-{suffix}"), "topic": topic}).name
-    base = {"ce-specversion": "1.0", "ce-source": "//liberator/shop/quotes",
-            "content-type": "application/json", "ce-time": "2026-01-02T03:04:05Z"}
+    subscription = admin.create_subscription(
+        request={"name": admin.subscription_path(project, f"demo-{suffix}"), "topic": topic}
+    ).name
+    base = {
+        "ce-specversion": "1.0",
+        "ce-source": "//liberator/shop/quotes",
+        "content-type": "application/json",
+        "ce-time": "2026-01-02T03:04:05Z",
+    }
     events = [
-        ("e-1", "quote.created", "q-1", '{"quoteId": "q-1", "amount": 10.5}',
-         {"ce-entityversion": "1"}),
-        ("e-2", "quote.purchased", "q-1", '{"quoteId": "q-1", "amount": 10.5}',
-         {"ce-correlationid": "order-7"}),
-        ("e-2", "quote.purchased", "q-1", '{"quoteId": "q-1", "amount": 10.5}',
-         {"ce-correlationid": "order-7"}),  # a redelivery: handled once
+        (
+            "e-1",
+            "quote.created",
+            "q-1",
+            '{"quoteId": "q-1", "amount": 10.5}',
+            {"ce-entityversion": "1"},
+        ),
+        (
+            "e-2",
+            "quote.purchased",
+            "q-1",
+            '{"quoteId": "q-1", "amount": 10.5}',
+            {"ce-correlationid": "order-7"},
+        ),
+        (
+            "e-2",
+            "quote.purchased",
+            "q-1",
+            '{"quoteId": "q-1", "amount": 10.5}',
+            {"ce-correlationid": "order-7"},
+        ),  # a redelivery: handled once
         ("e-3", "invoice.sent", "i-1", "{}", {}),  # no handler: acked and counted
     ]
     for event_id, kind, subject, data, extra in events:
-        publisher.publish(topic, data.encode(), **base, **extra, **{
-            "ce-id": f"{suffix}-{event_id}", "ce-type": kind, "ce-subject": subject}).result()
+        publisher.publish(
+            topic,
+            data.encode(),
+            **base,
+            **extra,
+            **{"ce-id": f"{suffix}-{event_id}", "ce-type": kind, "ce-subject": subject},
+        ).result()
     sub = build(subscription, redis_url)
     while sum(sub.counts.values()) < len(events):
         sub.run_once()
@@ -78,8 +106,11 @@ def demo(redis_url: str) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", action="store_true",
-                        help="create a topic on the emulator, publish samples, handle them")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="create a topic on the emulator, publish samples, handle them",
+    )
     args = parser.parse_args()
     redis_url = os.environ.get("REDIS_URL") or os.environ.get("LIBERATOR_REDIS_URL", "")
     if not redis_url:

@@ -16,8 +16,9 @@ import pytest
 
 from liberator_stack import Server, Stack
 
-SERVER_FIXTURES = frozenset({"stack", "mongo_server", "mongo_uri", "pubsub", "redis_url", "kube",
-                             "node"})
+SERVER_FIXTURES = frozenset(
+    {"stack", "mongo_server", "mongo_uri", "pubsub", "redis_url", "kube", "node"}
+)
 """A test that asks for one of these talks to a real local server."""
 SERVER_FOLDERS = frozenset({"test_stack", "test_cluster"})
 """Folders whose tests start their own servers, node or built tools."""
@@ -30,8 +31,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         parts = set(item.path.parts)
-        if (fixtures & SERVER_FIXTURES or parts & SERVER_FOLDERS
-                or item.path.name in SERVER_MODULES or item.get_closest_marker("kube")):
+        if (
+            fixtures & SERVER_FIXTURES
+            or parts & SERVER_FOLDERS
+            or item.path.name in SERVER_MODULES
+            or item.get_closest_marker("kube")
+        ):
             item.add_marker(pytest.mark.servers)
 
 

@@ -9,20 +9,37 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TOP = ("docs", "hack", "bench", "deploy", "crds", "examples", "tests", "publisher", "operator",
-       ".ci")
+TOP = (
+    "docs",
+    "hack",
+    "bench",
+    "deploy",
+    "crds",
+    "examples",
+    "tests",
+    "publisher",
+    "operator",
+    ".ci",
+)
 # A path as text: one of the top folders, then path characters, ending in a file extension.
-CITED = re.compile(r"(?<![\w/.~-])((?:" + "|".join(re.escape(t) for t in TOP)
-                   + r")/[\w./-]*\w\.(?:md|py|yaml|yml|json|java|xml|mod|sum|txt|sh|toml))\b")
+CITED = re.compile(
+    r"(?<![\w/.~-])((?:"
+    + "|".join(re.escape(t) for t in TOP)
+    + r")/[\w./-]*\w\.(?:md|py|yaml|yml|json|java|xml|mod|sum|txt|sh|toml))\b"
+)
 OUTSIDE = re.compile(r"\bDESIGN\.md\b|\bNOTES-local-stack\.md\b|\.\./shared/")
 
 
 def tracked() -> list[Path]:
-    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.split()
-    return [ROOT / name for name in out if name.endswith(
-        (".py", ".md", ".yaml", ".yml", ".java", ".toml")) or name in (
-        "Makefile", "Dockerfile", "hack/stack", ".ci/run")]
+    out = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    return [
+        ROOT / name
+        for name in out
+        if name.endswith((".py", ".md", ".yaml", ".yml", ".java", ".toml"))
+        or name in ("Makefile", "Dockerfile", "hack/stack", ".ci/run")
+    ]
 
 
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
@@ -56,8 +73,11 @@ def test_every_cited_path_exists() -> None:
 
 
 def test_nothing_outside_the_repository_is_cited() -> None:
-    cited = [f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
-             for path in tracked() if path.name != "test_doc_paths.py"
-             for text in [path.read_text(encoding="utf-8", errors="replace")]
-             for m in OUTSIDE.finditer(text)]
+    cited = [
+        f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
+        for path in tracked()
+        if path.name != "test_doc_paths.py"
+        for text in [path.read_text(encoding="utf-8", errors="replace")]
+        for m in OUTSIDE.finditer(text)
+    ]
     assert cited == [], "files outside the repository cited:\n" + "\n".join(cited)

@@ -15,14 +15,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hack/stack", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build what is missing, start servers, print export lines")
-    up.add_argument("names", nargs="*", metavar="SERVER",
-                    help=f"any of {', '.join(SERVER_NAMES)} (default: "
-                         f"{' '.join(DEFAULT_NAMES)}; the cluster needs root)")
-    build = sub.add_parser("build", help="only build or install the servers (with no names, "
-                           "also the test tools: promtool)")
+    up.add_argument(
+        "names",
+        nargs="*",
+        metavar="SERVER",
+        help=f"any of {', '.join(SERVER_NAMES)} (default: "
+        f"{' '.join(DEFAULT_NAMES)}; the cluster needs root)",
+    )
+    build = sub.add_parser(
+        "build",
+        help="only build or install the servers (with no names, also the test tools: promtool)",
+    )
     build.add_argument("names", nargs="*", metavar="SERVER", help="as for up")
-    sub.add_parser("image", help="build the project's image from the Dockerfile (buildah) and "
-                   "load it into the node when it runs")
+    sub.add_parser(
+        "image",
+        help="build the project's image from the Dockerfile (buildah) and "
+        "load it into the node when it runs",
+    )
     sub.add_parser("status", help="list running servers")
     sub.add_parser("env", help="print the export lines of running servers")
     sub.add_parser("down", help="stop every server")

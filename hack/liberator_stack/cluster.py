@@ -45,12 +45,18 @@ from liberator_stack.process import (
 
 __all__ = ["build", "cleanup", "start"]
 
-NODE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy",
-                   "kubelet")
+NODE_COMPONENTS = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kube-proxy",
+    "kubelet",
+)
 READY_TIMEOUT = 180.0
 
 
 # -- build ----------------------------------------------------------------------------------------
+
 
 def build(say: Say) -> None:
     """Install the node's Debian packages, build the Kubernetes binaries and the pause image."""
@@ -68,18 +74,26 @@ def install_packages(say: Say) -> None:
     if not missing:
         return
     if shutil.which("apt-get") is None:
-        raise StackError(f"missing {', '.join(missing)} and apt-get is not available: install "
-                         "them (Debian 12 names)")
+        raise StackError(
+            f"missing {', '.join(missing)} and apt-get is not available: install "
+            "them (Debian 12 names)"
+        )
     if os.geteuid() != 0:
-        raise StackError(f"missing Debian packages {', '.join(missing)}: install them as root "
-                         f"(apt-get install {' '.join(missing)})")
+        raise StackError(
+            f"missing Debian packages {', '.join(missing)}: install them as root "
+            f"(apt-get install {' '.join(missing)})"
+        )
     say(f"installing {', '.join(missing)} with apt-get (about 1 minute)")
     log = cache_dir() / "logs" / "apt-node.log"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     run_checked(["apt-get", "update", "-qq"], log=log, what="apt-get update", env=env)
     # No recommends: buildah recommends crun, which fails on hybrid cgroups.
-    run_checked(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-                log=log, what=f"apt-get install {' '.join(missing)}", env=env)
+    run_checked(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+        log=log,
+        what=f"apt-get install {' '.join(missing)}",
+        env=env,
+    )
 
 
 def build_image(say: Say) -> None:
@@ -95,6 +109,7 @@ def build_image(say: Say) -> None:
 
 
 # -- configuration files --------------------------------------------------------------------------
+
 
 def containerd_config() -> str:
     return f"""\
@@ -153,17 +168,22 @@ def cni_config() -> dict[str, Any]:
     return {
         "cniVersion": "1.0.0",
         "name": nc.CNI_NETWORK,
-        "plugins": [{
-            "type": "bridge",
-            "bridge": nc.CNI_BRIDGE,
-            "isGateway": True,
-            # No masquerade: pod packets keep their address, and the firewall keeps them here.
-            "ipMasq": False,
-            "hairpinMode": True,
-            "ipam": {"type": "host-local", "dataDir": str(nc.CNI_IPAM_DIR),
-                     "ranges": [[{"subnet": nc.POD_CIDR, "gateway": nc.POD_GATEWAY}]],
-                     "routes": [{"dst": "0.0.0.0/0"}]},
-        }],
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": nc.CNI_BRIDGE,
+                "isGateway": True,
+                # No masquerade: pod packets keep their address, and the firewall keeps them here.
+                "ipMasq": False,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": str(nc.CNI_IPAM_DIR),
+                    "ranges": [[{"subnet": nc.POD_CIDR, "gateway": nc.POD_GATEWAY}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                },
+            }
+        ],
     }
 
 
@@ -177,8 +197,11 @@ def kubelet_config(pki: dict[str, Path], pod_logs: Path) -> dict[str, Any]:
         "healthzPort": 0,
         "tlsCertFile": str(pki["kubelet-serving.crt"]),
         "tlsPrivateKeyFile": str(pki["kubelet-serving.key"]),
-        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
-                           "x509": {"clientCAFile": str(pki["ca.crt"])}},
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": True},
+            "x509": {"clientCAFile": str(pki["ca.crt"])},
+        },
         "authorization": {"mode": "Webhook"},
         # Hybrid cgroups (v1 hierarchies, cgroup2 at /sys/fs/cgroup/unified); no systemd.
         "failCgroupV1": False,
@@ -189,8 +212,12 @@ def kubelet_config(pki: dict[str, Path], pod_logs: Path) -> dict[str, Any]:
         # No cluster DNS and no host resolver inside pods: nothing a pod resolves leaves here.
         "resolvConf": "",
         # A shared machine: evict only when really short, never for image-fs percentages.
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
-                         "nodefs.inodesFree": "1%", "imagefs.available": "1%"},
+        "evictionHard": {
+            "memory.available": "100Mi",
+            "nodefs.available": "1%",
+            "nodefs.inodesFree": "1%",
+            "imagefs.available": "1%",
+        },
         "podLogsDir": str(pod_logs),
         "serializeImagePulls": False,
         "maxPods": 110,
@@ -211,8 +238,12 @@ def kube_proxy_config(kubeconfig: Path) -> dict[str, Any]:
         "metricsBindAddress": f"{nc.NODE_IP}:10249",
         "nodePortAddresses": [f"{nc.NODE_IP}/32"],
         # Zeros leave the host's conntrack sysctls alone.
-        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s",
-                      "tcpCloseWaitTimeout": "0s"},
+        "conntrack": {
+            "maxPerCore": 0,
+            "min": 0,
+            "tcpEstablishedTimeout": "0s",
+            "tcpCloseWaitTimeout": "0s",
+        },
         # No route_localnet: NodePorts on 127.0.0.1 are not needed.
         "iptables": {"localhostNodePorts": False, "masqueradeAll": False},
         "detectLocalMode": "ClusterCIDR",
@@ -220,6 +251,7 @@ def kube_proxy_config(kubeconfig: Path) -> dict[str, Any]:
 
 
 # -- certificates and kubeconfigs -----------------------------------------------------------------
+
 
 def _pki() -> dict[str, Path]:
     """Every certificate of the node under PKI_DIR; the keys are file names."""
@@ -233,11 +265,23 @@ def _pki() -> dict[str, Path]:
         files[f"{stem}.crt"], files[f"{stem}.key"] = cert, key
 
     keep("ca", ca)
-    keep("apiserver", kube.issue_cert(
-        ca, "kube-apiserver",
-        hosts=(nc.NODE_IP, "127.0.0.1", nc.KUBERNETES_SERVICE_IP, "localhost", "kubernetes",
-               "kubernetes.default", "kubernetes.default.svc",
-               f"kubernetes.default.svc.{nc.CLUSTER_DOMAIN}")))
+    keep(
+        "apiserver",
+        kube.issue_cert(
+            ca,
+            "kube-apiserver",
+            hosts=(
+                nc.NODE_IP,
+                "127.0.0.1",
+                nc.KUBERNETES_SERVICE_IP,
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                f"kubernetes.default.svc.{nc.CLUSTER_DOMAIN}",
+            ),
+        ),
+    )
     keep("kubelet-serving", kube.issue_cert(ca, nc.NODE_NAME, hosts=(nc.NODE_IP, nc.NODE_NAME)))
     clients = {
         "admin": ("liberator-admin", ("system:masters",)),
@@ -256,8 +300,11 @@ def _pki() -> dict[str, Path]:
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
 
     private = serialization.load_pem_private_key(sa.key_pem, password=None)
-    (out / "sa.pub").write_bytes(private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (out / "sa.pub").write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     files["sa.key"], files["sa.pub"] = sa_key, out / "sa.pub"
     return files
 
@@ -269,12 +316,27 @@ def write_kubeconfig(path: Path, server: str, pki: dict[str, Path], stem: str) -
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "liberator-node", "cluster": {
-            "server": server, "certificate-authority-data": data("ca.crt")}}],
-        "users": [{"name": stem, "user": {"client-certificate-data": data(f"{stem}.crt"),
-                                          "client-key-data": data(f"{stem}.key")}}],
-        "contexts": [{"name": "liberator-node", "context": {
-            "cluster": "liberator-node", "user": stem, "namespace": "default"}}],
+        "clusters": [
+            {
+                "name": "liberator-node",
+                "cluster": {"server": server, "certificate-authority-data": data("ca.crt")},
+            }
+        ],
+        "users": [
+            {
+                "name": stem,
+                "user": {
+                    "client-certificate-data": data(f"{stem}.crt"),
+                    "client-key-data": data(f"{stem}.key"),
+                },
+            }
+        ],
+        "contexts": [
+            {
+                "name": "liberator-node",
+                "context": {"cluster": "liberator-node", "user": stem, "namespace": "default"},
+            }
+        ],
         "current-context": "liberator-node",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -285,6 +347,7 @@ def write_kubeconfig(path: Path, server: str, pki: dict[str, Path], stem: str) -
 
 # -- talking to the API server --------------------------------------------------------------------
 
+
 class _Api:
     def __init__(self, server: str, pki: dict[str, Path]) -> None:
         self.server = server
@@ -292,8 +355,9 @@ class _Api:
         self.context.load_cert_chain(str(pki["admin.crt"]), str(pki["admin.key"]))
 
     def raw(self, path: str) -> bytes:
-        with urllib.request.urlopen(f"{self.server}{path}", timeout=5,
-                                    context=self.context) as response:
+        with urllib.request.urlopen(
+            f"{self.server}{path}", timeout=5, context=self.context
+        ) as response:
             return bytes(response.read())
 
     def get(self, path: str) -> Any:
@@ -302,11 +366,14 @@ class _Api:
 
 def node_ready(api: _Api) -> bool:
     node = api.get(f"/api/v1/nodes/{nc.NODE_NAME}")
-    return any(c["type"] == "Ready" and c["status"] == "True"
-               for c in node.get("status", {}).get("conditions", []))
+    return any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in node.get("status", {}).get("conditions", [])
+    )
 
 
 # -- start and stop -------------------------------------------------------------------------------
+
 
 def start(run_dir: Path, port: int | None = None, say: Say = say_stderr) -> Server:
     """Start the node from a clean host state and wait until the Node is Ready."""
@@ -344,30 +411,54 @@ def start(run_dir: Path, port: int | None = None, say: Say = say_stderr) -> Serv
         apiserver = _start_apiserver(run_dir, exes["kube-apiserver"], api_port, etcd_url, pki)
         procs.append(apiserver)
         api = _Api(server, pki)
-        wait_until(apiserver, lambda: api.raw("/readyz").strip() == b"ok"
-                   and bool(api.get("/api/v1/namespaces/default")),
-                   timeout=kube.START_TIMEOUT, what="kube-apiserver")
+        wait_until(
+            apiserver,
+            lambda: (
+                api.raw("/readyz").strip() == b"ok" and bool(api.get("/api/v1/namespaces/default"))
+            ),
+            timeout=kube.START_TIMEOUT,
+            what="kube-apiserver",
+        )
         say(f"kube-apiserver ready at {server}")
         containerd = _start_containerd(run_dir)
         procs.append(containerd)
         log = run_dir / "images.log"
         images.import_into_node(pause, log)
-        kubeconfigs = {stem: write_kubeconfig(nc.VAR_DIR / "kubeconfig" / f"{stem}.yaml", server,
-                                              pki, stem)
-                       for stem in ("controller-manager", "scheduler", "kubelet", "kube-proxy")}
-        procs.append(_start_controller_manager(run_dir, exes["kube-controller-manager"],
-                                               kubeconfigs["controller-manager"], pki))
-        procs.append(spawn("kube-scheduler", [
-            str(exes["kube-scheduler"]), f"--kubeconfig={kubeconfigs['scheduler']}",
-            "--secure-port=0", "--leader-elect=false", "--v=1"],
-            run_dir / "kube-scheduler.log", env=_go_env("150MiB")))
+        kubeconfigs = {
+            stem: write_kubeconfig(nc.VAR_DIR / "kubeconfig" / f"{stem}.yaml", server, pki, stem)
+            for stem in ("controller-manager", "scheduler", "kubelet", "kube-proxy")
+        }
+        procs.append(
+            _start_controller_manager(
+                run_dir, exes["kube-controller-manager"], kubeconfigs["controller-manager"], pki
+            )
+        )
+        procs.append(
+            spawn(
+                "kube-scheduler",
+                [
+                    str(exes["kube-scheduler"]),
+                    f"--kubeconfig={kubeconfigs['scheduler']}",
+                    "--secure-port=0",
+                    "--leader-elect=false",
+                    "--v=1",
+                ],
+                run_dir / "kube-scheduler.log",
+                env=_go_env("150MiB"),
+            )
+        )
         kubelet_started = time.monotonic()
         procs.append(_start_kubelet(run_dir, exes["kubelet"], kubeconfigs["kubelet"], pki))
         proxy_config = nc.VAR_DIR / "kube-proxy.yaml"
         proxy_config.write_text(yaml.safe_dump(kube_proxy_config(kubeconfigs["kube-proxy"])))
-        procs.append(spawn("kube-proxy", [str(exes["kube-proxy"]), f"--config={proxy_config}",
-                                          "--v=1"], run_dir / "kube-proxy.log",
-                           env=_go_env("100MiB")))
+        procs.append(
+            spawn(
+                "kube-proxy",
+                [str(exes["kube-proxy"]), f"--config={proxy_config}", "--v=1"],
+                run_dir / "kube-proxy.log",
+                env=_go_env("100MiB"),
+            )
+        )
         for tar in images.node_tarballs():
             if tar != pause:
                 images.import_into_node(tar, log)
@@ -383,14 +474,27 @@ def start(run_dir: Path, port: int | None = None, say: Say = say_stderr) -> Serv
         host.sweep(say)
         raise
     kubeconfig = write_kubeconfig(run_dir / "kubeconfig", server, pki, "admin")
-    say(f"Node {nc.NODE_NAME} Ready {ready_after:.1f}s after the kubelet started, "
-        f"{time.monotonic() - started:.0f}s in all")
-    return Server("cluster", procs, exports={"KUBECONFIG": str(kubeconfig)},
-                  details={"server": server, "version": version, "node": nc.NODE_NAME,
-                           "node_ip": nc.NODE_IP, "pods": nc.POD_CIDR,
-                           "services": nc.SERVICE_CIDR, "kubeconfig": str(kubeconfig),
-                           "etcd": etcd_url, "ready_seconds": f"{ready_after:.1f}"},
-                  run_dir=run_dir)
+    say(
+        f"Node {nc.NODE_NAME} Ready {ready_after:.1f}s after the kubelet started, "
+        f"{time.monotonic() - started:.0f}s in all"
+    )
+    return Server(
+        "cluster",
+        procs,
+        exports={"KUBECONFIG": str(kubeconfig)},
+        details={
+            "server": server,
+            "version": version,
+            "node": nc.NODE_NAME,
+            "node_ip": nc.NODE_IP,
+            "pods": nc.POD_CIDR,
+            "services": nc.SERVICE_CIDR,
+            "kubeconfig": str(kubeconfig),
+            "etcd": etcd_url,
+            "ready_seconds": f"{ready_after:.1f}",
+        },
+        run_dir=run_dir,
+    )
 
 
 def cleanup(say: Say = say_stderr) -> None:
@@ -411,8 +515,10 @@ def _wait_all(procs: list[Proc], ready: Any, *, what: str) -> None:
     while time.monotonic() < deadline:
         for proc in procs:
             if not proc.alive():
-                raise StackError(f"{proc.name} exited while waiting for {what}; log {proc.log}:\n"
-                                 f"{log_tail(proc.log)}")
+                raise StackError(
+                    f"{proc.name} exited while waiting for {what}; log {proc.log}:\n"
+                    f"{log_tail(proc.log)}"
+                )
         with contextlib.suppress(Exception):
             if ready():
                 return
@@ -421,57 +527,80 @@ def _wait_all(procs: list[Proc], ready: Any, *, what: str) -> None:
     raise StackError(f"{what} not reached after {READY_TIMEOUT:.0f}s:\n{tails}")
 
 
-def _start_apiserver(run_dir: Path, exe: Path, port: int, etcd_url: str,
-                     pki: dict[str, Path]) -> Proc:
-    argv = [str(exe),
-            f"--etcd-servers={etcd_url}",
-            f"--secure-port={port}", f"--bind-address={nc.NODE_IP}",
-            f"--advertise-address={nc.NODE_IP}",
-            f"--tls-cert-file={pki['apiserver.crt']}",
-            f"--tls-private-key-file={pki['apiserver.key']}",
-            f"--client-ca-file={pki['ca.crt']}",
-            f"--service-account-issuer=https://kubernetes.default.svc.{nc.CLUSTER_DOMAIN}",
-            f"--service-account-key-file={pki['sa.pub']}",
-            f"--service-account-signing-key-file={pki['sa.key']}",
-            f"--kubelet-client-certificate={pki['apiserver-kubelet-client.crt']}",
-            f"--kubelet-client-key={pki['apiserver-kubelet-client.key']}",
-            f"--kubelet-certificate-authority={pki['ca.crt']}",
-            "--kubelet-preferred-address-types=InternalIP,Hostname",
-            "--authorization-mode=Node,RBAC",
-            # The defaults (ServiceAccount and PodSecurity among them) plus NodeRestriction.
-            "--enable-admission-plugins=NodeRestriction",
-            f"--service-cluster-ip-range={nc.SERVICE_CIDR}",
-            "--allow-privileged=true",
-            "--profiling=false",
-            "--v=1"]
+def _start_apiserver(
+    run_dir: Path, exe: Path, port: int, etcd_url: str, pki: dict[str, Path]
+) -> Proc:
+    argv = [
+        str(exe),
+        f"--etcd-servers={etcd_url}",
+        f"--secure-port={port}",
+        f"--bind-address={nc.NODE_IP}",
+        f"--advertise-address={nc.NODE_IP}",
+        f"--tls-cert-file={pki['apiserver.crt']}",
+        f"--tls-private-key-file={pki['apiserver.key']}",
+        f"--client-ca-file={pki['ca.crt']}",
+        f"--service-account-issuer=https://kubernetes.default.svc.{nc.CLUSTER_DOMAIN}",
+        f"--service-account-key-file={pki['sa.pub']}",
+        f"--service-account-signing-key-file={pki['sa.key']}",
+        f"--kubelet-client-certificate={pki['apiserver-kubelet-client.crt']}",
+        f"--kubelet-client-key={pki['apiserver-kubelet-client.key']}",
+        f"--kubelet-certificate-authority={pki['ca.crt']}",
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
+        "--authorization-mode=Node,RBAC",
+        # The defaults (ServiceAccount and PodSecurity among them) plus NodeRestriction.
+        "--enable-admission-plugins=NodeRestriction",
+        f"--service-cluster-ip-range={nc.SERVICE_CIDR}",
+        "--allow-privileged=true",
+        "--profiling=false",
+        "--v=1",
+    ]
     return spawn("kube-apiserver", argv, run_dir / "kube-apiserver.log", env=_go_env("400MiB"))
 
 
 def _start_containerd(run_dir: Path) -> Proc:
     nc.CONTAINERD_CONFIG.write_text(containerd_config())
     (nc.CNI_CONF_DIR / "10-liberator.conflist").write_text(json.dumps(cni_config(), indent=2))
-    proc = spawn("containerd", ["containerd", "--config", str(nc.CONTAINERD_CONFIG)],
-                 run_dir / "containerd.log")
+    proc = spawn(
+        "containerd",
+        ["containerd", "--config", str(nc.CONTAINERD_CONFIG)],
+        run_dir / "containerd.log",
+    )
 
     def answers() -> bool:
-        return subprocess.run(images.ctr("version"), capture_output=True, timeout=5,
-                              check=False).returncode == 0
+        return (
+            subprocess.run(
+                images.ctr("version"), capture_output=True, timeout=5, check=False
+            ).returncode
+            == 0
+        )
 
     wait_until(proc, answers, timeout=60, what="containerd")
     return proc
 
 
-def _start_controller_manager(run_dir: Path, exe: Path, kubeconfig: Path,
-                              pki: dict[str, Path]) -> Proc:
-    argv = [str(exe), f"--kubeconfig={kubeconfig}", "--secure-port=0", "--leader-elect=false",
-            f"--service-account-private-key-file={pki['sa.key']}",
-            f"--root-ca-file={pki['ca.crt']}", "--use-service-account-credentials=true",
-            f"--cluster-signing-cert-file={pki['ca.crt']}",
-            f"--cluster-signing-key-file={pki['ca.key']}",
-            f"--service-cluster-ip-range={nc.SERVICE_CIDR}",
-            "--cluster-name=liberator-node", "--v=1"]
-    return spawn("kube-controller-manager", argv, run_dir / "kube-controller-manager.log",
-                 env=_go_env("200MiB"))
+def _start_controller_manager(
+    run_dir: Path, exe: Path, kubeconfig: Path, pki: dict[str, Path]
+) -> Proc:
+    argv = [
+        str(exe),
+        f"--kubeconfig={kubeconfig}",
+        "--secure-port=0",
+        "--leader-elect=false",
+        f"--service-account-private-key-file={pki['sa.key']}",
+        f"--root-ca-file={pki['ca.crt']}",
+        "--use-service-account-credentials=true",
+        f"--cluster-signing-cert-file={pki['ca.crt']}",
+        f"--cluster-signing-key-file={pki['ca.key']}",
+        f"--service-cluster-ip-range={nc.SERVICE_CIDR}",
+        "--cluster-name=liberator-node",
+        "--v=1",
+    ]
+    return spawn(
+        "kube-controller-manager",
+        argv,
+        run_dir / "kube-controller-manager.log",
+        env=_go_env("200MiB"),
+    )
 
 
 def _start_kubelet(run_dir: Path, exe: Path, kubeconfig: Path, pki: dict[str, Path]) -> Proc:
@@ -479,7 +608,13 @@ def _start_kubelet(run_dir: Path, exe: Path, kubeconfig: Path, pki: dict[str, Pa
     pod_logs.mkdir(parents=True, exist_ok=True)
     config = nc.VAR_DIR / "kubelet.yaml"
     config.write_text(yaml.safe_dump(kubelet_config(pki, pod_logs)))
-    argv = [str(exe), f"--config={config}", f"--kubeconfig={kubeconfig}",
-            f"--root-dir={nc.KUBELET_ROOT}", f"--node-ip={nc.NODE_IP}",
-            f"--hostname-override={nc.NODE_NAME}", "--v=1"]
+    argv = [
+        str(exe),
+        f"--config={config}",
+        f"--kubeconfig={kubeconfig}",
+        f"--root-dir={nc.KUBELET_ROOT}",
+        f"--node-ip={nc.NODE_IP}",
+        f"--hostname-override={nc.NODE_NAME}",
+        "--v=1",
+    ]
     return spawn("kubelet", argv, run_dir / "kubelet.log", env=_go_env("200MiB"))

@@ -31,18 +31,30 @@ OPERATOR = "liberator-operator"
 EVENTSTORE = "liberator-eventstore"
 
 
-def kubectl(kubeconfig: str | Path, *args: str, stdin: str | None = None,
-            timeout: float = 300) -> str:
-    result = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", *args], input=stdin,
-                            capture_output=True, text=True, timeout=timeout, check=False)
+def kubectl(
+    kubeconfig: str | Path, *args: str, stdin: str | None = None, timeout: float = 300
+) -> str:
+    result = subprocess.run(
+        ["kubectl", f"--kubeconfig={kubeconfig}", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if result.returncode != 0:
         raise StackError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout
 
 
 def render(overlay: Path = OVERLAY) -> list[dict[str, Any]]:
-    out = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True,
-                         timeout=120, check=False)
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(overlay)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if out.returncode != 0:
         raise StackError(f"kubectl kustomize {overlay} failed: {out.stderr.strip()}")
     return [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -56,13 +68,13 @@ def webhook_tls() -> tuple[kube.KeyPair, kube.KeyPair]:
     return ca, serving
 
 
-def manifests(exports: dict[str, str], *, operator_replicas: int = 2,
-              eventstore: bool = False) -> list[dict[str, Any]]:
+def manifests(
+    exports: dict[str, str], *, operator_replicas: int = 2, eventstore: bool = False
+) -> list[dict[str, Any]]:
     """The rendered overlay with the local servers' addresses, the Secret and the caBundle."""
     ca, serving = webhook_tls()
     docs: list[dict[str, Any]] = []
     for doc in render():
-
         kind, name = doc["kind"], doc["metadata"]["name"]
         if kind == "Deployment" and name == EVENTSTORE and not eventstore:
             continue
@@ -78,14 +90,27 @@ def manifests(exports: dict[str, str], *, operator_replicas: int = 2,
                         # No cluster DNS here: the emulator is a host process on the node IP.
                         env["value"] = exports["PUBSUB_EMULATOR_HOST"]
         docs.append(doc)
-    docs.append({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-                 "metadata": {"name": WEBHOOK_SECRET, "namespace": NAMESPACE},
-                 "data": {"tls.crt": base64.b64encode(serving.cert_pem).decode(),
-                          "tls.key": base64.b64encode(serving.key_pem).decode()}})
+    docs.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": WEBHOOK_SECRET, "namespace": NAMESPACE},
+            "data": {
+                "tls.crt": base64.b64encode(serving.cert_pem).decode(),
+                "tls.key": base64.b64encode(serving.key_pem).decode(),
+            },
+        }
+    )
     if eventstore:
-        docs.append({"apiVersion": "v1", "kind": "Secret",
-                     "metadata": {"name": EVENTSTORE, "namespace": NAMESPACE},
-                     "stringData": {"mongo-uri": exports["LIBERATOR_MONGO_URI"]}})
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": EVENTSTORE, "namespace": NAMESPACE},
+                "stringData": {"mongo-uri": exports["LIBERATOR_MONGO_URI"]},
+            }
+        )
     return docs
 
 
@@ -94,41 +119,93 @@ def apply(kubeconfig: str | Path, docs: Sequence[dict[str, Any]]) -> None:
     first = [d for d in docs if d["kind"] in ("Namespace", "CustomResourceDefinition")]
     rest = [d for d in docs if d not in first]
     kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(first))
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=120s",
-            *[f"crd/{d['metadata']['name']}" for d in first
-              if d["kind"] == "CustomResourceDefinition"])
+    kubectl(
+        kubeconfig,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=120s",
+        *[f"crd/{d['metadata']['name']}" for d in first if d["kind"] == "CustomResourceDefinition"],
+    )
     kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(rest))
 
 
-def install(kubeconfig: str | Path, exports: dict[str, str], *, operator_replicas: int = 2,
-            eventstore: bool = False, timeout: float = 300) -> None:
+def install(
+    kubeconfig: str | Path,
+    exports: dict[str, str],
+    *,
+    operator_replicas: int = 2,
+    eventstore: bool = False,
+    timeout: float = 300,
+) -> None:
     """Apply Liberator and wait until its operator replicas are available."""
-    existed = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", "-n", NAMESPACE, "get",
-                              f"deployment/{OPERATOR}"], capture_output=True, timeout=60,
-                             check=False).returncode == 0
-    apply(kubeconfig, manifests(exports, operator_replicas=operator_replicas,
-                                eventstore=eventstore))
+    existed = (
+        subprocess.run(
+            [
+                "kubectl",
+                f"--kubeconfig={kubeconfig}",
+                "-n",
+                NAMESPACE,
+                "get",
+                f"deployment/{OPERATOR}",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        ).returncode
+        == 0
+    )
+    apply(
+        kubeconfig, manifests(exports, operator_replicas=operator_replicas, eventstore=eventstore)
+    )
     if existed:
         # A new serving certificate and CA: running replicas read theirs only at start.
         kubectl(kubeconfig, "-n", NAMESPACE, "rollout", "restart", f"deployment/{OPERATOR}")
     started = time.monotonic()
-    kubectl(kubeconfig, "-n", NAMESPACE, "rollout", "status", f"deployment/{OPERATOR}",
-            f"--timeout={int(timeout)}s", timeout=timeout + 30)
+    kubectl(
+        kubeconfig,
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        f"deployment/{OPERATOR}",
+        f"--timeout={int(timeout)}s",
+        timeout=timeout + 30,
+    )
     if eventstore:
         left = max(30.0, timeout - (time.monotonic() - started))
-        kubectl(kubeconfig, "-n", NAMESPACE, "rollout", "status", f"deployment/{EVENTSTORE}",
-                f"--timeout={int(left)}s", timeout=left + 30)
+        kubectl(
+            kubeconfig,
+            "-n",
+            NAMESPACE,
+            "rollout",
+            "status",
+            f"deployment/{EVENTSTORE}",
+            f"--timeout={int(left)}s",
+            timeout=left + 30,
+        )
 
 
-def install_eventstore(kubeconfig: str | Path, exports: dict[str, str], *,
-                       timeout: float = 300) -> None:
+def install_eventstore(
+    kubeconfig: str | Path, exports: dict[str, str], *, timeout: float = 300
+) -> None:
     """Apply only the event store and wait for it. It is Ready once its subscriptions exist, so
     apply it after the EntityPublisher that declares them."""
-    docs = [d for d in manifests(exports, eventstore=True)
-            if d["metadata"]["name"].startswith(EVENTSTORE)]  # its ConfigMap has a hash suffix
+    docs = [
+        d
+        for d in manifests(exports, eventstore=True)
+        if d["metadata"]["name"].startswith(EVENTSTORE)
+    ]  # its ConfigMap has a hash suffix
     kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
-    kubectl(kubeconfig, "-n", NAMESPACE, "rollout", "status", f"deployment/{EVENTSTORE}",
-            f"--timeout={int(timeout)}s", timeout=timeout + 30)
+    kubectl(
+        kubeconfig,
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        f"deployment/{EVENTSTORE}",
+        f"--timeout={int(timeout)}s",
+        timeout=timeout + 30,
+    )
 
 
 def local_node(stack: Stack) -> str:

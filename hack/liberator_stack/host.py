@@ -35,31 +35,42 @@ CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
 def _run(argv: list[str], *, check: bool = True) -> str:
     result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
     if check and result.returncode != 0:
-        raise StackError(f"{shlex.join(argv)} failed (exit {result.returncode}): "
-                         f"{result.stderr.strip() or result.stdout.strip()}")
+        raise StackError(
+            f"{shlex.join(argv)} failed (exit {result.returncode}): "
+            f"{result.stderr.strip() or result.stdout.strip()}"
+        )
     return result.stdout
 
 
 # -- privileges -----------------------------------------------------------------------------------
 
+
 def missing_privileges() -> str | None:
     """One line naming what the node needs and this process lacks, or None."""
     if os.geteuid() != 0:
-        return ("up cluster needs root (with CAP_SYS_ADMIN and CAP_NET_ADMIN): run it as root, "
-                "e.g. sudo hack/stack up cluster")
+        return (
+            "up cluster needs root (with CAP_SYS_ADMIN and CAP_NET_ADMIN): run it as root, "
+            "e.g. sudo hack/stack up cluster"
+        )
     caps = 0
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("CapEff:"):
             caps = int(line.split()[1], 16)
-    lacking = [name for bit, name in ((CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
-                                      (CAP_NET_ADMIN, "CAP_NET_ADMIN")) if not caps >> bit & 1]
+    lacking = [
+        name
+        for bit, name in ((CAP_SYS_ADMIN, "CAP_SYS_ADMIN"), (CAP_NET_ADMIN, "CAP_NET_ADMIN"))
+        if not caps >> bit & 1
+    ]
     if lacking:
-        return (f"up cluster needs {' and '.join(lacking)} (mounts, cgroups, network "
-                "namespaces): run it as root in a privileged container or VM")
+        return (
+            f"up cluster needs {' and '.join(lacking)} (mounts, cgroups, network "
+            "namespaces): run it as root in a privileged container or VM"
+        )
     return None
 
 
 # -- sysctls and the record -----------------------------------------------------------------------
+
 
 def read_sysctls() -> dict[str, str]:
     values = {}
@@ -119,6 +130,7 @@ def leftovers() -> list[str]:
 
 # -- network --------------------------------------------------------------------------------------
 
+
 def link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
@@ -126,8 +138,10 @@ def link_exists(name: str) -> bool:
 def address_conflicts() -> list[str]:
     """Routes or addresses of this machine (not the node's) that overlap the node's ranges."""
     ours = {nc.NODE_LINK, nc.CNI_BRIDGE}
-    ranges = [ipaddress.ip_network(r, strict=False) for r in
-              (f"{nc.NODE_IP}/{nc.NODE_PREFIX}", nc.POD_CIDR, nc.SERVICE_CIDR)]
+    ranges = [
+        ipaddress.ip_network(r, strict=False)
+        for r in (f"{nc.NODE_IP}/{nc.NODE_PREFIX}", nc.POD_CIDR, nc.SERVICE_CIDR)
+    ]
     found = []
     for line in _run(["ip", "-4", "route", "show", "table", "all"], check=False).splitlines():
         words = line.split()
@@ -150,8 +164,10 @@ def network_up() -> None:
     """The node bridge with the node IP, forwarding for pods, and the firewall chains."""
     conflicts = address_conflicts()
     if conflicts:
-        raise StackError(f"the node's addresses clash with this machine's network: "
-                         f"{conflicts[0]}; change them in hack/liberator_stack/nodeconf.py")
+        raise StackError(
+            f"the node's addresses clash with this machine's network: "
+            f"{conflicts[0]}; change them in hack/liberator_stack/nodeconf.py"
+        )
     if not link_exists(nc.NODE_LINK):
         _run(["ip", "link", "add", nc.NODE_LINK, "type", "bridge"])
     _run(["ip", "addr", "replace", f"{nc.NODE_IP}/{nc.NODE_PREFIX}", "dev", nc.NODE_LINK])
@@ -173,10 +189,12 @@ def firewall_up() -> None:
     for chain, parent in ((nc.FORWARD_CHAIN, "FORWARD"), (nc.INPUT_CHAIN, "INPUT")):
         _run(["iptables", "-t", "filter", "-N", chain], check=False)
         _run(["iptables", "-t", "filter", "-F", chain])
-        rules = [["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"],
-                 ["-s", nc.POD_CIDR, "-d", nc.POD_CIDR, "-j", "RETURN"],
-                 ["-s", nc.POD_CIDR, "-d", f"{nc.NODE_IP}/32", "-j", "RETURN"],
-                 ["-s", nc.POD_CIDR, "-j", "DROP"]]
+        rules = [
+            ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"],
+            ["-s", nc.POD_CIDR, "-d", nc.POD_CIDR, "-j", "RETURN"],
+            ["-s", nc.POD_CIDR, "-d", f"{nc.NODE_IP}/32", "-j", "RETURN"],
+            ["-s", nc.POD_CIDR, "-j", "DROP"],
+        ]
         for rule in rules:
             _run(["iptables", "-t", "filter", "-A", chain, *rule])
         for _ in range(10):
@@ -187,8 +205,14 @@ def firewall_up() -> None:
 
 
 def _rule_present(parent: str, chain: str) -> bool:
-    return subprocess.run(["iptables", "-t", "filter", "-C", parent, "-j", chain],
-                          capture_output=True, check=False).returncode == 0
+    return (
+        subprocess.run(
+            ["iptables", "-t", "filter", "-C", parent, "-j", chain],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
 
 
 def node_chains() -> list[str]:
@@ -198,8 +222,11 @@ def node_chains() -> list[str]:
             continue
         for table in TABLES:
             out = _run([tool, "-t", table, "-S"], check=False)
-            found += [f"{tool}/{table}/{line.split()[1]}" for line in out.splitlines()
-                      if line.startswith("-N ") and line.split()[1].startswith(CHAIN_PREFIXES)]
+            found += [
+                f"{tool}/{table}/{line.split()[1]}"
+                for line in out.splitlines()
+                if line.startswith("-N ") and line.split()[1].startswith(CHAIN_PREFIXES)
+            ]
     return found
 
 
@@ -210,15 +237,21 @@ def _remove_chains(say: Say) -> None:
         for table in TABLES:
             out = _run([tool, "-t", table, "-S"], check=False)
             lines = out.splitlines()
-            ours = [ln.split()[1] for ln in lines
-                    if ln.startswith("-N ") and ln.split()[1].startswith(CHAIN_PREFIXES)]
+            ours = [
+                ln.split()[1]
+                for ln in lines
+                if ln.startswith("-N ") and ln.split()[1].startswith(CHAIN_PREFIXES)
+            ]
             if not ours:
                 continue
             # Jumps from built-in chains first, then our chains' own rules, then the chains.
             for line in lines:
                 words = shlex.split(line)
-                if (words[:1] == ["-A"] and not words[1].startswith(CHAIN_PREFIXES)
-                        and any(w.startswith(CHAIN_PREFIXES) for w in words[2:])):
+                if (
+                    words[:1] == ["-A"]
+                    and not words[1].startswith(CHAIN_PREFIXES)
+                    and any(w.startswith(CHAIN_PREFIXES) for w in words[2:])
+                ):
                     _run([tool, "-t", table, "-D", *words[1:]], check=False)
             for chain in ours:
                 _run([tool, "-t", table, "-F", chain], check=False)
@@ -232,8 +265,11 @@ def nft_tables() -> list[str]:
     if shutil.which("nft") is None:
         return []
     out = _run(["nft", "list", "tables"], check=False)
-    return [line.removeprefix("table ").strip() for line in out.splitlines()
-            if line.startswith("table ")]
+    return [
+        line.removeprefix("table ").strip()
+        for line in out.splitlines()
+        if line.startswith("table ")
+    ]
 
 
 def _remove_new_tables(before: list[str], say: Say) -> None:
@@ -242,8 +278,9 @@ def _remove_new_tables(before: list[str], say: Say) -> None:
         if table not in before:
             family, name = table.split(maxsplit=1)
             listing = _run(["nft", "list", "table", family, name], check=False)
-            if re.search(r"^\s+(ip|ip6|meta|counter|jump|tcp|udp|ct|mark)\b", listing,
-                         re.MULTILINE):
+            if re.search(
+                r"^\s+(ip|ip6|meta|counter|jump|tcp|udp|ct|mark)\b", listing, re.MULTILINE
+            ):
                 say(f"leaving nftables table {table}: it holds rules the node did not make")
                 continue
             _run(["nft", "delete", "table", family, name], check=False)
@@ -251,10 +288,12 @@ def _remove_new_tables(before: list[str], say: Say) -> None:
 
 # -- processes, mounts, cgroups -------------------------------------------------------------------
 
+
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-            errors="replace")
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return ""
 
@@ -353,6 +392,7 @@ def _remove_cgroups(say: Say) -> None:
 
 
 # -- the sweep ------------------------------------------------------------------------------------
+
 
 def sweep(say: Say) -> None:
     """Undo everything the node did on the host; safe to run when nothing is left."""

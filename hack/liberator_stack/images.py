@@ -90,8 +90,16 @@ def buildah(*args: str) -> list[str]:
     if exe is None:
         raise StackError("buildah is missing: run hack/stack build (it installs Debian's buildah)")
     store = cache_dir() / "buildah"
-    return [exe, "--root", str(store / "root"), "--runroot", str(store / "run"),
-            "--storage-driver", "vfs", *args]
+    return [
+        exe,
+        "--root",
+        str(store / "root"),
+        "--runroot",
+        str(store / "run"),
+        "--storage-driver",
+        "vfs",
+        *args,
+    ]
 
 
 def _log(name: str) -> Path:
@@ -106,15 +114,17 @@ def _stamped(tar: Path, stamp: str) -> bool:
 def _save(ref: str, tar: Path, stamp: str, log: Path) -> None:
     partial = tar.with_suffix(".partial")
     partial.unlink(missing_ok=True)
-    run_checked(buildah("push", ref, f"docker-archive:{partial}:{ref}"), log=log,
-                what=f"buildah push {ref}")
+    run_checked(
+        buildah("push", ref, f"docker-archive:{partial}:{ref}"), log=log, what=f"buildah push {ref}"
+    )
     partial.replace(tar)
     tar.with_suffix(".stamp").write_text(stamp + "\n")
 
 
 def _from_scratch(ref: str, log: Path, *, add: Path, dest: str, config: list[str]) -> None:
-    container = subprocess.run(buildah("from", "scratch"), capture_output=True, text=True,
-                               check=False)
+    container = subprocess.run(
+        buildah("from", "scratch"), capture_output=True, text=True, check=False
+    )
     if container.returncode != 0:
         raise StackError(f"buildah from scratch failed: {container.stderr.strip()}")
     name = container.stdout.strip()
@@ -134,16 +144,25 @@ def build_pause(say: Say) -> Path:
         return tar
     gcc = shutil.which("gcc")
     if gcc is None:
-        raise StackError("gcc is missing: install build-essential (the pause image is a tiny "
-                         "static C program)")
+        raise StackError(
+            "gcc is missing: install build-essential (the pause image is a tiny static C program)"
+        )
     log = _log("pause")
     work = cache_dir() / "node" / "pause"
     work.mkdir(parents=True, exist_ok=True)
     (work / "pause.c").write_text(PAUSE_C)
-    run_checked([gcc, "-static", "-Os", "-s", "-o", str(work / "pause"), str(work / "pause.c")],
-                log=log, what="gcc -static pause.c")
-    _from_scratch(nc.PAUSE_IMAGE, log, add=work / "pause", dest="/pause",
-                  config=["--entrypoint", '["/pause"]', "--user", "65535:65535"])
+    run_checked(
+        [gcc, "-static", "-Os", "-s", "-o", str(work / "pause"), str(work / "pause.c")],
+        log=log,
+        what="gcc -static pause.c",
+    )
+    _from_scratch(
+        nc.PAUSE_IMAGE,
+        log,
+        add=work / "pause",
+        dest="/pause",
+        config=["--entrypoint", '["/pause"]', "--user", "65535:65535"],
+    )
     _save(nc.PAUSE_IMAGE, tar, stamp, log)
     say(f"built the pause image {nc.PAUSE_IMAGE}")
     return tar
@@ -153,33 +172,63 @@ def build_base(say: Say) -> None:
     """``debian:bookworm-slim`` from Debian's packages, into buildah's storage (cached)."""
     tar = cache_dir() / "node" / "base.tar"  # not in image_dir(): the node needs no copy
     stamp = hashlib.sha256(f"{BASE_RECIPE}{SLIM_DPKG}{SOURCES}".encode()).hexdigest()
-    have = subprocess.run(buildah("inspect", "--type", "image", nc.BASE_IMAGE),
-                          capture_output=True, check=False).returncode == 0
+    have = (
+        subprocess.run(
+            buildah("inspect", "--type", "image", nc.BASE_IMAGE), capture_output=True, check=False
+        ).returncode
+        == 0
+    )
     if have and _stamped(tar, stamp):
         return
     log = _log("base")
     if not _stamped(tar, stamp):
-        say(f"making {nc.BASE_IMAGE} with debootstrap --variant=minbase {nc.DEBIAN_SUITE} "
-            f"(about 60-120 s; log: {log})")
+        say(
+            f"making {nc.BASE_IMAGE} with debootstrap --variant=minbase {nc.DEBIAN_SUITE} "
+            f"(about 60-120 s; log: {log})"
+        )
         started = time.monotonic()
         rootfs = cache_dir() / "node" / "rootfs"
         shutil.rmtree(rootfs, ignore_errors=True)
-        run_checked(["debootstrap", "--variant=minbase", nc.DEBIAN_SUITE, str(rootfs),
-                     "http://deb.debian.org/debian"], log=log, what="debootstrap")
+        run_checked(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                nc.DEBIAN_SUITE,
+                str(rootfs),
+                "http://deb.debian.org/debian",
+            ],
+            log=log,
+            what="debootstrap",
+        )
         _slim(rootfs)
         rootfs_tar = tar.with_suffix(".rootfs.tar")
-        run_checked(["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf",
-                     str(rootfs_tar), "."], log=log, what="tar the base rootfs")
+        run_checked(
+            ["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf", str(rootfs_tar), "."],
+            log=log,
+            what="tar the base rootfs",
+        )
         shutil.rmtree(rootfs, ignore_errors=True)
-        _from_scratch(nc.BASE_IMAGE, log, add=rootfs_tar, dest="/",
-                      config=["--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
-                              "/sbin:/bin", "--cmd", '["bash"]'])
+        _from_scratch(
+            nc.BASE_IMAGE,
+            log,
+            add=rootfs_tar,
+            dest="/",
+            config=[
+                "--env",
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "--cmd",
+                '["bash"]',
+            ],
+        )
         rootfs_tar.unlink(missing_ok=True)
         _save(nc.BASE_IMAGE, tar, stamp, log)
         say(f"made {nc.BASE_IMAGE} in {time.monotonic() - started:.0f}s")
     else:
-        run_checked(buildah("pull", f"docker-archive:{tar}"), log=log,
-                    what=f"buildah pull docker-archive:{tar}")
+        run_checked(
+            buildah("pull", f"docker-archive:{tar}"),
+            log=log,
+            what=f"buildah pull docker-archive:{tar}",
+        )
 
 
 def _slim(rootfs: Path) -> None:
@@ -187,10 +236,18 @@ def _slim(rootfs: Path) -> None:
     (rootfs / "etc/dpkg/dpkg.cfg.d/docker").write_text(SLIM_DPKG)
     (rootfs / "etc/apt/sources.list").unlink(missing_ok=True)
     (rootfs / "etc/apt/sources.list.d/debian.sources").write_text(SOURCES)
-    for pattern in ("usr/share/doc/*", "usr/share/man/*", "usr/share/info/*",
-                    "usr/share/locale/*", "usr/share/lintian/*", "var/lib/apt/lists/*",
-                    "var/cache/apt/*", "var/cache/debconf/*-old", "var/log/*.log",
-                    "var/log/apt/*"):
+    for pattern in (
+        "usr/share/doc/*",
+        "usr/share/man/*",
+        "usr/share/info/*",
+        "usr/share/locale/*",
+        "usr/share/lintian/*",
+        "var/lib/apt/lists/*",
+        "var/cache/apt/*",
+        "var/cache/debconf/*-old",
+        "var/log/*.log",
+        "var/log/apt/*",
+    ):
         for path in rootfs.glob(pattern):
             if path.name in {"copyright", "partial"}:
                 continue
@@ -222,13 +279,32 @@ def build_project(say: Say, ref: str | None = None) -> Path:
     # runc, not crun: crun refuses hybrid cgroups. The host network reaches the registries, and
     # the host's CA bundle (which may hold a proxy's CA) is lent to pip, not kept. Not at the
     # image's own bundle path: apt's ca-certificates replaces that file, and a mount is busy.
-    trust = ([f"--volume={HOST_CA}:{LENT_CA}:ro", "--build-arg", f"HOST_CA={LENT_CA}"]
-             if Path(HOST_CA).exists() else [])
+    trust = (
+        [f"--volume={HOST_CA}:{LENT_CA}:ro", "--build-arg", f"HOST_CA={LENT_CA}"]
+        if Path(HOST_CA).exists()
+        else []
+    )
     iidfile = image_dir() / "liberator.iid"
-    run_checked(buildah("bud", "--runtime", nc.RUNC, "--pull=never", "--network", "host",
-                        *trust, "--layers", f"--iidfile={iidfile}", "-t", ref,
-                        "-f", str(ROOT / "Dockerfile"), str(ROOT)),
-                log=log, what=f"buildah bud {ref}")
+    run_checked(
+        buildah(
+            "bud",
+            "--runtime",
+            nc.RUNC,
+            "--pull=never",
+            "--network",
+            "host",
+            *trust,
+            "--layers",
+            f"--iidfile={iidfile}",
+            "-t",
+            ref,
+            "-f",
+            str(ROOT / "Dockerfile"),
+            str(ROOT),
+        ),
+        log=log,
+        what=f"buildah bud {ref}",
+    )
     tar = image_dir() / "liberator.tar"
     image_id = f"{ref} {iidfile.read_text().strip()}"
     if not _stamped(tar, image_id):  # an unchanged build (all layers cached) is not saved again
@@ -245,14 +321,21 @@ def ensure_project(say: Say) -> Path:
 
 def image_size(ref: str) -> int:
     """The uncompressed size of ``ref`` in buildah's storage, in bytes."""
-    out = subprocess.run(buildah("inspect", "--type", "image", "--format", "{{.Docker.Size}}",
-                                 ref), capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(
+        buildah("inspect", "--type", "image", "--format", "{{.Docker.Size}}", ref),
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
     with_size = out.strip()
     if with_size.isdigit() and int(with_size) > 0:
         return int(with_size)
-    out = subprocess.run(buildah("images", "--format", "{{.Size}}", "--filter",
-                                 f"reference={ref}"), capture_output=True, text=True,
-                         check=False).stdout.split()
+    out = subprocess.run(
+        buildah("images", "--format", "{{.Size}}", "--filter", f"reference={ref}"),
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
     units = {"B": 1, "KB": 1e3, "kB": 1e3, "MB": 1e6, "GB": 1e9}
     if len(out) >= 2 and out[1] in units:
         return int(float(out[0]) * units[out[1]])
@@ -264,8 +347,7 @@ def ctr(*args: str) -> list[str]:
 
 
 def import_into_node(tar: Path, log: Path) -> None:
-    run_checked(ctr("images", "import", str(tar)), log=log,
-                what=f"ctr images import {tar.name}")
+    run_checked(ctr("images", "import", str(tar)), log=log, what=f"ctr images import {tar.name}")
 
 
 def node_tarballs() -> list[Path]:

@@ -66,21 +66,29 @@ MODULE_DIR = Path(__file__).resolve().parents[1] / "kube"
 PACKAGE_ROOT = "k8s.io/kubernetes/cmd"
 # The programs hack/kube/tools.go pins, with the minutes a clean build takes on 2 cores (the
 # apiserver ~5 min after ~15 s of downloads; the others with its build cache warm, measured).
-COMPONENTS = {"kube-apiserver": 6, "kube-controller-manager": 2, "kube-scheduler": 1,
-              "kube-proxy": 1, "kubelet": 2}
+COMPONENTS = {
+    "kube-apiserver": 6,
+    "kube-controller-manager": 2,
+    "kube-scheduler": 1,
+    "kube-proxy": 1,
+    "kubelet": 2,
+}
 ETCD = "/usr/bin/etcd"
 ETCD_PACKAGE = "etcd-server"
 SERVICE_CIDR = "10.0.0.0/24"
 START_TIMEOUT = 90.0
 PORT_ATTEMPTS = 3
 
-_REQUIRE = re.compile(r"^\s*(?:require\s+)?k8s\.io/kubernetes\s+(v1\.(\d+)\.(\d+))\s*(?://.*)?$",
-                      re.MULTILINE)
-_REPLACE = re.compile(r"^\s*(?:replace\s+)?(k8s\.io/[\w.-]+)\s+=>\s+(\S+)(?:\s+(\S+))?\s*$",
-                      re.MULTILINE)
+_REQUIRE = re.compile(
+    r"^\s*(?:require\s+)?k8s\.io/kubernetes\s+(v1\.(\d+)\.(\d+))\s*(?://.*)?$", re.MULTILINE
+)
+_REPLACE = re.compile(
+    r"^\s*(?:replace\s+)?(k8s\.io/[\w.-]+)\s+=>\s+(\S+)(?:\s+(\S+))?\s*$", re.MULTILINE
+)
 
 
 # -- the pinned release ---------------------------------------------------------------------------
+
 
 def read_go_mod() -> str:
     path = MODULE_DIR / "go.mod"
@@ -94,8 +102,10 @@ def pinned_version(go_mod: str) -> str:
     """The ``k8s.io/kubernetes`` version required by the build module's go.mod text."""
     found = _REQUIRE.findall(go_mod)
     if len(found) != 1:
-        raise StackError("hack/kube/go.mod must require k8s.io/kubernetes exactly once, as "
-                         f"'require k8s.io/kubernetes v1.<minor>.<patch>'; found {len(found)}")
+        raise StackError(
+            "hack/kube/go.mod must require k8s.io/kubernetes exactly once, as "
+            f"'require k8s.io/kubernetes v1.<minor>.<patch>'; found {len(found)}"
+        )
     return str(found[0][0])
 
 
@@ -107,19 +117,24 @@ def check_staging_replaces(go_mod: str, version: str) -> None:
     """
     match = re.fullmatch(r"v1\.(\d+)\.(\d+)", version)
     if match is None:
-        raise StackError(f"k8s.io/kubernetes version {version!r} in hack/kube/go.mod is not "
-                         "v1.<minor>.<patch>")
+        raise StackError(
+            f"k8s.io/kubernetes version {version!r} in hack/kube/go.mod is not v1.<minor>.<patch>"
+        )
     want = f"v0.{match[1]}.{match[2]}"
     replaces = _REPLACE.findall(go_mod)
     if not replaces:
-        raise StackError("hack/kube/go.mod has no 'replace k8s.io/<name> => k8s.io/<name> "
-                         f"{want}' lines; add one per staging module of k8s.io/kubernetes "
-                         f"{version}")
+        raise StackError(
+            "hack/kube/go.mod has no 'replace k8s.io/<name> => k8s.io/<name> "
+            f"{want}' lines; add one per staging module of k8s.io/kubernetes "
+            f"{version}"
+        )
     for name, target, target_version in replaces:
         if target != name or target_version != want:
-            raise StackError(f"hack/kube/go.mod: replace {name} => {target} {target_version} "
-                             f"should be '{name} => {name} {want}' for k8s.io/kubernetes "
-                             f"{version}")
+            raise StackError(
+                f"hack/kube/go.mod: replace {name} => {target} {target_version} "
+                f"should be '{name} => {name} {want}' for k8s.io/kubernetes "
+                f"{version}"
+            )
 
 
 def binary_path(name: str, version: str) -> Path:
@@ -137,8 +152,12 @@ def _ldflags(version: str) -> str:
     major, minor, _ = version.lstrip("v").split(".")
     flags = ["-s", "-w"]
     for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
-        flags += [f"-X {pkg}.gitVersion={version}", f"-X {pkg}.gitMajor={major}",
-                  f"-X {pkg}.gitMinor={minor}", f"-X {pkg}.gitTreeState=clean"]
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
     return " ".join(flags)
 
 
@@ -151,6 +170,7 @@ def _stamp(version: str) -> str:
 
 
 # -- build ----------------------------------------------------------------------------------------
+
 
 def build(say: Say) -> None:
     """Build kube-apiserver at the pinned release (cached), and make sure etcd is installed."""
@@ -166,8 +186,9 @@ def build_components(say: Say, names: Sequence[str]) -> None:
     stamp = _stamp(version)
     for name in names:
         if name not in COMPONENTS:
-            raise StackError(f"unknown Kubernetes component {name!r}; choose from "
-                             f"{', '.join(COMPONENTS)}")
+            raise StackError(
+                f"unknown Kubernetes component {name!r}; choose from {', '.join(COMPONENTS)}"
+            )
         _build_one(say, name, version, stamp)
 
 
@@ -185,20 +206,38 @@ def _build_one(say: Say, name: str, version: str, stamp: str) -> None:
 def _go_build(say: Say, name: str, version: str, target: Path) -> None:
     go = shutil.which("go")
     if go is None:
-        raise StackError(f"go is not on PATH: install Go 1.24+ to build {name} {version} "
-                         "(only the Go module proxy is needed)")
+        raise StackError(
+            f"go is not on PATH: install Go 1.24+ to build {name} {version} "
+            "(only the Go module proxy is needed)"
+        )
     log = cache_dir() / "logs" / f"{name}-{version}.log"
-    say(f"building {name} {version} from the Go module proxy, ~{COMPONENTS[name]} minutes "
-        f"the first time (log: {log})")
+    say(
+        f"building {name} {version} from the Go module proxy, ~{COMPONENTS[name]} minutes "
+        f"the first time (log: {log})"
+    )
     env = dict(os.environ)
     # -mod=mod lets go fill in go.sum entries a newer Go wants; go.sum pins the content anyway.
     env["GOFLAGS"] = f"{env.get('GOFLAGS', '')} -mod=mod -buildvcs=false".strip()
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{name}.partial")
     started = time.monotonic()
-    run_checked([go, "build", "-p", "2", "-trimpath", f"-ldflags={_ldflags(version)}",
-                 "-o", str(partial), f"{PACKAGE_ROOT}/{name}"], cwd=MODULE_DIR, log=log, env=env,
-                what=f"go build {name} {version}")
+    run_checked(
+        [
+            go,
+            "build",
+            "-p",
+            "2",
+            "-trimpath",
+            f"-ldflags={_ldflags(version)}",
+            "-o",
+            str(partial),
+            f"{PACKAGE_ROOT}/{name}",
+        ],
+        cwd=MODULE_DIR,
+        log=log,
+        env=env,
+        what=f"go build {name} {version}",
+    )
     os.replace(partial, target)
     say(f"built {name} {version} in {time.monotonic() - started:.0f}s: {target}")
 
@@ -207,16 +246,22 @@ def _install_etcd(say: Say) -> None:
     if Path(ETCD).exists():
         return
     if shutil.which("apt-get") is None:
-        raise StackError(f"etcd is missing at {ETCD} and apt-get is not available: install "
-                         f"Debian's {ETCD_PACKAGE} (etcd 3.4+)")
+        raise StackError(
+            f"etcd is missing at {ETCD} and apt-get is not available: install "
+            f"Debian's {ETCD_PACKAGE} (etcd 3.4+)"
+        )
     say(f"installing {ETCD_PACKAGE} with apt-get (about 30 s)")
     log = cache_dir() / "logs" / "apt-etcd.log"
     run_checked(["apt-get", "update", "-qq"], log=log, what="apt-get update")
-    run_checked(["apt-get", "install", "-y", "-qq", ETCD_PACKAGE], log=log,
-                what=f"apt-get install {ETCD_PACKAGE}")
+    run_checked(
+        ["apt-get", "install", "-y", "-qq", ETCD_PACKAGE],
+        log=log,
+        what=f"apt-get install {ETCD_PACKAGE}",
+    )
 
 
 # -- certificates ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class KeyPair:
@@ -238,36 +283,57 @@ class KeyPair:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
     # Backdated a little: the API server rejects certificates "not yet valid" on clock skew.
     now = datetime.datetime.now(datetime.UTC)
     return builder.not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(
-        now + datetime.timedelta(days=365))
+        now + datetime.timedelta(days=365)
+    )
 
 
 def new_ca(common_name: str) -> KeyPair:
     """A self-signed certificate authority."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    builder = _validity(x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                        .public_key(key.public_key()).serial_number(x509.random_serial_number()))
-    builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None),
-                                    critical=True)
+    builder = _validity(
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+    )
+    builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
     builder = builder.add_extension(
-        x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                      content_commitment=False, key_encipherment=False, data_encipherment=False,
-                      key_agreement=False, encipher_only=False, decipher_only=False),
-        critical=True)
+        x509.KeyUsage(
+            digital_signature=True,
+            key_cert_sign=True,
+            crl_sign=True,
+            content_commitment=False,
+            key_encipherment=False,
+            data_encipherment=False,
+            key_agreement=False,
+            encipher_only=False,
+            decipher_only=False,
+        ),
+        critical=True,
+    )
     cert = builder.sign(key, hashes.SHA256())
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
-def issue_cert(ca: KeyPair, common_name: str, *, hosts: Sequence[str] = (),
-               organizations: Sequence[str] = (), client: bool = False) -> KeyPair:
+def issue_cert(
+    ca: KeyPair,
+    common_name: str,
+    *,
+    hosts: Sequence[str] = (),
+    organizations: Sequence[str] = (),
+    client: bool = False,
+) -> KeyPair:
     """A leaf certificate signed by ``ca``: a server certificate for ``hosts`` (IP addresses or
     DNS names), or a client certificate when ``client`` (``organizations`` become groups)."""
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
@@ -277,11 +343,16 @@ def issue_cert(ca: KeyPair, common_name: str, *, hosts: Sequence[str] = (),
     key = ec.generate_private_key(ec.SECP256R1())
     attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
     attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
-    builder = _validity(x509.CertificateBuilder().subject_name(x509.Name(attributes))
-                        .issuer_name(ca_cert.subject).public_key(key.public_key())
-                        .serial_number(x509.random_serial_number()))
-    builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None),
-                                    critical=True)
+    builder = _validity(
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attributes))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+    )
+    builder = builder.add_extension(
+        x509.BasicConstraints(ca=False, path_length=None), critical=True
+    )
     usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
     builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     if hosts:
@@ -308,25 +379,44 @@ class _Pki:
 
 
 def _pki(directory: Path, *, reuse: bool) -> _Pki:
-    paths = _Pki(directory / "ca.crt", directory / "apiserver.crt", directory / "apiserver.key",
-                 directory / "admin.crt", directory / "admin.key", directory / "sa.pub",
-                 directory / "sa.key")
+    paths = _Pki(
+        directory / "ca.crt",
+        directory / "apiserver.crt",
+        directory / "apiserver.key",
+        directory / "admin.crt",
+        directory / "admin.key",
+        directory / "sa.pub",
+        directory / "sa.key",
+    )
     # A restart keeps the certificates, so kubeconfigs that clients already hold stay valid.
     if reuse and all(Path(p).exists() for p in vars(paths).values()):
         return paths
     ca = new_ca("liberator-local-ca")
     ca.write(directory, "ca")
-    issue_cert(ca, "kube-apiserver",
-               hosts=("127.0.0.1", "localhost", "10.0.0.1", "kubernetes", "kubernetes.default",
-                      "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"),
-               ).write(directory, "apiserver")
-    issue_cert(ca, "liberator-admin", organizations=("system:masters",),
-               client=True).write(directory, "admin")
+    issue_cert(
+        ca,
+        "kube-apiserver",
+        hosts=(
+            "127.0.0.1",
+            "localhost",
+            "10.0.0.1",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ),
+    ).write(directory, "apiserver")
+    issue_cert(ca, "liberator-admin", organizations=("system:masters",), client=True).write(
+        directory, "admin"
+    )
     sa_key = ec.generate_private_key(ec.SECP256R1())
     paths.sa_private.touch(mode=0o600)
     paths.sa_private.write_bytes(_key_pem(sa_key))
-    paths.sa_public.write_bytes(sa_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    paths.sa_public.write_bytes(
+        sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return paths
 
 
@@ -337,13 +427,31 @@ def _write_kubeconfig(path: Path, server: str, pki: _Pki) -> None:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "liberator-local", "cluster": {
-            "server": server, "certificate-authority-data": data(pki.ca)}}],
-        "users": [{"name": "liberator-admin", "user": {
-            "client-certificate-data": data(pki.admin_cert),
-            "client-key-data": data(pki.admin_key)}}],
-        "contexts": [{"name": "liberator-local", "context": {
-            "cluster": "liberator-local", "user": "liberator-admin", "namespace": "default"}}],
+        "clusters": [
+            {
+                "name": "liberator-local",
+                "cluster": {"server": server, "certificate-authority-data": data(pki.ca)},
+            }
+        ],
+        "users": [
+            {
+                "name": "liberator-admin",
+                "user": {
+                    "client-certificate-data": data(pki.admin_cert),
+                    "client-key-data": data(pki.admin_key),
+                },
+            }
+        ],
+        "contexts": [
+            {
+                "name": "liberator-local",
+                "context": {
+                    "cluster": "liberator-local",
+                    "user": "liberator-admin",
+                    "namespace": "default",
+                },
+            }
+        ],
         "current-context": "liberator-local",
     }
     path.touch(mode=0o600)
@@ -351,6 +459,7 @@ def _write_kubeconfig(path: Path, server: str, pki: _Pki) -> None:
 
 
 # -- start ----------------------------------------------------------------------------------------
+
 
 def _check_port(port: int) -> None:
     if not 0 < port < 65536:
@@ -361,8 +470,10 @@ def _check_port(port: int) -> None:
         try:
             sock.bind(("127.0.0.1", port))
         except OSError as error:
-            raise StackError(f"kube-apiserver port {port} on 127.0.0.1 is not free ({error}); "
-                             "stop what listens there or pass no port to pick a free one") from None
+            raise StackError(
+                f"kube-apiserver port {port} on 127.0.0.1 is not free ({error}); "
+                "stop what listens there or pass no port to pick a free one"
+            ) from None
 
 
 def _etcd_version(exe: str) -> str:
@@ -379,14 +490,23 @@ def _get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
 def _start_etcd(run_dir: Path, data_dir: Path) -> tuple[Proc, str]:
     client, peer = free_port(), free_port()
     client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
-    argv = [ETCD, "--name=liberator", f"--data-dir={data_dir}",
-            f"--listen-client-urls={client_url}", f"--advertise-client-urls={client_url}",
-            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=liberator={peer_url}", "--initial-cluster-state=new",
-            # A 1 GiB quota (default 2) and a snapshot every 5000 writes (default 100000) keep a
-            # test cluster's disk and memory low.
-            "--quota-backend-bytes=1073741824", "--snapshot-count=5000",
-            "--logger=zap", "--log-level=warn"]
+    argv = [
+        ETCD,
+        "--name=liberator",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client_url}",
+        f"--advertise-client-urls={client_url}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster=liberator={peer_url}",
+        "--initial-cluster-state=new",
+        # A 1 GiB quota (default 2) and a snapshot every 5000 writes (default 100000) keep a
+        # test cluster's disk and memory low.
+        "--quota-backend-bytes=1073741824",
+        "--snapshot-count=5000",
+        "--logger=zap",
+        "--log-level=warn",
+    ]
     proc = spawn("etcd", argv, run_dir / "etcd.log")
 
     def healthy() -> bool:
@@ -399,23 +519,28 @@ def _start_etcd(run_dir: Path, data_dir: Path) -> tuple[Proc, str]:
 
 def _start_apiserver(run_dir: Path, exe: Path, port: int, etcd_url: str, pki: _Pki) -> Proc:
     server = f"https://127.0.0.1:{port}"
-    argv = [str(exe),
-            f"--etcd-servers={etcd_url}",
-            f"--secure-port={port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
-            f"--client-ca-file={pki.ca}",
-            f"--service-account-issuer={server}/",
-            f"--service-account-key-file={pki.sa_public}",
-            f"--service-account-signing-key-file={pki.sa_private}",
-            "--authorization-mode=Node,RBAC",
-            # No token controller runs, so no pod could get its default service account.
-            "--disable-admission-plugins=ServiceAccount",
-            "--enable-admission-plugins=NamespaceLifecycle,MutatingAdmissionWebhook,"
-            "ValidatingAdmissionWebhook,ValidatingAdmissionPolicy",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--allow-privileged=true",
-            "--profiling=false",
-            "--v=1"]
+    argv = [
+        str(exe),
+        f"--etcd-servers={etcd_url}",
+        f"--secure-port={port}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--tls-cert-file={pki.serving_cert}",
+        f"--tls-private-key-file={pki.serving_key}",
+        f"--client-ca-file={pki.ca}",
+        f"--service-account-issuer={server}/",
+        f"--service-account-key-file={pki.sa_public}",
+        f"--service-account-signing-key-file={pki.sa_private}",
+        "--authorization-mode=Node,RBAC",
+        # No token controller runs, so no pod could get its default service account.
+        "--disable-admission-plugins=ServiceAccount",
+        "--enable-admission-plugins=NamespaceLifecycle,MutatingAdmissionWebhook,"
+        "ValidatingAdmissionWebhook,ValidatingAdmissionPolicy",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--allow-privileged=true",
+        "--profiling=false",
+        "--v=1",
+    ]
     env = dict(os.environ)
     # A soft heap limit: the Go runtime collects harder instead of growing (the machine is shared).
     env.setdefault("GOMEMLIMIT", "400MiB")
@@ -479,8 +604,18 @@ def start(run_dir: Path, port: int | None = None) -> Server:
         break
     kubeconfig = run_dir / "kubeconfig"
     _write_kubeconfig(kubeconfig, server, pki)
-    return Server("kube", [etcd, apiserver], exports={"KUBECONFIG": str(kubeconfig)},
-                  details={"port": str(api_port), "version": version, "server": server,
-                           "etcd": etcd_url, "etcd_version": _etcd_version(ETCD),
-                           "kubeconfig": str(kubeconfig), "ca": str(pki.ca)},
-                  run_dir=run_dir)
+    return Server(
+        "kube",
+        [etcd, apiserver],
+        exports={"KUBECONFIG": str(kubeconfig)},
+        details={
+            "port": str(api_port),
+            "version": version,
+            "server": server,
+            "etcd": etcd_url,
+            "etcd_version": _etcd_version(ETCD),
+            "kubeconfig": str(kubeconfig),
+            "ca": str(pki.ca),
+        },
+        run_dir=run_dir,
+    )

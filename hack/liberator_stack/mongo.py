@@ -32,8 +32,16 @@ from liberator_stack.process import (
     wait_until,
 )
 
-__all__ = ["MAX_AGE_ENV", "MAX_ENTRIES_ENV", "VERSION", "build", "home", "oplog_limits",
-           "require_client", "start"]
+__all__ = [
+    "MAX_AGE_ENV",
+    "MAX_ENTRIES_ENV",
+    "VERSION",
+    "build",
+    "home",
+    "oplog_limits",
+    "require_client",
+    "start",
+]
 
 VERSION = "1.47.0"
 """mongo-java-server release; keep in step with ``hack/mongo/pom.xml``."""
@@ -43,11 +51,16 @@ LAUNCHER = "LiberatorMongo"
 STAMP = "built.sha256"
 
 # Modest memory; C1-only JIT and serial GC start the JVM faster on a shared 2-core machine.
-JVM_FLAGS = ("-Xmx512m", "-Xss512k", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-             "-XX:+ExitOnOutOfMemoryError",
-             # One INFO line per client connection would drown the log.
-             "-Dorg.slf4j.simpleLogger.log.de.bwaldvogel.mongo.wire=warn",
-             "-Dorg.slf4j.simpleLogger.showDateTime=true")
+JVM_FLAGS = (
+    "-Xmx512m",
+    "-Xss512k",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-XX:+ExitOnOutOfMemoryError",
+    # One INFO line per client connection would drown the log.
+    "-Dorg.slf4j.simpleLogger.log.de.bwaldvogel.mongo.wire=warn",
+    "-Dorg.slf4j.simpleLogger.showDateTime=true",
+)
 
 
 def home() -> Path:
@@ -73,19 +86,22 @@ def _built(target: Path) -> bool:
     return stamp.exists() and stamp.read_text().strip() == _fingerprint()
 
 
-
 def _tools(say: Say) -> None:
     missing = [tool for tool in ("java", "javac", "mvn") if shutil.which(tool) is None]
     if not missing:
         return
     if shutil.which("apt-get") is None:
-        raise StackError(f"{', '.join(missing)} missing and apt-get is not available: install "
-                         "a JDK 17 and Maven")
+        raise StackError(
+            f"{', '.join(missing)} missing and apt-get is not available: install a JDK 17 and Maven"
+        )
     say(f"installing {', '.join(missing)} with apt-get (a minute or two)")
     log = cache_dir() / "logs" / "apt-mongo.log"
     run_checked(["apt-get", "update", "-qq"], log=log, what="apt-get update")
-    run_checked(["apt-get", "install", "-y", "-qq", "openjdk-17-jdk-headless", "maven"], log=log,
-                what="apt-get install openjdk-17-jdk-headless maven")
+    run_checked(
+        ["apt-get", "install", "-y", "-qq", "openjdk-17-jdk-headless", "maven"],
+        log=log,
+        what="apt-get install openjdk-17-jdk-headless maven",
+    )
 
 
 def build(say: Say) -> None:
@@ -105,14 +121,34 @@ def build(say: Say) -> None:
         work = Path(tempfile.mkdtemp(prefix=f"{VERSION}.", dir=target.parent))
         try:
             say("fetching jars with Maven (about 10 s when ~/.m2 is cold)")
-            run_checked(["mvn", "-B", "-q", "-f", str(SOURCES / "pom.xml"),
-                         f"-Dmongo-java-server.version={VERSION}",
-                         "dependency:copy-dependencies", f"-DoutputDirectory={work / 'lib'}"],
-                        log=log, what="mvn dependency:copy-dependencies")
+            run_checked(
+                [
+                    "mvn",
+                    "-B",
+                    "-q",
+                    "-f",
+                    str(SOURCES / "pom.xml"),
+                    f"-Dmongo-java-server.version={VERSION}",
+                    "dependency:copy-dependencies",
+                    f"-DoutputDirectory={work / 'lib'}",
+                ],
+                log=log,
+                what="mvn dependency:copy-dependencies",
+            )
             say("compiling the launcher")
-            run_checked(["javac", "-nowarn", "-d", str(work / "classes"),
-                         "-cp", str(work / "lib") + "/*", str(SOURCES / f"{LAUNCHER}.java")],
-                        log=log, what=f"javac {LAUNCHER}.java")
+            run_checked(
+                [
+                    "javac",
+                    "-nowarn",
+                    "-d",
+                    str(work / "classes"),
+                    "-cp",
+                    str(work / "lib") + "/*",
+                    str(SOURCES / f"{LAUNCHER}.java"),
+                ],
+                log=log,
+                what=f"javac {LAUNCHER}.java",
+            )
             (work / STAMP).write_text(_fingerprint() + "\n")
             if target.exists():
                 shutil.rmtree(target)
@@ -128,8 +164,11 @@ MAX_AGE_ENV = "LIBERATOR_MONGO_OPLOG_MAX_AGE_SECONDS"
 """Caps it by age in seconds: older entries are trimmed (unset: unbounded)."""
 
 
-def oplog_limits(max_entries: int | None = None, max_age_seconds: float | None = None,
-                 env: Mapping[str, str] | None = None) -> tuple[int | None, float | None]:
+def oplog_limits(
+    max_entries: int | None = None,
+    max_age_seconds: float | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[int | None, float | None]:
     """The oplog cap: the arguments, else :data:`MAX_ENTRIES_ENV` / :data:`MAX_AGE_ENV`.
 
     A bad value fails with a :class:`StackError` that names the argument or variable.
@@ -139,24 +178,30 @@ def oplog_limits(max_entries: int | None = None, max_age_seconds: float | None =
     if entries is None and env.get(MAX_ENTRIES_ENV, "").strip():
         raw = env[MAX_ENTRIES_ENV].strip()
         if not raw.isdigit():
-            raise StackError(f"{MAX_ENTRIES_ENV} must be a whole number of oplog entries, such "
-                             f"as 1000, got {raw!r}")
+            raise StackError(
+                f"{MAX_ENTRIES_ENV} must be a whole number of oplog entries, such "
+                f"as 1000, got {raw!r}"
+            )
         entries = int(raw)
-    if entries is not None and (isinstance(entries, bool) or not isinstance(entries, int)
-                                or entries < 1):
+    if entries is not None and (
+        isinstance(entries, bool) or not isinstance(entries, int) or entries < 1
+    ):
         what = "oplog_max_entries" if max_entries is not None else MAX_ENTRIES_ENV
-        raise StackError(f"{what} must be a whole number of oplog entries of at least 1, got "
-                         f"{entries!r}")
+        raise StackError(
+            f"{what} must be a whole number of oplog entries of at least 1, got {entries!r}"
+        )
     age: float | None = max_age_seconds
     if age is None and env.get(MAX_AGE_ENV, "").strip():
         raw = env[MAX_AGE_ENV].strip()
         try:
             age = float(raw)
         except ValueError:
-            raise StackError(f"{MAX_AGE_ENV} must be a number of seconds, such as 3600, got "
-                             f"{raw!r}") from None
-    if age is not None and (isinstance(age, bool) or not isinstance(age, int | float)
-                            or not 0 < age < float("inf")):
+            raise StackError(
+                f"{MAX_AGE_ENV} must be a number of seconds, such as 3600, got {raw!r}"
+            ) from None
+    if age is not None and (
+        isinstance(age, bool) or not isinstance(age, int | float) or not 0 < age < float("inf")
+    ):
         what = "oplog_max_age_seconds" if max_age_seconds is not None else MAX_AGE_ENV
         raise StackError(f"{what} must be a positive number of seconds, got {age!r}")
     return entries, age
@@ -167,16 +212,19 @@ def require_client() -> None:
     try:
         import pymongo  # noqa: F401, PLC0415 - late, so `hack/stack build` needs no venv
     except ImportError as error:
-        raise StackError(f"python module {error.name or 'pymongo'!r} is missing from "
-                         f"{sys.executable}: run 'make venv' (hack/stack uses .venv when it "
-                         f"exists)") from None
+        raise StackError(
+            f"python module {error.name or 'pymongo'!r} is missing from "
+            f"{sys.executable}: run 'make venv' (hack/stack uses .venv when it "
+            f"exists)"
+        ) from None
 
 
 def _ping(uri: str) -> bool:
     import pymongo  # noqa: PLC0415 - late, so `hack/stack build` works without the venv
 
     client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
-        uri, serverSelectionTimeoutMS=500, connectTimeoutMS=500)
+        uri, serverSelectionTimeoutMS=500, connectTimeoutMS=500
+    )
     try:
         client.admin.command("ping")
     finally:
@@ -184,9 +232,14 @@ def _ping(uri: str) -> bool:
     return True
 
 
-def start(run_dir: Path, port: int | None = None, host: str | None = None, *,
-          oplog_max_entries: int | None = None,
-          oplog_max_age_seconds: float | None = None) -> Server:
+def start(
+    run_dir: Path,
+    port: int | None = None,
+    host: str | None = None,
+    *,
+    oplog_max_entries: int | None = None,
+    oplog_max_age_seconds: float | None = None,
+) -> Server:
     """Start on ``port`` (or a free one) with the H2 file ``run_dir/mongo-bson.h2``; wait for a
     ping.
 
@@ -198,8 +251,9 @@ def start(run_dir: Path, port: int | None = None, host: str | None = None, *,
     require_client()
     target = home()
     if not _built(target):
-        raise StackError("mongo-java-server is not built (or the launcher changed): run "
-                         "hack/stack build")
+        raise StackError(
+            "mongo-java-server is not built (or the launcher changed): run hack/stack build"
+        )
     java = shutil.which("java")
     if java is None:
         raise StackError("java is not on PATH: install a JDK 17 (openjdk-17-jdk-headless)")
@@ -224,5 +278,6 @@ def start(run_dir: Path, port: int | None = None, host: str | None = None, *,
     # The log line first: a ping alone could reach another server that already holds the port.
     logged = log_matches(proc.log, rf"liberator-mongo: ready on {re.escape(host)}:{port} ")
     wait_until(proc, lambda: logged() and _ping(uri), timeout=60, what="mongo-java-server")
-    return Server("mongo", [proc], exports={"LIBERATOR_MONGO_URI": uri},
-                  details=details, run_dir=run_dir)
+    return Server(
+        "mongo", [proc], exports={"LIBERATOR_MONGO_URI": uri}, details=details, run_dir=run_dir
+    )

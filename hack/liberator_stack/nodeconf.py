@@ -53,8 +53,12 @@ CNI_CONF_DIR = VAR_DIR / "cni" / "net.d"
 CNI_IPAM_DIR = VAR_DIR / "cni" / "networks"
 CNI_BIN_DIR = Path("/usr/lib/cni")
 # Paths that programs use whatever they are told; created by the node, removed by down.
-FOREIGN_DIRS = (Path("/run/containerd"), Path("/var/lib/cni"), Path("/var/log/containers"),
-                Path("/run/netns"))
+FOREIGN_DIRS = (
+    Path("/run/containerd"),
+    Path("/var/lib/cni"),
+    Path("/var/log/containers"),
+    Path("/run/netns"),
+)
 
 # Debian 12 packages the node needs, each with a file that shows it is installed.
 PACKAGES = {
@@ -95,8 +99,13 @@ SYSCTLS = (
     "kernel.keys.root_maxbytes",
 )
 # Linux defaults, used by ``down`` when the record of a crashed run is gone.
-SYSCTL_DEFAULTS = {"net.ipv4.ip_forward": "0", "vm.overcommit_memory": "0",
-                   "vm.panic_on_oom": "0", "kernel.panic": "0", "kernel.panic_on_oops": "0"}
+SYSCTL_DEFAULTS = {
+    "net.ipv4.ip_forward": "0",
+    "vm.overcommit_memory": "0",
+    "vm.panic_on_oom": "0",
+    "kernel.panic": "0",
+    "kernel.panic_on_oops": "0",
+}
 
 
 def sysctl_path(key: str) -> Path:
@@ -114,6 +123,8 @@ def listen_host(host: str | None = None) -> str:
     try:
         ipaddress.ip_address(chosen)
     except ValueError:
-        raise StackError(f"LIBERATOR_LISTEN_HOST={chosen!r} is not an IP address: give one of "
-                         "this machine's addresses that pods can reach") from None
+        raise StackError(
+            f"LIBERATOR_LISTEN_HOST={chosen!r} is not an IP address: give one of "
+            "this machine's addresses that pods can reach"
+        ) from None
     return chosen

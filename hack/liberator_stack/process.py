@@ -60,15 +60,22 @@ def log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def run_checked(argv: Sequence[str], *, cwd: Path | None = None, log: Path, what: str,
-                env: dict[str, str] | None = None) -> None:
+def run_checked(
+    argv: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    log: Path,
+    what: str,
+    env: dict[str, str] | None = None,
+) -> None:
     """Run a build step, appending its output to ``log``; raise with the log tail on failure."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as out:
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()
-        result = subprocess.run(list(argv), cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                env=env, check=False)
+        result = subprocess.run(
+            list(argv), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False
+        )
     if result.returncode != 0:
         raise StackError(f"{what} failed (exit {result.returncode}); log {log}:\n{log_tail(log)}")
 
@@ -115,15 +122,27 @@ class Proc:
                 self.popen.wait(timeout=5)
 
 
-def spawn(name: str, argv: Sequence[str], log: Path, *, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> Proc:
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Proc:
     """Start ``argv`` in a new session (so it survives the CLI and can be stopped as a group)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     out = log.open("ab")
     try:
-        popen = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, env=env, cwd=cwd,
-                                 start_new_session=True)
+        popen = subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
     finally:
         out.close()
     return Proc(name=name, popen=popen, pid=popen.pid, log=log)
@@ -141,7 +160,8 @@ def wait_until(proc: Proc, ready: Callable[[], bool], *, timeout: float, what: s
         time.sleep(0.1)
     proc.stop()
     raise StackError(
-        f"{what} not ready after {timeout:.0f}s; log {proc.log}:\n{log_tail(proc.log)}")
+        f"{what} not ready after {timeout:.0f}s; log {proc.log}:\n{log_tail(proc.log)}"
+    )
 
 
 def log_matches(log: Path, pattern: str) -> Callable[[], bool]:

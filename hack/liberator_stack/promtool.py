@@ -39,11 +39,15 @@ def build(say: Say) -> None:
             return
         go = shutil.which("go")
         if go is None:
-            raise StackError(f"go is not on PATH: install Go 1.24+ to build promtool {VERSION} "
-                             "(only the Go module proxy is needed)")
+            raise StackError(
+                f"go is not on PATH: install Go 1.24+ to build promtool {VERSION} "
+                "(only the Go module proxy is needed)"
+            )
         log = cache_dir() / "logs" / f"promtool-{VERSION}.log"
-        say(f"building promtool {VERSION} from the Go module proxy, ~{BUILD_MINUTES} minutes "
-            f"the first time (log: {log})")
+        say(
+            f"building promtool {VERSION} from the Go module proxy, ~{BUILD_MINUTES} minutes "
+            f"the first time (log: {log})"
+        )
         started = time.monotonic()
         # go install writes into GOBIN; a private one next to the target, swapped in at the end,
         # so a failed or interrupted build leaves no half binary in the cache.
@@ -52,8 +56,13 @@ def build(say: Say) -> None:
             env = dict(os.environ, GOBIN=str(work))
             # -mod=mod: resolve the release's own go.mod requirements, whatever the cwd holds.
             env["GOFLAGS"] = f"{env.get('GOFLAGS', '')} -mod=mod".strip()
-            run_checked([go, "install", f"{PACKAGE}@{VERSION}"], cwd=target.parent, log=log,
-                        env=env, what=f"go install promtool {VERSION}")
+            run_checked(
+                [go, "install", f"{PACKAGE}@{VERSION}"],
+                cwd=target.parent,
+                log=log,
+                env=env,
+                what=f"go install promtool {VERSION}",
+            )
             os.replace(work / "promtool", target)
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -21,7 +21,8 @@ from liberator_stack.process import (
 
 def binary() -> str | None:
     return shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
 
 
 def build(say: Say) -> None:
@@ -32,8 +33,11 @@ def build(say: Say) -> None:
     say("installing redis-server with apt-get (about 30 s)")
     log = cache_dir() / "logs" / "apt-redis.log"
     run_checked(["apt-get", "update", "-qq"], log=log, what="apt-get update")
-    run_checked(["apt-get", "install", "-y", "-qq", "redis-server"], log=log,
-                what="apt-get install redis-server")
+    run_checked(
+        ["apt-get", "install", "-y", "-qq", "redis-server"],
+        log=log,
+        what="apt-get install redis-server",
+    )
 
 
 def ping(port: int, host: str = "127.0.0.1") -> bool:
@@ -54,11 +58,30 @@ def start(run_dir: Path, port: int | None = None, host: str | None = None) -> Se
     binds = sorted({"127.0.0.1", host})
     # Protected mode refuses every non-loopback client without a password; the node address is
     # reachable only from this machine and its pods.
-    argv = [exe, "--port", str(port), "--bind", *binds, "--save", "", "--appendonly", "no",
-            "--protected-mode", "yes" if host == "127.0.0.1" else "no",
-            "--dir", str(run_dir), "--daemonize", "no"]
+    argv = [
+        exe,
+        "--port",
+        str(port),
+        "--bind",
+        *binds,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "yes" if host == "127.0.0.1" else "no",
+        "--dir",
+        str(run_dir),
+        "--daemonize",
+        "no",
+    ]
     proc = spawn("redis", argv, log)
     wait_until(proc, lambda: ping(port, host), timeout=20, what="redis-server")
     url = f"redis://{host}:{port}/0"
-    return Server("redis", [proc], exports={"LIBERATOR_REDIS_URL": url},
-                  details={"port": str(port), "url": url}, run_dir=run_dir)
+    return Server(
+        "redis",
+        [proc],
+        exports={"LIBERATOR_REDIS_URL": url},
+        details={"port": str(port), "url": url},
+        run_dir=run_dir,
+    )

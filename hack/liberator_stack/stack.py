@@ -63,9 +63,9 @@ class Stack:
         started = time.monotonic()
         if name in NODE_CLIENTS and "cluster" in self.servers:
             # Pods reach host servers at the node IP; only this stack's servers move there.
-            server: Server = server_module(name).start(self.run_dir / name, port,
-                                                       host=self.servers["cluster"]
-                                                       .details["node_ip"])
+            server: Server = server_module(name).start(
+                self.run_dir / name, port, host=self.servers["cluster"].details["node_ip"]
+            )
         else:
             server = server_module(name).start(self.run_dir / name, port)
         self.servers[name] = server
@@ -116,10 +116,12 @@ class Stack:
         path = run_dir / STATE_FILE
         if path.exists():
             for name, entry in json.loads(path.read_text()).items():
-                procs = [Proc(p["name"], None, int(p["pid"]), Path(p["log"]))
-                         for p in entry["procs"]]
-                stack.servers[name] = Server(name, procs, entry["exports"], entry["details"],
-                                             run_dir / name)
+                procs = [
+                    Proc(p["name"], None, int(p["pid"]), Path(p["log"])) for p in entry["procs"]
+                ]
+                stack.servers[name] = Server(
+                    name, procs, entry["exports"], entry["details"], run_dir / name
+                )
         return stack
 
     def forget(self) -> None:
@@ -129,4 +131,3 @@ class Stack:
 def default_run_dir() -> Path:
     root = Path(__file__).resolve().parents[2]
     return Path(os.environ.get("LIBERATOR_STACK_DIR", root / ".stack"))
-

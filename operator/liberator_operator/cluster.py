@@ -26,8 +26,9 @@ def native_sidecars_supported(major: str, minor: str) -> bool:
         major_n = int(major)
     except ValueError:
         return False
-    return major_n > 1 or (major_n == 1 and digits is not None
-                           and int(digits.group()) >= NATIVE_SIDECAR_MINOR)
+    return major_n > 1 or (
+        major_n == 1 and digits is not None and int(digits.group()) >= NATIVE_SIDECAR_MINOR
+    )
 
 
 class Cluster:
@@ -55,29 +56,43 @@ class Cluster:
     def native_sidecars(self) -> bool:
         return native_sidecars_supported(*self.version())
 
-    def list_custom(self, group: str, version: str, plural: str,
-                    namespace: str | None = None) -> list[dict[str, Any]]:
+    def list_custom(
+        self, group: str, version: str, plural: str, namespace: str | None = None
+    ) -> list[dict[str, Any]]:
         if namespace is None:
-            result = self.custom.list_cluster_custom_object(group, version, plural,
-                                                            _request_timeout=REQUEST_TIMEOUT)
+            result = self.custom.list_cluster_custom_object(
+                group, version, plural, _request_timeout=REQUEST_TIMEOUT
+            )
         else:
-            result = self.custom.list_namespaced_custom_object(group, version, namespace, plural,
-                                                               _request_timeout=REQUEST_TIMEOUT)
+            result = self.custom.list_namespaced_custom_object(
+                group, version, namespace, plural, _request_timeout=REQUEST_TIMEOUT
+            )
         return list(result.get("items") or [])
 
-    def get_custom(self, group: str, version: str, plural: str, namespace: str,
-                   name: str) -> dict[str, Any] | None:
+    def get_custom(
+        self, group: str, version: str, plural: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
         try:
             obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                group, version, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT)
+                group, version, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
         return obj
 
-    def patch_custom_status(self, group: str, version: str, plural: str, namespace: str,
-                            name: str, *, status: dict[str, Any], resource_version: str) -> bool:
+    def patch_custom_status(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        *,
+        status: dict[str, Any],
+        resource_version: str,
+    ) -> bool:
         """Merge ``status``, only if the object is still at ``resource_version``.
 
         Returns False on a conflict: another writer got there first, and the caller's view is
@@ -86,7 +101,8 @@ class Cluster:
         body = {"metadata": {"resourceVersion": resource_version}, "status": status}
         try:
             self.custom.patch_namespaced_custom_object_status(
-                group, version, namespace, plural, name, body, _request_timeout=REQUEST_TIMEOUT)
+                group, version, namespace, plural, name, body, _request_timeout=REQUEST_TIMEOUT
+            )
         except ApiException as exc:
             if exc.status in (404, 409):
                 return False
@@ -96,8 +112,9 @@ class Cluster:
     def _secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """The Secret's (base64) data, or None when it does not exist."""
         try:
-            secret = self.core.read_namespaced_secret(name, namespace,
-                                                      _request_timeout=REQUEST_TIMEOUT)
+            secret = self.core.read_namespaced_secret(
+                name, namespace, _request_timeout=REQUEST_TIMEOUT
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -118,8 +135,7 @@ class Cluster:
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            job = self.batch.read_namespaced_job(name, namespace,
-                                                 _request_timeout=REQUEST_TIMEOUT)
+            job = self.batch.read_namespaced_job(name, namespace, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -130,8 +146,9 @@ class Cluster:
     def create_job(self, job: dict[str, Any]) -> bool:
         """Create ``job``; False when a Job of that name exists already."""
         try:
-            self.batch.create_namespaced_job(job["metadata"]["namespace"], job,
-                                             _request_timeout=REQUEST_TIMEOUT)
+            self.batch.create_namespaced_job(
+                job["metadata"]["namespace"], job, _request_timeout=REQUEST_TIMEOUT
+            )
         except ApiException as exc:
             if exc.status == 409:
                 return False
@@ -139,15 +156,17 @@ class Cluster:
         return True
 
     def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        pods = self.core.list_namespaced_pod(namespace, label_selector=label_selector,
-                                             _request_timeout=REQUEST_TIMEOUT)
+        pods = self.core.list_namespaced_pod(
+            namespace, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT
+        )
         items: list[dict[str, Any]] = self.api.sanitize_for_serialization(pods).get("items") or []
         return items
 
     def pod_image(self, namespace: str, pod: str, container: str) -> str | None:
         """The image ``container`` of ``pod`` runs (a list by name: RBAC grants list only)."""
-        pods = self.core.list_namespaced_pod(namespace, field_selector=f"metadata.name={pod}",
-                                             _request_timeout=REQUEST_TIMEOUT)
+        pods = self.core.list_namespaced_pod(
+            namespace, field_selector=f"metadata.name={pod}", _request_timeout=REQUEST_TIMEOUT
+        )
         for item in pods.items:
             for spec in item.spec.containers:
                 if spec.name == container:
@@ -159,14 +178,19 @@ class Cluster:
         name = body["metadata"]["name"]
         try:
             current = self.admission.read_mutating_webhook_configuration(
-                name, _request_timeout=REQUEST_TIMEOUT)
+                name, _request_timeout=REQUEST_TIMEOUT
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
             self.admission.create_mutating_webhook_configuration(
-                body, _request_timeout=REQUEST_TIMEOUT)
+                body, _request_timeout=REQUEST_TIMEOUT
+            )
             return
-        body = {**body, "metadata": {**body["metadata"],
-                                     "resourceVersion": current.metadata.resource_version}}
-        self.admission.replace_mutating_webhook_configuration(name, body,
-                                                              _request_timeout=REQUEST_TIMEOUT)
+        body = {
+            **body,
+            "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version},
+        }
+        self.admission.replace_mutating_webhook_configuration(
+            name, body, _request_timeout=REQUEST_TIMEOUT
+        )

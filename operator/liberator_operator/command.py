@@ -32,32 +32,79 @@ OPERATOR_CONTAINER = "operator"  # the container's name in deploy/base/operator.
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
-                        help="watch only this namespace (repeatable); default all namespaces")
-    parser.add_argument("--standalone", action="store_true",
-                        help="run without peering (one replica only; for development)")
-    parser.add_argument("--peering", default=PEERING_NAME, metavar="NAME",
-                        help="ClusterKopfPeering that replicas share (default %(default)s)")
-    parser.add_argument("--priority", type=int, default=None,
-                        help="peering priority; default random, so exactly one replica acts")
-    parser.add_argument("--liveness", default=None, metavar="URL",
-                        help="kopf health endpoint, e.g. http://0.0.0.0:8080/healthz")
-    parser.add_argument("--webhook-addr", default="0.0.0.0", metavar="ADDR",
-                        help="address the admission webhook listens on (default %(default)s)")
-    parser.add_argument("--webhook-port", type=int, default=9443, metavar="PORT",
-                        help="port of the admission webhook (default %(default)s)")
-    parser.add_argument("--webhook-certfile", type=Path, default=None, metavar="PEM",
-                        help="server certificate (a cert-manager Secret mounted as a file); "
-                             "without it a self-signed one is made")
-    parser.add_argument("--webhook-pkeyfile", type=Path, default=None, metavar="PEM",
-                        help="private key of --webhook-certfile")
-    parser.add_argument("--webhook-configure", default=None, metavar="NAME",
-                        help="create or replace the MutatingWebhookConfiguration NAME pointing at "
-                             "https://<--webhook-host>:<--webhook-port> (local stack; in a cluster "
-                             "deploy/ holds it)")
-    parser.add_argument("--webhook-host", default="127.0.0.1", metavar="HOST",
-                        help="host name the API server uses with --webhook-configure "
-                             "(default %(default)s)")
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch only this namespace (repeatable); default all namespaces",
+    )
+    parser.add_argument(
+        "--standalone",
+        action="store_true",
+        help="run without peering (one replica only; for development)",
+    )
+    parser.add_argument(
+        "--peering",
+        default=PEERING_NAME,
+        metavar="NAME",
+        help="ClusterKopfPeering that replicas share (default %(default)s)",
+    )
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority; default random, so exactly one replica acts",
+    )
+    parser.add_argument(
+        "--liveness",
+        default=None,
+        metavar="URL",
+        help="kopf health endpoint, e.g. http://0.0.0.0:8080/healthz",
+    )
+    parser.add_argument(
+        "--webhook-addr",
+        default="0.0.0.0",
+        metavar="ADDR",
+        help="address the admission webhook listens on (default %(default)s)",
+    )
+    parser.add_argument(
+        "--webhook-port",
+        type=int,
+        default=9443,
+        metavar="PORT",
+        help="port of the admission webhook (default %(default)s)",
+    )
+    parser.add_argument(
+        "--webhook-certfile",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="server certificate (a cert-manager Secret mounted as a file); "
+        "without it a self-signed one is made",
+    )
+    parser.add_argument(
+        "--webhook-pkeyfile",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="private key of --webhook-certfile",
+    )
+    parser.add_argument(
+        "--webhook-configure",
+        default=None,
+        metavar="NAME",
+        help="create or replace the MutatingWebhookConfiguration NAME pointing at "
+        "https://<--webhook-host>:<--webhook-port> (local stack; in a cluster "
+        "deploy/ holds it)",
+    )
+    parser.add_argument(
+        "--webhook-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="host name the API server uses with --webhook-configure (default %(default)s)",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
@@ -67,7 +114,8 @@ def kopf_settings(*, standalone: bool, server: kopf.WebhookServer) -> kopf.Opera
     ks.persistence.finalizer = "liberator.io/finalizer"
     ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="liberator.io")
     ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="liberator.io", key="last-handled-configuration")
+        prefix="liberator.io", key="last-handled-configuration"
+    )
     ks.posting.level = logging.WARNING
     ks.peering.clusterwide = True
     # Without the peering object a replica waits instead of acting alone next to another one.
@@ -96,9 +144,11 @@ def own_image(settings: OperatorSettings, cluster: Cluster) -> OperatorSettings:
         return settings
     image = cluster.pod_image(settings.namespace, pod, OPERATOR_CONTAINER)
     if image is None:
-        raise SettingsError(f"LIBERATOR_OPERATOR_POD_NAME={pod!r}: no container "
-                            f"{OPERATOR_CONTAINER!r} in that pod of {settings.namespace}; set "
-                            "LIBERATOR_OPERATOR_IMAGE or the pod name from metadata.name")
+        raise SettingsError(
+            f"LIBERATOR_OPERATOR_POD_NAME={pod!r}: no container "
+            f"{OPERATOR_CONTAINER!r} in that pod of {settings.namespace}; set "
+            "LIBERATOR_OPERATOR_IMAGE or the pod name from metadata.name"
+        )
     return dataclasses.replace(settings, image=image)
 
 
@@ -109,12 +159,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"liberator operator: {exc}", file=sys.stderr)
         return 2
     if (args.webhook_certfile is None) != (args.webhook_pkeyfile is None):
-        print("liberator operator: --webhook-certfile and --webhook-pkeyfile go together",
-              file=sys.stderr)
+        print(
+            "liberator operator: --webhook-certfile and --webhook-pkeyfile go together",
+            file=sys.stderr,
+        )
         return 2
     if not 0 < args.webhook_port < 65536:
-        print(f"liberator operator: --webhook-port {args.webhook_port} is not a port (1-65535)",
-              file=sys.stderr)
+        print(
+            f"liberator operator: --webhook-port {args.webhook_port} is not a port (1-65535)",
+            file=sys.stderr,
+        )
         return 2
     # The prefix names the object ([namespace/name]) on every handler line.
     kopf.configure(verbose=args.verbose, log_prefix=True)
@@ -126,9 +180,13 @@ def run(args: argparse.Namespace) -> int:
             certfile.write_bytes(cert)
             pkeyfile.touch(mode=0o600)
             pkeyfile.write_bytes(key)
-        server = kopf.WebhookServer(addr=args.webhook_addr, port=args.webhook_port,
-                                    host=args.webhook_host, certfile=str(certfile),
-                                    pkeyfile=str(pkeyfile))
+        server = kopf.WebhookServer(
+            addr=args.webhook_addr,
+            port=args.webhook_port,
+            host=args.webhook_host,
+            certfile=str(certfile),
+            pkeyfile=str(pkeyfile),
+        )
         cluster = Cluster()
         try:
             settings = own_image(settings, cluster)
@@ -138,9 +196,13 @@ def run(args: argparse.Namespace) -> int:
         if args.webhook_configure:
             url = f"https://{args.webhook_host}:{args.webhook_port}"
             ca = base64.b64encode(certfile.read_bytes()).decode()
-            cluster.apply_webhook_configuration(build_webhook_configuration(
-                {"url": url, "caBundle": ca}, name=args.webhook_configure,
-                excluded_namespaces=["kube-system", settings.namespace]))
+            cluster.apply_webhook_configuration(
+                build_webhook_configuration(
+                    {"url": url, "caBundle": ca},
+                    name=args.webhook_configure,
+                    excluded_namespaces=["kube-system", settings.namespace],
+                )
+            )
         runtime = Runtime(settings=settings, cluster=cluster)
         registry = kopf.OperatorRegistry()
         register(registry, runtime)

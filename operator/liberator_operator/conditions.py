@@ -59,9 +59,16 @@ def find(conditions: Iterable[Condition] | None, type_: str) -> Condition | None
     return None
 
 
-def set_condition(conditions: Sequence[Condition] | None, type_: str, status: Status | bool,
-                  reason: str, message: str, *, now: str, generation: int | None = None,
-                  ) -> list[Condition]:
+def set_condition(
+    conditions: Sequence[Condition] | None,
+    type_: str,
+    status: Status | bool,
+    reason: str,
+    message: str,
+    *,
+    now: str,
+    generation: int | None = None,
+) -> list[Condition]:
     """``conditions`` with ``type_`` set; other conditions keep their order and content."""
     value: Status = ("True" if status else "False") if isinstance(status, bool) else status
     old = find(conditions, type_)

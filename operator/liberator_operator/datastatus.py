@@ -30,6 +30,7 @@ __all__ = [
     "stall_condition",
 ]
 
+
 @dataclass(frozen=True)
 class DataStatus:
     """What the publisher's leader last reported."""
@@ -160,8 +161,12 @@ def stall_condition(data: DataStatus | None) -> tuple[str, str, str]:
     """The ``Stalled`` condition (status, reason, message) from the leader's record: Unknown
     without one (never a False that reads as "moving")."""
     if data is None:
-        return ("Unknown", "NoLeader", "no leader's status record: whether the publisher moves "
-                                       "is unknown (see the Publishing condition)")
+        return (
+            "Unknown",
+            "NoLeader",
+            "no leader's status record: whether the publisher moves "
+            "is unknown (see the Publishing condition)",
+        )
     if data.parked_reason:
         return "False", "Parked", "the leader is parked (see the Publishing condition)"
     if data.paused:
@@ -178,15 +183,24 @@ def resume_point_condition(data: DataStatus | None) -> tuple[str, str, str]:
     """The ``ResumePointAtRisk`` condition (status, reason, message) from the leader's record:
     Unknown without a record or a reading (never a False that reads as "safe")."""
     if data is None:
-        return ("Unknown", "NoLeader", "no leader's status record: the resume points' headroom "
-                                       "is unknown")
+        return (
+            "Unknown",
+            "NoLeader",
+            "no leader's status record: the resume points' headroom is unknown",
+        )
     point = data.resume_point or {}
     status = point.get("status")
     if status not in ("True", "False", "Unknown"):
-        return ("Unknown", "OplogWindowUnknown", "the leader reports no resume-point headroom "
-                                                 "(a sidecar older than this operator?)")
-    return (str(status), str(point.get("reason") or "OplogWindowUnknown"),
-            str(point.get("message") or ""))
+        return (
+            "Unknown",
+            "OplogWindowUnknown",
+            "the leader reports no resume-point headroom (a sidecar older than this operator?)",
+        )
+    return (
+        str(status),
+        str(point.get("reason") or "OplogWindowUnknown"),
+        str(point.get("message") or ""),
+    )
 
 
 def resume_point_status(data: DataStatus | None) -> dict[str, Any] | None:
@@ -203,8 +217,9 @@ def resume_point_status(data: DataStatus | None) -> dict[str, Any] | None:
         out["oldestEntry"] = point["oldestEntry"]
     loops = point.get("headroomSeconds")
     if isinstance(loops, Mapping):
-        headroom = {str(k): v for k, v in ((k, _float(v)) for k, v in loops.items())
-                    if v is not None}
+        headroom = {
+            str(k): v for k, v in ((k, _float(v)) for k, v in loops.items()) if v is not None
+        }
         if headroom:
             out["headroomSeconds"] = headroom
     return out or None
@@ -247,8 +262,9 @@ def connect(url: str) -> redis.Redis:
     The status timer's tick holds up an EntityPublisher's deletion until it ends, so a read
     gives up after 1 s (the next tick tries again).
     """
-    client: redis.Redis = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1,
-                                               decode_responses=True)
+    client: redis.Redis = redis.Redis.from_url(
+        url, socket_timeout=1, socket_connect_timeout=1, decode_responses=True
+    )
     return client
 
 

@@ -40,14 +40,21 @@ from liberator_publisher.core.contract import control_key
 __all__ = ["Runtime", "register"]
 
 
-
 # -- EntityPublisher -------------------------------------------------------------------------------
+
 
 def _reference_problem(rt: Runtime, publisher: Publisher) -> tuple[str, str] | None:
     """A missing Secret (or key) that the sidecar needs, as (reason, message)."""
     namespace, spec = publisher["namespace"], publisher["spec"]
-    refs = [("Mongo", "spec.mongo.uriSecretRef", spec["mongo"]["uriSecretRef"], "uri",
-             "the MongoDB connection string")]
+    refs = [
+        (
+            "Mongo",
+            "spec.mongo.uriSecretRef",
+            spec["mongo"]["uriSecretRef"],
+            "uri",
+            "the MongoDB connection string",
+        )
+    ]
     redis_ref = spec["redis"].get("secretRef")
     if redis_ref is not None:
         refs.append(("Redis", "spec.redis.secretRef", redis_ref, "url", "the Redis URL"))
@@ -55,19 +62,32 @@ def _reference_problem(rt: Runtime, publisher: Publisher) -> tuple[str, str] | N
         key = ref.get("key") or default_key
         keys = rt.cluster.secret_keys(namespace, ref["name"])
         if keys is None:
-            return (f"{what}SecretMissing",
-                    f"Secret {namespace}/{ref['name']} ({path}) not found: create it with key "
-                    f"{key!r} holding {holds}; the operator retries")
+            return (
+                f"{what}SecretMissing",
+                f"Secret {namespace}/{ref['name']} ({path}) not found: create it with key "
+                f"{key!r} holding {holds}; the operator retries",
+            )
         if key not in keys:
-            return (f"{what}SecretKeyMissing",
-                    f"Secret {namespace}/{ref['name']} has no key {key!r} ({path}.key); it has "
-                    f"{', '.join(keys) or 'no keys'}: add the key or fix {path}.key")
+            return (
+                f"{what}SecretKeyMissing",
+                f"Secret {namespace}/{ref['name']} has no key {key!r} ({path}.key); it has "
+                f"{', '.join(keys) or 'no keys'}: add the key or fix {path}.key",
+            )
     return None
 
 
-def reconcile(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
-              status: Mapping[str, Any], name: str, namespace: str, patch: kopf.Patch,
-              retry: int, logger: Any) -> None:
+def reconcile(
+    rt: Runtime,
+    *,
+    spec: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    status: Mapping[str, Any],
+    name: str,
+    namespace: str,
+    patch: kopf.Patch,
+    retry: int,
+    logger: Any,
+) -> None:
     publisher = publisher_of(namespace, name, spec)
     conds = Conditions(status.get("conditions"), meta.get("generation"))
 
@@ -76,9 +96,13 @@ def reconcile(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
         patch.status["observedGeneration"] = conds.generation
 
     if spec.get("paused"):
-        conds.set(cond.INJECTING, False, "Paused",
-                  "spec.paused is true: new pods get no sidecar; running sidecars publish "
-                  "nothing (capture goes on) until it is false")
+        conds.set(
+            cond.INJECTING,
+            False,
+            "Paused",
+            "spec.paused is true: new pods get no sidecar; running sidecars publish "
+            "nothing (capture goes on) until it is false",
+        )
         conds.set(cond.READY, False, "Paused", "spec.paused is true: provisioning is stopped")
         flush()
         return
@@ -109,37 +133,60 @@ def reconcile(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
             if admin.ensure_topic(topic) and topic not in topics:
                 topics.append(topic)
     except ProvisioningError as exc:
-        raise fail(cond.TOPIC_READY, "PubSubUnavailable" if exc.transient else "TopicError",
-                   exc) from exc
+        raise fail(
+            cond.TOPIC_READY, "PubSubUnavailable" if exc.transient else "TopicError", exc
+        ) from exc
     conds.set(cond.TOPIC_READY, True, "TopicsExist", f"{', '.join(plan.topics)} exist")
     try:
         for sub in plan.subscriptions:
             if admin.ensure_subscription(sub) and sub.name not in subscriptions:
                 subscriptions.append(sub.name)
     except ProvisioningError as exc:
-        raise fail(cond.SUBSCRIPTIONS_READY,
-                   "PubSubUnavailable" if exc.transient else "SubscriptionError", exc) from exc
+        raise fail(
+            cond.SUBSCRIPTIONS_READY,
+            "PubSubUnavailable" if exc.transient else "SubscriptionError",
+            exc,
+        ) from exc
     if plan.subscriptions:
-        conds.set(cond.SUBSCRIPTIONS_READY, True, "SubscriptionsExist",
-                  f"{len(plan.subscriptions)} subscription(s) exist")
+        conds.set(
+            cond.SUBSCRIPTIONS_READY,
+            True,
+            "SubscriptionsExist",
+            f"{len(plan.subscriptions)} subscription(s) exist",
+        )
     else:
         conds.set(cond.SUBSCRIPTIONS_READY, True, "NoneDeclared", "no subscriptions declared")
-    conds.set(cond.INJECTING, True, "Enabled",
-              "new pods matching spec.selector get the sidecar; a rollout applies spec changes "
-              "to existing pods")
-    conds.set(cond.READY, True, "Provisioned", "references resolved; topics and subscriptions "
-                                               "exist")
+    conds.set(
+        cond.INJECTING,
+        True,
+        "Enabled",
+        "new pods matching spec.selector get the sidecar; a rollout applies spec changes "
+        "to existing pods",
+    )
+    conds.set(
+        cond.READY, True, "Provisioned", "references resolved; topics and subscriptions exist"
+    )
     patch.status["topic"] = plan.topic
     patch.status["seedTopic"] = plan.seed_topic
     patch.status["subscriptions"] = [s.name for s in plan.subscriptions]
     patch.status["provisioned"] = {"topics": topics, "subscriptions": subscriptions}
     flush()
-    logger.info(f"provisioned {len(plan.topics)} topic(s), {len(plan.subscriptions)} "
-                f"subscription(s); created {len(topics)} and {len(subscriptions)} so far")
+    logger.info(
+        f"provisioned {len(plan.topics)} topic(s), {len(plan.subscriptions)} "
+        f"subscription(s); created {len(topics)} and {len(subscriptions)} so far"
+    )
 
 
-def finalize(rt: Runtime, *, spec: Mapping[str, Any], status: Mapping[str, Any], name: str,
-             namespace: str, retry: int, logger: Any) -> None:
+def finalize(
+    rt: Runtime,
+    *,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    name: str,
+    namespace: str,
+    retry: int,
+    logger: Any,
+) -> None:
     _forget_control(rt, publisher_of(namespace, name, spec), logger)
     if spec.get("deletionPolicy", "Retain") != "Delete":
         logger.info("deletionPolicy is Retain: topics and subscriptions are kept")
@@ -152,8 +199,11 @@ def finalize(rt: Runtime, *, spec: Mapping[str, Any], status: Mapping[str, Any],
             continue
         if item_meta.get("deletionTimestamp"):
             continue
-        other = build_plan(publisher_of(item_meta.get("namespace", ""), item_meta.get("name", ""),
-                                      item.get("spec") or {}))
+        other = build_plan(
+            publisher_of(
+                item_meta.get("namespace", ""), item_meta.get("name", ""), item.get("spec") or {}
+            )
+        )
         in_use.update(other.topics)
         in_use.update(s.name for s in other.subscriptions)
     provisioned = status.get("provisioned") or {}
@@ -184,8 +234,10 @@ def _forget_control(rt: Runtime, publisher: Publisher, logger: Any) -> None:
 
 # -- Pod injection ---------------------------------------------------------------------------------
 
-def inject(rt: Runtime, *, body: Mapping[str, Any], patch: kopf.Patch, warnings: list[str],
-           logger: Any) -> None:
+
+def inject(
+    rt: Runtime, *, body: Mapping[str, Any], patch: kopf.Patch, warnings: list[str], logger: Any
+) -> None:
     pod = dict(body)
     namespace = (pod.get("metadata") or {}).get("namespace") or ""
     if not namespace or skip_reason(pod, namespace, rt.settings):
@@ -197,9 +249,11 @@ def inject(rt: Runtime, *, body: Mapping[str, Any], patch: kopf.Patch, warnings:
         logger.error(f"cannot list EntityPublishers in {namespace}: {exc}")
         warnings.append(f"liberator: sidecar not injected, EntityPublishers unreadable: {exc}")
         return
-    publishers = [publisher_of(namespace, (i.get("metadata") or {}).get("name", ""),
-                             i.get("spec") or {})
-                  for i in items if not (i.get("metadata") or {}).get("deletionTimestamp")]
+    publishers = [
+        publisher_of(namespace, (i.get("metadata") or {}).get("name", ""), i.get("spec") or {})
+        for i in items
+        if not (i.get("metadata") or {}).get("deletionTimestamp")
+    ]
     injection = build_patch(pod, namespace, publishers, rt.settings, native=rt.native)
     if not injection.ops:
         return
@@ -209,6 +263,7 @@ def inject(rt: Runtime, *, body: Mapping[str, Any], patch: kopf.Patch, warnings:
 
 
 # -- registration ----------------------------------------------------------------------------
+
 
 def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     """Add every handler to ``registry``, bound to ``rt``."""
@@ -236,24 +291,40 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     def bind(fn: Callable[..., Any], *names: str) -> Callable[..., Any]:
         def handler(**kwargs: Any) -> Any:
             return fn(rt, **{k: kwargs[k] for k in names})
+
         handler.__name__ = fn.__name__
         return handler
 
-    on_reconcile = bind(reconcile, "spec", "meta", "status", "name", "namespace", "patch",
-                        "retry", "logger")
+    on_reconcile = bind(
+        reconcile, "spec", "meta", "status", "name", "namespace", "patch", "retry", "logger"
+    )
     kopf.on.resume(GROUP, VERSION, PUBLISHERS, id="reconcile", registry=registry)(on_reconcile)
     kopf.on.create(GROUP, VERSION, PUBLISHERS, id="reconcile", registry=registry)(on_reconcile)
-    kopf.on.update(GROUP, VERSION, PUBLISHERS, id="reconcile", field="spec",
-                   registry=registry)(on_reconcile)
+    kopf.on.update(GROUP, VERSION, PUBLISHERS, id="reconcile", field="spec", registry=registry)(
+        on_reconcile
+    )
     kopf.on.delete(GROUP, VERSION, PUBLISHERS, id="finalize", registry=registry)(
-        bind(finalize, "spec", "status", "name", "namespace", "retry", "logger"))
-    kopf.timer(GROUP, VERSION, PUBLISHERS, id="observe", interval=s.status_interval,
-               registry=registry)(
-        bind(observe, "body", "spec", "meta", "status", "name", "namespace", "stopped",
-             "logger"))
-    kopf.timer(GROUP, VERSION, SEEDS, id="seed", interval=s.seed_interval, registry=registry,
-               when=lambda status, **_: status.get("phase") not in TERMINAL)(
-        bind(sync_seed, "spec", "meta", "status", "name", "namespace", "patch", "logger"))
-    kopf.on.mutate("", "v1", "pods", id=HANDLER_ID, operations=["CREATE"], side_effects=False,
-                   ignore_failures=True, registry=registry)(
-        bind(inject, "body", "patch", "warnings", "logger"))
+        bind(finalize, "spec", "status", "name", "namespace", "retry", "logger")
+    )
+    kopf.timer(
+        GROUP, VERSION, PUBLISHERS, id="observe", interval=s.status_interval, registry=registry
+    )(bind(observe, "body", "spec", "meta", "status", "name", "namespace", "stopped", "logger"))
+    kopf.timer(
+        GROUP,
+        VERSION,
+        SEEDS,
+        id="seed",
+        interval=s.seed_interval,
+        registry=registry,
+        when=lambda status, **_: status.get("phase") not in TERMINAL,
+    )(bind(sync_seed, "spec", "meta", "status", "name", "namespace", "patch", "logger"))
+    kopf.on.mutate(
+        "",
+        "v1",
+        "pods",
+        id=HANDLER_ID,
+        operations=["CREATE"],
+        side_effects=False,
+        ignore_failures=True,
+        registry=registry,
+    )(bind(inject, "body", "patch", "warnings", "logger"))

@@ -32,8 +32,15 @@ SEED_LABEL = "liberator.io/seed"
 _PREFIX = "liberator-seed-"
 # Contract variables the seed command does not read (it publishes to --topic, serves no HTTP and
 # holds no lease).
-_NOT_FOR_SEED = frozenset({"LIBERATOR_TOPIC", "LIBERATOR_HTTP_PORT", "LIBERATOR_LEASE_TTL_SECONDS",
-                           "LIBERATOR_STALL_AFTER_SECONDS", "LIBERATOR_RESUME_MARGIN_PERCENT"})
+_NOT_FOR_SEED = frozenset(
+    {
+        "LIBERATOR_TOPIC",
+        "LIBERATOR_HTTP_PORT",
+        "LIBERATOR_LEASE_TTL_SECONDS",
+        "LIBERATOR_STALL_AFTER_SECONDS",
+        "LIBERATOR_RESUME_MARGIN_PERCENT",
+    }
+)
 
 
 def job_name(seed_name: str) -> str:
@@ -52,12 +59,20 @@ def seed_id(namespace: str, name: str) -> str:
 
 def seed_args(namespace: str, name: str, spec: EventSeedSpec, publisher: Publisher) -> list[str]:
     """The ``liberator seed`` command line (the SEED INTERFACE)."""
-    args = ["liberator", "seed",
-            "--topic", spec.get("topic") or seed_topic(publisher),
-            "--mode", spec.get("mode", "latest"),
-            "--batch-size", str(spec.get("batchSize", 500)),
-            "--rate-limit", str(spec.get("rateLimit", 0)),
-            "--seed-id", seed_id(namespace, name)]
+    args = [
+        "liberator",
+        "seed",
+        "--topic",
+        spec.get("topic") or seed_topic(publisher),
+        "--mode",
+        spec.get("mode", "latest"),
+        "--batch-size",
+        str(spec.get("batchSize", 500)),
+        "--rate-limit",
+        str(spec.get("rateLimit", 0)),
+        "--seed-id",
+        seed_id(namespace, name),
+    ]
     if spec.get("filter"):
         args += ["--filter", json.dumps(spec["filter"], sort_keys=True, separators=(",", ":"))]
     if spec.get("allowEmpty"):
@@ -65,8 +80,15 @@ def seed_args(namespace: str, name: str, spec: EventSeedSpec, publisher: Publish
     return args
 
 
-def build_seed_job(namespace: str, name: str, *, uid: str, spec: EventSeedSpec,
-                   publisher: Publisher, settings: OperatorSettings) -> dict[str, Any]:
+def build_seed_job(
+    namespace: str,
+    name: str,
+    *,
+    uid: str,
+    spec: EventSeedSpec,
+    publisher: Publisher,
+    settings: OperatorSettings,
+) -> dict[str, Any]:
     """The Job for EventSeed ``namespace/name`` (``uid`` makes the seed its controller owner)."""
     env = build_contract_env(publisher, settings)
     env_list = [{"name": k, **v} for k, v in env.items() if k not in _NOT_FOR_SEED]
@@ -76,9 +98,11 @@ def build_seed_job(namespace: str, name: str, *, uid: str, spec: EventSeedSpec,
     if spec.get("serviceAccountName"):
         # The identity that publishes (Workload Identity); default: the namespace's "default".
         pod_spec["serviceAccountName"] = spec["serviceAccountName"]
-    labels = {"app.kubernetes.io/name": "liberator-seed",
-              "app.kubernetes.io/managed-by": "liberator-operator",
-              SEED_LABEL: name[:63]}
+    labels = {
+        "app.kubernetes.io/name": "liberator-seed",
+        "app.kubernetes.io/managed-by": "liberator-operator",
+        SEED_LABEL: name[:63],
+    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -86,9 +110,16 @@ def build_seed_job(namespace: str, name: str, *, uid: str, spec: EventSeedSpec,
             "name": job_name(name),
             "namespace": namespace,
             "labels": labels,
-            "ownerReferences": [{
-                "apiVersion": f"{GROUP}/{VERSION}", "kind": "EventSeed", "name": name,
-                "uid": uid, "controller": True, "blockOwnerDeletion": True}],
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "EventSeed",
+                    "name": name,
+                    "uid": uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
         },
         "spec": {
             "backoffLimit": spec.get("backoffLimit", 3),
@@ -101,20 +132,28 @@ def build_seed_job(namespace: str, name: str, *, uid: str, spec: EventSeedSpec,
                 "spec": {
                     **pod_spec,
                     "restartPolicy": "Never",
-                    "securityContext": {"runAsNonRoot": True,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "seed",
-                        "image": sidecar.get("image") or settings.image,
-                        "imagePullPolicy": sidecar.get("imagePullPolicy", "IfNotPresent"),
-                        "command": seed_args(namespace, name, spec, publisher),
-                        "env": env_list,
-                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
-                                      "limits": {"memory": "512Mi"}},
-                        "securityContext": {"allowPrivilegeEscalation": False,
-                                            "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]}},
-                    }],
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": "seed",
+                            "image": sidecar.get("image") or settings.image,
+                            "imagePullPolicy": sidecar.get("imagePullPolicy", "IfNotPresent"),
+                            "command": seed_args(namespace, name, spec, publisher),
+                            "env": env_list,
+                            "resources": {
+                                "requests": {"cpu": "100m", "memory": "128Mi"},
+                                "limits": {"memory": "512Mi"},
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }
+                    ],
                 },
             },
         },

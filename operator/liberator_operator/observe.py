@@ -43,8 +43,12 @@ def _count_pods(rt: Runtime, namespace: str, name: str) -> int:
     return count
 
 
-def _publishing(rt: Runtime, publisher: Publisher, pods: int, control: ControlRecord,
-                ) -> tuple[DataStatus | None, tuple[cond.Status, str, str]]:
+def _publishing(
+    rt: Runtime,
+    publisher: Publisher,
+    pods: int,
+    control: ControlRecord,
+) -> tuple[DataStatus | None, tuple[cond.Status, str, str]]:
     ident = f"{publisher['namespace']}/{publisher['name']}"
     url, why = redis_url_of(rt, publisher)
     if url is None:
@@ -58,15 +62,22 @@ def _publishing(rt: Runtime, publisher: Publisher, pods: int, control: ControlRe
     if data is None:
         if pods == 0:
             return None, ("False", "NoSidecar", "no running pod carries the sidecar")
-        return None, ("False", "NoLeader",
-                      "no leader has written a status record recently; sidecars may be starting "
-                      "or unable to reach Redis")
+        return None, (
+            "False",
+            "NoLeader",
+            "no leader has written a status record recently; sidecars may be starting "
+            "or unable to reach Redis",
+        )
     if data.parked_reason:
         return data, ("False", "Parked", parked_message(publisher, data))
     if data.paused:
-        return data, ("False", "Paused", "spec.paused is true: the leader publishes nothing; "
-                                         "capture goes on, and the backlog goes out in order "
-                                         "when it is false")
+        return data, (
+            "False",
+            "Paused",
+            "spec.paused is true: the leader publishes nothing; "
+            "capture goes on, and the backlog goes out in order "
+            "when it is false",
+        )
     return data, ("True", "Leading", f"{data.leader or 'a pod'} leads (epoch {data.epoch})")
 
 
@@ -87,16 +98,27 @@ def parked_message(publisher: Publisher, data: DataStatus) -> str:
     """
     namespace, name = publisher["namespace"], publisher["name"]
     pod = data.leader or "POD"
-    return (f"{data.leader or 'the leader'} parked: {data.parked_reason}. Recover (a restart "
-            f"parks again): apply an EventSeed for {name} and wait for Succeeded, then set "
-            f"spec.restartFrom: {{id: <new id>, position: now}} (the leader resumes from the "
-            f"current position; or kubectl exec -n {namespace} {pod} -c {container_name(name)} "
-            "-- liberator publish --reset-checkpoint; docs/operations.md)")
+    return (
+        f"{data.leader or 'the leader'} parked: {data.parked_reason}. Recover (a restart "
+        f"parks again): apply an EventSeed for {name} and wait for Succeeded, then set "
+        f"spec.restartFrom: {{id: <new id>, position: now}} (the leader resumes from the "
+        f"current position; or kubectl exec -n {namespace} {pod} -c {container_name(name)} "
+        "-- liberator publish --reset-checkpoint; docs/operations.md)"
+    )
 
 
-def observe(rt: Runtime, *, body: Any, spec: Mapping[str, Any], meta: Mapping[str, Any],
-            status: Mapping[str, Any], name: str, namespace: str, stopped: Any,
-            logger: Any) -> None:
+def observe(
+    rt: Runtime,
+    *,
+    body: Any,
+    spec: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    status: Mapping[str, Any],
+    name: str,
+    namespace: str,
+    stopped: Any,
+    logger: Any,
+) -> None:
     """Pods and data plane into the status, written only if the object did not move on.
 
     ``stopped`` turns true when the object is being deleted (or the operator stops): the tick
@@ -117,8 +139,12 @@ def observe(rt: Runtime, *, body: Any, spec: Mapping[str, Any], meta: Mapping[st
     done = (data.restart if data else None) or status.get("restart")
     outcome = restart_outcome(spec, refused, data, done)
     if outcome.status:
-        conds.set(cond.RESTART_REJECTED, cast(cond.Status, outcome.status), outcome.reason,
-                  outcome.message)
+        conds.set(
+            cond.RESTART_REJECTED,
+            cast(cond.Status, outcome.status),
+            outcome.reason,
+            outcome.message,
+        )
     elif cond.find(conds.items, cond.RESTART_REJECTED) is not None:
         conds.set(cond.RESTART_REJECTED, False, "NoRequest", "spec.restartFrom is not set")
     new: dict[str, Any] = {
@@ -142,16 +168,25 @@ def observe(rt: Runtime, *, body: Any, spec: Mapping[str, Any], meta: Mapping[st
         changed["conditions"] = conds.items
     if not changed:
         return
-    written = rt.cluster.patch_custom_status(GROUP, VERSION, PUBLISHERS, namespace, name,
-                                             status=changed,
-                                             resource_version=str(meta.get("resourceVersion")))
+    written = rt.cluster.patch_custom_status(
+        GROUP,
+        VERSION,
+        PUBLISHERS,
+        namespace,
+        name,
+        status=changed,
+        resource_version=str(meta.get("resourceVersion")),
+    )
     if not written:
         logger.debug("status moved on meanwhile; the next tick writes the data plane")
         return
     if "restart" in changed and done:
         # kopf.event, not kopf.info: posting.level is WARNING, and this one must be seen.
-        text = (outcome.message if outcome.reason == "Done"
-                else f"restart {done.get('id')!r} ran at {done.get('doneAt')}")
+        text = (
+            outcome.message
+            if outcome.reason == "Done"
+            else f"restart {done.get('id')!r} ran at {done.get('doneAt')}"
+        )
         kopf.event(body, type="Normal", reason="Restarted", message=text)
     if "restartRejected" in changed and new["restartRejected"]:
         kopf.warn(body, reason="RestartRejected", message=outcome.message)

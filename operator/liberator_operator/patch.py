@@ -62,8 +62,12 @@ def injected_publishers(annotations: Mapping[str, str] | None) -> list[str]:
 
 
 def _declared_ports(containers: Iterable[Mapping[str, Any]]) -> set[int]:
-    return {int(p["containerPort"]) for c in containers for p in c.get("ports") or []
-            if "containerPort" in p}
+    return {
+        int(p["containerPort"])
+        for c in containers
+        for p in c.get("ports") or []
+        if "containerPort" in p
+    }
 
 
 def skip_reason(pod: Mapping[str, Any], namespace: str, settings: OperatorSettings) -> str:
@@ -72,12 +76,18 @@ def skip_reason(pod: Mapping[str, Any], namespace: str, settings: OperatorSettin
         return f"namespace {namespace} is excluded from injection"
     annotations: Mapping[str, str] = (pod.get("metadata") or {}).get("annotations") or {}
     if annotations.get(INJECT_ANNOTATION, "").lower() == "false":
-        return f"opted out by annotation {INJECT_ANNOTATION}: \"false\""
+        return f'opted out by annotation {INJECT_ANNOTATION}: "false"'
     return ""
 
 
-def build_patch(pod: Mapping[str, Any], namespace: str, publishers: Iterable[Publisher],
-                settings: OperatorSettings, *, native: bool) -> Injection:
+def build_patch(
+    pod: Mapping[str, Any],
+    namespace: str,
+    publishers: Iterable[Publisher],
+    settings: OperatorSettings,
+    *,
+    native: bool,
+) -> Injection:
     """The patch that adds a sidecar for each publisher matching ``pod`` in ``namespace``."""
     skip = skip_reason(pod, namespace, settings)
     if skip:
@@ -92,12 +102,18 @@ def build_patch(pod: Mapping[str, Any], namespace: str, publishers: Iterable[Pub
     already = injected_publishers(annotations)
 
     matching = sorted(
-        (p for p in publishers
-         if p["namespace"] == namespace and not p["spec"].get("paused", False)
-         and matches(p["spec"]["selector"], labels)),
-        key=lambda p: p["name"])
-    todo = [p for p in matching
-            if p["name"] not in already and container_name(p["name"]) not in present]
+        (
+            p
+            for p in publishers
+            if p["namespace"] == namespace
+            and not p["spec"].get("paused", False)
+            and matches(p["spec"]["selector"], labels)
+        ),
+        key=lambda p: p["name"],
+    )
+    todo = [
+        p for p in matching if p["name"] not in already and container_name(p["name"]) not in present
+    ]
     if not todo:
         reason = "already injected" if matching else "no EntityPublisher matches the pod's labels"
         return Injection([], reason=reason)
@@ -123,15 +139,22 @@ def build_patch(pod: Mapping[str, Any], namespace: str, publishers: Iterable[Pub
     names = tuple(p["name"] for p in todo)
     value = ",".join([*already, *names])
     if "annotations" not in meta or meta.get("annotations") is None:
-        ops.append({"op": "add", "path": "/metadata/annotations",
-                    "value": {INJECTED_ANNOTATION: value}})
+        ops.append(
+            {"op": "add", "path": "/metadata/annotations", "value": {INJECTED_ANNOTATION: value}}
+        )
     else:
-        ops.append({"op": "add", "path": f"/metadata/annotations/{_escape(INJECTED_ANNOTATION)}",
-                    "value": value})
+        ops.append(
+            {
+                "op": "add",
+                "path": f"/metadata/annotations/{_escape(INJECTED_ANNOTATION)}",
+                "value": value,
+            }
+        )
     # A label too, because only labels can be selected when counting injected pods.
     if "labels" not in meta or meta.get("labels") is None:
         ops.append({"op": "add", "path": "/metadata/labels", "value": {INJECTED_LABEL: "true"}})
     else:
-        ops.append({"op": "add", "path": f"/metadata/labels/{_escape(INJECTED_LABEL)}",
-                    "value": "true"})
+        ops.append(
+            {"op": "add", "path": f"/metadata/labels/{_escape(INJECTED_LABEL)}", "value": "true"}
+        )
     return Injection(ops, publishers=names, containers=added)

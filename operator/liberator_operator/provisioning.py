@@ -18,8 +18,15 @@ from liberator_operator.sidecar import seed_topic
 
 __all__ = ["Plan", "ProvisioningError", "PubSubAdmin", "SubscriptionPlan", "build_plan"]
 
-_TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError,
-              gexc.TooManyRequests, gexc.Aborted, gexc.Unknown, gexc.RetryError)
+_TRANSIENT = (
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.InternalServerError,
+    gexc.TooManyRequests,
+    gexc.Aborted,
+    gexc.Unknown,
+    gexc.RetryError,
+)
 CALL_TIMEOUT = 10.0
 
 
@@ -80,15 +87,17 @@ def build_plan(publisher: Publisher) -> Plan:
         dead_topic = topic_path(dead["topic"]) if dead else ""
         if dead_topic:
             topics.append(dead_topic)
-        subscriptions.append(SubscriptionPlan(
-            name=f"projects/{project}/subscriptions/{sub['name']}",
-            topic=seed if sub.get("source", "live") == "seed" else live,
-            ack_deadline_seconds=sub.get("ackDeadlineSeconds", 60),
-            enable_message_ordering=sub.get("enableMessageOrdering", True),
-            filter=sub.get("filter", ""),
-            dead_letter_topic=dead_topic,
-            max_delivery_attempts=dead["maxDeliveryAttempts"] if dead else 5,
-        ))
+        subscriptions.append(
+            SubscriptionPlan(
+                name=f"projects/{project}/subscriptions/{sub['name']}",
+                topic=seed if sub.get("source", "live") == "seed" else live,
+                ack_deadline_seconds=sub.get("ackDeadlineSeconds", 60),
+                enable_message_ordering=sub.get("enableMessageOrdering", True),
+                filter=sub.get("filter", ""),
+                dead_letter_topic=dead_topic,
+                max_delivery_attempts=dead["maxDeliveryAttempts"] if dead else 5,
+            )
+        )
     return Plan(live, seed, tuple(dict.fromkeys(topics)), tuple(subscriptions))
 
 
@@ -130,11 +139,12 @@ class PubSubAdmin:
         if plan.filter:
             request["filter"] = plan.filter
         if plan.dead_letter_topic:
-            request["dead_letter_policy"] = {"dead_letter_topic": plan.dead_letter_topic,
-                                             "max_delivery_attempts": plan.max_delivery_attempts}
+            request["dead_letter_policy"] = {
+                "dead_letter_topic": plan.dead_letter_topic,
+                "max_delivery_attempts": plan.max_delivery_attempts,
+            }
         try:
-            self._subscriber.create_subscription(request=request, retry=None,
-                                                 timeout=CALL_TIMEOUT)
+            self._subscriber.create_subscription(request=request, retry=None, timeout=CALL_TIMEOUT)
         except gexc.AlreadyExists:
             return False
         except Exception as exc:
@@ -151,8 +161,9 @@ class PubSubAdmin:
 
     def delete_subscription(self, name: str) -> None:
         try:
-            self._subscriber.delete_subscription(request={"subscription": name}, retry=None,
-                                                 timeout=CALL_TIMEOUT)
+            self._subscriber.delete_subscription(
+                request={"subscription": name}, retry=None, timeout=CALL_TIMEOUT
+            )
         except gexc.NotFound:
             return
         except Exception as exc:

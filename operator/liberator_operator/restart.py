@@ -45,21 +45,24 @@ def _request(spec: Mapping[str, Any]) -> tuple[RestartRequest | None, str | None
         return None, str(error)
 
 
-def control_for(spec: Mapping[str, Any], status: Mapping[str, Any],
-                now: datetime) -> tuple[ControlRecord, Outcome | None]:
+def control_for(
+    spec: Mapping[str, Any], status: Mapping[str, Any], now: datetime
+) -> tuple[ControlRecord, Outcome | None]:
     """The control record for ``spec``; with an :class:`Outcome` when the operator itself
     refuses the restart request (then the record carries none)."""
     paused = bool(spec.get("paused"))
     request, invalid = _request(spec)
     if invalid is not None:
-        return ControlRecord(paused), _refused(str((spec.get("restartFrom") or {}).get("id")),
-                                               "Invalid", invalid)
+        return ControlRecord(paused), _refused(
+            str((spec.get("restartFrom") or {}).get("id")), "Invalid", invalid
+        )
     if request is None:
         return ControlRecord(paused), None
     prior = status.get("restartRejected") or {}
     if prior.get("id") == request.id:
-        return ControlRecord(paused), _refused(request.id, str(prior.get("reason") or "Refused"),
-                                               str(prior.get("message") or ""))
+        return ControlRecord(paused), _refused(
+            request.id, str(prior.get("reason") or "Refused"), str(prior.get("message") or "")
+        )
     done = status.get("restart") or {}
     problem = request.future_problem(now) if done.get("id") != request.id else None
     if problem is not None:
@@ -83,9 +86,11 @@ def _history_problem(request: RestartRequest, status: Mapping[str, Any]) -> str 
         return None
     if moment >= oldest:
         return None
-    return (f"spec.restartFrom.time {request.time} is older than the oldest oplog entry "
-            f"({oldest_text}, as the leader last reported it): the changes between are gone; "
-            f"use a time at or after it, or position: now, and an EventSeed for the gap")
+    return (
+        f"spec.restartFrom.time {request.time} is older than the oldest oplog entry "
+        f"({oldest_text}, as the leader last reported it): the changes between are gone; "
+        f"use a time at or after it, or position: now, and an EventSeed for the gap"
+    )
 
 
 def _refused(ident: str, reason: str, message: str) -> Outcome:
@@ -93,8 +98,12 @@ def _refused(ident: str, reason: str, message: str) -> Outcome:
     return Outcome("True", reason, text, {"id": ident, "reason": reason, "message": text})
 
 
-def restart_outcome(spec: Mapping[str, Any], refused: Outcome | None, data: DataStatus | None,
-                    done: Mapping[str, Any] | None) -> Outcome:
+def restart_outcome(
+    spec: Mapping[str, Any],
+    refused: Outcome | None,
+    data: DataStatus | None,
+    done: Mapping[str, Any] | None,
+) -> Outcome:
     """The RestartRejected condition from the operator's own check and the leader's report;
     ``done`` is the last request carried out (the leader's, else what the status kept)."""
     if refused is not None:
@@ -108,8 +117,12 @@ def restart_outcome(spec: Mapping[str, Any], refused: Outcome | None, data: Data
     if done and done.get("id") == request.id:
         if done.get("error"):
             return _refused(request.id, "HistoryLost", str(done["error"]))
-        return Outcome("False", "Done",
-                       f"restart {request.id!r} ran at {done.get('doneAt')}: capture restarted at "
-                       f"{done.get('operationTime')} ({done.get('position')})")
-    return Outcome("False", "Pending",
-                   f"restart {request.id!r} is waiting for the leader to carry it out")
+        return Outcome(
+            "False",
+            "Done",
+            f"restart {request.id!r} ran at {done.get('doneAt')}: capture restarted at "
+            f"{done.get('operationTime')} ({done.get('position')})",
+        )
+    return Outcome(
+        "False", "Pending", f"restart {request.id!r} is waiting for the leader to carry it out"
+    )

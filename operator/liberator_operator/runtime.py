@@ -61,8 +61,7 @@ class Runtime:
 
 
 def publisher_of(namespace: str, name: str, spec: Mapping[str, Any]) -> Publisher:
-    return {"namespace": namespace, "name": name,
-            "spec": cast(EntityPublisherSpec, dict(spec))}
+    return {"namespace": namespace, "name": name, "spec": cast(EntityPublisherSpec, dict(spec))}
 
 
 def backoff(retry: int, settings: OperatorSettings) -> float:
@@ -78,8 +77,9 @@ class Conditions:
         self.now = cond.now_rfc3339()
 
     def set(self, type_: str, status: bool | cond.Status, reason: str, message: str) -> None:
-        self.items = cond.set_condition(self.items, type_, status, reason, message, now=self.now,
-                                        generation=self.generation)
+        self.items = cond.set_condition(
+            self.items, type_, status, reason, message, now=self.now, generation=self.generation
+        )
 
 
 def redis_url_of(rt: Runtime, publisher: Publisher) -> tuple[str | None, str]:

@@ -28,19 +28,31 @@ __all__ = ["TERMINAL", "sync_seed"]
 TERMINAL = ("Succeeded", "Failed")
 
 
-def sync_seed(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
-              status: Mapping[str, Any], name: str, namespace: str, patch: kopf.Patch,
-              logger: Any) -> None:
+def sync_seed(
+    rt: Runtime,
+    *,
+    spec: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    status: Mapping[str, Any],
+    name: str,
+    namespace: str,
+    patch: kopf.Patch,
+    logger: Any,
+) -> None:
     seed_spec = cast(EventSeedSpec, dict(spec))
     conds = Conditions(status.get("conditions"), meta.get("generation"))
     patch.status["observedGeneration"] = conds.generation
     publisher_name = seed_spec["publisher"]
     body = rt.cluster.get_custom(GROUP, VERSION, PUBLISHERS, namespace, publisher_name)
     if body is None:
-        conds.set(cond.PUBLISHER_FOUND, False, "PublisherNotFound",
-                  f"EntityPublisher {namespace}/{publisher_name} not found: the seed waits and "
-                  "starts once it exists; for another publisher, delete this EventSeed and apply "
-                  "it again with that spec.publisher (the spec is immutable)")
+        conds.set(
+            cond.PUBLISHER_FOUND,
+            False,
+            "PublisherNotFound",
+            f"EntityPublisher {namespace}/{publisher_name} not found: the seed waits and "
+            "starts once it exists; for another publisher, delete this EventSeed and apply "
+            "it again with that spec.publisher (the spec is immutable)",
+        )
         patch.status["phase"] = status.get("phase") or "Pending"
         patch.status["conditions"] = conds.items
         return
@@ -49,16 +61,27 @@ def sync_seed(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
     jname = job_name(name)
     job = rt.cluster.get_job(namespace, jname)
     if job is None:
-        manifest = build_seed_job(namespace, name, uid=str(meta.get("uid")), spec=seed_spec,
-                                  publisher=publisher, settings=rt.settings)
+        manifest = build_seed_job(
+            namespace,
+            name,
+            uid=str(meta.get("uid")),
+            spec=seed_spec,
+            publisher=publisher,
+            settings=rt.settings,
+        )
         if rt.cluster.create_job(manifest):
             logger.info(f"created Job {jname}")
         job = rt.cluster.get_job(namespace, jname)
-    owners = [o.get("uid") for o in ((job or {}).get("metadata") or {}).get("ownerReferences")
-              or []]
+    owners = [
+        o.get("uid") for o in ((job or {}).get("metadata") or {}).get("ownerReferences") or []
+    ]
     if job is not None and meta.get("uid") not in owners:
-        conds.set(cond.JOB_CREATED, False, "JobConflict",
-                  f"Job {jname} exists but belongs to another object: delete it to seed again")
+        conds.set(
+            cond.JOB_CREATED,
+            False,
+            "JobConflict",
+            f"Job {jname} exists but belongs to another object: delete it to seed again",
+        )
         patch.status["conditions"] = conds.items
         return
     conds.set(cond.JOB_CREATED, True, "Created", f"Job {jname} runs liberator seed")
@@ -69,8 +92,14 @@ def sync_seed(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
     start = job_status.get("startTime")
     end = job_status.get("completionTime")
     if phase == "Failed" and not end:
-        end = next((c.get("lastTransitionTime") for c in job_status.get("conditions") or []
-                    if c.get("type") in ("Failed", "FailureTarget")), None)
+        end = next(
+            (
+                c.get("lastTransitionTime")
+                for c in job_status.get("conditions") or []
+                if c.get("type") in ("Failed", "FailureTarget")
+            ),
+            None,
+        )
     url, _ = redis_url_of(rt, publisher)
     if url is not None:
         try:
@@ -79,8 +108,12 @@ def sync_seed(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
             logger.warning(f"cannot read seed progress {seed_key(seed_id(namespace, name))}: {exc}")
             progress = None
         if progress is not None:
-            for key, value in (("seeded", progress.seeded), ("skipped", progress.skipped),
-                               ("failed", progress.failed), ("total", progress.total)):
+            for key, value in (
+                ("seeded", progress.seeded),
+                ("skipped", progress.skipped),
+                ("failed", progress.failed),
+                ("total", progress.total),
+            ):
                 if value is not None:
                     patch.status[key] = value
             start = progress.started_at or start
@@ -90,6 +123,10 @@ def sync_seed(rt: Runtime, *, spec: Mapping[str, Any], meta: Mapping[str, Any],
     if end and phase in TERMINAL:
         patch.status["completionTime"] = end
     if phase in TERMINAL:
-        conds.set(cond.COMPLETE, phase == "Succeeded", phase,
-                  f"Job {jname} {'succeeded' if phase == 'Succeeded' else 'failed'}")
+        conds.set(
+            cond.COMPLETE,
+            phase == "Succeeded",
+            phase,
+            f"Job {jname} {'succeeded' if phase == 'Succeeded' else 'failed'}",
+        )
     patch.status["conditions"] = conds.items

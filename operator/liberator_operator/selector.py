@@ -26,4 +26,3 @@ def matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
         if op == "DoesNotExist" and present:
             return False
     return True
-

@@ -53,15 +53,18 @@ class OperatorSettings:
         defaults = cls()
         mode = env.get("LIBERATOR_OPERATOR_SIDECAR_MODE", defaults.sidecar_mode)
         if mode not in _MODES:
-            raise SettingsError(f"LIBERATOR_OPERATOR_SIDECAR_MODE={mode!r} is invalid: "
-                                "use auto, native or container")
+            raise SettingsError(
+                f"LIBERATOR_OPERATOR_SIDECAR_MODE={mode!r} is invalid: "
+                "use auto, native or container"
+            )
         image = env.get("LIBERATOR_OPERATOR_IMAGE", defaults.image).strip()
         if not image:
             raise SettingsError("LIBERATOR_OPERATOR_IMAGE is empty: give a container image")
         namespace = env.get("LIBERATOR_OPERATOR_NAMESPACE", defaults.namespace).strip()
         if not namespace:
             raise SettingsError(
-                "LIBERATOR_OPERATOR_NAMESPACE is empty: give the operator's namespace")
+                "LIBERATOR_OPERATOR_NAMESPACE is empty: give the operator's namespace"
+            )
         emulator = env.get("PUBSUB_EMULATOR_HOST", "").strip() or None
         if emulator is not None and ":" not in emulator:
             raise SettingsError(f"PUBSUB_EMULATOR_HOST={emulator!r} is invalid: use host:port")
@@ -70,8 +73,9 @@ class OperatorSettings:
             namespace=namespace,
             sidecar_mode=mode,
             pubsub_emulator_host=emulator,
-            status_interval=_seconds(env, "LIBERATOR_OPERATOR_STATUS_INTERVAL",
-                                     defaults.status_interval),
+            status_interval=_seconds(
+                env, "LIBERATOR_OPERATOR_STATUS_INTERVAL", defaults.status_interval
+            ),
             seed_interval=_seconds(env, "LIBERATOR_OPERATOR_SEED_INTERVAL", defaults.seed_interval),
             retry_delay=_seconds(env, "LIBERATOR_OPERATOR_RETRY_DELAY", defaults.retry_delay),
             backoff_max=_seconds(env, "LIBERATOR_OPERATOR_BACKOFF_MAX", defaults.backoff_max),

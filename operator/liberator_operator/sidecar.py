@@ -63,8 +63,9 @@ def sidecar_running(pod: Mapping[str, Any], publisher_name: str) -> bool:
         return False
     status: Mapping[str, Any] = pod.get("status") or {}
     name = container_name(publisher_name)
-    for item in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses")
-                                                                or []):
+    for item in (status.get("initContainerStatuses") or []) + (
+        status.get("containerStatuses") or []
+    ):
         if item.get("name") == name:
             return bool((item.get("state") or {}).get("running") is not None)
     return False
@@ -77,12 +78,14 @@ def seed_topic(publisher: Publisher) -> str:
 
 
 def _secret(ref: SecretKeyRef, default_key: str) -> dict[str, Any]:
-    return {"valueFrom": {"secretKeyRef": {"name": ref["name"],
-                                           "key": ref.get("key") or default_key}}}
+    return {
+        "valueFrom": {"secretKeyRef": {"name": ref["name"], "key": ref.get("key") or default_key}}
+    }
 
 
-def build_contract_env(publisher: Publisher,
-                       settings: OperatorSettings) -> dict[str, dict[str, Any]]:
+def build_contract_env(
+    publisher: Publisher, settings: OperatorSettings
+) -> dict[str, dict[str, Any]]:
     """The contract variables for one publisher, as ``{name: EnvVar-body-without-name}``.
 
     The Mongo URI (and a Redis URL from a Secret) go by ``secretKeyRef`` so no secret is copied
@@ -99,19 +102,24 @@ def build_contract_env(publisher: Publisher,
         "LIBERATOR_ENTITY_TYPE": {"value": entity["type"]},
         "LIBERATOR_PUBSUB_PROJECT": {"value": pubsub["project"]},
         "LIBERATOR_TOPIC": {"value": pubsub["topic"]},
-        "LIBERATOR_REDIS_URL": ({"value": redis["url"]} if "url" in redis
-                                else _secret(redis["secretRef"], "url")),
+        "LIBERATOR_REDIS_URL": (
+            {"value": redis["url"]} if "url" in redis else _secret(redis["secretRef"], "url")
+        ),
         "LIBERATOR_OUTBOX_COLLECTION": {
-            "value": mongo.get("outboxCollection") or default_outbox(mongo["collection"])},
+            "value": mongo.get("outboxCollection") or default_outbox(mongo["collection"])
+        },
         "LIBERATOR_ID_FIELD": {"value": entity.get("idField", "_id")},
         "LIBERATOR_EVENT_CONTEXT_FIELD": {"value": entity.get("eventContextField", "_event")},
         "LIBERATOR_LEASE_TTL_SECONDS": {
-            "value": f"{sidecar.get('leaseTtlSeconds', LEASE_TTL_SECONDS):g}"},
+            "value": f"{sidecar.get('leaseTtlSeconds', LEASE_TTL_SECONDS):g}"
+        },
         "LIBERATOR_PUBLISHER": {"value": f"{publisher['namespace']}/{publisher['name']}"},
         "LIBERATOR_STALL_AFTER_SECONDS": {
-            "value": str(spec.get("stallAfterSeconds", STALL_AFTER_SECONDS))},
+            "value": str(spec.get("stallAfterSeconds", STALL_AFTER_SECONDS))
+        },
         "LIBERATOR_RESUME_MARGIN_PERCENT": {
-            "value": str(spec.get("resumePointMarginPercent", RESUME_MARGIN_PERCENT))},
+            "value": str(spec.get("resumePointMarginPercent", RESUME_MARGIN_PERCENT))
+        },
         "LIBERATOR_LOG_LEVEL": {"value": sidecar.get("logLevel", "INFO")},
         # One JSON object a line: what log collectors in a cluster parse.
         "LIBERATOR_LOG_FORMAT": {"value": "json"},
@@ -131,8 +139,9 @@ def build_contract_env(publisher: Publisher,
     return env
 
 
-def build_sidecar(publisher: Publisher, settings: OperatorSettings, *, port: int,
-                  native: bool) -> dict[str, Any]:
+def build_sidecar(
+    publisher: Publisher, settings: OperatorSettings, *, port: int, native: bool
+) -> dict[str, Any]:
     """The sidecar container for ``publisher`` listening on ``port``.
 
     ``native`` makes it a native sidecar: an init container with ``restartPolicy: Always``
@@ -155,10 +164,17 @@ def build_sidecar(publisher: Publisher, settings: OperatorSettings, *, port: int
         "resources": sidecar.get("resources") or DEFAULT_RESOURCES,
         # /readyz is true once configured, standbys included: the sidecar never makes its
         # application pod unready (docs/targets.md).
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": port},
-                           "periodSeconds": 10, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": port},
-                          "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 6},
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": port},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": port},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,

@@ -51,23 +51,32 @@ def self_signed_certificate(hosts: Iterable[str]) -> tuple[bytes, bytes]:
         except ValueError:
             sans.append(x509.DNSName(host))
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=365))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def build_webhook_configuration(client_config: dict[str, Any], *,
-                                excluded_namespaces: Iterable[str],
-                                name: str = CONFIGURATION_NAME,
-                                failure_policy: str = FAILURE_POLICY,
-                                timeout_seconds: int = TIMEOUT_SECONDS) -> dict[str, Any]:
+def build_webhook_configuration(
+    client_config: dict[str, Any],
+    *,
+    excluded_namespaces: Iterable[str],
+    name: str = CONFIGURATION_NAME,
+    failure_policy: str = FAILURE_POLICY,
+    timeout_seconds: int = TIMEOUT_SECONDS,
+) -> dict[str, Any]:
     """The MutatingWebhookConfiguration for Pod CREATE.
 
     ``client_config`` is ``{"url": ..., "caBundle": ...}`` or ``{"service": ...}`` pointing at the
@@ -82,20 +91,35 @@ def build_webhook_configuration(client_config: dict[str, Any], *,
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "liberator"}},
-        "webhooks": [{
-            "name": WEBHOOK_NAME,
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": config,
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                       "resources": ["pods"], "scope": "Namespaced"}],
-            "failurePolicy": failure_policy,
-            "sideEffects": "None",
-            "timeoutSeconds": timeout_seconds,
-            # Called again if a later webhook changes the pod; the patch is idempotent.
-            "reinvocationPolicy": "IfNeeded",
-            "matchPolicy": "Equivalent",
-            "namespaceSelector": {"matchExpressions": [{
-                "key": "kubernetes.io/metadata.name", "operator": "NotIn",
-                "values": sorted(set(excluded_namespaces))}]},
-        }],
+        "webhooks": [
+            {
+                "name": WEBHOOK_NAME,
+                "admissionReviewVersions": ["v1"],
+                "clientConfig": config,
+                "rules": [
+                    {
+                        "operations": ["CREATE"],
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["pods"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "failurePolicy": failure_policy,
+                "sideEffects": "None",
+                "timeoutSeconds": timeout_seconds,
+                # Called again if a later webhook changes the pod; the patch is idempotent.
+                "reinvocationPolicy": "IfNeeded",
+                "matchPolicy": "Equivalent",
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {
+                            "key": "kubernetes.io/metadata.name",
+                            "operator": "NotIn",
+                            "values": sorted(set(excluded_namespaces)),
+                        }
+                    ]
+                },
+            }
+        ],
     }

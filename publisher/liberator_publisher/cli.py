@@ -20,8 +20,10 @@ __all__ = ["main"]
 # name -> (module with a COMMAND, one line of help)
 BUILTIN: dict[str, tuple[str, str]] = {
     "publish": ("liberator_publisher.sidecar.command", "run the change-data-capture sidecar"),
-    "seed": ("liberator_publisher.seed.command",
-             "publish every existing entity once to the seed topic"),
+    "seed": (
+        "liberator_publisher.seed.command",
+        "publish every existing entity once to the seed topic",
+    ),
     "eventstore": ("liberator_publisher.store.eventstore", "store every event, indexed by time"),
     "replay": ("liberator_publisher.store.replay", "republish stored events to a topic"),
 }

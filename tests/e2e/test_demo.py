@@ -41,8 +41,13 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 def demo_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "DEMO_NONINTERACTIVE": "1", "LIBERATOR_STACK_DIR": str(tmp_path),
-           "PYTHONPATH": str(ROOT / "hack"), **extra}
+    env = {
+        **os.environ,
+        "DEMO_NONINTERACTIVE": "1",
+        "LIBERATOR_STACK_DIR": str(tmp_path),
+        "PYTHONPATH": str(ROOT / "hack"),
+        **extra,
+    }
     env.pop("KUBECONFIG", None)
     return env
 
@@ -54,9 +59,15 @@ def test_demo_runs_end_to_end_on_the_node(tmp_path: Path) -> None:
         pytest.skip(f"make demo runs the local node: {problem}")
     if host.leftovers():
         pytest.skip("a local node runs already (hack/stack down first)")
-    result = subprocess.run(DEMO, env=demo_env(tmp_path, DEMO_QUOTES="5"),
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            timeout=1800, check=False)
+    result = subprocess.run(
+        DEMO,
+        env=demo_env(tmp_path, DEMO_QUOTES="5"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-8000:]
     for step in range(1, 9):
@@ -74,11 +85,17 @@ def test_demo_runs_end_to_end_on_the_node(tmp_path: Path) -> None:
     # The takeover: the lead moves to the other pod, and every insert has its event.
     moved = re.search(r"the lead moved from (\S+) to (\S+) ", output)
     assert moved and moved[1] != moved[2], output[-8000:]
-    assert re.search(r"(\d+) quotes inserted so far .*: \1 distinct quote\.created events in the "
-                     r"event store, none lost", output), output[-8000:]
+    assert re.search(
+        r"(\d+) quotes inserted so far .*: \1 distinct quote\.created events in the "
+        r"event store, none lost",
+        output,
+    ), output[-8000:]
     # The seed ran as a Job that the Job controller completed.
-    assert re.search(r"EventSeed quotes-initial: phase=Succeeded seeded=\d+, from Job \S+: "
-                     r"Complete", output), output[-8000:]
+    assert re.search(
+        r"EventSeed quotes-initial: phase=Succeeded seeded=\d+, from Job \S+: "
+        r"Complete",
+        output,
+    ), output[-8000:]
     assert "quotes that existed seeded" in output
     # kubectl get entitypublishers,eventseeds -A names both kinds; hack/stack status the pods.
     assert "entitypublisher.liberator.io/quotes" in output
@@ -96,9 +113,15 @@ def test_demo_runs_end_to_end_on_the_node(tmp_path: Path) -> None:
 
 
 def test_demo_refuses_a_bad_quote_count(tmp_path: Path) -> None:
-    result = subprocess.run(DEMO, env=demo_env(tmp_path, DEMO_QUOTES="many"),
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        DEMO,
+        env=demo_env(tmp_path, DEMO_QUOTES="many"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 2
     assert "DEMO_QUOTES='many' is not a number: set it to a whole number" in result.stderr
     assert processes_mentioning(str(tmp_path)) == []
@@ -107,8 +130,15 @@ def test_demo_refuses_a_bad_quote_count(tmp_path: Path) -> None:
 def _refusal(argv: list[str], tmp_path: Path) -> str:
     """Run the demo as ``argv``; it must fail at once with exit 1 and one line, the returned."""
     tmp_path.chmod(0o777)
-    result = subprocess.run(argv, env=demo_env(tmp_path), stdin=subprocess.DEVNULL,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        argv,
+        env=demo_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
@@ -136,13 +166,16 @@ def test_demo_without_the_node_capabilities_fails_at_once_naming_them(tmp_path: 
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0 or setpriv is None:
         pytest.skip("needs root and setpriv to drop capabilities")
-    line = _refusal([setpriv, "--bounding-set=-sys_admin,-net_admin", "--inh-caps=-all",
-                     *DEMO], tmp_path)
-    assert line.startswith("make demo runs a Kubernetes node here and needs CAP_SYS_ADMIN and "
-                           "CAP_NET_ADMIN"), line
+    line = _refusal(
+        [setpriv, "--bounding-set=-sys_admin,-net_admin", "--inh-caps=-all", *DEMO], tmp_path
+    )
+    assert line.startswith(
+        "make demo runs a Kubernetes node here and needs CAP_SYS_ADMIN and CAP_NET_ADMIN"
+    ), line
 
 
 # -- the app the demo's quotes-service pods run --
+
 
 def quotes_app() -> ModuleType:
     spec = importlib.util.spec_from_file_location("quotes_app", ROOT / "examples" / "quotes_app.py")
@@ -162,18 +195,27 @@ def test_the_app_reads_its_defaults() -> None:
     assert quotes_app().quote(config, 7)["_id"] == "quotes-service-abc-007"
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({"POD_NAME": "p"}, "MONGO_URI is not set: give the app's Deployment an env entry"),
-    ({"MONGO_URI": "mongodb://h/"}, "POD_NAME is not set"),
-    ({**GOOD, "MONGO_URI": "http://h/"}, "MONGO_URI='http://h/' is not a MongoDB URI: it starts "
-                                         "with mongodb://"),
-    ({**GOOD, "QUOTES_INTERVAL_SECONDS": "fast"}, "QUOTES_INTERVAL_SECONDS='fast' is not a "
-                                                  "number: set it between 0.1 and 3600"),
-    ({**GOOD, "QUOTES_INTERVAL_SECONDS": "0"}, "QUOTES_INTERVAL_SECONDS='0' is out of range"),
-    ({**GOOD, "QUOTES_MAX": "2.5"}, "QUOTES_MAX='2.5' is not an integer: set it between 0 and "
-                                    "10000, or unset it for 20"),
-    ({**GOOD, "QUOTES_MAX": "-1"}, "QUOTES_MAX='-1' is out of range"),
-])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"POD_NAME": "p"}, "MONGO_URI is not set: give the app's Deployment an env entry"),
+        ({"MONGO_URI": "mongodb://h/"}, "POD_NAME is not set"),
+        (
+            {**GOOD, "MONGO_URI": "http://h/"},
+            "MONGO_URI='http://h/' is not a MongoDB URI: it starts with mongodb://",
+        ),
+        (
+            {**GOOD, "QUOTES_INTERVAL_SECONDS": "fast"},
+            "QUOTES_INTERVAL_SECONDS='fast' is not a number: set it between 0.1 and 3600",
+        ),
+        ({**GOOD, "QUOTES_INTERVAL_SECONDS": "0"}, "QUOTES_INTERVAL_SECONDS='0' is out of range"),
+        (
+            {**GOOD, "QUOTES_MAX": "2.5"},
+            "QUOTES_MAX='2.5' is not an integer: set it between 0 and 10000, or unset it for 20",
+        ),
+        ({**GOOD, "QUOTES_MAX": "-1"}, "QUOTES_MAX='-1' is out of range"),
+    ],
+)
 def test_the_app_refuses_bad_configuration(env: dict[str, str], message: str) -> None:
     app = quotes_app()
     with pytest.raises(app.ConfigError, match=re.escape(message)):
@@ -181,10 +223,19 @@ def test_the_app_refuses_bad_configuration(env: dict[str, str], message: str) ->
 
 
 def test_the_app_exits_2_with_one_line_naming_the_variable() -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "quotes_app.py")],
-                            env={"PATH": os.environ["PATH"], "POD_NAME": "p",
-                                 "MONGO_URI": "mongodb://h/", "QUOTES_MAX": "lots"},
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quotes_app.py")],
+        env={
+            "PATH": os.environ["PATH"],
+            "POD_NAME": "p",
+            "MONGO_URI": "mongodb://h/",
+            "QUOTES_MAX": "lots",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert line.startswith("quotes_app: QUOTES_MAX='lots' is not an integer")

@@ -53,8 +53,13 @@ Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def render(path: Path) -> list[dict[str, Any]]:
-    result = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, f"kubectl kustomize {path}: {result.stderr}"
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
@@ -62,15 +67,27 @@ def render(path: Path) -> list[dict[str, Any]]:
 def stand_in_crd(kind: str, plural: str, group: str = "cert-manager.io") -> dict[str, Any]:
     """A ``group``/v1 CRD that accepts any spec: kind and scope only, NOT the schema."""
     return {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{group}",
-                     "labels": {"liberator.io/test-stand-in": "true"}},
-        "spec": {"group": group, "scope": "Namespaced",
-                 "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-                 "versions": [{"name": "v1", "served": True, "storage": True,
-                               "schema": {"openAPIV3Schema": {
-                                   "type": "object",
-                                   "x-kubernetes-preserve-unknown-fields": True}}}]},
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}", "labels": {"liberator.io/test-stand-in": "true"}},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
     }
 
 
@@ -86,15 +103,23 @@ def poll(what: str, check: Callable[[], bool]) -> None:
 def kubectl(kube: Server, tmp_path: Path) -> Kubectl:
     env = {**os.environ, "KUBECONFIG": kube.exports["KUBECONFIG"]}
 
-    def run(*args: str, stdin: str | None = None,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         # A private discovery cache: CRDs created by the test are seen at once.
-        result = subprocess.run(["kubectl", f"--cache-dir={tmp_path / 'kube-cache'}", *args],
-                                input=stdin, capture_output=True, text=True, env=env,
-                                timeout=120, check=False)
+        result = subprocess.run(
+            ["kubectl", f"--cache-dir={tmp_path / 'kube-cache'}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
         if check:
             assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
         return result
+
     return run
 
 
@@ -104,12 +129,17 @@ def to_stream(docs: list[dict[str, Any]]) -> str:
 
 def ensure_namespace(kubectl: Kubectl, name: str, labels: dict[str, str] | None = None) -> None:
     """Create ``name`` for real if absent (idempotent; other tests may share the server)."""
-    doc = {"apiVersion": "v1", "kind": "Namespace",
-           "metadata": {"name": name, "labels": labels or {}}}
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels or {}},
+    }
     if kubectl("get", "namespace", name, check=False).returncode != 0:
         kubectl("create", "-f", "-", stdin=json.dumps(doc), check=False)
-    poll(f"namespace {name} exists",
-         lambda: kubectl("get", "namespace", name, check=False).returncode == 0)
+    poll(
+        f"namespace {name} exists",
+        lambda: kubectl("get", "namespace", name, check=False).returncode == 0,
+    )
 
 
 def install_crds(kubectl: Kubectl, crds: list[dict[str, Any]]) -> None:
@@ -118,8 +148,12 @@ def install_crds(kubectl: Kubectl, crds: list[dict[str, Any]]) -> None:
     for crd in crds:
         name = crd["metadata"]["name"]
         kubectl("wait", "--for=condition=Established", f"crd/{name}", f"--timeout={DEADLINE:.0f}s")
-        poll(f"{name} is served", lambda n=name: kubectl(
-            "get", n, "-A", "--request-timeout=10s", check=False).returncode == 0)
+        poll(
+            f"{name} is served",
+            lambda n=name: (
+                kubectl("get", n, "-A", "--request-timeout=10s", check=False).returncode == 0
+            ),
+        )
 
 
 @pytest.fixture()
@@ -130,21 +164,32 @@ def base() -> list[dict[str, Any]]:
 @pytest.fixture()
 def prepared(kubectl: Kubectl, base: list[dict[str, Any]]) -> Iterator[None]:
     crds = [d for d in base if d["kind"] == "CustomResourceDefinition"]
-    install_crds(kubectl, [*crds, stand_in_crd("Issuer", "issuers"),
-                           stand_in_crd("Certificate", "certificates")])
+    install_crds(
+        kubectl,
+        [*crds, stand_in_crd("Issuer", "issuers"), stand_in_crd("Certificate", "certificates")],
+    )
     # Unlabelled on purpose: enforcing "restricted" for real could refuse other tests' pods.
     ensure_namespace(kubectl, SYSTEM_NS)
     yield
 
 
 def dry_run(kubectl: Kubectl, docs: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
-    return kubectl("apply", "--server-side", "--force-conflicts", "--dry-run=server",
-                   "--field-manager=liberator-test", "-f", "-", stdin=to_stream(docs),
-                   check=False)
+    return kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--dry-run=server",
+        "--field-manager=liberator-test",
+        "-f",
+        "-",
+        stdin=to_stream(docs),
+        check=False,
+    )
 
 
-def assert_every_object_accepted(docs: list[dict[str, Any]],
-                                 result: subprocess.CompletedProcess[str]) -> None:
+def assert_every_object_accepted(
+    docs: list[dict[str, Any]], result: subprocess.CompletedProcess[str]
+) -> None:
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) == len(docs), result.stdout
@@ -155,7 +200,8 @@ def assert_every_object_accepted(docs: list[dict[str, Any]],
         name = doc["metadata"]["name"]
         pattern = re.compile(rf"^{re.escape(ref)}/{re.escape(name)} \S+ \(server dry run\)$")
         assert any(pattern.match(line) for line in lines), (
-            f"{doc['kind']} {name} is not reported as dry-run applied:\n{result.stdout}")
+            f"{doc['kind']} {name} is not reported as dry-run applied:\n{result.stdout}"
+        )
 
 
 # -- the base and the overlay ----------------------------------------------------------------
@@ -165,11 +211,23 @@ def assert_every_object_accepted(docs: list[dict[str, Any]],
 def test_base_is_accepted_by_the_api_server(kubectl: Kubectl, base: list[dict[str, Any]]) -> None:
     kinds = {d["kind"] for d in base}
     # The issue's list: namespace, CRDs, RBAC, operator, webhook, event store.
-    assert {"Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole",
-            "ClusterRoleBinding", "Deployment", "Service", "Issuer", "Certificate",
-            "MutatingWebhookConfiguration", "ConfigMap"} <= kinds
+    assert {
+        "Namespace",
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Service",
+        "Issuer",
+        "Certificate",
+        "MutatingWebhookConfiguration",
+        "ConfigMap",
+    } <= kinds
     assert {d["metadata"]["name"] for d in base if d["kind"] == "Deployment"} == {
-        "liberator-operator", "liberator-eventstore"}
+        "liberator-operator",
+        "liberator-eventstore",
+    }
     assert_every_object_accepted(base, dry_run(kubectl, base))
 
 
@@ -187,19 +245,27 @@ def test_local_overlay_is_accepted_by_the_api_server(kubectl: Kubectl) -> None:
 
 @pytest.mark.usefixtures("prepared")
 def test_a_broken_manifest_is_refused_with_the_field_named(
-        kubectl: Kubectl, base: list[dict[str, Any]]) -> None:
+    kubectl: Kubectl, base: list[dict[str, Any]]
+) -> None:
     """The dry-run validates: a wrong field in the operator Deployment is refused, by name."""
-    deployment = copy.deepcopy(next(d for d in base if d["kind"] == "Deployment"
-                                    and d["metadata"]["name"] == "liberator-operator"))
-    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"][
-        "port"] = "no-such-port-name-longer-than-fifteen"
+    deployment = copy.deepcopy(
+        next(
+            d
+            for d in base
+            if d["kind"] == "Deployment" and d["metadata"]["name"] == "liberator-operator"
+        )
+    )
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["port"] = (
+        "no-such-port-name-longer-than-fifteen"
+    )
     result = dry_run(kubectl, [deployment])
     assert result.returncode != 0
     assert "livenessProbe.httpGet.port" in result.stderr, result.stderr
 
 
 def test_pod_templates_pass_the_restricted_pod_security_standard(
-        kubectl: Kubectl, base: list[dict[str, Any]], unique: str) -> None:
+    kubectl: Kubectl, base: list[dict[str, Any]], unique: str
+) -> None:
     """Each Deployment's pod, created (dry-run) where PodSecurity enforces ``restricted``."""
     namespace = f"restricted-{unique}"
     system = next(d for d in base if d["kind"] == "Namespace")
@@ -209,11 +275,18 @@ def test_pod_templates_pass_the_restricted_pod_security_standard(
     pods = []
     for deployment in (d for d in base if d["kind"] == "Deployment"):
         template = deployment["spec"]["template"]
-        pods.append({"apiVersion": "v1", "kind": "Pod",
-                     "metadata": {"name": deployment["metadata"]["name"],
-                                  "namespace": namespace,
-                                  "labels": template["metadata"]["labels"]},
-                     "spec": template["spec"]})
+        pods.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": deployment["metadata"]["name"],
+                    "namespace": namespace,
+                    "labels": template["metadata"]["labels"],
+                },
+                "spec": template["spec"],
+            }
+        )
     assert len(pods) == 2
     assert_every_object_accepted(pods, dry_run(kubectl, pods))
     # The control: the same pod without its securityContext is refused by PodSecurity.
@@ -228,28 +301,46 @@ def test_pod_templates_pass_the_restricted_pod_security_standard(
 
 @pytest.mark.usefixtures("prepared")
 def test_monitoring_component_is_accepted_by_the_api_server(
-        kubectl: Kubectl, base: list[dict[str, Any]], tmp_path: Path) -> None:
+    kubectl: Kubectl, base: list[dict[str, Any]], tmp_path: Path
+) -> None:
     """What deploy/components/monitoring adds to the base, in an overlay as a user writes it."""
-    install_crds(kubectl, [stand_in_crd(kind, f"{kind.lower()}s", "monitoring.coreos.com")
-                           for kind in ("PrometheusRule", "PodMonitor", "ServiceMonitor")])
+    install_crds(
+        kubectl,
+        [
+            stand_in_crd(kind, f"{kind.lower()}s", "monitoring.coreos.com")
+            for kind in ("PrometheusRule", "PodMonitor", "ServiceMonitor")
+        ],
+    )
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     # kustomize takes only relative paths to other kustomizations.
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(DEPLOY / "base", overlay)],
-        "components": [os.path.relpath(DEPLOY / "components" / "monitoring", overlay)]}))
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(DEPLOY / "base", overlay)],
+                "components": [os.path.relpath(DEPLOY / "components" / "monitoring", overlay)],
+            }
+        )
+    )
     added = [d for d in render(overlay) if d not in base]
     assert sorted(d["kind"] for d in added) == [
-        "ConfigMap", "PodMonitor", "PrometheusRule", "Service", "ServiceMonitor"]
+        "ConfigMap",
+        "PodMonitor",
+        "PrometheusRule",
+        "Service",
+        "ServiceMonitor",
+    ]
     assert_every_object_accepted(added, dry_run(kubectl, added))
 
 
 # -- examples --------------------------------------------------------------------------------
 
 
-def test_examples_are_accepted_by_the_api_server(kubectl: Kubectl, base: list[dict[str, Any]],
-                                                 unique: str) -> None:
+def test_examples_are_accepted_by_the_api_server(
+    kubectl: Kubectl, base: list[dict[str, Any]], unique: str
+) -> None:
     """Every manifest in examples/ and examples/quickstart/, in namespaces of this test."""
     install_crds(kubectl, [d for d in base if d["kind"] == "CustomResourceDefinition"])
     paths = sorted([*ROOT.glob("examples/*.yaml"), *ROOT.glob("examples/quickstart/*.yaml")])
@@ -297,23 +388,36 @@ NEEDED = [
 ]
 # Calls it must not be able to make.
 REFUSED = [
-    ("list", "secrets"), ("watch", "secrets"), ("create", "secrets"),
-    ("patch", "pods"), ("delete", "pods"), ("create", "pods"),
-    ("delete", "jobs.batch"), ("delete", "entitypublishers.liberator.io"),
-    ("update", "entitypublishers.liberator.io"), ("create", "entitypublishers.liberator.io"),
+    ("list", "secrets"),
+    ("watch", "secrets"),
+    ("create", "secrets"),
+    ("patch", "pods"),
+    ("delete", "pods"),
+    ("create", "pods"),
+    ("delete", "jobs.batch"),
+    ("delete", "entitypublishers.liberator.io"),
+    ("update", "entitypublishers.liberator.io"),
+    ("create", "entitypublishers.liberator.io"),
     ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),
-    ("create", "clusterroles.rbac.authorization.k8s.io"), ("get", "configmaps"),
+    ("create", "clusterroles.rbac.authorization.k8s.io"),
+    ("get", "configmaps"),
     ("create", "deployments.apps"),
 ]
 
 
 def test_operator_rbac_allows_its_calls_and_nothing_more(
-        kubectl: Kubectl, base: list[dict[str, Any]], unique: str) -> None:
+    kubectl: Kubectl, base: list[dict[str, Any]], unique: str
+) -> None:
     namespace = f"rbac-{unique}"
     ensure_namespace(kubectl, namespace)
-    docs = copy.deepcopy([d for d in base if d["kind"] in (
-        "ServiceAccount", "ClusterRole", "ClusterRoleBinding")
-        and d["metadata"]["name"] == "liberator-operator"])
+    docs = copy.deepcopy(
+        [
+            d
+            for d in base
+            if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+            and d["metadata"]["name"] == "liberator-operator"
+        ]
+    )
     assert [d["kind"] for d in docs] == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
     role = f"liberator-operator-{unique}"
     for doc in docs:
@@ -328,8 +432,9 @@ def test_operator_rbac_allows_its_calls_and_nothing_more(
     user = f"system:serviceaccount:{namespace}:liberator-operator"
 
     def can(verb: str, resource: str) -> bool:
-        result = kubectl("auth", "can-i", verb, resource, f"--as={user}", "-n", namespace,
-                         check=False)
+        result = kubectl(
+            "auth", "can-i", verb, resource, f"--as={user}", "-n", namespace, check=False
+        )
         return result.stdout.strip() == "yes"
 
     # The authorizer reads RBAC from a cache: wait until the binding is seen.

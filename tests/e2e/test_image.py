@@ -36,8 +36,11 @@ BUILD_LINE = re.compile(r"^# Build: docker build -t (?P<ref>\S+) \.$", re.MULTIL
 
 def instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, with comments dropped and continuations joined."""
-    joined = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines()
-                                            if not line.lstrip().startswith("#")))
+    joined = re.sub(
+        r"\\\n",
+        " ",
+        "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")),
+    )
     result = []
     for line in joined.splitlines():
         if line.strip():
@@ -63,8 +66,13 @@ def image_reference() -> str:
 
 
 def rendered(path: Path) -> list[dict[str, Any]]:
-    result = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
@@ -95,18 +103,19 @@ def final(dockerfile: list[list[tuple[str, str]]], instruction: str) -> list[str
 
 
 def test_multi_stage_and_only_the_built_venv_reaches_the_final_stage(
-        dockerfile: list[list[tuple[str, str]]]) -> None:
+    dockerfile: list[list[tuple[str, str]]],
+) -> None:
     assert len(dockerfile) >= 2
     build_stage = dockerfile[0][0][1].split()
     assert build_stage[1:] == ["AS", "build"] or build_stage[1:] == ["as", "build"]
     copies = final(dockerfile, "COPY")
     assert copies and all(c.startswith("--from=build ") for c in copies), copies
     # Every path the wheel is built from is copied into the build stage.
-    sources = {part for name, args in dockerfile[0] if name == "COPY"
-               for part in args.split()[:-1]}
+    sources = {part for name, args in dockerfile[0] if name == "COPY" for part in args.split()[:-1]}
     packages = PYPROJECT["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
-    needed = {"pyproject.toml", PYPROJECT["project"]["readme"]} | {p.split("/")[0]
-                                                                   for p in packages}
+    needed = {"pyproject.toml", PYPROJECT["project"]["readme"]} | {
+        p.split("/")[0] for p in packages
+    }
     assert needed <= sources, f"not copied into the build stage: {needed - sources}"
 
 
@@ -126,7 +135,8 @@ def test_base_python_satisfies_requires_python(dockerfile: list[list[tuple[str, 
 
 
 def test_final_stage_runs_as_a_numeric_non_root_user(
-        dockerfile: list[list[tuple[str, str]]], deployed: list[dict[str, Any]]) -> None:
+    dockerfile: list[list[tuple[str, str]]], deployed: list[dict[str, Any]]
+) -> None:
     [user] = final(dockerfile, "USER")
     uid, _, gid = user.partition(":")
     assert uid.isdigit() and int(uid) != 0, "runAsNonRoot can only verify a numeric user"
@@ -142,15 +152,17 @@ def test_final_stage_runs_as_a_numeric_non_root_user(
 
 
 def test_entrypoint_is_the_console_script_on_the_path(
-        dockerfile: list[list[tuple[str, str]]]) -> None:
+    dockerfile: list[list[tuple[str, str]]],
+) -> None:
     [entrypoint] = final(dockerfile, "ENTRYPOINT")
     command = json.loads(entrypoint)
     scripts = PYPROJECT["project"]["scripts"]
     assert command == ["liberator"] and "liberator" in scripts
     assert scripts["liberator"] == "liberator_publisher.cli:main"
     # The console script is installed into the venv that the build stage creates.
-    venvs = [args.split()[-1] for name, args in dockerfile[0]
-             if name == "RUN" and "-m venv" in args]
+    venvs = [
+        args.split()[-1] for name, args in dockerfile[0] if name == "RUN" and "-m venv" in args
+    ]
     assert venvs, "the build stage creates a virtual environment"
     [env] = final(dockerfile, "ENV")
     assert f"PATH={venvs[0]}/bin:" in env
@@ -179,12 +191,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_every_subcommand_that_deploy_and_the_builders_run_exists(
-        deployed: list[dict[str, Any]]) -> None:
+    deployed: list[dict[str, Any]],
+) -> None:
     settings = OperatorSettings()
     runs = [invoked(c) for _, _, c in containers(deployed)]
     runs.append(invoked(build_sidecar(publisher(), settings, port=8099, native=True)))
-    seed = build_seed_job("shop", "initial", uid="u-1", spec={"publisher": "quotes"},
-                          publisher=publisher(), settings=settings)
+    seed = build_seed_job(
+        "shop",
+        "initial",
+        uid="u-1",
+        spec={"publisher": "quotes"},
+        publisher=publisher(),
+        settings=settings,
+    )
     runs += [invoked(c) for _, _, c in containers([seed])]
     assert {argv[0] for argv in runs} == {"operator", "eventstore", "publish", "seed"}
     for argv in runs:
@@ -199,8 +218,9 @@ def test_a_wrong_flag_is_caught_by_the_subcommand_parser() -> None:
         parse(["event-store"])
 
 
-def test_one_image_reference_everywhere(deployed: list[dict[str, Any]],
-                                        dockerfile: list[list[tuple[str, str]]]) -> None:
+def test_one_image_reference_everywhere(
+    deployed: list[dict[str, Any]], dockerfile: list[list[tuple[str, str]]]
+) -> None:
     reference = image_reference()
     name, _, tag = reference.rpartition(":")
     assert tag == PYPROJECT["project"]["version"], "the image tag is the package version"
@@ -208,8 +228,12 @@ def test_one_image_reference_everywhere(deployed: list[dict[str, Any]],
     assert f'org.opencontainers.image.version="{tag}"' in labels
     assert reference == DEFAULT_IMAGE
     images = {c["image"] for _, _, c in containers(deployed)}
-    env_images = {e["value"] for _, _, c in containers(deployed) for e in c.get("env", [])
-                  if e["name"] == "LIBERATOR_OPERATOR_IMAGE"}
+    env_images = {
+        e["value"]
+        for _, _, c in containers(deployed)
+        for e in c.get("env", [])
+        if e["name"] == "LIBERATOR_OPERATOR_IMAGE"
+    }
     assert images | env_images == {reference}
     for kustomization in (ROOT / "deploy").rglob("kustomization.yaml"):
         for entry in yaml.safe_load(kustomization.read_text()).get("images", []):
@@ -228,12 +252,23 @@ def test_retagging_in_an_overlay_moves_every_process(tmp_path: Path) -> None:
     """An overlay's ``images:`` entry is the one value: the operator's container takes it, and
     the operator hands its own image to sidecars and seed Jobs (no env keeps the old one)."""
     name = image_reference().rpartition(":")[0]
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        # kustomize takes relative paths only
-        "resources": [os.path.relpath(ROOT / "deploy" / "overlays" / "local", tmp_path)],
-        "images": [{"name": name, "newName": "registry.example.com/team/liberator",
-                    "newTag": "7.7.7"}]}))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                # kustomize takes relative paths only
+                "resources": [os.path.relpath(ROOT / "deploy" / "overlays" / "local", tmp_path)],
+                "images": [
+                    {
+                        "name": name,
+                        "newName": "registry.example.com/team/liberator",
+                        "newTag": "7.7.7",
+                    }
+                ],
+            }
+        )
+    )
     docs = rendered(tmp_path)
     text = yaml.safe_dump_all(docs)
     assert image_reference() not in text and f"{name}:" not in text
@@ -242,4 +277,5 @@ def test_retagging_in_an_overlay_moves_every_process(tmp_path: Path) -> None:
     env = {e["name"]: e for e in operator["env"]}
     assert "LIBERATOR_OPERATOR_IMAGE" not in env
     assert env["LIBERATOR_OPERATOR_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == (
-        "metadata.name")
+        "metadata.name"
+    )

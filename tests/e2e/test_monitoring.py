@@ -48,6 +48,7 @@ METRIC = re.compile(r"\b(?:liberator|apiserver)_[a-z0-9_]+\b")
 
 # -- the files ------------------------------------------------------------------------------------
 
+
 def rule_groups() -> list[dict[str, Any]]:
     doc = yaml.safe_load(RULES.read_text())
     assert (doc["apiVersion"], doc["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
@@ -67,8 +68,9 @@ def dashboard() -> dict[str, Any]:
 def dashboard_queries() -> list[str]:
     panels = dashboard()["panels"]
     queries = [t["expr"] for p in panels for t in p.get("targets", [])]
-    queries += [v["query"]["query"] for v in dashboard()["templating"]["list"]
-                if v["type"] == "query"]
+    queries += [
+        v["query"]["query"] for v in dashboard()["templating"]["list"] if v["type"] == "query"
+    ]
     return queries
 
 
@@ -87,14 +89,17 @@ def github_anchors(markdown: str) -> set[str]:
 
 # -- promtool -------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def promtool_exe() -> Path:
     path = promtool.binary_path()
     if not path.exists():
         if os.geteuid() != 0:
-            pytest.skip(f"promtool {promtool.VERSION} is not built at {path} and this is not "
-                        "root: run `hack/stack build` (a Go build of several minutes) to run "
-                        "these tests")
+            pytest.skip(
+                f"promtool {promtool.VERSION} is not built at {path} and this is not "
+                "root: run `hack/stack build` (a Go build of several minutes) to run "
+                "these tests"
+            )
         promtool.build(say_stderr)
     return path
 
@@ -109,8 +114,9 @@ def rules_dir(tmp_path: Path) -> Path:
 
 
 def run_promtool(exe: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def test_promtool_checks_the_rules(promtool_exe: Path, rules_dir: Path) -> None:
@@ -135,8 +141,9 @@ def test_promtool_unit_tests_of_the_rules_pass(promtool_exe: Path, rules_dir: Pa
     assert "SUCCESS" in result.stdout + result.stderr
 
 
-def test_promtool_unit_tests_fail_when_an_alert_changes(promtool_exe: Path,
-                                                        rules_dir: Path) -> None:
+def test_promtool_unit_tests_fail_when_an_alert_changes(
+    promtool_exe: Path, rules_dir: Path
+) -> None:
     """The control: a threshold moved past the firing case's input fails the unit tests."""
     groups = rule_groups()
     for rule in groups[0]["rules"]:
@@ -149,21 +156,22 @@ def test_promtool_unit_tests_fail_when_an_alert_changes(promtool_exe: Path,
 
 
 @pytest.mark.parametrize("alert", [rule["alert"] for rule in alerts()])
-def test_each_firing_case_needs_its_alert(promtool_exe: Path, rules_dir: Path,
-                                          alert: str) -> None:
+def test_each_firing_case_needs_its_alert(promtool_exe: Path, rules_dir: Path, alert: str) -> None:
     """An alert that can never fire fails its own firing case: the case asserts the alert."""
     groups = rule_groups()
     for rule in groups[0]["rules"]:
         if rule.get("alert") == alert:
             rule["expr"] = "vector(0) > 1"
     (rules_dir / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
-    result = run_promtool(promtool_exe, rules_dir, "test", "rules", "--run", f"^{alert} fires:",
-                          "rules_test.yaml")
+    result = run_promtool(
+        promtool_exe, rules_dir, "test", "rules", "--run", f"^{alert} fires:", "rules_test.yaml"
+    )
     assert result.returncode != 0, result.stdout
     assert f"alertname: {alert}" in result.stdout + result.stderr
 
 
 # -- the rules and their unit tests ---------------------------------------------------------------
+
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     tests = yaml.safe_load(RULE_TESTS.read_text())
@@ -196,20 +204,20 @@ def test_every_alert_has_a_severity_a_summary_and_a_runbook_that_exists() -> Non
 
 
 def test_the_anchor_rule_matches_githubs() -> None:
-    assert github_anchors("### Poison events (outbox documents with `status: failed`)\n"
-                          "### Pub/Sub outage\n## not # a heading\n"
-                          "```yaml\n# a comment\n```\n") == {
-        "poison-events-outbox-documents-with-status-failed", "pubsub-outage",
-        "not--a-heading"}
+    assert github_anchors(
+        "### Poison events (outbox documents with `status: failed`)\n"
+        "### Pub/Sub outage\n## not # a heading\n"
+        "```yaml\n# a comment\n```\n"
+    ) == {"poison-events-outbox-documents-with-status-failed", "pubsub-outage", "not--a-heading"}
 
 
 # -- metric names ---------------------------------------------------------------------------------
 
+
 def exposed_names(text: str) -> set[str]:
     """Every name a query can use for the families in ``text``: the samples' names (``_total``,
     ``_bucket``...) and, for families without a sample yet, what their type exposes."""
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
-                "gauge": ("",)}
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
     names = set()
     for family in text_string_to_metric_families(text):
         names |= {sample.name for sample in family.samples}
@@ -225,9 +233,12 @@ def known_metrics() -> Iterator[set[str]]:
     saved = os.environ.get("PUBSUB_EMULATOR_HOST")
     os.environ["PUBSUB_EMULATOR_HOST"] = "127.0.0.1:9"
     try:
-        store = EventStore(EventStoreSettings(mongo_uri="mongodb://127.0.0.1:9/",
-                                              database="metrics", subscriptions=()),
-                           registry=CollectorRegistry())
+        store = EventStore(
+            EventStoreSettings(
+                mongo_uri="mongodb://127.0.0.1:9/", database="metrics", subscriptions=()
+            ),
+            registry=CollectorRegistry(),
+        )
     finally:
         if saved is None:
             del os.environ["PUBSUB_EMULATOR_HOST"]
@@ -259,11 +270,17 @@ def test_dashboard_names_only_exported_metrics(known_metrics: set[str]) -> None:
 def test_dashboard_shows_flow_health_and_resume_headroom() -> None:
     used = {name for query in dashboard_queries() for name in METRIC.findall(query)}
     assert {
-        "liberator_capture_lag_seconds", "liberator_relay_lag_seconds",
-        "liberator_outbox_backlog", "liberator_events_captured_total",
-        "liberator_events_published_total", "liberator_events_failed_total",
-        "liberator_leader", "liberator_parked", "liberator_stalled",
-        "liberator_resume_headroom_seconds", "liberator_oplog_window_seconds",
+        "liberator_capture_lag_seconds",
+        "liberator_relay_lag_seconds",
+        "liberator_outbox_backlog",
+        "liberator_events_captured_total",
+        "liberator_events_published_total",
+        "liberator_events_failed_total",
+        "liberator_leader",
+        "liberator_parked",
+        "liberator_stalled",
+        "liberator_resume_headroom_seconds",
+        "liberator_oplog_window_seconds",
     } <= used
     ids = [p["id"] for p in dashboard()["panels"]]
     assert len(ids) == len(set(ids)), "Grafana needs unique panel ids"
@@ -271,17 +288,29 @@ def test_dashboard_shows_flow_health_and_resume_headroom() -> None:
 
 # -- the component on the base --------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """The base plus the component, as an overlay of the user's would have it."""
     overlay = tmp_path_factory.mktemp("overlay")
     # kustomize takes only relative paths to other kustomizations.
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(ROOT / "deploy" / "base", overlay)],
-        "components": [os.path.relpath(COMPONENT, overlay)]}))
-    result = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True,
-                            text=True, timeout=120, check=False)
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(ROOT / "deploy" / "base", overlay)],
+                "components": [os.path.relpath(COMPONENT, overlay)],
+            }
+        )
+    )
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(overlay)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
@@ -293,33 +322,44 @@ def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 
 
 def test_component_adds_rules_monitors_and_dashboard_to_the_base(
-        rendered: list[dict[str, Any]]) -> None:
+    rendered: list[dict[str, Any]],
+) -> None:
     find(rendered, "Deployment", "liberator-operator")  # the base is still all there
     rule = find(rendered, "PrometheusRule", "liberator")
     assert rule["spec"]["groups"] == rule_groups()
-    for kind, name in [("PrometheusRule", "liberator"), ("PodMonitor", "liberator-sidecars"),
-                       ("ServiceMonitor", "liberator-eventstore"),
-                       ("Service", "liberator-eventstore-metrics"),
-                       ("ConfigMap", "liberator-dashboard")]:
+    for kind, name in [
+        ("PrometheusRule", "liberator"),
+        ("PodMonitor", "liberator-sidecars"),
+        ("ServiceMonitor", "liberator-eventstore"),
+        ("Service", "liberator-eventstore-metrics"),
+        ("ConfigMap", "liberator-dashboard"),
+    ]:
         assert find(rendered, kind, name)["metadata"]["namespace"] == "liberator-system"
     config_map = find(rendered, "ConfigMap", "liberator-dashboard")
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(config_map["data"]["liberator.json"]) == dashboard()
-    assert not any(d["kind"] == "ServiceMonitor" and "operator" in d["metadata"]["name"]
-                   for d in rendered), "the operator exports no Prometheus metrics"
+    assert not any(
+        d["kind"] == "ServiceMonitor" and "operator" in d["metadata"]["name"] for d in rendered
+    ), "the operator exports no Prometheus metrics"
 
 
 def test_service_monitor_reaches_the_event_store_metrics_port(
-        rendered: list[dict[str, Any]]) -> None:
+    rendered: list[dict[str, Any]],
+) -> None:
     monitor = find(rendered, "ServiceMonitor", "liberator-eventstore")
     service = find(rendered, "Service", "liberator-eventstore-metrics")
     deployment = find(rendered, "Deployment", "liberator-eventstore")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= \
-        service["metadata"]["labels"].items()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
     # Selects the event store and nothing else of the base.
-    assert [s["metadata"]["name"] for s in rendered if s["kind"] == "Service" and
-            monitor["spec"]["selector"]["matchLabels"].items() <=
-            s["metadata"].get("labels", {}).items()] == ["liberator-eventstore-metrics"]
+    assert [
+        s["metadata"]["name"]
+        for s in rendered
+        if s["kind"] == "Service"
+        and monitor["spec"]["selector"]["matchLabels"].items()
+        <= s["metadata"].get("labels", {}).items()
+    ] == ["liberator-eventstore-metrics"]
     template = deployment["spec"]["template"]
     assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
     [endpoint] = monitor["spec"]["endpoints"]
@@ -332,15 +372,21 @@ def test_service_monitor_reaches_the_event_store_metrics_port(
 
 
 def test_pod_monitor_scrapes_each_injected_sidecar_and_nothing_else(
-        rendered: list[dict[str, Any]]) -> None:
+    rendered: list[dict[str, Any]],
+) -> None:
     monitor = find(rendered, "PodMonitor", "liberator-sidecars")["spec"]
     assert monitor["namespaceSelector"] == {"any": True}
     # A pod with two publishers, as the webhook patches it.
-    body = pod(labels={"app": "quotes"}, containers=[
-        {"name": "app", "image": "busybox", "ports": [{"name": "http", "containerPort": 8080}]}])
+    body = pod(
+        labels={"app": "quotes"},
+        containers=[
+            {"name": "app", "image": "busybox", "ports": [{"name": "http", "containerPort": 8080}]}
+        ],
+    )
     settings = OperatorSettings(image="example/liberator:1", namespace="liberator-system")
-    injection = build_patch(body, "shop", [publisher("quotes"), publisher("prices")], settings,
-                            native=True)
+    injection = build_patch(
+        body, "shop", [publisher("quotes"), publisher("prices")], settings, native=True
+    )
     injected = jsonpatch.apply_patch(body, injection.ops)
     assert monitor["selector"] == {"matchLabels": {INJECTED_LABEL: "true"}}
     assert monitor["selector"]["matchLabels"].items() <= injected["metadata"]["labels"].items()
@@ -349,9 +395,15 @@ def test_pod_monitor_scrapes_each_injected_sidecar_and_nothing_else(
     [keep] = [r for r in endpoint["relabelings"] if r["action"] == "keep"]
     assert keep["sourceLabels"] == ["__meta_kubernetes_pod_container_port_name"]
     containers = injected["spec"]["containers"] + injected["spec"].get("initContainers", [])
-    scraped = {c["name"] for c in containers for p in c.get("ports", [])
-               if re.fullmatch(keep["regex"], p["name"])}  # Prometheus anchors the regex
+    scraped = {
+        c["name"]
+        for c in containers
+        for p in c.get("ports", [])
+        if re.fullmatch(keep["regex"], p["name"])
+    }  # Prometheus anchors the regex
     assert scraped == {"liberator-quotes", "liberator-prices"}
-    assert any(r.get("targetLabel") == "container" and
-               r["sourceLabels"] == ["__meta_kubernetes_pod_container_name"]
-               for r in endpoint["relabelings"])
+    assert any(
+        r.get("targetLabel") == "container"
+        and r["sourceLabels"] == ["__meta_kubernetes_pod_container_name"]
+        for r in endpoint["relabelings"]
+    )

@@ -33,8 +33,17 @@ from liberator_stack import Server
 from liberator_stack.process import free_port
 from tests.support.waiting import DEADLINE, eventually
 
-__all__ = ["LIBERATOR", "OUTBOX", "Collector", "Publisher", "Received", "Sidecar", "Topic",
-           "eventually", "running_publisher"]
+__all__ = [
+    "LIBERATOR",
+    "OUTBOX",
+    "Collector",
+    "Publisher",
+    "Received",
+    "Sidecar",
+    "Topic",
+    "eventually",
+    "running_publisher",
+]
 
 LIBERATOR = Path(sys.executable).with_name("liberator")
 OUTBOX = "quotes.outbox"
@@ -57,9 +66,13 @@ class Sidecar:
     def start(self) -> Sidecar:
         out = self.log.open("ab")
         try:
-            self.popen = subprocess.Popen([str(LIBERATOR), "publish", *self.args], env=self.env,
-                                          stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL)
+            self.popen = subprocess.Popen(
+                [str(LIBERATOR), "publish", *self.args],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         finally:
             out.close()
         return self
@@ -80,8 +93,9 @@ class Sidecar:
     def wait_ready(self, deadline: float = DEADLINE) -> Sidecar:
         def ready() -> bool:
             if not self.alive():
-                raise AssertionError(f"liberator publish exited ({self.exit_code()}):\n"
-                                     f"{self.output()}")
+                raise AssertionError(
+                    f"liberator publish exited ({self.exit_code()}):\n{self.output()}"
+                )
             return self.get("/readyz")[0] == 200
 
         eventually(ready, what="liberator publish ready", deadline=deadline)
@@ -171,9 +185,14 @@ class Topic:
             publisher.create_topic(name=self.topic_path)
         subscriber = pubsub_v1.SubscriberClient()
         with subscriber, contextlib.suppress(AlreadyExists):
-            subscriber.create_subscription(request={
-                "name": self.subscription_path, "topic": self.topic_path,
-                "enable_message_ordering": True, "ack_deadline_seconds": 60})
+            subscriber.create_subscription(
+                request={
+                    "name": self.subscription_path,
+                    "topic": self.topic_path,
+                    "enable_message_ordering": True,
+                    "ack_deadline_seconds": 60,
+                }
+            )
         return self
 
 
@@ -210,8 +229,10 @@ class Collector:
     def _pull(self) -> None:
         while not self._stop.is_set():
             try:
-                response = self._client.pull(request={"subscription": self.topic.subscription_path,
-                                                      "max_messages": 1000}, timeout=2)
+                response = self._client.pull(
+                    request={"subscription": self.topic.subscription_path, "max_messages": 1000},
+                    timeout=2,
+                )
             except Exception:  # emulator restarting, subscription recreated: try again
                 time.sleep(0.2)
                 continue
@@ -220,12 +241,16 @@ class Collector:
             with self._lock:
                 for item in response.received_messages:
                     m = item.message
-                    self.messages.append(Received(dict(m.attributes), bytes(m.data),
-                                                  m.ordering_key))
+                    self.messages.append(
+                        Received(dict(m.attributes), bytes(m.data), m.ordering_key)
+                    )
             with contextlib.suppress(Exception):
-                self._client.acknowledge(request={
-                    "subscription": self.topic.subscription_path,
-                    "ack_ids": [item.ack_id for item in response.received_messages]})
+                self._client.acknowledge(
+                    request={
+                        "subscription": self.topic.subscription_path,
+                        "ack_ids": [item.ack_id for item in response.received_messages],
+                    }
+                )
 
     def snapshot(self) -> list[Received]:
         with self._lock:
@@ -268,8 +293,12 @@ class Publisher:
     def sidecar(self, *args: str, **overrides: str) -> Sidecar:
         """A new (not yet started) sidecar on its own HTTP port."""
         n = len(self.sidecars)
-        env = {**self.env, "LIBERATOR_HTTP_PORT": str(free_port()),
-               "LIBERATOR_POD_NAME": f"pod-{n}", **overrides}
+        env = {
+            **self.env,
+            "LIBERATOR_HTTP_PORT": str(free_port()),
+            "LIBERATOR_POD_NAME": f"pod-{n}",
+            **overrides,
+        }
         car = Sidecar(env, self.run_dir / f"sidecar-{n}.log", list(args))
         self.sidecars.append(car)
         return car
@@ -288,13 +317,15 @@ class Publisher:
         """Whether the capture checkpoint holds a position (saved as soon as capture runs)."""
         with MongoClient(self.env["LIBERATOR_MONGO_URI"]) as client:
             found = client[self.database][CHECKPOINT_COLLECTION].find_one(
-                {"_id": f"{self.name}#capture"})
+                {"_id": f"{self.name}#capture"}
+            )
         return bool(found and (found.get("token") or found.get("operationTime")))
 
 
 @contextlib.contextmanager
-def running_publisher(mongo_uri: str, pubsub: Server, redis_url: str, unique: str,
-                      run_dir: Path) -> Iterator[Publisher]:
+def running_publisher(
+    mongo_uri: str, pubsub: Server, redis_url: str, unique: str, run_dir: Path
+) -> Iterator[Publisher]:
     """A fresh publisher (database, topic, lease keys) on these servers; its sidecars are
     stopped at the end."""
     project = pubsub.exports["LIBERATOR_PUBSUB_PROJECT"]
@@ -321,5 +352,3 @@ def running_publisher(mongo_uri: str, pubsub: Server, redis_url: str, unique: st
     finally:
         for car in p.sidecars:
             car.stop(timeout=15)
-
-

@@ -12,8 +12,14 @@ DEADLINE = 60.0
 """Seconds a test waits by default: generous, for a shared 2-core machine."""
 
 
-def eventually(check: Callable[[], Any], *, what: str, deadline: float = DEADLINE,
-               every: float = 0.1, retry_on: tuple[type[Exception], ...] = ()) -> Any:
+def eventually(
+    check: Callable[[], Any],
+    *,
+    what: str,
+    deadline: float = DEADLINE,
+    every: float = 0.1,
+    retry_on: tuple[type[Exception], ...] = (),
+) -> Any:
     """Poll ``check`` until it returns something truthy, and return that. An exception of a type
     in ``retry_on`` counts as not yet (an API server still settling). Fails naming ``what`` and
     the last value (or error) after ``deadline`` seconds."""

@@ -28,8 +28,10 @@ def node() -> Iterator[Node]:
     try:
         if external:
             if not Path(external).is_file():
-                pytest.fail(f"LIBERATOR_TEST_KUBECONFIG={external!r} is not a file: give the "
-                            "path of a kubeconfig for the cluster to test on")
+                pytest.fail(
+                    f"LIBERATOR_TEST_KUBECONFIG={external!r} is not a file: give the "
+                    "path of a kubeconfig for the cluster to test on"
+                )
             kubeconfig = external
             deploy.host_servers(stack)
         else:
@@ -37,8 +39,10 @@ def node() -> Iterator[Node]:
             if problem:
                 pytest.skip(f"the local node: {problem}")
             if host.leftovers():
-                pytest.skip("a local node runs already (hack/stack down first, or point "
-                            "LIBERATOR_TEST_KUBECONFIG at it)")
+                pytest.skip(
+                    "a local node runs already (hack/stack down first, or point "
+                    "LIBERATOR_TEST_KUBECONFIG at it)"
+                )
             kubeconfig = deploy.local_node(stack)
         deploy.install(kubeconfig, stack.exports())
         yield Node(stack, kubeconfig)

@@ -34,6 +34,7 @@ class Node:
     def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 300) -> str:
         return deploy.kubectl(self.kubeconfig, *args, stdin=stdin, timeout=timeout)
 
+
 WAIT = 240.0  # generous: a noisy 2-core machine
 
 # The app: insert one quote named after its pod, then serve HTTP for its readiness probe. A
@@ -53,8 +54,7 @@ http.server.HTTPServer(("", 8080), http.server.SimpleHTTPRequestHandler).serve_f
 def eventually(check: Callable[[], T | None], *, what: str, wait: float = WAIT) -> T:
     """Poll ``check`` once a second: pods and Jobs move slowly, and any error while they do
     (a container not started yet) counts as not yet."""
-    value: T = waiting.eventually(check, what=what, deadline=wait, every=1.0,
-                                  retry_on=(Exception,))
+    value: T = waiting.eventually(check, what=what, deadline=wait, every=1.0, retry_on=(Exception,))
     return value
 
 
@@ -83,20 +83,30 @@ class Quotes:
         labels = {"pod-security.kubernetes.io/enforce": "restricted"} if self.restricted else {}
         exports = self.node.exports
         self.apply(
-            {"apiVersion": "v1", "kind": "Namespace",
-             "metadata": {"name": self.ns, "labels": labels}},
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": self.ns, "labels": labels},
+            },
             self.secret("mongo", uri=self.mongo_uri),
             self.secret("redis", url=exports["LIBERATOR_REDIS_URL"]),
-            self.publisher())
-        eventually(lambda: self.condition("SubscriptionsReady") == "True",
-                   what=f"EntityPublisher {self.ns}/quotes SubscriptionsReady")
+            self.publisher(),
+        )
+        eventually(
+            lambda: self.condition("SubscriptionsReady") == "True",
+            what=f"EntityPublisher {self.ns}/quotes SubscriptionsReady",
+        )
         self.apply(self.deployment())
         self.rollout()
         return self
 
     def secret(self, name: str, **data: str) -> dict[str, Any]:
-        return {"apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": name, "namespace": self.ns}, "stringData": data}
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": self.ns},
+            "stringData": data,
+        }
 
     @property
     def mongo_uri(self) -> str:
@@ -104,18 +114,26 @@ class Quotes:
 
     def publisher(self) -> dict[str, Any]:
         return {
-            "apiVersion": "liberator.io/v1alpha1", "kind": "EntityPublisher",
+            "apiVersion": "liberator.io/v1alpha1",
+            "kind": "EntityPublisher",
             "metadata": {"name": "quotes", "namespace": self.ns},
             "spec": {
                 "selector": {"matchLabels": {"app": "quotes-service"}},
-                "mongo": {"uriSecretRef": {"name": "mongo"}, "database": self.database,
-                          "collection": "quotes"},
+                "mongo": {
+                    "uriSecretRef": {"name": "mongo"},
+                    "database": self.database,
+                    "collection": "quotes",
+                },
                 "entity": {"type": "quote"},
-                "pubsub": {"project": self.project, "topic": self.topic,
-                           "seedTopic": self.seed_topic,
-                           "subscriptions": [{"name": self.subscription},
-                                             {"name": self.seed_subscription,
-                                              "source": "seed"}]},
+                "pubsub": {
+                    "project": self.project,
+                    "topic": self.topic,
+                    "seedTopic": self.seed_topic,
+                    "subscriptions": [
+                        {"name": self.subscription},
+                        {"name": self.seed_subscription, "source": "seed"},
+                    ],
+                },
                 "redis": {"secretRef": {"name": "redis"}},
                 "deletionPolicy": "Delete",
             },
@@ -124,14 +142,29 @@ class Quotes:
     def deployment(self) -> dict[str, Any]:
         app = APP.replace("client.quotes.quotes", f"client.{self.database}.quotes")
         return apps.app_deployment(
-            "quotes", self.ns, labels={"app": "quotes-service"}, replicas=self.replicas,
+            "quotes",
+            self.ns,
+            labels={"app": "quotes-service"},
+            replicas=self.replicas,
             command=["python3", "-c", app],
-            env=[{"name": "MONGO_URI", "valueFrom": {
-                "secretKeyRef": {"name": "mongo", "key": "uri"}}}])
+            env=[
+                {
+                    "name": "MONGO_URI",
+                    "valueFrom": {"secretKeyRef": {"name": "mongo", "key": "uri"}},
+                }
+            ],
+        )
 
     def rollout(self) -> None:
-        self.node.kubectl("-n", self.ns, "rollout", "status", "deployment/quotes",
-                          f"--timeout={int(WAIT)}s", timeout=WAIT + 30)
+        self.node.kubectl(
+            "-n",
+            self.ns,
+            "rollout",
+            "status",
+            "deployment/quotes",
+            f"--timeout={int(WAIT)}s",
+            timeout=WAIT + 30,
+        )
 
     # -- reading --
 
@@ -174,22 +207,29 @@ class Reader:
         """ce-subject -> the distinct ce-ids seen for it."""
 
     def pull(self) -> None:
-        response = self.client.pull(request={"subscription": self.path, "max_messages": 500},
-                                    timeout=10)
+        response = self.client.pull(
+            request={"subscription": self.path, "max_messages": 500}, timeout=10
+        )
         if response.received_messages:
             for received in response.received_messages:
                 attributes = received.message.attributes
                 self.subjects.append(attributes.get("ce-subject", ""))
                 self.types.append(attributes.get("ce-type", ""))
                 self.ids.setdefault(attributes.get("ce-subject", ""), set()).add(
-                    attributes.get("ce-id", ""))
-            self.client.acknowledge(request={"subscription": self.path, "ack_ids": [
-                r.ack_id for r in response.received_messages]})
+                    attributes.get("ce-id", "")
+                )
+            self.client.acknowledge(
+                request={
+                    "subscription": self.path,
+                    "ack_ids": [r.ack_id for r in response.received_messages],
+                }
+            )
 
     def wait_for(self, subjects: set[str], *, wait: float = WAIT) -> None:
         def arrived() -> bool:
             self.pull()
             return subjects <= set(self.subjects)
 
-        eventually(arrived, what=f"events for {sorted(subjects - set(self.subjects))[:5]}",
-                   wait=wait)
+        eventually(
+            arrived, what=f"events for {sorted(subjects - set(self.subjects))[:5]}", wait=wait
+        )

@@ -37,7 +37,8 @@ def reader(node: Node, quotes: Quotes) -> Reader:
 
 
 def test_injected_pods_run_with_app_and_sidecar_ready_and_writes_arrive(
-        quotes: Quotes, reader: Reader) -> None:
+    quotes: Quotes, reader: Reader
+) -> None:
     pods = quotes.pods()
     assert len(pods) == 2
     for pod in pods:
@@ -60,7 +61,8 @@ def test_two_replicas_give_exactly_one_leader_in_the_status(quotes: Quotes) -> N
 
 
 def test_deleting_the_leaders_pod_moves_the_lead_and_loses_no_event(
-        quotes: Quotes, reader: Reader, capsys: pytest.CaptureFixture[str]) -> None:
+    quotes: Quotes, reader: Reader, capsys: pytest.CaptureFixture[str]
+) -> None:
     leader = eventually(lambda: quotes.status().get("leader"), what="a leader")
     written = [f"during-{i}" for i in range(20)]
     quotes.insert(*written[:10])
@@ -69,13 +71,17 @@ def test_deleting_the_leaders_pod_moves_the_lead_and_loses_no_event(
     quotes.insert(*written[10:])
     # The surviving pod or the Deployment's replacement: both are standbys by the time the old
     # lease ends, and either may win it.
-    new = eventually(lambda: quotes.status().get("leader") not in (None, leader) and
-                     quotes.status()["leader"], what="the lead on another pod")
+    new = eventually(
+        lambda: quotes.status().get("leader") not in (None, leader) and quotes.status()["leader"],
+        what="the lead on another pod",
+    )
     moved = time.monotonic() - started
     reader.wait_for(set(written))
     with capsys.disabled():
-        print(f"\n[figure] lead moved from {leader} to {new} {moved:.1f}s after the delete "
-              "(as the EntityPublisher status shows it)")
+        print(
+            f"\n[figure] lead moved from {leader} to {new} {moved:.1f}s after the delete "
+            "(as the EntityPublisher status shows it)"
+        )
     quotes.rollout()
 
 
@@ -83,9 +89,14 @@ def test_rollout_restart_gives_one_sidecar_per_new_pod(quotes: Quotes, reader: R
     before = {p["metadata"]["name"] for p in quotes.pods()}
     quotes.node.kubectl("-n", quotes.ns, "rollout", "restart", "deployment/quotes")
     quotes.rollout()
-    pods = eventually(lambda: [p for p in quotes.pods()
-                               if p["metadata"]["name"] not in before and pod_ready(p)]
-                      if len(quotes.pods()) == 2 else None, what="two new Ready pods")
+    pods = eventually(
+        lambda: (
+            [p for p in quotes.pods() if p["metadata"]["name"] not in before and pod_ready(p)]
+            if len(quotes.pods()) == 2
+            else None
+        ),
+        what="two new Ready pods",
+    )
     assert len(pods) == 2
     for pod in pods:
         assert len(sidecars(pod)) == 1, pod["spec"]
@@ -133,17 +144,26 @@ for target in sys.argv[1:]:
 def test_pods_reach_the_node_and_nothing_beyond(node: Node, quotes: Quotes) -> None:
     mongo = quotes.mongo_uri.split("//", 1)[1].split("/", 1)[0]
     # Addresses of this machine off the node, and beyond it: its uplink and default gateway.
-    routes = subprocess.run(["ip", "-4", "route", "show", "default"], capture_output=True,
-                            text=True, check=False).stdout.split()
+    routes = subprocess.run(
+        ["ip", "-4", "route", "show", "default"], capture_output=True, text=True, check=False
+    ).stdout.split()
     outside = [f"{routes[routes.index('via') + 1]}:80"] if "via" in routes else []
     outside += ["203.0.113.7:443"]  # TEST-NET-3: routed out by default, if at all
-    uplinks = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
-                             capture_output=True, text=True, check=False).stdout
-    outside += [f"{line.split()[3].split('/')[0]}:22" for line in uplinks.splitlines()
-                if line.split()[1] not in (nc.NODE_LINK, nc.CNI_BRIDGE)]
+    uplinks = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "scope", "global"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    outside += [
+        f"{line.split()[3].split('/')[0]}:22"
+        for line in uplinks.splitlines()
+        if line.split()[1] not in (nc.NODE_LINK, nc.CNI_BRIDGE)
+    ]
     pod = quotes.pods()[0]["metadata"]["name"]
-    out = node.kubectl("-n", quotes.ns, "exec", pod, "-c", "app", "--", "python3", "-c",
-                       PROBE, mongo, *outside)
+    out = node.kubectl(
+        "-n", quotes.ns, "exec", pod, "-c", "app", "--", "python3", "-c", PROBE, mongo, *outside
+    )
     seen = dict(line.split(" ", 1) for line in out.splitlines())
     assert seen[mongo] == "open", out
     for target in outside:

@@ -27,10 +27,13 @@ def walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, An
     return found
 
 
-@pytest.mark.parametrize(("file", "kind", "plural"), [
-    ("entitypublisher.yaml", "EntityPublisher", "entitypublishers"),
-    ("eventseed.yaml", "EventSeed", "eventseeds"),
-])
+@pytest.mark.parametrize(
+    ("file", "kind", "plural"),
+    [
+        ("entitypublisher.yaml", "EntityPublisher", "entitypublishers"),
+        ("eventseed.yaml", "EventSeed", "eventseeds"),
+    ],
+)
 def test_names_and_version(file: str, kind: str, plural: str) -> None:
     crd = load(file)
     assert crd["metadata"]["name"] == f"{plural}.liberator.io"
@@ -46,11 +49,16 @@ def test_short_name_is_not_endpoints() -> None:
     assert load("entitypublisher.yaml")["spec"]["names"]["shortNames"] == ["entpub"]
 
 
-@pytest.mark.parametrize(("file", "columns"), [
-    ("entitypublisher.yaml", ["Entity", "Collection", "Topic", "Pods", "Ready", "Status", "Lag",
-                              "Age"]),
-    ("eventseed.yaml", ["Publisher", "Mode", "Phase", "Seeded", "Age"]),
-])
+@pytest.mark.parametrize(
+    ("file", "columns"),
+    [
+        (
+            "entitypublisher.yaml",
+            ["Entity", "Collection", "Topic", "Pods", "Ready", "Status", "Lag", "Age"],
+        ),
+        ("eventseed.yaml", ["Publisher", "Mode", "Phase", "Seeded", "Age"]),
+    ],
+)
 def test_printer_columns(file: str, columns: list[str]) -> None:
     version = load(file)["spec"]["versions"][0]
     shown = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
@@ -60,23 +68,28 @@ def test_printer_columns(file: str, columns: list[str]) -> None:
 @pytest.mark.parametrize("file", ["entitypublisher.yaml", "eventseed.yaml"])
 def test_every_spec_field_is_described(file: str) -> None:
     schema = load(file)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    undocumented = [path for path, sub in walk(schema["properties"]["spec"], "spec")
-                    if not sub.get("description")
-                    and not path.endswith("[]")  # list items are described by the list
-                    and "matchExpressions[]" not in path]
+    undocumented = [
+        path
+        for path, sub in walk(schema["properties"]["spec"], "spec")
+        if not sub.get("description")
+        and not path.endswith("[]")  # list items are described by the list
+        and "matchExpressions[]" not in path
+    ]
     assert undocumented == []
 
 
 def test_defaults_match_the_design() -> None:
     spec = load("entitypublisher.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
-        "properties"]["spec"]["properties"]
+        "properties"
+    ]["spec"]["properties"]
     assert spec["pubsub"]["properties"]["topic"]["default"] == "integration-events"
     assert spec["deletionPolicy"]["default"] == "Retain"
     assert spec["deletionPolicy"]["enum"] == ["Retain", "Delete"]
     assert spec["entity"]["properties"]["eventContextField"]["default"] == "_event"
     assert spec["paused"]["default"] is False
-    seed = load("eventseed.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
-        "properties"]["spec"]
+    seed = load("eventseed.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+        "spec"
+    ]
     assert seed["required"] == ["publisher"]
     assert seed["properties"]["mode"]["enum"] == ["latest", "history"]
     assert seed["properties"]["mode"]["default"] == "latest"
@@ -85,7 +98,8 @@ def test_defaults_match_the_design() -> None:
 def test_crd_defaults_are_the_contracts() -> None:
     # One home for each default (core/contract.py): the CRD's copy must not drift from it.
     spec = load("entitypublisher.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
-        "properties"]["spec"]["properties"]
+        "properties"
+    ]["spec"]["properties"]
     assert spec["stallAfterSeconds"]["default"] == contract.STALL_AFTER_SECONDS
     assert spec["resumePointMarginPercent"]["default"] == contract.RESUME_MARGIN_PERCENT
     lease = spec["sidecar"]["properties"]["leaseTtlSeconds"]["default"]

@@ -16,8 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def rendered() -> list[dict[str, Any]]:
-    result = subprocess.run(["kubectl", "kustomize", str(ROOT / "deploy")], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / "deploy")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
@@ -28,31 +33,35 @@ def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 
 def test_base_has_every_part(rendered: list[dict[str, Any]]) -> None:
     kinds = {(d["kind"], d["metadata"]["name"]) for d in rendered}
-    assert {("Namespace", "liberator-system"),
-            ("CustomResourceDefinition", "entitypublishers.liberator.io"),
-            ("CustomResourceDefinition", "eventseeds.liberator.io"),
-            ("CustomResourceDefinition", "clusterkopfpeerings.kopf.dev"),
-            ("ClusterKopfPeering", "liberator"),
-            ("ServiceAccount", "liberator-operator"),
-            ("ClusterRole", "liberator-operator"),
-            ("ClusterRoleBinding", "liberator-operator"),
-            ("Deployment", "liberator-operator"),
-            ("Service", "liberator-webhook"),
-            ("Certificate", "liberator-webhook"),
-            ("MutatingWebhookConfiguration", "liberator-injector")} <= kinds
+    assert {
+        ("Namespace", "liberator-system"),
+        ("CustomResourceDefinition", "entitypublishers.liberator.io"),
+        ("CustomResourceDefinition", "eventseeds.liberator.io"),
+        ("CustomResourceDefinition", "clusterkopfpeerings.kopf.dev"),
+        ("ClusterKopfPeering", "liberator"),
+        ("ServiceAccount", "liberator-operator"),
+        ("ClusterRole", "liberator-operator"),
+        ("ClusterRoleBinding", "liberator-operator"),
+        ("Deployment", "liberator-operator"),
+        ("Service", "liberator-webhook"),
+        ("Certificate", "liberator-webhook"),
+        ("MutatingWebhookConfiguration", "liberator-injector"),
+    } <= kinds
 
 
 def test_webhook_configuration_matches_the_builder(rendered: list[dict[str, Any]]) -> None:
     deployed = find(rendered, "MutatingWebhookConfiguration", "liberator-injector")
     built = build_webhook_configuration(
         {"service": {"name": "liberator-webhook", "namespace": "liberator-system"}},
-        excluded_namespaces=["kube-system", "liberator-system"])
+        excluded_namespaces=["kube-system", "liberator-system"],
+    )
     assert deployed["webhooks"] == built["webhooks"]
     [hook] = deployed["webhooks"]
     assert hook["failurePolicy"] == FAILURE_POLICY
     assert 2 <= hook["timeoutSeconds"] <= 5
     assert deployed["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
-        "liberator-system/liberator-webhook")
+        "liberator-system/liberator-webhook"
+    )
 
 
 def test_operator_deployment_is_ha_and_restricted(rendered: list[dict[str, Any]]) -> None:
@@ -63,17 +72,23 @@ def test_operator_deployment_is_ha_and_restricted(rendered: list[dict[str, Any]]
     assert "--standalone" not in container["args"], "replicas rely on peering"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False,
-                                            "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert "readinessProbe" in container
 
 
 def test_rbac_is_least_privilege(rendered: list[dict[str, Any]]) -> None:
     role = find(rendered, "ClusterRole", "liberator-operator")
-    verbs = {(group, resource): set(rule["verbs"]) for rule in role["rules"]
-             for group in rule["apiGroups"] for resource in rule["resources"]}
+    verbs = {
+        (group, resource): set(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
     assert "*" not in {v for vs in verbs.values() for v in vs}
     assert verbs[("", "secrets")] == {"get"}, "secrets are read one by one, never listed"
     assert verbs[("", "pods")] == {"list"}, "pods are only counted"

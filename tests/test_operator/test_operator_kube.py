@@ -48,8 +48,9 @@ GROUP, VERSION = "liberator.io", "v1alpha1"
 
 def eventually(check: Callable[[], Any], *, what: str, deadline: float = DEADLINE) -> Any:
     """Poll ``check``; an API error while the object settles counts as not yet."""
-    return waiting.eventually(check, what=what, deadline=deadline, every=0.25,
-                              retry_on=(ApiException,))
+    return waiting.eventually(
+        check, what=what, deadline=deadline, every=0.25, retry_on=(ApiException,)
+    )
 
 
 def server(stack: Stack, name: str) -> Server:
@@ -63,6 +64,7 @@ def server(stack: Stack, name: str) -> Server:
 
 
 # -- the stack and the operator -------------------------------------------------------------------
+
 
 @dataclass
 class Env:
@@ -84,32 +86,44 @@ class Env:
     def batch(self) -> client.BatchV1Api:
         return client.BatchV1Api(self.api)
 
-    def kubectl(self, *args: str, stdin: str | None = None,
-                check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(["kubectl", *args], input=stdin, capture_output=True, text=True,
-                                timeout=60, check=False,
-                                env={**os.environ, "KUBECONFIG": self.kubeconfig})
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["kubectl", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "KUBECONFIG": self.kubeconfig},
+        )
         if check and result.returncode != 0:
             pytest.fail(f"kubectl {' '.join(args)} failed: {result.stderr}")
         return result
 
     def publisher(self, namespace: str, name: str) -> dict[str, Any]:
         obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, "entitypublishers", name)
+            GROUP, VERSION, namespace, "entitypublishers", name
+        )
         return obj
 
     def seed(self, namespace: str, name: str) -> dict[str, Any]:
         obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, "eventseeds", name)
+            GROUP, VERSION, namespace, "eventseeds", name
+        )
         return obj
 
 
-def when(get: Callable[[], dict[str, Any]],
-         test: Callable[[dict[str, Any]], bool]) -> Callable[[], dict[str, Any] | None]:
+def when(
+    get: Callable[[], dict[str, Any]], test: Callable[[dict[str, Any]], bool]
+) -> Callable[[], dict[str, Any] | None]:
     """A check for :func:`eventually`: the object once ``test`` holds for it."""
+
     def check() -> dict[str, Any] | None:
         obj = get()
         return obj if test(obj) else None
+
     return check
 
 
@@ -127,11 +141,21 @@ def env(stack: Stack) -> Iterator[Env]:
     redis = server(stack, "redis")
     kubeconfig = kube.exports["KUBECONFIG"]
     api = config.new_client_from_config(config_file=kubeconfig)
-    e = Env(kubeconfig, api, pubsub.exports["LIBERATOR_PUBSUB_PROJECT"],
-            pubsub.exports["PUBSUB_EMULATOR_HOST"], redis.exports["LIBERATOR_REDIS_URL"])
+    e = Env(
+        kubeconfig,
+        api,
+        pubsub.exports["LIBERATOR_PUBSUB_PROJECT"],
+        pubsub.exports["PUBSUB_EMULATOR_HOST"],
+        redis.exports["LIBERATOR_REDIS_URL"],
+    )
     e.kubectl("apply", "-f", str(ROOT / "crds"))
-    e.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-              "crd/entitypublishers.liberator.io", "crd/eventseeds.liberator.io")
+    e.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/entitypublishers.liberator.io",
+        "crd/eventseeds.liberator.io",
+    )
     with mock_env(PUBSUB_EMULATOR_HOST=e.emulator):
         yield e
     api.close()
@@ -158,26 +182,43 @@ class Operator:
     def __init__(self, e: Env, log: Path, *extra: str, configure: bool = True) -> None:
         self.port = free_port()
         self.log = log
-        self.argv = [str(Path(sys.executable).with_name("liberator")), "operator", "--verbose",
-                     "--webhook-addr", "127.0.0.1", "--webhook-host", "127.0.0.1",
-                     "--webhook-port", str(self.port), *extra]
+        self.argv = [
+            str(Path(sys.executable).with_name("liberator")),
+            "operator",
+            "--verbose",
+            "--webhook-addr",
+            "127.0.0.1",
+            "--webhook-host",
+            "127.0.0.1",
+            "--webhook-port",
+            str(self.port),
+            *extra,
+        ]
         if configure:
             # Not deploy/'s name: the deploy dry-run test applies that one to the same server.
             self.argv += ["--webhook-configure", "liberator-injector-test"]
-        self.environment = {**os.environ, "KUBECONFIG": e.kubeconfig,
-                            "PUBSUB_EMULATOR_HOST": e.emulator,
-                            "LIBERATOR_OPERATOR_NAMESPACE": "liberator-system",
-                            "LIBERATOR_OPERATOR_IMAGE": "ghcr.io/liberator-io/liberator:test",
-                            "LIBERATOR_OPERATOR_STATUS_INTERVAL": "1",
-                            "LIBERATOR_OPERATOR_SEED_INTERVAL": "1",
-                            "LIBERATOR_OPERATOR_RETRY_DELAY": "2",
-                            "LIBERATOR_OPERATOR_BACKOFF_MAX": "4"}
+        self.environment = {
+            **os.environ,
+            "KUBECONFIG": e.kubeconfig,
+            "PUBSUB_EMULATOR_HOST": e.emulator,
+            "LIBERATOR_OPERATOR_NAMESPACE": "liberator-system",
+            "LIBERATOR_OPERATOR_IMAGE": "ghcr.io/liberator-io/liberator:test",
+            "LIBERATOR_OPERATOR_STATUS_INTERVAL": "1",
+            "LIBERATOR_OPERATOR_SEED_INTERVAL": "1",
+            "LIBERATOR_OPERATOR_RETRY_DELAY": "2",
+            "LIBERATOR_OPERATOR_BACKOFF_MAX": "4",
+        }
         self.start()
 
     def start(self) -> None:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                         env=self.environment, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.environment,
+                start_new_session=True,
+            )
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -198,18 +239,30 @@ def make_namespace(e: Env, name: str) -> str:
     return name
 
 
-def pod_body(name: str, labels: dict[str, str], annotations: dict[str, str] | None = None,
-             ) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": labels, "annotations": annotations or {}},
-            "spec": {"containers": [{"name": "app", "image": "busybox"}]}}
+def pod_body(
+    name: str,
+    labels: dict[str, str],
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels, "annotations": annotations or {}},
+        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+    }
 
 
 def sidecars(pod: Any) -> list[Any]:
-    spec = pod["spec"] if isinstance(pod, dict) else client.ApiClient().sanitize_for_serialization(
-        pod)["spec"]
-    return [c for c in (spec.get("initContainers") or []) + spec["containers"]
-            if c["name"].startswith("liberator-")]
+    spec = (
+        pod["spec"]
+        if isinstance(pod, dict)
+        else client.ApiClient().sanitize_for_serialization(pod)["spec"]
+    )
+    return [
+        c
+        for c in (spec.get("initContainers") or []) + spec["containers"]
+        if c["name"].startswith("liberator-")
+    ]
 
 
 def wait_webhook_live(e: Env, op: Operator) -> None:
@@ -218,15 +271,17 @@ def wait_webhook_live(e: Env, op: Operator) -> None:
     if not _exists(lambda: e.core.read_namespaced_secret("probe-mongo", ns)):
         secret(e, ns, "probe-mongo", uri="mongodb://x")
     if not _exists(lambda: e.publisher(ns, "probe")):
-        e.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                                 ep_body(e, "probe", {"app": "probe"}))
+        e.custom.create_namespaced_custom_object(
+            GROUP, VERSION, ns, "entitypublishers", ep_body(e, "probe", {"app": "probe"})
+        )
 
     def injected() -> bool:
         if op.proc.poll() is not None:
             pytest.fail(f"operator exited {op.proc.returncode}:\n{op.text()[-3000:]}")
         try:
-            pod = e.core.create_namespaced_pod(ns, pod_body("probe", {"app": "probe"}),
-                                               dry_run="All")
+            pod = e.core.create_namespaced_pod(
+                ns, pod_body("probe", {"app": "probe"}), dry_run="All"
+            )
         except ApiException:
             return False
         return bool(sidecars(pod))
@@ -246,14 +301,21 @@ def _exists(read: Callable[[], Any]) -> bool:
 
 def ep_body(e: Env, name: str, labels: dict[str, str], **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EntityPublisher",
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "EntityPublisher",
         "metadata": {"name": name},
-        "spec": {"selector": {"matchLabels": labels},
-                 "mongo": {"uriSecretRef": {"name": f"{name}-mongo"}, "database": "sales",
-                           "collection": name},
-                 "entity": {"type": "quote"},
-                 "pubsub": {"project": e.project, "topic": f"{name}-events"},
-                 "redis": {"url": e.redis_url}}}
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "mongo": {
+                "uriSecretRef": {"name": f"{name}-mongo"},
+                "database": "sales",
+                "collection": name,
+            },
+            "entity": {"type": "quote"},
+            "pubsub": {"project": e.project, "topic": f"{name}-events"},
+            "redis": {"url": e.redis_url},
+        },
+    }
     body["spec"].update(spec)
     return body
 
@@ -287,8 +349,10 @@ def topics(e: Env) -> set[str]:
 def subscriptions(e: Env) -> set[str]:
     subscriber = pubsub_v1.SubscriberClient()
     try:
-        return {s.name for s in subscriber.list_subscriptions(
-            request={"project": f"projects/{e.project}"})}
+        return {
+            s.name
+            for s in subscriber.list_subscriptions(request={"project": f"projects/{e.project}"})
+        }
     finally:
         subscriber.close()
 
@@ -297,45 +361,76 @@ def subscriptions(e: Env) -> set[str]:
 
 BAD_SPECS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("empty collection", lambda s: s["mongo"].update(collection=""), "spec.mongo.collection"),
-    ("unknown deletion policy", lambda s: s.update(deletionPolicy="Forget"),
-     'Unsupported value: "Forget"'),
-    ("invalid topic name", lambda s: s["pubsub"].update(topic="goog-events"),
-     "invalid topic name"),
+    (
+        "unknown deletion policy",
+        lambda s: s.update(deletionPolicy="Forget"),
+        'Unsupported value: "Forget"',
+    ),
+    ("invalid topic name", lambda s: s["pubsub"].update(topic="goog-events"), "invalid topic name"),
     ("topic with a space", lambda s: s["pubsub"].update(topic="my events"), "invalid topic name"),
-    ("match-everything selector", lambda s: s.update(selector={}),
-     "selector matches every pod"),
-    ("both redis url and secret", lambda s: s["redis"].update(secretRef={"name": "r"}),
-     "exactly one of redis.url and redis.secretRef"),
+    ("match-everything selector", lambda s: s.update(selector={}), "selector matches every pod"),
+    (
+        "both redis url and secret",
+        lambda s: s["redis"].update(secretRef={"name": "r"}),
+        "exactly one of redis.url and redis.secretRef",
+    ),
     ("bad entity type", lambda s: s["entity"].update(type="Quote!"), "entity type must"),
     ("bad redis url", lambda s: s["redis"].update(url="http://x"), "redis url must"),
-    ("duplicate subscriptions", lambda s: s["pubsub"].update(subscriptions=[
-        {"name": "dup-sub"}, {"name": "dup-sub"}]), "subscription names must be unique"),
-    ("restart without id", lambda s: s.update(restartFrom={"position": "now"}),
-     "spec.restartFrom.id: Required value"),
-    ("restart with position and time", lambda s: s.update(restartFrom={
-        "id": "r", "position": "now", "time": "2026-01-01T00:00:00Z"}),
-     "spec.restartFrom needs exactly one of position (now) or time"),
-    ("restart with neither", lambda s: s.update(restartFrom={"id": "r"}),
-     "spec.restartFrom needs exactly one of position (now) or time"),
-    ("restart from an unknown position", lambda s: s.update(restartFrom={
-        "id": "r", "position": "earliest"}), 'Unsupported value: "earliest"'),
-    ("restart from a bad time", lambda s: s.update(restartFrom={"id": "r", "time": "yesterday"}),
-     "spec.restartFrom.time must be an RFC 3339 time with a zone"),
-    ("restart from a time without a zone", lambda s: s.update(restartFrom={
-        "id": "r", "time": "2026-01-01T00:00:00"}),
-     "spec.restartFrom.time must be an RFC 3339 time with a zone"),
-    ("resume-point margin of 0", lambda s: s.update(resumePointMarginPercent=0),
-     "spec.resumePointMarginPercent: Invalid value: 0: spec.resumePointMarginPercent in body "
-     "should be greater than or equal to 1"),
-    ("resume-point margin over 99", lambda s: s.update(resumePointMarginPercent=100),
-     "spec.resumePointMarginPercent in body should be less than or equal to 99"),
+    (
+        "duplicate subscriptions",
+        lambda s: s["pubsub"].update(subscriptions=[{"name": "dup-sub"}, {"name": "dup-sub"}]),
+        "subscription names must be unique",
+    ),
+    (
+        "restart without id",
+        lambda s: s.update(restartFrom={"position": "now"}),
+        "spec.restartFrom.id: Required value",
+    ),
+    (
+        "restart with position and time",
+        lambda s: s.update(
+            restartFrom={"id": "r", "position": "now", "time": "2026-01-01T00:00:00Z"}
+        ),
+        "spec.restartFrom needs exactly one of position (now) or time",
+    ),
+    (
+        "restart with neither",
+        lambda s: s.update(restartFrom={"id": "r"}),
+        "spec.restartFrom needs exactly one of position (now) or time",
+    ),
+    (
+        "restart from an unknown position",
+        lambda s: s.update(restartFrom={"id": "r", "position": "earliest"}),
+        'Unsupported value: "earliest"',
+    ),
+    (
+        "restart from a bad time",
+        lambda s: s.update(restartFrom={"id": "r", "time": "yesterday"}),
+        "spec.restartFrom.time must be an RFC 3339 time with a zone",
+    ),
+    (
+        "restart from a time without a zone",
+        lambda s: s.update(restartFrom={"id": "r", "time": "2026-01-01T00:00:00"}),
+        "spec.restartFrom.time must be an RFC 3339 time with a zone",
+    ),
+    (
+        "resume-point margin of 0",
+        lambda s: s.update(resumePointMarginPercent=0),
+        "spec.resumePointMarginPercent: Invalid value: 0: spec.resumePointMarginPercent in body "
+        "should be greater than or equal to 1",
+    ),
+    (
+        "resume-point margin over 99",
+        lambda s: s.update(resumePointMarginPercent=100),
+        "spec.resumePointMarginPercent in body should be less than or equal to 99",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("what", "mutate", "message"), BAD_SPECS, ids=[b[0] for b in BAD_SPECS])
-def test_invalid_publisher_is_refused_with_its_message(env: Env, ns: str, what: str,
-                                                       mutate: Callable[[dict[str, Any]], None],
-                                                       message: str) -> None:
+def test_invalid_publisher_is_refused_with_its_message(
+    env: Env, ns: str, what: str, mutate: Callable[[dict[str, Any]], None], message: str
+) -> None:
     body = ep_body(env, "bad", {"app": "x"})
     mutate(body["spec"])
     result = env.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(body), check=False)
@@ -351,8 +446,12 @@ def test_match_everything_is_accepted_when_allowed(env: Env, ns: str) -> None:
 
 
 def test_seed_without_publisher_is_refused_and_spec_is_immutable(env: Env, ns: str) -> None:
-    seed = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EventSeed", "metadata": {"name": "s"},
-            "spec": {"mode": "latest"}}
+    seed = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "EventSeed",
+        "metadata": {"name": "s"},
+        "spec": {"mode": "latest"},
+    }
     result = env.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(seed), check=False)
     assert result.returncode != 0
     assert "spec.publisher: Required value" in result.stderr
@@ -373,29 +472,39 @@ def test_seed_without_publisher_is_refused_and_spec_is_immutable(env: Env, ns: s
 
 @pytest.mark.parametrize("bad", ["Quotes_Seeder", "-seeder", "seeder.", "a" * 254])
 def test_seed_service_account_name_is_validated(env: Env, ns: str, bad: str) -> None:
-    seed = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EventSeed", "metadata": {"name": "sa"},
-            "spec": {"publisher": "p", "serviceAccountName": bad}}
-    result = env.kubectl("apply", "--dry-run=server", "-n", ns, "-f", "-",
-                         stdin=json.dumps(seed), check=False)
+    seed = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "EventSeed",
+        "metadata": {"name": "sa"},
+        "spec": {"publisher": "p", "serviceAccountName": bad},
+    }
+    result = env.kubectl(
+        "apply", "--dry-run=server", "-n", ns, "-f", "-", stdin=json.dumps(seed), check=False
+    )
     assert result.returncode != 0
     assert "spec.serviceAccountName" in result.stderr
     seed["spec"] = {"publisher": "p", "serviceAccountName": "quotes-seeder.v2", "allowEmpty": "yes"}
-    result = env.kubectl("apply", "--dry-run=server", "-n", ns, "-f", "-",
-                         stdin=json.dumps(seed), check=False)
+    result = env.kubectl(
+        "apply", "--dry-run=server", "-n", ns, "-f", "-", stdin=json.dumps(seed), check=False
+    )
     assert "spec.allowEmpty" in result.stderr
     seed["spec"] = {"publisher": "p", "serviceAccountName": "quotes-seeder.v2"}
     env.kubectl("apply", "--dry-run=server", "-n", ns, "-f", "-", stdin=json.dumps(seed))
 
 
 def test_examples_validate_against_the_crds(env: Env, ns: str) -> None:
-    docs = [doc for path in sorted((ROOT / "examples").rglob("*.yaml"))
-            for doc in yaml.safe_load_all(path.read_text())
-            if doc and doc.get("apiVersion") == f"{GROUP}/{VERSION}"]
+    docs = [
+        doc
+        for path in sorted((ROOT / "examples").rglob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("apiVersion") == f"{GROUP}/{VERSION}"
+    ]
     assert {d["kind"] for d in docs} == {"EntityPublisher", "EventSeed"}
     for doc in docs:
         doc["metadata"]["namespace"] = ns
-        result = env.kubectl("apply", "--dry-run=server", "-f", "-", stdin=json.dumps(doc),
-                             check=False)
+        result = env.kubectl(
+            "apply", "--dry-run=server", "-f", "-", stdin=json.dumps(doc), check=False
+        )
         assert result.returncode == 0, f"{doc['kind']} {doc['metadata']['name']}: {result.stderr}"
 
 
@@ -415,8 +524,10 @@ def test_server_version_selects_native_sidecars(env: Env) -> None:
 
 # -- provisioning, status, deletion ---------------------------------------------------------------
 
-def test_publisher_provisions_pubsub_and_deletes_under_delete(env: Env, operator: Operator,
-                                                              ns: str, unique: str) -> None:
+
+def test_publisher_provisions_pubsub_and_deletes_under_delete(
+    env: Env, operator: Operator, ns: str, unique: str
+) -> None:
     secret(env, ns, "quotes-mongo", uri="mongodb://127.0.0.1:1/")
     manifest = (DATA / "publisher.yaml").read_text()
     manifest = manifest.replace("redis://127.0.0.1:6379/0", env.redis_url)
@@ -425,9 +536,13 @@ def test_publisher_provisions_pubsub_and_deletes_under_delete(env: Env, operator
     manifest = manifest.replace("quote-billing", f"quote-billing-{unique}")
     publisher_doc = next(d for d in yaml.safe_load_all(manifest) if d["kind"] == "EntityPublisher")
     env.kubectl("apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump(publisher_doc))
-    ready = eventually(when(lambda: env.publisher(ns, "quotes"),
-                            lambda p: condition(p, "Ready").get("status") == "True"),
-                       what="Ready=True")
+    ready = eventually(
+        when(
+            lambda: env.publisher(ns, "quotes"),
+            lambda p: condition(p, "Ready").get("status") == "True",
+        ),
+        what="Ready=True",
+    )
     status = ready["status"]
     topic = f"projects/{env.project}/topics/quote-events-{unique}"
     sub = f"projects/{env.project}/subscriptions/quote-billing-{unique}"
@@ -444,33 +559,71 @@ def test_publisher_provisions_pubsub_and_deletes_under_delete(env: Env, operator
     by_short = env.kubectl("get", "entpub", "quotes", "-n", ns, "-o", "name")
     assert by_short.stdout.strip() == "entitypublisher.liberator.io/quotes"
     assert by_short.stderr == ""
-    claims = [line.split() for line in env.kubectl("api-resources", "--no-headers").stdout
-              .splitlines() if "entpub" in line.split()]
+    claims = [
+        line.split()
+        for line in env.kubectl("api-resources", "--no-headers").stdout.splitlines()
+        if "entpub" in line.split()
+    ]
     assert [row[0] for row in claims] == ["entitypublishers"]
 
     def table() -> list[list[str]]:
-        return [line.split() for line in
-                env.kubectl("get", "entitypublishers", "-n", ns).stdout.splitlines()]
+        return [
+            line.split()
+            for line in env.kubectl("get", "entitypublishers", "-n", ns).stdout.splitlines()
+        ]
 
     # The Pods column fills in once the status timer has counted (no pod carries it yet).
-    rows = eventually(lambda: next((t for t in [table()] if len(t[1]) == 9), None),
-                      what="every printer column to have a value")
-    assert rows[0] == ["NAME", "ENTITY", "COLLECTION", "TOPIC", "PODS", "READY", "STATUS", "LAG",
-                       "AGE"]
-    assert rows[1][:8] == ["quotes", "quote", "quotes", f"quote-events-{unique}", "0", "True",
-                           "NoSidecar", "Unknown"]
+    rows = eventually(
+        lambda: next((t for t in [table()] if len(t[1]) == 9), None),
+        what="every printer column to have a value",
+    )
+    assert rows[0] == [
+        "NAME",
+        "ENTITY",
+        "COLLECTION",
+        "TOPIC",
+        "PODS",
+        "READY",
+        "STATUS",
+        "LAG",
+        "AGE",
+    ]
+    assert rows[1][:8] == [
+        "quotes",
+        "quote",
+        "quotes",
+        f"quote-events-{unique}",
+        "0",
+        "True",
+        "NoSidecar",
+        "Unknown",
+    ]
 
     # A spec change moves observedGeneration and keeps the conditions.
-    env.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "quotes",
-                                              {"spec": {"sidecar": {"logLevel": "DEBUG"}}})
-    eventually(when(lambda: env.publisher(ns, "quotes"),
-                    lambda p: p["status"]["observedGeneration"] == p["metadata"]["generation"]
-                    and condition(p, "Ready")["status"] == "True"),
-               what="observedGeneration to follow the spec change")
+    env.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        ns,
+        "entitypublishers",
+        "quotes",
+        {"spec": {"sidecar": {"logLevel": "DEBUG"}}},
+    )
+    eventually(
+        when(
+            lambda: env.publisher(ns, "quotes"),
+            lambda p: (
+                p["status"]["observedGeneration"] == p["metadata"]["generation"]
+                and condition(p, "Ready")["status"] == "True"
+            ),
+        ),
+        what="observedGeneration to follow the spec change",
+    )
 
     env.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "quotes")
-    eventually(lambda: not _exists(lambda: env.publisher(ns, "quotes")),
-               what="the finalizer to let the publisher go")
+    eventually(
+        lambda: not _exists(lambda: env.publisher(ns, "quotes")),
+        what="the finalizer to let the publisher go",
+    )
     assert not {topic, f"{topic}.seed"} & topics(env)
     assert sub not in subscriptions(env)
 
@@ -482,10 +635,24 @@ def slow_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     if binary is None:
         pytest.fail("redis-server is not installed (the local stack's Redis needs it too)")
     port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     try:
         client = redis_lib.Redis.from_url(url, socket_timeout=1)
@@ -510,8 +677,8 @@ DELETE_WITHIN = 5.0  # seconds; the issue's functional bound, not a performance 
 
 
 def test_deletion_finishes_while_the_status_read_hangs(
-        env: Env, operator: Operator, ns: str,
-        slow_redis: tuple[str, subprocess.Popen[bytes]]) -> None:
+    env: Env, operator: Operator, ns: str, slow_redis: tuple[str, subprocess.Popen[bytes]]
+) -> None:
     """A deletion that arrives while the status timer waits on Redis must not wait kopf's
     default 60 s re-check. Redis is paused, so each tick hangs in its read until the client's
     timeout; deleting at varied moments lands some deletions inside a read."""
@@ -521,18 +688,26 @@ def test_deletion_finishes_while_the_status_read_hangs(
         name = f"slow-{i}"
         secret(env, ns, f"{name}-mongo", uri="mongodb://x")
         env.custom.create_namespaced_custom_object(
-            GROUP, VERSION, ns, "entitypublishers",
-            ep_body(env, name, {"app": name}, redis={"url": url}))
-        eventually(lambda: condition(env.publisher(ns, name), "Publishing"),  # noqa: B023
-                   what=f"{name}: the status timer has ticked")
+            GROUP,
+            VERSION,
+            ns,
+            "entitypublishers",
+            ep_body(env, name, {"app": name}, redis={"url": url}),
+        )
+        eventually(
+            lambda: condition(env.publisher(ns, name), "Publishing"),  # noqa: B023
+            what=f"{name}: the status timer has ticked",
+        )
         redis_proc.send_signal(signal.SIGSTOP)
         try:
             time.sleep(1.0 + 0.2 * i)  # ticks now take the read timeout (1 s) plus the interval
             started = time.monotonic()
-            env.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                                       name)
-            eventually(lambda: not _exists(lambda: env.publisher(ns, name)),  # noqa: B023
-                       what=f"{name} to be deleted", deadline=90)
+            env.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", name)
+            eventually(
+                lambda: not _exists(lambda: env.publisher(ns, name)),  # noqa: B023
+                what=f"{name} to be deleted",
+                deadline=90,
+            )
             took[name] = time.monotonic() - started
         finally:
             redis_proc.send_signal(signal.SIGCONT)
@@ -546,97 +721,157 @@ def test_deletion_finishes_while_the_status_read_hangs(
 
 def test_retain_keeps_topics(env: Env, operator: Operator, ns: str, unique: str) -> None:
     secret(env, ns, f"keep-{unique}-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                               ep_body(env, f"keep-{unique}", {"app": "k"}))
-    eventually(lambda: condition(env.publisher(ns, f"keep-{unique}"), "Ready").get("status")
-               == "True", what="Ready=True")
-    env.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                               f"keep-{unique}")
-    eventually(lambda: not _exists(lambda: env.publisher(ns, f"keep-{unique}")),
-               what="the publisher to go")
+    env.custom.create_namespaced_custom_object(
+        GROUP, VERSION, ns, "entitypublishers", ep_body(env, f"keep-{unique}", {"app": "k"})
+    )
+    eventually(
+        lambda: condition(env.publisher(ns, f"keep-{unique}"), "Ready").get("status") == "True",
+        what="Ready=True",
+    )
+    env.custom.delete_namespaced_custom_object(
+        GROUP, VERSION, ns, "entitypublishers", f"keep-{unique}"
+    )
+    eventually(
+        lambda: not _exists(lambda: env.publisher(ns, f"keep-{unique}")), what="the publisher to go"
+    )
     assert f"projects/{env.project}/topics/keep-{unique}-events" in topics(env)
 
 
 def test_missing_secret_shows_then_heals(env: Env, operator: Operator, ns: str) -> None:
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                               ep_body(env, "orders", {"app": "orders"}))
-    cond = eventually(lambda: condition(env.publisher(ns, "orders"), "Ready") or None,
-                      what="a Ready condition")
+    env.custom.create_namespaced_custom_object(
+        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "orders", {"app": "orders"})
+    )
+    cond = eventually(
+        lambda: condition(env.publisher(ns, "orders"), "Ready") or None, what="a Ready condition"
+    )
     assert cond["status"] == "False"
     assert cond["reason"] == "MongoSecretMissing"
     assert f"Secret {ns}/orders-mongo" in cond["message"]
     secret(env, ns, "orders-mongo", other="x")
-    eventually(lambda: condition(env.publisher(ns, "orders"), "Ready").get("reason")
-               == "MongoSecretKeyMissing", what="the missing key to be reported")
+    eventually(
+        lambda: (
+            condition(env.publisher(ns, "orders"), "Ready").get("reason") == "MongoSecretKeyMissing"
+        ),
+        what="the missing key to be reported",
+    )
     env.core.patch_namespaced_secret("orders-mongo", ns, {"stringData": {"uri": "mongodb://x"}})
-    eventually(lambda: condition(env.publisher(ns, "orders"), "Ready").get("status") == "True",
-               what="Ready=True once the secret has its key")
+    eventually(
+        lambda: condition(env.publisher(ns, "orders"), "Ready").get("status") == "True",
+        what="Ready=True once the secret has its key",
+    )
 
 
 def test_parked_leader_turns_publishing_false(env: Env, operator: Operator, ns: str) -> None:
     secret(env, ns, "parked-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                               ep_body(env, "parked", {"app": "parked"}))
-    eventually(lambda: condition(env.publisher(ns, "parked"), "Publishing").get("reason")
-               == "NoSidecar", what="Publishing=False NoSidecar")
-    waiting = eventually(when(lambda: env.publisher(ns, "parked"),
-                              lambda p: p["status"].get("reason") == "NoSidecar"),
-                         what="STATUS NoSidecar")
+    env.custom.create_namespaced_custom_object(
+        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "parked", {"app": "parked"})
+    )
+    eventually(
+        lambda: condition(env.publisher(ns, "parked"), "Publishing").get("reason") == "NoSidecar",
+        what="Publishing=False NoSidecar",
+    )
+    waiting = eventually(
+        when(
+            lambda: env.publisher(ns, "parked"), lambda p: p["status"].get("reason") == "NoSidecar"
+        ),
+        what="STATUS NoSidecar",
+    )
     assert waiting["status"]["lag"] == "Unknown"  # no leader's record: not a reassuring 0
     r = redis_lib.Redis.from_url(env.redis_url)
-    record = {"pod": "app-0", "epoch": 7, "lastEventTime": "2026-01-01T00:00:00Z",
-              "captureLagSeconds": 0.5, "relayLagSeconds": 0.1, "backlog": 3, "parked": "",
-              "captureSince": "2025-12-31T08:00:00.000Z", "updatedAt": "2026-01-01T00:00:00Z"}
+    record = {
+        "pod": "app-0",
+        "epoch": 7,
+        "lastEventTime": "2026-01-01T00:00:00Z",
+        "captureLagSeconds": 0.5,
+        "relayLagSeconds": 0.1,
+        "backlog": 3,
+        "parked": "",
+        "captureSince": "2025-12-31T08:00:00.000Z",
+        "updatedAt": "2026-01-01T00:00:00Z",
+    }
     r.set(status_key(f"{ns}/parked"), json.dumps(record), ex=120)
-    leading = eventually(when(lambda: env.publisher(ns, "parked"),
-                              lambda p: condition(p, "Publishing").get("status") == "True"),
-                         what="Publishing=True")
+    leading = eventually(
+        when(
+            lambda: env.publisher(ns, "parked"),
+            lambda p: condition(p, "Publishing").get("status") == "True",
+        ),
+        what="Publishing=True",
+    )
     assert leading["status"]["leader"] == "app-0"
     assert leading["status"]["epoch"] == 7
     assert leading["status"]["backlog"] == 3
     assert leading["status"]["captureSince"] == "2025-12-31T08:00:00.000Z"
-    eventually(when(lambda: env.publisher(ns, "parked"),
-                    lambda p: p["status"].get("reason") == "Publishing"), what="STATUS Publishing")
+    eventually(
+        when(
+            lambda: env.publisher(ns, "parked"), lambda p: p["status"].get("reason") == "Publishing"
+        ),
+        what="STATUS Publishing",
+    )
     header, row = env.kubectl("get", "entitypublishers", "parked", "-n", ns).stdout.splitlines()
     assert header.split()[5:8] == ["READY", "STATUS", "LAG"], header
     assert row.split()[5:8] == ["True", "Publishing", "0.5s"], row
     record["parked"] = "ChangeStreamHistoryLost: resume point fell off the oplog"
     r.set(status_key(f"{ns}/parked"), json.dumps(record), ex=120)
-    parked = eventually(lambda: condition(env.publisher(ns, "parked"), "Publishing")
-                        if condition(env.publisher(ns, "parked"), "Publishing").get("reason")
-                        == "Parked" else None, what="Publishing=False Parked")
+    parked = eventually(
+        lambda: (
+            condition(env.publisher(ns, "parked"), "Publishing")
+            if condition(env.publisher(ns, "parked"), "Publishing").get("reason") == "Parked"
+            else None
+        ),
+        what="Publishing=False Parked",
+    )
     assert parked["status"] == "False"
     assert "ChangeStreamHistoryLost" in parked["message"]
-    eventually(when(lambda: env.publisher(ns, "parked"),
-                    lambda p: p["status"].get("reason") == "Parked"), what="STATUS Parked")
+    eventually(
+        when(lambda: env.publisher(ns, "parked"), lambda p: p["status"].get("reason") == "Parked"),
+        what="STATUS Parked",
+    )
     # The documented recovery as one command with the real names; not "restart the pods".
-    assert (f"kubectl exec -n {ns} app-0 -c liberator-parked -- liberator publish "
-            "--reset-checkpoint") in parked["message"]
+    assert (
+        f"kubectl exec -n {ns} app-0 -c liberator-parked -- liberator publish --reset-checkpoint"
+    ) in parked["message"]
     assert "EventSeed" in parked["message"] and "restart the" not in parked["message"]
-    assert condition(env.publisher(ns, "parked"), "Ready")["status"] == "True", \
+    assert condition(env.publisher(ns, "parked"), "Ready")["status"] == "True", (
         "the timer did not overwrite the reconciler's conditions"
+    )
 
 
 def test_stalled_leader_shows_stalled_with_checkpoint_ages_and_clears(
-        env: Env, operator: Operator, ns: str) -> None:
+    env: Env, operator: Operator, ns: str
+) -> None:
     secret(env, ns, "stuck-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                               ep_body(env, "stuck", {"app": "stuck"}))
-    unknown = eventually(lambda: condition(env.publisher(ns, "stuck"), "Stalled") or None,
-                         what="a Stalled condition")
+    env.custom.create_namespaced_custom_object(
+        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "stuck", {"app": "stuck"})
+    )
+    unknown = eventually(
+        lambda: condition(env.publisher(ns, "stuck"), "Stalled") or None, what="a Stalled condition"
+    )
     assert unknown["status"] == "Unknown"  # no leader's record: not a reassuring False
     r = redis_lib.Redis.from_url(env.redis_url)
-    ages = {"capture": {"movedAt": "2026-01-01T00:00:00.000Z", "ageSeconds": 1.5},
-            "relay": {"movedAt": "2025-12-31T23:50:00.000Z", "ageSeconds": 601.5}}
-    record = {"pod": "app-0", "epoch": 3, "captureLagSeconds": 0.2, "relayLagSeconds": 0.1,
-              "backlog": 40, "parked": "", "updatedAt": "2026-01-01T00:00:01Z",
-              "checkpoints": ages,
-              "stalled": {"reason": "NothingPublished", "since": "2025-12-31T23:50:00.000Z",
-                          "message": "40 event(s) pending and nothing published for 601s"}}
+    ages = {
+        "capture": {"movedAt": "2026-01-01T00:00:00.000Z", "ageSeconds": 1.5},
+        "relay": {"movedAt": "2025-12-31T23:50:00.000Z", "ageSeconds": 601.5},
+    }
+    record = {
+        "pod": "app-0",
+        "epoch": 3,
+        "captureLagSeconds": 0.2,
+        "relayLagSeconds": 0.1,
+        "backlog": 40,
+        "parked": "",
+        "updatedAt": "2026-01-01T00:00:01Z",
+        "checkpoints": ages,
+        "stalled": {
+            "reason": "NothingPublished",
+            "since": "2025-12-31T23:50:00.000Z",
+            "message": "40 event(s) pending and nothing published for 601s",
+        },
+    }
     r.set(status_key(f"{ns}/stuck"), json.dumps(record), ex=120)
-    stuck = eventually(when(lambda: env.publisher(ns, "stuck"),
-                            lambda p: p["status"].get("reason") == "Stalled"),
-                       what="STATUS Stalled")
+    stuck = eventually(
+        when(lambda: env.publisher(ns, "stuck"), lambda p: p["status"].get("reason") == "Stalled"),
+        what="STATUS Stalled",
+    )
     stalled = condition(stuck, "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == "NothingPublished"
     assert "40 event(s) pending" in stalled["message"]
@@ -647,122 +882,216 @@ def test_stalled_leader_shows_stalled_with_checkpoint_ages_and_clears(
     assert row.split()[5:7] == ["True", "Stalled"], row
     del record["stalled"]
     r.set(status_key(f"{ns}/stuck"), json.dumps(record), ex=120)
-    moving = eventually(when(lambda: env.publisher(ns, "stuck"),
-                             lambda p: p["status"].get("reason") == "Publishing"),
-                        what="STATUS Publishing once it moves again")
+    moving = eventually(
+        when(
+            lambda: env.publisher(ns, "stuck"), lambda p: p["status"].get("reason") == "Publishing"
+        ),
+        what="STATUS Publishing once it moves again",
+    )
     assert condition(moving, "Stalled")["status"] == "False"
     assert condition(moving, "Stalled")["reason"] == "Moving"
 
 
 def test_resume_point_at_risk_shows_and_an_older_restart_time_is_refused(
-        env: Env, operator: Operator, ns: str) -> None:
+    env: Env, operator: Operator, ns: str
+) -> None:
     secret(env, ns, "risk-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                               ep_body(env, "risk", {"app": "risk"}))
-    unknown = eventually(lambda: condition(env.publisher(ns, "risk"), "ResumePointAtRisk")
-                         or None, what="a ResumePointAtRisk condition")
+    env.custom.create_namespaced_custom_object(
+        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "risk", {"app": "risk"})
+    )
+    unknown = eventually(
+        lambda: condition(env.publisher(ns, "risk"), "ResumePointAtRisk") or None,
+        what="a ResumePointAtRisk condition",
+    )
     assert (unknown["status"], unknown["reason"]) == ("Unknown", "NoLeader")  # never a safe False
     r = redis_lib.Redis.from_url(env.redis_url)
-    point = {"status": "True", "reason": "ResumePointAtRisk",
-             "message": "the capture checkpoint is near the oldest oplog entry (headroom "
-                        "capture 600s, relay 3590s; below 25% of the 3600s oplog window)",
-             "windowSeconds": 3600.0, "oldestEntry": "2026-01-01T00:00:00.000Z",
-             "headroomSeconds": {"capture": 600.0, "relay": 3590.0}}
-    record = {"pod": "app-0", "epoch": 3, "captureLagSeconds": 0.2, "relayLagSeconds": 0.1,
-              "backlog": 0, "parked": "", "updatedAt": "2026-01-01T01:00:00Z",
-              "resumePoint": point}
+    point = {
+        "status": "True",
+        "reason": "ResumePointAtRisk",
+        "message": "the capture checkpoint is near the oldest oplog entry (headroom "
+        "capture 600s, relay 3590s; below 25% of the 3600s oplog window)",
+        "windowSeconds": 3600.0,
+        "oldestEntry": "2026-01-01T00:00:00.000Z",
+        "headroomSeconds": {"capture": 600.0, "relay": 3590.0},
+    }
+    record = {
+        "pod": "app-0",
+        "epoch": 3,
+        "captureLagSeconds": 0.2,
+        "relayLagSeconds": 0.1,
+        "backlog": 0,
+        "parked": "",
+        "updatedAt": "2026-01-01T01:00:00Z",
+        "resumePoint": point,
+    }
     r.set(status_key(f"{ns}/risk"), json.dumps(record), ex=120)
-    risky = eventually(when(lambda: env.publisher(ns, "risk"),
-                            lambda p: condition(p, "ResumePointAtRisk").get("status") == "True"),
-                       what="ResumePointAtRisk=True")
+    risky = eventually(
+        when(
+            lambda: env.publisher(ns, "risk"),
+            lambda p: condition(p, "ResumePointAtRisk").get("status") == "True",
+        ),
+        what="ResumePointAtRisk=True",
+    )
     at_risk = condition(risky, "ResumePointAtRisk")
     assert at_risk["reason"] == "ResumePointAtRisk" and at_risk["message"] == point["message"]
-    eventually(when(lambda: env.publisher(ns, "risk"),
-                    lambda p: p["status"].get("reason") == "ResumePointAtRisk"),
-               what="STATUS ResumePointAtRisk")
+    eventually(
+        when(
+            lambda: env.publisher(ns, "risk"),
+            lambda p: p["status"].get("reason") == "ResumePointAtRisk",
+        ),
+        what="STATUS ResumePointAtRisk",
+    )
     row = env.kubectl("get", "entitypublishers", "risk", "-n", ns).stdout.splitlines()[1]
     assert row.split()[5:7] == ["True", "ResumePointAtRisk"], row
-    shown = eventually(when(lambda: env.publisher(ns, "risk"),
-                            lambda p: p["status"].get("resumePoint")), what="status.resumePoint")
+    shown = eventually(
+        when(lambda: env.publisher(ns, "risk"), lambda p: p["status"].get("resumePoint")),
+        what="status.resumePoint",
+    )
     assert shown["status"]["resumePoint"] == {
-        "windowSeconds": 3600.0, "oldestEntry": "2026-01-01T00:00:00.000Z",
-        "headroomSeconds": {"capture": 600.0, "relay": 3590.0}}
+        "windowSeconds": 3600.0,
+        "oldestEntry": "2026-01-01T00:00:00.000Z",
+        "headroomSeconds": {"capture": 600.0, "relay": 3590.0},
+    }
 
     # Where the window is known, a restart time before it is refused at apply time.
-    env.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "risk", {
-        "spec": {"restartFrom": {"id": "too-old", "time": "2025-12-31T12:00:00Z"}}})
-    refused = eventually(lambda: condition(env.publisher(ns, "risk"), "RestartRejected")
-                         if condition(env.publisher(ns, "risk"), "RestartRejected")
-                         .get("status") == "True" else None, what="RestartRejected=True")
+    env.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        ns,
+        "entitypublishers",
+        "risk",
+        {"spec": {"restartFrom": {"id": "too-old", "time": "2025-12-31T12:00:00Z"}}},
+    )
+    refused = eventually(
+        lambda: (
+            condition(env.publisher(ns, "risk"), "RestartRejected")
+            if condition(env.publisher(ns, "risk"), "RestartRejected").get("status") == "True"
+            else None
+        ),
+        what="RestartRejected=True",
+    )
     assert refused["reason"] == "OlderThanOplog"
     assert "older than the oldest oplog entry (2026-01-01T00:00:00.000Z" in refused["message"]
     assert json.loads(r.get(control_key(f"{ns}/risk")) or "{}").get("restartFrom") is None
 
     point.update(status="False", reason="HeadroomOK", message="headroom capture 3590s")
     r.set(status_key(f"{ns}/risk"), json.dumps(record), ex=120)
-    clear = eventually(when(lambda: env.publisher(ns, "risk"),
-                            lambda p: condition(p, "ResumePointAtRisk").get("status") == "False"),
-                       what="ResumePointAtRisk=False once it catches up")
+    clear = eventually(
+        when(
+            lambda: env.publisher(ns, "risk"),
+            lambda p: condition(p, "ResumePointAtRisk").get("status") == "False",
+        ),
+        what="ResumePointAtRisk=False once it catches up",
+    )
     assert condition(clear, "ResumePointAtRisk")["reason"] == "HeadroomOK"
 
 
 def test_paused_publisher_shows_paused(env: Env, operator: Operator, ns: str) -> None:
     secret(env, ns, "held-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                               ep_body(env, "held", {"app": "held"}, paused=True))
-    held = eventually(when(lambda: env.publisher(ns, "held"),
-                           lambda p: (p.get("status") or {}).get("reason") == "Paused"),
-                      what="STATUS Paused")
+    env.custom.create_namespaced_custom_object(
+        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "held", {"app": "held"}, paused=True)
+    )
+    held = eventually(
+        when(
+            lambda: env.publisher(ns, "held"),
+            lambda p: (p.get("status") or {}).get("reason") == "Paused",
+        ),
+        what="STATUS Paused",
+    )
     assert condition(held, "Ready")["reason"] == "Paused"
     assert held["status"]["lag"] == "Unknown"
     # The leader learns it from the control record, which the operator keeps in Redis.
     r = redis_lib.Redis.from_url(env.redis_url)
-    eventually(lambda: json.loads(r.get(control_key(f"{ns}/held")) or "{}").get("paused"),
-               what="control record paused")
-    env.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "held",
-                                              {"spec": {"paused": False}})
-    eventually(lambda: json.loads(r.get(control_key(f"{ns}/held")) or "{}").get("paused")
-               is False, what="control record unpaused")
+    eventually(
+        lambda: json.loads(r.get(control_key(f"{ns}/held")) or "{}").get("paused"),
+        what="control record paused",
+    )
+    env.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, "entitypublishers", "held", {"spec": {"paused": False}}
+    )
+    eventually(
+        lambda: json.loads(r.get(control_key(f"{ns}/held")) or "{}").get("paused") is False,
+        what="control record unpaused",
+    )
     env.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "held")
-    eventually(lambda: r.get(control_key(f"{ns}/held")) is None,
-               what="control record deleted with the publisher")
+    eventually(
+        lambda: r.get(control_key(f"{ns}/held")) is None,
+        what="control record deleted with the publisher",
+    )
 
 
 def test_restart_from_reaches_the_leader_and_its_report_the_status(
-        env: Env, operator: Operator, ns: str) -> None:
+    env: Env, operator: Operator, ns: str
+) -> None:
     secret(env, ns, "rs-mongo", uri="mongodb://x")
     body = ep_body(env, "rs", {"app": "rs"}, restartFrom={"id": "recover-1", "position": "now"})
     env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", body)
     r = redis_lib.Redis.from_url(env.redis_url)
-    sent = eventually(lambda: json.loads(r.get(control_key(f"{ns}/rs")) or "{}").get(
-        "restartFrom"), what="control record carries the request")
+    sent = eventually(
+        lambda: json.loads(r.get(control_key(f"{ns}/rs")) or "{}").get("restartFrom"),
+        what="control record carries the request",
+    )
     assert sent == {"id": "recover-1", "position": "now"}
-    pending = eventually(lambda: condition(env.publisher(ns, "rs"), "RestartRejected") or None,
-                         what="RestartRejected condition")
+    pending = eventually(
+        lambda: condition(env.publisher(ns, "rs"), "RestartRejected") or None,
+        what="RestartRejected condition",
+    )
     assert pending["status"] == "False" and pending["reason"] == "Pending"
     # What the leader reports once it ran (test_publisher/test_control.py runs the real one).
-    done = {"id": "recover-1", "doneAt": "2026-01-01T00:00:01.000Z", "position": "now",
-            "operationTime": "2026-01-01T00:00:01.000Z", "pod": "app-0"}
-    record = {"pod": "app-0", "epoch": 3, "captureLagSeconds": 0.0, "relayLagSeconds": 0.0,
-              "backlog": 0, "parked": "", "updatedAt": "2026-01-01T00:00:00Z", "restart": done}
+    done = {
+        "id": "recover-1",
+        "doneAt": "2026-01-01T00:00:01.000Z",
+        "position": "now",
+        "operationTime": "2026-01-01T00:00:01.000Z",
+        "pod": "app-0",
+    }
+    record = {
+        "pod": "app-0",
+        "epoch": 3,
+        "captureLagSeconds": 0.0,
+        "relayLagSeconds": 0.0,
+        "backlog": 0,
+        "parked": "",
+        "updatedAt": "2026-01-01T00:00:00Z",
+        "restart": done,
+    }
     r.set(status_key(f"{ns}/rs"), json.dumps(record), ex=120)
-    shown = eventually(when(lambda: env.publisher(ns, "rs"),
-                            lambda p: (p.get("status") or {}).get("restart")),
-                       what="status.restart")
+    shown = eventually(
+        when(lambda: env.publisher(ns, "rs"), lambda p: (p.get("status") or {}).get("restart")),
+        what="status.restart",
+    )
     assert shown["status"]["restart"] == done
-    eventually(lambda: condition(env.publisher(ns, "rs"), "RestartRejected").get("reason")
-               == "Done", what="RestartRejected=False Done")
-    events = eventually(lambda: [e for e in env.core.list_namespaced_event(ns).items
-                                 if e.reason == "Restarted"], what="a Restarted event")
+    eventually(
+        lambda: condition(env.publisher(ns, "rs"), "RestartRejected").get("reason") == "Done",
+        what="RestartRejected=False Done",
+    )
+    events = eventually(
+        lambda: [e for e in env.core.list_namespaced_event(ns).items if e.reason == "Restarted"],
+        what="a Restarted event",
+    )
     assert "recover-1" in events[0].message
 
     # A time in the future is refused by the operator: not sent, a clear condition instead.
-    env.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "rs", {
-        "spec": {"restartFrom": {"id": "later", "time": "2999-01-01T00:00:00Z",
-                                 "position": None}}})
-    refused = eventually(lambda: condition(env.publisher(ns, "rs"), "RestartRejected")
-                         if condition(env.publisher(ns, "rs"), "RestartRejected").get("status")
-                         == "True" else None, what="RestartRejected=True")
+    env.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        ns,
+        "entitypublishers",
+        "rs",
+        {
+            "spec": {
+                "restartFrom": {"id": "later", "time": "2999-01-01T00:00:00Z", "position": None}
+            }
+        },
+    )
+    refused = eventually(
+        lambda: (
+            condition(env.publisher(ns, "rs"), "RestartRejected")
+            if condition(env.publisher(ns, "rs"), "RestartRejected").get("status") == "True"
+            else None
+        ),
+        what="RestartRejected=True",
+    )
     assert refused["reason"] == "FutureTime"
     assert "spec.restartFrom.time 2999-01-01T00:00:00Z is in the future" in refused["message"]
     assert json.loads(r.get(control_key(f"{ns}/rs")) or "{}").get("restartFrom") is None
@@ -770,10 +1099,12 @@ def test_restart_from_reaches_the_leader_and_its_report_the_status(
 
 # -- injection ------------------------------------------------------------------------------------
 
+
 def test_injection_through_the_api_server(env: Env, operator: Operator, ns: str) -> None:
     secret(env, ns, "shop-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                               ep_body(env, "shop", {"app": "shop"}))
+    env.custom.create_namespaced_custom_object(
+        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "shop", {"app": "shop"})
+    )
     pod = env.core.create_namespaced_pod(ns, pod_body("match", {"app": "shop"}))
     raw = env.api.sanitize_for_serialization(pod)
     [sidecar] = sidecars(raw)
@@ -783,7 +1114,9 @@ def test_injection_through_the_api_server(env: Env, operator: Operator, ns: str)
     assert raw["metadata"]["annotations"]["liberator.io/injected"] == "shop"
     env_vars = {v["name"]: v for v in sidecar["env"]}
     assert env_vars["LIBERATOR_MONGO_URI"]["valueFrom"]["secretKeyRef"] == {
-        "name": "shop-mongo", "key": "uri"}
+        "name": "shop-mongo",
+        "key": "uri",
+    }
     assert env_vars["LIBERATOR_COLLECTION"]["value"] == "shop"
     assert env_vars["LIBERATOR_TOPIC"]["value"] == "shop-events"
     assert env_vars["LIBERATOR_PUBLISHER"]["value"] == f"{ns}/shop"
@@ -791,18 +1124,30 @@ def test_injection_through_the_api_server(env: Env, operator: Operator, ns: str)
     assert env_vars["LIBERATOR_REDIS_URL"]["value"] == env.redis_url
 
     other = env.api.sanitize_for_serialization(
-        env.core.create_namespaced_pod(ns, pod_body("other", {"app": "billing"})))
+        env.core.create_namespaced_pod(ns, pod_body("other", {"app": "billing"}))
+    )
     assert sidecars(other) == []
-    opted = env.api.sanitize_for_serialization(env.core.create_namespaced_pod(
-        ns, pod_body("opted", {"app": "shop"}, {"liberator.io/inject": "false"})))
+    opted = env.api.sanitize_for_serialization(
+        env.core.create_namespaced_pod(
+            ns, pod_body("opted", {"app": "shop"}, {"liberator.io/inject": "false"})
+        )
+    )
     assert sidecars(opted) == []
 
     # The same pod again, carrying its sidecar already: still exactly one.
-    again = {"apiVersion": "v1", "kind": "Pod",
-             "metadata": {"name": "again", "labels": raw["metadata"]["labels"],
-                          "annotations": raw["metadata"]["annotations"]},
-             "spec": {"containers": raw["spec"]["containers"],
-                      "initContainers": raw["spec"]["initContainers"]}}
+    again = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "again",
+            "labels": raw["metadata"]["labels"],
+            "annotations": raw["metadata"]["annotations"],
+        },
+        "spec": {
+            "containers": raw["spec"]["containers"],
+            "initContainers": raw["spec"]["initContainers"],
+        },
+    }
     twice = env.api.sanitize_for_serialization(env.core.create_namespaced_pod(ns, again))
     assert [c["name"] for c in sidecars(twice)] == ["liberator-shop"]
 
@@ -813,31 +1158,72 @@ def test_injection_through_the_api_server(env: Env, operator: Operator, ns: str)
 
     # PODS counts pods whose sidecar runs. There is no kubelet here: the pods stay Pending until
     # the test writes what a kubelet would report.
-    eventually(lambda: env.publisher(ns, "shop").get("status", {}).get("pods") == 0,
-               what="status.pods 0 while both injected pods are Pending")
+    eventually(
+        lambda: env.publisher(ns, "shop").get("status", {}).get("pods") == 0,
+        what="status.pods 0 while both injected pods are Pending",
+    )
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    env.core.patch_namespaced_pod_status("match", ns, {"status": {
-        "phase": "Running",
-        "initContainerStatuses": [{"name": "liberator-shop", "image": "x", "imageID": "",
-                                   "ready": True, "restartCount": 0,
-                                   "state": {"running": {"startedAt": now}}}],
-        "containerStatuses": [{"name": "app", "image": "busybox", "imageID": "", "ready": True,
-                               "restartCount": 0, "state": {"running": {"startedAt": now}}}]}})
-    env.core.patch_namespaced_pod_status("again", ns, {"status": {
-        "phase": "Pending",
-        "initContainerStatuses": [{"name": "liberator-shop", "image": "x", "imageID": "",
-                                   "ready": False, "restartCount": 0,
-                                   "state": {"waiting": {"reason": "ContainerCreating"}}}]}})
-    eventually(lambda: env.publisher(ns, "shop").get("status", {}).get("pods") == 1,
-               what="status.pods to count the one pod whose sidecar runs")
+    env.core.patch_namespaced_pod_status(
+        "match",
+        ns,
+        {
+            "status": {
+                "phase": "Running",
+                "initContainerStatuses": [
+                    {
+                        "name": "liberator-shop",
+                        "image": "x",
+                        "imageID": "",
+                        "ready": True,
+                        "restartCount": 0,
+                        "state": {"running": {"startedAt": now}},
+                    }
+                ],
+                "containerStatuses": [
+                    {
+                        "name": "app",
+                        "image": "busybox",
+                        "imageID": "",
+                        "ready": True,
+                        "restartCount": 0,
+                        "state": {"running": {"startedAt": now}},
+                    }
+                ],
+            }
+        },
+    )
+    env.core.patch_namespaced_pod_status(
+        "again",
+        ns,
+        {
+            "status": {
+                "phase": "Pending",
+                "initContainerStatuses": [
+                    {
+                        "name": "liberator-shop",
+                        "image": "x",
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"waiting": {"reason": "ContainerCreating"}},
+                    }
+                ],
+            }
+        },
+    )
+    eventually(
+        lambda: env.publisher(ns, "shop").get("status", {}).get("pods") == 1,
+        what="status.pods to count the one pod whose sidecar runs",
+    )
 
 
 def test_kube_system_is_never_injected(env: Env, operator: Operator) -> None:
     ns = "kube-system"
     name = f"sys-{os.getpid()}-{int(time.time())}"
     secret(env, ns, f"{name}-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                               ep_body(env, name, {"app": name}))
+    env.custom.create_namespaced_custom_object(
+        GROUP, VERSION, ns, "entitypublishers", ep_body(env, name, {"app": name})
+    )
     pod = env.core.create_namespaced_pod(ns, pod_body(name, {"app": name}))
     assert sidecars(env.api.sanitize_for_serialization(pod)) == []
 
@@ -845,10 +1231,12 @@ def test_kube_system_is_never_injected(env: Env, operator: Operator) -> None:
 def test_two_publishers_give_two_sidecars(env: Env, operator: Operator, ns: str) -> None:
     for name, labels in (("alpha", {"tier": "api"}), ("beta", {"app": "two"})):
         secret(env, ns, f"{name}-mongo", uri="mongodb://x")
-        env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                                   ep_body(env, name, labels))
-    pod = env.api.sanitize_for_serialization(env.core.create_namespaced_pod(
-        ns, pod_body("both", {"tier": "api", "app": "two"})))
+        env.custom.create_namespaced_custom_object(
+            GROUP, VERSION, ns, "entitypublishers", ep_body(env, name, labels)
+        )
+    pod = env.api.sanitize_for_serialization(
+        env.core.create_namespaced_pod(ns, pod_body("both", {"tier": "api", "app": "two"}))
+    )
     found = sidecars(pod)
     assert [c["name"] for c in found] == ["liberator-alpha", "liberator-beta"]
     assert [c["ports"][0]["containerPort"] for c in found] == [8099, 8100]
@@ -856,54 +1244,87 @@ def test_two_publishers_give_two_sidecars(env: Env, operator: Operator, ns: str)
 
 # -- seeds ----------------------------------------------------------------------------------------
 
+
 def job_status_patch(e: Env, ns: str, name: str, status: dict[str, Any]) -> None:
     e.batch.patch_namespaced_job_status(name, ns, {"status": status})
 
 
 def test_seed_job_and_phases(env: Env, operator: Operator, ns: str) -> None:
     secret(env, ns, "inv-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                               ep_body(env, "inv", {"app": "inv"}))
-    seed = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EventSeed",
-            "metadata": {"name": "initial"},
-            "spec": {"publisher": "inv", "mode": "history", "filter": {"status": "open"}}}
+    env.custom.create_namespaced_custom_object(
+        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "inv", {"app": "inv"})
+    )
+    seed = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "EventSeed",
+        "metadata": {"name": "initial"},
+        "spec": {"publisher": "inv", "mode": "history", "filter": {"status": "open"}},
+    }
     env.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(seed))
-    job = eventually(lambda: env.batch.read_namespaced_job("liberator-seed-initial", ns),
-                     what="the seed Job")
+    job = eventually(
+        lambda: env.batch.read_namespaced_job("liberator-seed-initial", ns), what="the seed Job"
+    )
     args = job.spec.template.spec.containers[0].command
     assert args[:2] == ["liberator", "seed"]
     assert args[args.index("--mode") + 1] == "history"
     assert args[args.index("--filter") + 1] == '{"status":"open"}'
     assert job.metadata.owner_references[0].kind == "EventSeed"
-    pending = eventually(when(lambda: env.seed(ns, "initial"),
-                              lambda s: s.get("status", {}).get("phase") == "Pending"),
-                         what="phase Pending")
+    pending = eventually(
+        when(
+            lambda: env.seed(ns, "initial"), lambda s: s.get("status", {}).get("phase") == "Pending"
+        ),
+        what="phase Pending",
+    )
     assert pending["status"]["job"] == "liberator-seed-initial"
     # Re-applying creates no second Job.
     env.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(seed))
 
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     job_status_patch(env, ns, "liberator-seed-initial", {"active": 1, "startTime": now})
-    eventually(lambda: env.seed(ns, "initial")["status"].get("phase") == "Running",
-               what="phase Running")
+    eventually(
+        lambda: env.seed(ns, "initial")["status"].get("phase") == "Running", what="phase Running"
+    )
     r = redis_lib.Redis.from_url(env.redis_url)
-    r.hset(seed_key(f"{ns}/initial"), mapping={"phase": "Running", "seeded": 40, "skipped": 2,
-                                               "failed": 0, "total": 100, "startedAt": now})
-    eventually(lambda: env.seed(ns, "initial")["status"].get("seeded") == 40,
-               what="the seeded count from Redis")
+    r.hset(
+        seed_key(f"{ns}/initial"),
+        mapping={
+            "phase": "Running",
+            "seeded": 40,
+            "skipped": 2,
+            "failed": 0,
+            "total": 100,
+            "startedAt": now,
+        },
+    )
+    eventually(
+        lambda: env.seed(ns, "initial")["status"].get("seeded") == 40,
+        what="the seeded count from Redis",
+    )
     table = env.kubectl("get", "eventseeds", "-n", ns).stdout.splitlines()
     assert table[0].split() == ["NAME", "PUBLISHER", "MODE", "PHASE", "SEEDED", "AGE"]
     assert table[1].split()[:5] == ["initial", "inv", "history", "Running", "40"]
 
-    r.hset(seed_key(f"{ns}/initial"), mapping={"phase": "Succeeded", "seeded": 98,
-                                               "completedAt": now})
-    job_status_patch(env, ns, "liberator-seed-initial", {
-        "active": 0, "succeeded": 1, "completionTime": now, "conditions": [
-            {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now},
-            {"type": "Complete", "status": "True", "lastTransitionTime": now}]})
-    done = eventually(when(lambda: env.seed(ns, "initial"),
-                           lambda s: s["status"].get("phase") == "Succeeded"),
-                      what="phase Succeeded")
+    r.hset(
+        seed_key(f"{ns}/initial"), mapping={"phase": "Succeeded", "seeded": 98, "completedAt": now}
+    )
+    job_status_patch(
+        env,
+        ns,
+        "liberator-seed-initial",
+        {
+            "active": 0,
+            "succeeded": 1,
+            "completionTime": now,
+            "conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now},
+                {"type": "Complete", "status": "True", "lastTransitionTime": now},
+            ],
+        },
+    )
+    done = eventually(
+        when(lambda: env.seed(ns, "initial"), lambda s: s["status"].get("phase") == "Succeeded"),
+        what="phase Succeeded",
+    )
     assert done["status"]["seeded"] == 98
     assert done["status"]["completionTime"] == now
     assert condition(done, "Complete")["status"] == "True"
@@ -912,34 +1333,76 @@ def test_seed_job_and_phases(env: Env, operator: Operator, ns: str) -> None:
 
 def test_failed_job_fails_the_seed(env: Env, operator: Operator, ns: str) -> None:
     secret(env, ns, "f-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                               ep_body(env, "f", {"app": "f"}))
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "eventseeds", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EventSeed", "metadata": {"name": "once"},
-        "spec": {"publisher": "f"}})
+    env.custom.create_namespaced_custom_object(
+        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "f", {"app": "f"})
+    )
+    env.custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        ns,
+        "eventseeds",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "EventSeed",
+            "metadata": {"name": "once"},
+            "spec": {"publisher": "f"},
+        },
+    )
     eventually(lambda: env.batch.read_namespaced_job("liberator-seed-once", ns), what="the Job")
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    job_status_patch(env, ns, "liberator-seed-once", {"startTime": now, "failed": 4,
-                                                       "conditions": [
-        {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
-         "lastTransitionTime": now},
-        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-         "lastTransitionTime": now}]})
-    failed = eventually(when(lambda: env.seed(ns, "once"),
-                             lambda s: s.get("status", {}).get("phase") == "Failed"),
-                        what="phase Failed")
+    job_status_patch(
+        env,
+        ns,
+        "liberator-seed-once",
+        {
+            "startTime": now,
+            "failed": 4,
+            "conditions": [
+                {
+                    "type": "FailureTarget",
+                    "status": "True",
+                    "reason": "BackoffLimitExceeded",
+                    "lastTransitionTime": now,
+                },
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "BackoffLimitExceeded",
+                    "lastTransitionTime": now,
+                },
+            ],
+        },
+    )
+    failed = eventually(
+        when(lambda: env.seed(ns, "once"), lambda s: s.get("status", {}).get("phase") == "Failed"),
+        what="phase Failed",
+    )
     assert condition(failed, "Complete") | {"lastTransitionTime": ""} == {
-        "type": "Complete", "status": "False", "reason": "Failed",
-        "message": "Job liberator-seed-once failed", "lastTransitionTime": "",
-        "observedGeneration": 1}
+        "type": "Complete",
+        "status": "False",
+        "reason": "Failed",
+        "message": "Job liberator-seed-once failed",
+        "lastTransitionTime": "",
+        "observedGeneration": 1,
+    }
 
 
 def test_seed_without_its_publisher_waits(env: Env, operator: Operator, ns: str) -> None:
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "eventseeds", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EventSeed", "metadata": {"name": "early"},
-        "spec": {"publisher": "nobody"}})
-    cond = eventually(lambda: condition(env.seed(ns, "early"), "PublisherFound") or None,
-                      what="PublisherFound")
+    env.custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        ns,
+        "eventseeds",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "EventSeed",
+            "metadata": {"name": "early"},
+            "spec": {"publisher": "nobody"},
+        },
+    )
+    cond = eventually(
+        lambda: condition(env.seed(ns, "early"), "PublisherFound") or None, what="PublisherFound"
+    )
     assert cond["status"] == "False"
     assert cond["reason"] == "PublisherNotFound"
     assert "nobody" in cond["message"]
@@ -952,60 +1415,91 @@ def test_seed_without_its_publisher_waits(env: Env, operator: Operator, ns: str)
 
 # -- restart, peering -----------------------------------------------------------------------------
 
-def test_operator_restart_resumes_and_creates_nothing_twice(env: Env, operator: Operator,
-                                                            ns: str) -> None:
+
+def test_operator_restart_resumes_and_creates_nothing_twice(
+    env: Env, operator: Operator, ns: str
+) -> None:
     secret(env, ns, "r1-mongo", uri="mongodb://x")
     secret(env, ns, "r2-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                               ep_body(env, "r1", {"app": "r1"}))
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "eventseeds", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EventSeed", "metadata": {"name": "rs"},
-        "spec": {"publisher": "r1"}})
-    before = eventually(when(lambda: env.publisher(ns, "r1"),
-                             lambda p: condition(p, "Ready").get("status") == "True"),
-                        what="r1 Ready")
+    env.custom.create_namespaced_custom_object(
+        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "r1", {"app": "r1"})
+    )
+    env.custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        ns,
+        "eventseeds",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "EventSeed",
+            "metadata": {"name": "rs"},
+            "spec": {"publisher": "r1"},
+        },
+    )
+    before = eventually(
+        when(
+            lambda: env.publisher(ns, "r1"), lambda p: condition(p, "Ready").get("status") == "True"
+        ),
+        what="r1 Ready",
+    )
     eventually(lambda: env.batch.read_namespaced_job("liberator-seed-rs", ns), what="the Job")
 
     operator.stop()
     # While it is down: a spec change to r1, and a new publisher r2.
-    env.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "r1",
-                                              {"spec": {"sidecar": {"logLevel": "DEBUG"}}})
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                               ep_body(env, "r2", {"app": "r2"}))
+    env.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, "entitypublishers", "r1", {"spec": {"sidecar": {"logLevel": "DEBUG"}}}
+    )
+    env.custom.create_namespaced_custom_object(
+        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "r2", {"app": "r2"})
+    )
     operator.start()
     wait_webhook_live(env, operator)
 
-    eventually(when(lambda: env.publisher(ns, "r2"),
-                    lambda p: condition(p, "Ready").get("status") == "True"),
-               what="r2, created while the operator was down, to become Ready")
-    after = eventually(when(lambda: env.publisher(ns, "r1"),
-                            lambda p: p["status"]["observedGeneration"]
-                            == p["metadata"]["generation"]),
-                       what="r1's spec change to be handled after the restart")
+    eventually(
+        when(
+            lambda: env.publisher(ns, "r2"), lambda p: condition(p, "Ready").get("status") == "True"
+        ),
+        what="r2, created while the operator was down, to become Ready",
+    )
+    after = eventually(
+        when(
+            lambda: env.publisher(ns, "r1"),
+            lambda p: p["status"]["observedGeneration"] == p["metadata"]["generation"],
+        ),
+        what="r1's spec change to be handled after the restart",
+    )
     assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
-    assert condition(after, "Ready")["lastTransitionTime"] == condition(
-        before, "Ready")["lastTransitionTime"], "Ready never flapped"
+    assert (
+        condition(after, "Ready")["lastTransitionTime"]
+        == condition(before, "Ready")["lastTransitionTime"]
+    ), "Ready never flapped"
     assert after["status"]["provisioned"] == before["status"]["provisioned"]
     assert len(after["status"]["provisioned"]["topics"]) == len(
-        set(after["status"]["provisioned"]["topics"]))
+        set(after["status"]["provisioned"]["topics"])
+    )
     assert [j.metadata.name for j in env.batch.list_namespaced_job(ns).items] == [
-        "liberator-seed-rs"]
+        "liberator-seed-rs"
+    ]
     # A few more ticks of the seed timer: still one Job.
     time.sleep(3)
     assert len(env.batch.list_namespaced_job(ns).items) == 1
 
 
-def test_peering_lets_one_replica_act(env: Env, operator: Operator, unique: str,
-                                      tmp_path: Path) -> None:
+def test_peering_lets_one_replica_act(
+    env: Env, operator: Operator, unique: str, tmp_path: Path
+) -> None:
     crd, peering = yaml.safe_load_all((ROOT / "deploy" / "base" / "peering.yaml").read_text())
     env.kubectl("apply", "-f", "-", stdin=json.dumps(crd))
-    env.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                "crd/clusterkopfpeerings.kopf.dev")
+    env.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/clusterkopfpeerings.kopf.dev"
+    )
     env.kubectl("apply", "-f", "-", stdin=json.dumps(peering))
     operator.stop()  # the standalone operator would act too
+
     def peers() -> dict[str, Any]:
         body: dict[str, Any] = env.custom.get_cluster_custom_object(
-            "kopf.dev", "v1", "clusterkopfpeerings", "liberator")
+            "kopf.dev", "v1", "clusterkopfpeerings", "liberator"
+        )
         return dict(body.get("status") or {})
 
     # One replica first: a replica acts until it has seen a higher peer's record, so the
@@ -1024,18 +1518,22 @@ def test_peering_lets_one_replica_act(env: Env, operator: Operator, unique: str,
         assert "Resuming operations" not in low.text()
 
         ns = make_namespace(env, f"peer-{unique}")
-        env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                                   ep_body(env, "p1", {"app": "p1"}))
+        env.custom.create_namespaced_custom_object(
+            GROUP, VERSION, ns, "entitypublishers", ep_body(env, "p1", {"app": "p1"})
+        )
         eventually(lambda: condition(env.publisher(ns, "p1"), "Ready"), what="p1 handled")
         assert f"[{ns}/p1]" in high.text()
         assert f"[{ns}/p1]" not in low.text()
         assert "Resuming operations" not in low.text()
 
         high.stop()
-        eventually(lambda: "Resuming operations" in low.text(),
-                   what="the low-priority replica to take over")
-        env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers",
-                                                   ep_body(env, "p2", {"app": "p2"}))
+        eventually(
+            lambda: "Resuming operations" in low.text(),
+            what="the low-priority replica to take over",
+        )
+        env.custom.create_namespaced_custom_object(
+            GROUP, VERSION, ns, "entitypublishers", ep_body(env, "p2", {"app": "p2"})
+        )
         eventually(lambda: condition(env.publisher(ns, "p2"), "Ready"), what="p2 handled")
         assert f"[{ns}/p2]" in low.text()
     finally:
@@ -1048,8 +1546,8 @@ def test_peering_lets_one_replica_act(env: Env, operator: Operator, unique: str,
 
 # -- the injected sidecar runs --------------------------------------------------------------------
 
-def resolve_env(e: Env, namespace: str, pod_name: str,
-                container: dict[str, Any]) -> dict[str, str]:
+
+def resolve_env(e: Env, namespace: str, pod_name: str, container: dict[str, Any]) -> dict[str, str]:
     """The environment the kubelet would give the container."""
     values: dict[str, str] = {}
     for var in container["env"]:
@@ -1071,37 +1569,59 @@ def sidecar_log(tmp_path: Path) -> Path:
     return tmp_path / "sidecar.log"
 
 
-def test_injected_sidecar_runs_and_publishes(env: Env, operator: Operator, ns: str,  # noqa: PLR0917
-                                             mongo_uri: str, unique: str,
-                                             sidecar_log: Path) -> None:
+def test_injected_sidecar_runs_and_publishes(  # noqa: PLR0917
+    env: Env,
+    operator: Operator,
+    ns: str,
+    mongo_uri: str,
+    unique: str,
+    sidecar_log: Path,
+) -> None:
     if shutil.which("liberator", path=str(Path(sys.executable).parent)) is None:
         pytest.fail("the liberator console script is not installed in the venv")
     secret(env, ns, "live-mongo", uri=mongo_uri)
-    body = ep_body(env, "live", {"app": "live"},
-                   mongo={"uriSecretRef": {"name": "live-mongo"}, "database": f"db{unique}",
-                          "collection": "quotes"},
-                   pubsub={"project": env.project, "topic": f"live-{unique}",
-                           "subscriptions": [{"name": f"live-sub-{unique}"}]},
-                   sidecar={"leaseTtlSeconds": 5})
+    body = ep_body(
+        env,
+        "live",
+        {"app": "live"},
+        mongo={
+            "uriSecretRef": {"name": "live-mongo"},
+            "database": f"db{unique}",
+            "collection": "quotes",
+        },
+        pubsub={
+            "project": env.project,
+            "topic": f"live-{unique}",
+            "subscriptions": [{"name": f"live-sub-{unique}"}],
+        },
+        sidecar={"leaseTtlSeconds": 5},
+    )
     env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", body)
-    eventually(lambda: condition(env.publisher(ns, "live"), "Ready").get("status") == "True",
-               what="the subscription to be provisioned")
+    eventually(
+        lambda: condition(env.publisher(ns, "live"), "Ready").get("status") == "True",
+        what="the subscription to be provisioned",
+    )
     pod = env.api.sanitize_for_serialization(
-        env.core.create_namespaced_pod(ns, pod_body("live-0", {"app": "live"})))
+        env.core.create_namespaced_pod(ns, pod_body("live-0", {"app": "live"}))
+    )
     [container] = sidecars(pod)
     values = resolve_env(env, ns, "live-0", container)
     # The one deviation from the pod: a free local port, since 8099 may be taken on this host.
     port = free_port()
     values["LIBERATOR_HTTP_PORT"] = str(port)
-    argv = [str(Path(sys.executable).with_name(container["command"][0])),
-            *container["command"][1:]]
+    argv = [str(Path(sys.executable).with_name(container["command"][0])), *container["command"][1:]]
     log = sidecar_log
     with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                env={"PATH": os.environ["PATH"], **values},
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={"PATH": os.environ["PATH"], **values},
+            start_new_session=True,
+        )
     subscriber = pubsub_v1.SubscriberClient()
     try:
+
         def ready() -> bool:
             if proc.poll() is not None:
                 pytest.fail(f"sidecar exited {proc.returncode}: {log.read_text()[-2000:]}")
@@ -1112,8 +1632,11 @@ def test_injected_sidecar_runs_and_publishes(env: Env, operator: Operator, ns: s
                 return False
 
         eventually(ready, what="the sidecar's /readyz", deadline=90)
-        eventually(lambda: condition(env.publisher(ns, "live"), "Publishing").get("reason")
-                   == "Leading", what="the sidecar to lead", deadline=90)
+        eventually(
+            lambda: condition(env.publisher(ns, "live"), "Publishing").get("reason") == "Leading",
+            what="the sidecar to lead",
+            deadline=90,
+        )
         assert env.publisher(ns, "live")["status"]["leader"] == "live-0"
         mongo = pymongo.MongoClient(mongo_uri)
         mongo[f"db{unique}"]["quotes"].insert_one({"_id": "q-1", "amount": 5})
@@ -1121,16 +1644,22 @@ def test_injected_sidecar_runs_and_publishes(env: Env, operator: Operator, ns: s
         received: list[Any] = []
 
         def pulled() -> bool:
-            response = subscriber.pull(request={"subscription": sub, "max_messages": 10},
-                                       timeout=5)
+            response = subscriber.pull(request={"subscription": sub, "max_messages": 10}, timeout=5)
             received.extend(m.message for m in response.received_messages)
             if response.received_messages:
-                subscriber.acknowledge(request={"subscription": sub, "ack_ids": [
-                    m.ack_id for m in response.received_messages]})
+                subscriber.acknowledge(
+                    request={
+                        "subscription": sub,
+                        "ack_ids": [m.ack_id for m in response.received_messages],
+                    }
+                )
             return any(m.attributes.get("ce-subject") == "q-1" for m in received)
 
-        eventually(pulled, what=f"the event on the provisioned subscription (sidecar log {log})",
-                   deadline=90)
+        eventually(
+            pulled,
+            what=f"the event on the provisioned subscription (sidecar log {log})",
+            deadline=90,
+        )
         event = next(m for m in received if m.attributes.get("ce-subject") == "q-1")
         assert event.attributes["ce-type"] == "quote.created"
         assert json.loads(event.data)["amount"] == 5

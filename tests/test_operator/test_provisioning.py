@@ -19,15 +19,32 @@ def admin(pubsub: Server) -> Iterator[PubSubAdmin]:
     seam.close()
 
 
-def test_plan_is_provisioned_once_and_removed(admin: PubSubAdmin, pubsub: Server,
-                                              unique: str) -> None:
+def test_plan_is_provisioned_once_and_removed(
+    admin: PubSubAdmin, pubsub: Server, unique: str
+) -> None:
     project = pubsub.exports["LIBERATOR_PUBSUB_PROJECT"]
-    p = publisher(pubsub={"project": project, "topic": f"events-{unique}", "subscriptions": [
-        {"name": f"billing-{unique}", "source": "live", "ackDeadlineSeconds": 30,
-         "enableMessageOrdering": True, "filter": 'attributes.ce-type = "quote.purchased"',
-         "deadLetter": {"topic": f"dead-{unique}", "maxDeliveryAttempts": 5}},
-        {"name": f"seed-{unique}", "source": "seed", "ackDeadlineSeconds": 60,
-         "enableMessageOrdering": False}]})
+    p = publisher(
+        pubsub={
+            "project": project,
+            "topic": f"events-{unique}",
+            "subscriptions": [
+                {
+                    "name": f"billing-{unique}",
+                    "source": "live",
+                    "ackDeadlineSeconds": 30,
+                    "enableMessageOrdering": True,
+                    "filter": 'attributes.ce-type = "quote.purchased"',
+                    "deadLetter": {"topic": f"dead-{unique}", "maxDeliveryAttempts": 5},
+                },
+                {
+                    "name": f"seed-{unique}",
+                    "source": "seed",
+                    "ackDeadlineSeconds": 60,
+                    "enableMessageOrdering": False,
+                },
+            ],
+        }
+    )
     plan = build_plan(p)
     assert [admin.ensure_topic(t) for t in plan.topics] == [True, True, True]
     assert [admin.ensure_subscription(s) for s in plan.subscriptions] == [True, True]
@@ -53,19 +70,32 @@ def test_plan_is_provisioned_once_and_removed(admin: PubSubAdmin, pubsub: Server
             admin.delete_topic(topic)
             admin.delete_topic(topic)
         publisher_client = pubsub_v1.PublisherClient()
-        names = {t.name for t in publisher_client.list_topics(request={"project":
-                                                                      f"projects/{project}"})}
+        names = {
+            t.name for t in publisher_client.list_topics(request={"project": f"projects/{project}"})
+        }
         assert not names & set(plan.topics)
     finally:
         subscriber.close()
 
 
-def test_subscription_on_a_missing_topic_is_a_permanent_error(admin: PubSubAdmin, pubsub: Server,
-                                                               unique: str) -> None:
+def test_subscription_on_a_missing_topic_is_a_permanent_error(
+    admin: PubSubAdmin, pubsub: Server, unique: str
+) -> None:
     project = pubsub.exports["LIBERATOR_PUBSUB_PROJECT"]
-    p = publisher(pubsub={"project": project, "topic": f"never-made-{unique}", "subscriptions": [
-        {"name": f"orphan-{unique}", "source": "live", "ackDeadlineSeconds": 60,
-         "enableMessageOrdering": True}]})
+    p = publisher(
+        pubsub={
+            "project": project,
+            "topic": f"never-made-{unique}",
+            "subscriptions": [
+                {
+                    "name": f"orphan-{unique}",
+                    "source": "live",
+                    "ackDeadlineSeconds": 60,
+                    "enableMessageOrdering": True,
+                }
+            ],
+        }
+    )
     with pytest.raises(ProvisioningError, match=f"orphan-{unique}") as caught:
         admin.ensure_subscription(build_plan(p).subscriptions[0])
     assert not caught.value.transient

@@ -18,8 +18,14 @@ from tests.support.publisher import Collector, Publisher, running_publisher
 
 
 @pytest.fixture()
-def publisher(stack: Stack, mongo_uri: str, pubsub: Server, redis_url: str,  # noqa: PLR0917
-              unique: str, tmp_path: Path) -> Iterator[Publisher]:
+def publisher(  # noqa: PLR0917
+    stack: Stack,
+    mongo_uri: str,
+    pubsub: Server,
+    redis_url: str,
+    unique: str,
+    tmp_path: Path,
+) -> Iterator[Publisher]:
     """A fresh publisher on the session's servers."""
     with running_publisher(mongo_uri, pubsub, redis_url, unique, tmp_path) as p:
         yield p
@@ -43,8 +49,9 @@ def db(publisher: Publisher, mongo_uri: str) -> Iterator[Database[dict[str, Any]
 
 
 @pytest.fixture()
-def bounded_mongo(request: pytest.FixtureRequest, tmp_path: Path,
-                  real_mongo_uri: str | None) -> Iterator[Server]:
+def bounded_mongo(
+    request: pytest.FixtureRequest, tmp_path: Path, real_mongo_uri: str | None
+) -> Iterator[Server]:
     """A stand-in of its own whose oplog keeps the test module's ``CAP`` entries."""
     if real_mongo_uri:
         pytest.skip("drives the local stand-in's oplog cap")
@@ -54,9 +61,11 @@ def bounded_mongo(request: pytest.FixtureRequest, tmp_path: Path,
 
 
 @pytest.fixture()
-def bounded_publisher(bounded_mongo: Server, pubsub: Server, redis_url: str, unique: str,
-                      tmp_path: Path) -> Iterator[Publisher]:
+def bounded_publisher(
+    bounded_mongo: Server, pubsub: Server, redis_url: str, unique: str, tmp_path: Path
+) -> Iterator[Publisher]:
     """A fresh publisher on the bounded stand-in."""
-    with running_publisher(bounded_mongo.exports["LIBERATOR_MONGO_URI"], pubsub, redis_url,
-                           unique, tmp_path) as p:
+    with running_publisher(
+        bounded_mongo.exports["LIBERATOR_MONGO_URI"], pubsub, redis_url, unique, tmp_path
+    ) as p:
         yield p

@@ -66,21 +66,33 @@ class ScriptedSource:
 class Running:
     """A Capture in a thread, stopped at the end."""
 
-    def __init__(self, db: Database[dict[str, Any]], epoch: int = 1,
-                 source: ScriptedSource | None = None, heartbeat_seconds: float = 5.0,
-                 mapping: EventMapping = MAPPING) -> None:
+    def __init__(
+        self,
+        db: Database[dict[str, Any]],
+        epoch: int = 1,
+        source: ScriptedSource | None = None,
+        heartbeat_seconds: float = 5.0,
+        mapping: EventMapping = MAPPING,
+    ) -> None:
         self.metrics = Metrics()
         self.checkpoints = Checkpoints(db[CHECKPOINT_COLLECTION], "test/cap")
-        self.capture = Capture(entities=db["quotes"], outbox=db["quotes.outbox"],
-                               identities=Identities(db["quotes.outbox"],
-                                                     db["quotes" + IDENTITY_SUFFIX],
-                                                     mapping.id_field),
-                               checkpoints=self.checkpoints, mapping=mapping,
-                               metrics=self.metrics, progress=Progress(), epoch=epoch,
-                               pod="test",
-                               settings=CaptureSettings(batch_size=50, max_await_ms=100,
-                                                        heartbeat_seconds=heartbeat_seconds),
-                               open_source=(lambda _: source) if source else None)
+        self.capture = Capture(
+            entities=db["quotes"],
+            outbox=db["quotes.outbox"],
+            identities=Identities(
+                db["quotes.outbox"], db["quotes" + IDENTITY_SUFFIX], mapping.id_field
+            ),
+            checkpoints=self.checkpoints,
+            mapping=mapping,
+            metrics=self.metrics,
+            progress=Progress(),
+            epoch=epoch,
+            pod="test",
+            settings=CaptureSettings(
+                batch_size=50, max_await_ms=100, heartbeat_seconds=heartbeat_seconds
+            ),
+            open_source=(lambda _: source) if source else None,
+        )
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -88,8 +100,10 @@ class Running:
 
     def started(self) -> Running:
         """Wait until the start position is saved: changes from then on are captured."""
-        eventually(lambda: self.error or not self.checkpoints.load("capture").empty,
-                   what="capture's start position saved")
+        eventually(
+            lambda: self.error or not self.checkpoints.load("capture").empty,
+            what="capture's start position saved",
+        )
         assert self.error is None, self.error
         return self
 
@@ -122,18 +136,30 @@ def test_each_change_becomes_one_outbox_document(db: Database[dict[str, Any]]) -
     assert update is not None and update["type"] == "quote.updated" and "-1" in update["data"]
 
 
-def capture_insert_then_delete(db: Database[dict[str, Any]], key: Any,
-                               entity: str) -> tuple[Running, dict[str, Any], dict[str, Any]]:
+def capture_insert_then_delete(
+    db: Database[dict[str, Any]], key: Any, entity: str
+) -> tuple[Running, dict[str, Any], dict[str, Any]]:
     """Capture one batch, through the change-source seam, that inserts a document keyed by a
     business id and deletes it: the outbox holds nothing of it yet, so only the batch itself can
     name the deleted entity. Returns the run and the two outbox documents."""
-    batch = Batch([
-        {"_id": {"_data": "01"}, "operationType": "insert", "documentKey": {"_id": key},
-         "fullDocument": {"_id": key, "quoteId": entity, "p": 1},
-         "clusterTime": Timestamp(1700000000, 1)},
-        {"_id": {"_data": "02"}, "operationType": "delete", "documentKey": {"_id": key},
-         "clusterTime": Timestamp(1700000000, 2)},
-    ], Position(token={"_data": "02"}))
+    batch = Batch(
+        [
+            {
+                "_id": {"_data": "01"},
+                "operationType": "insert",
+                "documentKey": {"_id": key},
+                "fullDocument": {"_id": key, "quoteId": entity, "p": 1},
+                "clusterTime": Timestamp(1700000000, 1),
+            },
+            {
+                "_id": {"_data": "02"},
+                "operationType": "delete",
+                "documentKey": {"_id": key},
+                "clusterTime": Timestamp(1700000000, 2),
+            },
+        ],
+        Position(token={"_data": "02"}),
+    )
     mapping = EventMapping(entity_type="quote", source="//test", id_field="quoteId")
     running = Running(db, source=ScriptedSource(batch), mapping=mapping)
     outbox = db["quotes.outbox"]
@@ -149,7 +175,10 @@ def test_insert_then_delete_by_business_id_in_one_batch(db: Database[dict[str, A
     running, created, deleted = capture_insert_then_delete(db, oid, "Q-5")
     assert (created["type"], created["entityId"]) == ("quote.created", "Q-5")
     assert (deleted["type"], deleted["status"], deleted["entityId"]) == (
-        "quote.deleted", "pending", "Q-5")
+        "quote.deleted",
+        "pending",
+        "Q-5",
+    )
     assert deleted["attributes"]["ce-subject"] == "Q-5"
     assert json_util.loads(deleted["data"]) == {"_id": oid, "quoteId": "Q-5"}
     assert running.metrics.failed.labels(stage="capture")._value.get() == 0
@@ -163,7 +192,8 @@ def test_a_sub_document_id_is_named_again_within_a_batch(db: Database[dict[str, 
 
 
 def test_changes_read_again_from_an_older_checkpoint_are_not_duplicated(
-        db: Database[dict[str, Any]]) -> None:
+    db: Database[dict[str, Any]],
+) -> None:
     outbox = db["quotes.outbox"]
     first = Running(db).started()
     db["quotes"].insert_one({"_id": "a"})
@@ -186,14 +216,15 @@ def test_changes_read_again_from_an_older_checkpoint_are_not_duplicated(
     assert third.metrics.captured._value.get() == 0  # duplicates count as already captured
 
 
-def test_checkpoint_is_written_only_after_the_outbox_insert(
-        db: Database[dict[str, Any]]) -> None:
+def test_checkpoint_is_written_only_after_the_outbox_insert(db: Database[dict[str, Any]]) -> None:
     running = Running(db).started()
     db["quotes"].insert_one({"_id": "a"})
     outbox = db["quotes.outbox"]
     eventually(lambda: outbox.count_documents({}) == 1, what="captured")
-    eventually(lambda: running.checkpoints.load("capture").token is not None,
-               what="checkpoint moved to the change's token")
+    eventually(
+        lambda: running.checkpoints.load("capture").token is not None,
+        what="checkpoint moved to the change's token",
+    )
     event = outbox.find_one()
     assert event is not None
     assert running.checkpoints.load("capture").token == event["token"]
@@ -214,18 +245,19 @@ def test_a_quiet_stream_saves_its_post_batch_token(db: Database[dict[str, Any]])
     # MongoDB moves the post-batch resume token on a quiet stream; the emulator does not, so a
     # scripted source stands in for the change stream here (and only here).
     first, later = {"_data": "82000000010000"}, {"_data": "82000000020000"}
-    source = ScriptedSource(Batch([], Position(token=first)), 0.3,
-                            Batch([], Position(token=later)))
+    source = ScriptedSource(Batch([], Position(token=first)), 0.3, Batch([], Position(token=later)))
     running = Running(db, source=source, heartbeat_seconds=0.2)
-    eventually(lambda: running.checkpoints.load("capture").token == later,
-               what="the heartbeat token saved")
+    eventually(
+        lambda: running.checkpoints.load("capture").token == later, what="the heartbeat token saved"
+    )
     running.close()
     assert running.error is None
     assert db["quotes.outbox"].count_documents({}) == 0
 
 
 def test_a_duplicate_on_another_unique_index_is_an_error_not_captured(
-        db: Database[dict[str, Any]]) -> None:
+    db: Database[dict[str, Any]],
+) -> None:
     outbox = db["quotes.outbox"]
     outbox.create_index("entityId", unique=True)
     outbox.insert_one({"_id": "first", "entityId": "same"})
@@ -245,9 +277,15 @@ def test_insert_outbox_counts_duplicates_as_captured(db: Database[dict[str, Any]
 # The emulator never raises these codes; MongoDB documents them, so they are checked here.
 
 
-@pytest.mark.parametrize(("code", "label"), [
-    (286, "history_lost"), (260, "resume_token_rejected"), (280, "stream_fatal"),
-    (136, "history_lost")])
+@pytest.mark.parametrize(
+    ("code", "label"),
+    [
+        (286, "history_lost"),
+        (260, "resume_token_rejected"),
+        (280, "stream_fatal"),
+        (136, "history_lost"),
+    ],
+)
 def test_codes_that_mean_the_position_is_gone_park(code: int, label: str) -> None:
     lost = classify(OperationFailure("boom", code=code))
     assert isinstance(lost, StreamLostError) and lost.code == label
@@ -255,12 +293,16 @@ def test_codes_that_mean_the_position_is_gone_park(code: int, label: str) -> Non
 
 
 def test_messages_and_labels_that_mean_the_position_is_gone_park() -> None:
-    phrase = OperationFailure("Resume of change stream was not possible, as the resume point may "
-                              "no longer be in the oplog.", code=1)
+    phrase = OperationFailure(
+        "Resume of change stream was not possible, as the resume point may "
+        "no longer be in the oplog.",
+        code=1,
+    )
     lost = classify(phrase)
     assert lost is not None and lost.code == "history_lost"
-    labelled = OperationFailure("x", code=2, details={"errorLabels":
-                                                      ["NonResumableChangeStreamError"]})
+    labelled = OperationFailure(
+        "x", code=2, details={"errorLabels": ["NonResumableChangeStreamError"]}
+    )
     assert classify(labelled) is not None
 
 

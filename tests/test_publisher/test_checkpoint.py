@@ -44,7 +44,8 @@ def test_save_and_load_round_trip(collection: Collection[dict[str, Any]]) -> Non
 
 
 def test_a_write_from_an_older_epoch_is_refused_and_changes_nothing(
-        collection: Collection[dict[str, Any]]) -> None:
+    collection: Collection[dict[str, Any]],
+) -> None:
     checkpoints = Checkpoints(collection, "ns/pub")
     checkpoints.save("capture", 4, Position(token=TOKEN_A), "old")
     checkpoints.claim(5, "new")  # the new leader stamps its epoch before it writes anything
@@ -66,10 +67,12 @@ def test_reset_removes_both_checkpoints(collection: Collection[dict[str, Any]]) 
     assert checkpoints.load("capture").empty and checkpoints.load("relay").empty
 
 
-@pytest.mark.parametrize(("field", "value"), [("token", "not-a-document"),
-                                               ("operationTime", 12345)])
+@pytest.mark.parametrize(
+    ("field", "value"), [("token", "not-a-document"), ("operationTime", 12345)]
+)
 def test_a_damaged_checkpoint_names_its_field_instead_of_starting_from_now(
-        collection: Collection[dict[str, Any]], field: str, value: object) -> None:
+    collection: Collection[dict[str, Any]], field: str, value: object
+) -> None:
     collection.insert_one({"_id": "ns/pub#capture", field: value, "epoch": 1})
     with pytest.raises(CheckpointError, match=f"field '{field}'") as caught:
         Checkpoints(collection, "ns/pub").load("capture")

@@ -12,15 +12,18 @@ def test_help_lists_every_command_with_its_own_line(capsys: pytest.CaptureFixtur
         main(["--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    for name, line in [("publish", "run the change-data-capture sidecar"),
-                       ("seed", "publish every existing entity once to the seed topic"),
-                       ("operator", "run the Kubernetes operator (kopf)")]:
+    for name, line in [
+        ("publish", "run the change-data-capture sidecar"),
+        ("seed", "publish every existing entity once to the seed topic"),
+        ("operator", "run the Kubernetes operator (kopf)"),
+    ]:
         assert f"  {name:12} {line}" in out, out
     assert "(from " not in out  # an entry point's own help, not where it came from
 
 
-def test_an_unknown_command_is_refused_with_the_choices(capsys: pytest.CaptureFixture[str],
-                                                        ) -> None:
+def test_an_unknown_command_is_refused_with_the_choices(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["pubish"])
     assert exited.value.code == 2

@@ -17,8 +17,9 @@ def contract_table() -> str:
     for var in CONTRACT:
         # Code-like defaults in backticks (so <collection> is not read as HTML), prose as is.
         default = var.default if " " in var.default or not var.default else f"`{var.default}`"
-        lines.append(f"| `{var.name}` | {'yes' if var.required else 'no'} | {default} | "
-                     f"{var.doc} |")
+        lines.append(
+            f"| `{var.name}` | {'yes' if var.required else 'no'} | {default} | {var.doc} |"
+        )
     return "\n".join(lines)
 
 
@@ -33,15 +34,20 @@ def test_names_are_unique_and_well_formed() -> None:
 
 def test_tuning_variables_are_in_the_contract() -> None:
     names = {var.name for var in CONTRACT}
-    assert {"LIBERATOR_BATCH_SIZE", "LIBERATOR_MAX_AWAIT_MS",
-            "LIBERATOR_SWEEP_INTERVAL_SECONDS", "LIBERATOR_PENDING_AGE_SECONDS"} <= names
+    assert {
+        "LIBERATOR_BATCH_SIZE",
+        "LIBERATOR_MAX_AWAIT_MS",
+        "LIBERATOR_SWEEP_INTERVAL_SECONDS",
+        "LIBERATOR_PENDING_AGE_SECONDS",
+    } <= names
 
 
 def test_docs_carry_the_contract_table() -> None:
     text = DOC.read_text(encoding="utf-8")
     assert contract_table() in text, (
         "docs/publisher.md is out of step with CONTRACT; paste this table under "
-        f"'## Sidecar contract':\n{contract_table()}")
+        f"'## Sidecar contract':\n{contract_table()}"
+    )
 
 
 def test_docs_list_every_variable_and_no_other() -> None:

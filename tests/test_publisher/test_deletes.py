@@ -70,7 +70,8 @@ def wait_published(collector: Collector, ce_type: str, count: int) -> list[Recei
 
 
 def test_delete_after_a_sidecar_restart_names_the_entity(
-        keyed: Publisher, collector: Collector, client: MongoClient[Doc]) -> None:
+    keyed: Publisher, collector: Collector, client: MongoClient[Doc]
+) -> None:
     first = keyed.start()
     key = quotes(client, keyed).insert_one({"quoteId": "Q-1", "v": 1, "price": 10}).inserted_id
     quotes(client, keyed).insert_one({"quoteId": "Q-2", "v": 1, "price": 20})
@@ -90,17 +91,23 @@ def test_delete_after_a_sidecar_restart_names_the_entity(
 
 
 def test_delete_of_a_seeded_only_entity_names_it(
-        keyed: Publisher, collector: Collector, client: MongoClient[Doc], unique: str) -> None:
+    keyed: Publisher, collector: Collector, client: MongoClient[Doc], unique: str
+) -> None:
     # Written before any publisher existed: not captured, but seeded.
-    old = quotes(client, keyed).insert_many(
-        [{"quoteId": f"Q-{n}", "v": 1} for n in range(3)]).inserted_ids
+    old = (
+        quotes(client, keyed)
+        .insert_many([{"quoteId": f"Q-{n}", "v": 1} for n in range(3)])
+        .inserted_ids
+    )
     seed_topic = Topic(keyed.topic.project, f"seed-{unique}", f"seed-sub-{unique}").create()
-    summary = run_seed(Settings.from_env(keyed.env),
-                       SeedOptions(topic=seed_topic.topic_id, seed_id=f"s-{unique}"))
+    summary = run_seed(
+        Settings.from_env(keyed.env), SeedOptions(topic=seed_topic.topic_id, seed_id=f"s-{unique}")
+    )
     assert summary.seeded == 3
     identities = client[keyed.database][keyed.collection + IDENTITY_SUFFIX]
     assert {d["_id"]: d["entity"] for d in identities.find()} == {
-        old[n]: f"Q-{n}" for n in range(3)}
+        old[n]: f"Q-{n}" for n in range(3)
+    }
     keyed.start()
     quotes(client, keyed).delete_one({"_id": old[1]})
     [deleted] = wait_published(collector, "quote.deleted", 1)
@@ -110,15 +117,18 @@ def test_delete_of_a_seeded_only_entity_names_it(
 
 
 def test_delete_of_a_never_seen_document_stays_failed_and_the_stream_goes_on(
-        keyed: Publisher, collector: Collector, client: MongoClient[Doc]) -> None:
+    keyed: Publisher, collector: Collector, client: MongoClient[Doc]
+) -> None:
     unseen = quotes(client, keyed).insert_one({"quoteId": "Q-old", "v": 1}).inserted_id
     car = keyed.start()  # the insert came before the first start: neither captured nor seeded
     quotes(client, keyed).delete_one({"_id": unseen})
     key = quotes(client, keyed).insert_one({"quoteId": "Q-new", "v": 1}).inserted_id
     [created] = wait_published(collector, "quote.created", 1)
     assert created.attributes["ce-subject"] == "Q-new"
-    failed = eventually(lambda: outbox(client, keyed).find_one({"status": "failed"}),
-                        what="the delete stored as failed")
+    failed = eventually(
+        lambda: outbox(client, keyed).find_one({"status": "failed"}),
+        what="the delete stored as failed",
+    )
     assert failed["operation"] == "delete" and failed["key"] == unseen
     assert "never saw" in failed["reason"] and "EventSeed" in failed["reason"]
     assert "entityId" not in failed
@@ -128,7 +138,8 @@ def test_delete_of_a_never_seen_document_stays_failed_and_the_stream_goes_on(
 
 
 def test_delete_while_the_relay_cannot_publish_goes_out_once_it_can(
-        keyed: Publisher, collector: Collector, client: MongoClient[Doc]) -> None:
+    keyed: Publisher, collector: Collector, client: MongoClient[Doc]
+) -> None:
     healthy = keyed.start()
     key = quotes(client, keyed).insert_one({"quoteId": "Q-9", "v": 3}).inserted_id
     wait_published(collector, "quote.created", 1)
@@ -136,8 +147,10 @@ def test_delete_while_the_relay_cannot_publish_goes_out_once_it_can(
     # The relay's Pub/Sub is unreachable; capture still writes the delete to the outbox.
     cut_off = keyed.sidecar(PUBSUB_EMULATOR_HOST="127.0.0.1:9").start().wait_ready()
     quotes(client, keyed).delete_one({"_id": key})
-    pending = eventually(lambda: outbox(client, keyed).find_one({"operation": "delete"}),
-                         what="the delete captured into the outbox")
+    pending = eventually(
+        lambda: outbox(client, keyed).find_one({"operation": "delete"}),
+        what="the delete captured into the outbox",
+    )
     assert (pending["status"], pending["entityId"]) == ("pending", "Q-9")
     assert json.loads(pending["data"]) == {"_id": {"$oid": str(key)}, "quoteId": "Q-9"}
     assert of_type(collector, "quote.deleted") == []
@@ -150,12 +163,14 @@ def test_delete_while_the_relay_cannot_publish_goes_out_once_it_can(
 
 
 def test_seed_records_no_identities_when_the_id_is_the_document_key(
-        publisher: Publisher, unique: str) -> None:
+    publisher: Publisher, unique: str
+) -> None:
     with MongoClient(publisher.env["LIBERATOR_MONGO_URI"]) as c:
         c[publisher.database][publisher.collection].insert_many([{"n": n} for n in range(3)])
         seed_topic = Topic(publisher.topic.project, f"seed-{unique}", f"ss-{unique}").create()
-        run_seed(Settings.from_env(publisher.env),
-                 SeedOptions(topic=seed_topic.topic_id, seed_id=f"s-{unique}"))
+        run_seed(
+            Settings.from_env(publisher.env),
+            SeedOptions(topic=seed_topic.topic_id, seed_id=f"s-{unique}"),
+        )
         names = c[publisher.database].list_collection_names()
     assert publisher.collection + IDENTITY_SUFFIX not in names  # deletes name these by _id
-

@@ -44,8 +44,9 @@ def _ms(value: datetime.datetime) -> datetime.datetime:
 
 
 # BSON keys cannot hold NUL; anything else goes.
-keys = (st.text(max_size=8) | st.sampled_from(["$x", "a.b", "$", ".", "$$a", "a$", "x.y.z"])
-        ).filter(lambda k: k not in WRAPPER_KEYS and "\x00" not in k)
+keys = (
+    st.text(max_size=8) | st.sampled_from(["$x", "a.b", "$", ".", "$$a", "a$", "x.y.z"])
+).filter(lambda k: k not in WRAPPER_KEYS and "\x00" not in k)
 scalars = st.one_of(
     st.none(),
     st.booleans(),
@@ -53,11 +54,13 @@ scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=20),
     st.decimals(allow_nan=False, places=6, min_value=-(10**12), max_value=10**12).map(
-        lambda d: Decimal128(str(d))),
+        lambda d: Decimal128(str(d))
+    ),
     st.sampled_from(["NaN", "Infinity", "-Infinity", "-0", "1.10", "1E+6144"]).map(Decimal128),
     st.binary(min_size=12, max_size=12).map(ObjectId),
-    st.datetimes(min_value=datetime.datetime(1, 1, 1),
-                 max_value=datetime.datetime(9999, 12, 31, 23, 59, 59)).map(_ms),
+    st.datetimes(
+        min_value=datetime.datetime(1, 1, 1), max_value=datetime.datetime(9999, 12, 31, 23, 59, 59)
+    ).map(_ms),
     st.tuples(st.binary(max_size=40), st.sampled_from([0, 5, 128])).map(lambda b: Binary(*b)),
     st.binary(min_size=16, max_size=16).map(lambda b: Binary(b, 4)),
     st.integers(min_value=-(2**63), max_value=2**63 - 1).map(Int64),
@@ -123,17 +126,26 @@ def test_deterministic_for_equal_documents_built_apart(document: dict[str, Any])
         (Int64(2**40), 2**40),
         (ObjectId("5f43a1b2c3d4e5f6a7b8c9d0"), {"$oid": "5f43a1b2c3d4e5f6a7b8c9d0"}),
         (datetime.datetime(2024, 5, 6, 7, 8, 9, 123000), {"$date": "2024-05-06T07:08:09.123Z"}),
-        (datetime.datetime(2024, 5, 6, 9, 8, 9, 123000,
-                           tzinfo=datetime.timezone(datetime.timedelta(hours=2))),
-         {"$date": "2024-05-06T07:08:09.123Z"}),
-        (datetime.datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC),
-         {"$date": {"$numberLong": "-1000"}}),
+        (
+            datetime.datetime(
+                2024, 5, 6, 9, 8, 9, 123000, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
+            ),
+            {"$date": "2024-05-06T07:08:09.123Z"},
+        ),
+        (
+            datetime.datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC),
+            {"$date": {"$numberLong": "-1000"}},
+        ),
         (Binary(b"\x00\xff", 0), {"$binary": {"base64": "AP8=", "subType": "00"}}),
         (b"\x00\xff", {"$binary": {"base64": "AP8=", "subType": "00"}}),
-        (Binary(b"\x01" * 16, 4), {"$binary": {"base64": "AQEBAQEBAQEBAQEBAQEBAQ==",
-                                               "subType": "04"}}),
-        (uuid.UUID(bytes=b"\x01" * 16), {"$binary": {"base64": "AQEBAQEBAQEBAQEBAQEBAQ==",
-                                                     "subType": "04"}}),
+        (
+            Binary(b"\x01" * 16, 4),
+            {"$binary": {"base64": "AQEBAQEBAQEBAQEBAQEBAQ==", "subType": "04"}},
+        ),
+        (
+            uuid.UUID(bytes=b"\x01" * 16),
+            {"$binary": {"base64": "AQEBAQEBAQEBAQEBAQEBAQ==", "subType": "04"}},
+        ),
         (Timestamp(1700000000, 3), {"$timestamp": {"t": 1700000000, "i": 3}}),
         (Regex("^a", "i"), {"$regularExpression": {"pattern": "^a", "options": "i"}}),
         (re.compile("^a"), {"$regularExpression": {"pattern": "^a", "options": "u"}}),
@@ -207,4 +219,5 @@ def test_value_to_json_names_the_value() -> None:
     with pytest.raises(EncodingError, match=r"cannot encode the value at \[0\]"):
         value_to_json([{1, 2}])
     assert value_to_json(ObjectId("5f43a1b2c3d4e5f6a7b8c9d0")) == (
-        '{"$oid":"5f43a1b2c3d4e5f6a7b8c9d0"}')
+        '{"$oid":"5f43a1b2c3d4e5f6a7b8c9d0"}'
+    )

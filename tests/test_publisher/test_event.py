@@ -43,13 +43,23 @@ OID = ObjectId("65f0a1b2c3d4e5f6a7b8c9d0")
 MAPPING = EventMapping(entity_type="quote", source="//liberator/shop/quotes")
 
 
-def change(operation: str, document: dict[str, Any] | None = None, *, token: str = "82A1",
-           key: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+def change(
+    operation: str,
+    document: dict[str, Any] | None = None,
+    *,
+    token: str = "82A1",
+    key: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """A change stream event as pymongo decodes it."""
-    body: dict[str, Any] = {"_id": {"_data": token}, "operationType": operation,
-                            "ns": {"db": "shop", "coll": "quotes"},
-                            "documentKey": key if key is not None else {"_id": OID},
-                            "wallTime": WALL, "clusterTime": Timestamp(1700000000, 1)}
+    body: dict[str, Any] = {
+        "_id": {"_data": token},
+        "operationType": operation,
+        "ns": {"db": "shop", "coll": "quotes"},
+        "documentKey": key if key is not None else {"_id": OID},
+        "wallTime": WALL,
+        "clusterTime": Timestamp(1700000000, 1),
+    }
     if document is not None:
         body["fullDocument"] = document
     body.update(extra)
@@ -75,6 +85,7 @@ def assert_failed(document: dict[str, Any], *words: str) -> None:
 
 
 # --- types and attributes -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("operation", "event_type"),
@@ -116,18 +127,29 @@ def test_time_falls_back_from_wall_time_to_cluster_time_to_capture_time() -> Non
     del no_wall["clusterTime"]
     assert outbox(no_wall)["attributes"]["ce-time"] == "2030-01-01T00:00:00.500Z"
     offset = datetime.timezone(datetime.timedelta(hours=-5))
-    local = change("insert", {"_id": OID}, wallTime=datetime.datetime(2024, 1, 1, 19, 0,
-                                                                      tzinfo=offset))
+    local = change(
+        "insert", {"_id": OID}, wallTime=datetime.datetime(2024, 1, 1, 19, 0, tzinfo=offset)
+    )
     assert outbox(local)["attributes"]["ce-time"] == "2024-01-02T00:00:00.000Z"
 
 
 def test_event_context_sets_type_and_extensions_and_is_stripped() -> None:
-    document = outbox(change("update", {
-        "_id": OID, "price": 7,
-        "_event": {"type": "quote.purchased", "correlationId": "corr-1", "causationId": "cause-2",
-                   "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-                   "note": "ignored"},
-    }))
+    document = outbox(
+        change(
+            "update",
+            {
+                "_id": OID,
+                "price": 7,
+                "_event": {
+                    "type": "quote.purchased",
+                    "correlationId": "corr-1",
+                    "causationId": "cause-2",
+                    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                    "note": "ignored",
+                },
+            },
+        )
+    )
     assert document["status"] == "pending"
     assert document["type"] == "quote.purchased"
     attributes = document["attributes"]
@@ -140,8 +162,9 @@ def test_event_context_sets_type_and_extensions_and_is_stripped() -> None:
 
 
 def test_context_without_type_keeps_the_derived_type_and_null_extensions_are_absent() -> None:
-    document = outbox(change("insert", {"_id": OID, "_event": {"correlationId": "c",
-                                                               "causationId": None}}))
+    document = outbox(
+        change("insert", {"_id": OID, "_event": {"correlationId": "c", "causationId": None}})
+    )
     assert document["type"] == "quote.created"
     assert document["attributes"]["ce-correlationid"] == "c"
     assert "ce-causationid" not in document["attributes"]
@@ -149,33 +172,54 @@ def test_context_without_type_keeps_the_derived_type_and_null_extensions_are_abs
 
 
 def test_custom_context_field_and_exclusions() -> None:
-    mapping = EventMapping("quote", "src", event_context_field="meta",
-                           exclude_fields=frozenset({"secret", "internal"}))
-    document = outbox(change("insert", {"_id": OID, "secret": "s", "keep": {"secret": 1},
-                                        "internal": [1], "meta": {"type": "quote.drafted"},
-                                        "_event": {"type": "ignored"}}), mapping)
+    mapping = EventMapping(
+        "quote", "src", event_context_field="meta", exclude_fields=frozenset({"secret", "internal"})
+    )
+    document = outbox(
+        change(
+            "insert",
+            {
+                "_id": OID,
+                "secret": "s",
+                "keep": {"secret": 1},
+                "internal": [1],
+                "meta": {"type": "quote.drafted"},
+                "_event": {"type": "ignored"},
+            },
+        ),
+        mapping,
+    )
     assert document["type"] == "quote.drafted"
     # Only top-level fields are excluded; a field named _event is data under this mapping.
-    assert data_of(document) == {"_id": OID, "keep": {"secret": 1},
-                                 "_event": {"type": "ignored"}}
+    assert data_of(document) == {"_id": OID, "keep": {"secret": 1}, "_event": {"type": "ignored"}}
 
 
 def test_version_field_becomes_entityversion() -> None:
     mapping = EventMapping("quote", "src", version_field="version")
-    assert outbox(change("insert", {"_id": OID, "version": 3}), mapping)[
-        "attributes"]["ce-entityversion"] == "3"
+    assert (
+        outbox(change("insert", {"_id": OID, "version": 3}), mapping)["attributes"][
+            "ce-entityversion"
+        ]
+        == "3"
+    )
     assert "ce-entityversion" not in outbox(change("insert", {"_id": OID}), mapping)["attributes"]
-    assert outbox(change("insert", {"_id": OID, "version": "v3"}), mapping)[
-        "attributes"]["ce-entityversion"] == "v3"
+    assert (
+        outbox(change("insert", {"_id": OID, "version": "v3"}), mapping)["attributes"][
+            "ce-entityversion"
+        ]
+        == "v3"
+    )
 
 
 def test_immutable_entity_new_version_insert_is_created() -> None:
     # An immutable entity keeps one document per version; the entity id is its own field.
     mapping = EventMapping("quote", "src", id_field="quoteId", version_field="version")
-    first = outbox(change("insert", {"_id": ObjectId(), "quoteId": "Q-1", "version": 1},
-                          token="t1"), mapping)
-    second = outbox(change("insert", {"_id": ObjectId(), "quoteId": "Q-1", "version": 2},
-                           token="t2"), mapping)
+    first = outbox(
+        change("insert", {"_id": ObjectId(), "quoteId": "Q-1", "version": 1}, token="t1"), mapping
+    )
+    second = outbox(
+        change("insert", {"_id": ObjectId(), "quoteId": "Q-1", "version": 2}, token="t2"), mapping
+    )
     for document, version in ((first, "1"), (second, "2")):
         assert document["type"] == "quote.created"
         assert document["entityId"] == document["orderingKey"] == "Q-1"
@@ -206,6 +250,7 @@ def test_entity_id_rendering(value: Any, rendered: str) -> None:
 
 # --- deletes ----------------------------------------------------------------------------------
 
+
 def test_delete_carries_the_document_key() -> None:
     document = outbox(change("delete"))
     assert document["status"] == "pending"
@@ -216,8 +261,13 @@ def test_delete_carries_the_document_key() -> None:
 
 def test_delete_with_before_image_carries_it_stripped_and_ignores_its_context() -> None:
     mapping = EventMapping("quote", "src", version_field="v", exclude_fields=frozenset({"pw"}))
-    before = {"_id": OID, "v": 4, "pw": "x", "price": 1,
-              "_event": {"type": "quote.purchased", "correlationId": "old"}}
+    before = {
+        "_id": OID,
+        "v": 4,
+        "pw": "x",
+        "price": 1,
+        "_event": {"type": "quote.purchased", "correlationId": "old"},
+    }
     document = outbox(change("delete", fullDocumentBeforeChange=before), mapping)
     assert document["type"] == "quote.deleted"  # the context described the last write
     assert "ce-correlationid" not in document["attributes"]
@@ -228,12 +278,19 @@ def test_delete_with_before_image_carries_it_stripped_and_ignores_its_context() 
 def test_delete_of_a_never_seen_document_fails_saying_so() -> None:
     mapping = EventMapping("quote", "src", id_field="quoteId")
     document = outbox(change("delete"), mapping)
-    assert_failed(document, f'{{"$oid":"{OID}"}}', "never saw", "'quoteId'",
-                  "changeStreamPreAndPostImages", "EventSeed")
+    assert_failed(
+        document,
+        f'{{"$oid":"{OID}"}}',
+        "never saw",
+        "'quoteId'",
+        "changeStreamPreAndPostImages",
+        "EventSeed",
+    )
     assert "entityId" not in document
     assert document["key"] == OID  # still findable by its document
-    with_before = outbox(change("delete", fullDocumentBeforeChange={"_id": OID,
-                                                                    "quoteId": "Q-9"}), mapping)
+    with_before = outbox(
+        change("delete", fullDocumentBeforeChange={"_id": OID, "quoteId": "Q-9"}), mapping
+    )
     assert with_before["status"] == "pending"
     assert with_before["entityId"] == "Q-9"
 
@@ -254,8 +311,9 @@ def test_delete_by_business_id_carries_the_key_and_the_known_id() -> None:
 
 def test_delete_keeps_the_id_value_type_it_was_seen_with() -> None:
     mapping = EventMapping("quote", "src", id_field="quoteId")
-    document = outbox_document_for_change(change("delete"), mapping, captured_at=CAPTURED,
-                                          known_id=1042)
+    document = outbox_document_for_change(
+        change("delete"), mapping, captured_at=CAPTURED, known_id=1042
+    )
     assert document["entityId"] == "1042"
     assert data_of(document) == {"_id": OID, "quoteId": 1042}
 
@@ -274,8 +332,9 @@ def test_only_deletes_without_the_id_in_their_key_need_a_look_up() -> None:
     assert not needs_identity(change("delete"), MAPPING)  # the key is the entity id
     assert not needs_identity(change("update", {"_id": OID, "quoteId": "Q"}), by_business_id)
     assert needs_identity(change("delete", key={"_id": OID, "shard": 1}), by_business_id)
-    assert not needs_identity(change("delete", key={"_id": OID, "quoteId": "Q"}),
-                              by_business_id)  # a shard key that holds it
+    assert not needs_identity(
+        change("delete", key={"_id": OID, "quoteId": "Q"}), by_business_id
+    )  # a shard key that holds it
 
 
 def test_every_change_records_its_document_key() -> None:
@@ -284,6 +343,7 @@ def test_every_change_records_its_document_key() -> None:
 
 
 # --- ids --------------------------------------------------------------------------------------
+
 
 def test_event_id_is_deterministic_per_token() -> None:
     token = {"_data": "8265F0A1B2000000012B022C0100296E5A1004"}
@@ -307,6 +367,7 @@ def test_event_id_rejects_a_non_document_token() -> None:
 
 # --- bad input becomes a failed document, never an exception ---------------------------------
 
+
 @pytest.mark.parametrize(
     ("document", "words", "entity_id"),
     [
@@ -314,22 +375,28 @@ def test_event_id_rejects_a_non_document_token() -> None:
         ({"_id": None}, ["no id field '_id'"], None),
         ({"_id": ""}, ["id field '_id' is an empty string"], None),
         ({"_id": {"k": {1}}}, ["id field '_id'", "set"], None),
-        ({"_id": 1, "_event": "quote.purchased"}, ["'_event' must be a sub-document", "str"],
-         "1"),
-        ({"_id": 1, "_event": {"type": 5}}, ["'_event.type' must be a non-empty string", "int"],
-         "1"),
+        ({"_id": 1, "_event": "quote.purchased"}, ["'_event' must be a sub-document", "str"], "1"),
+        (
+            {"_id": 1, "_event": {"type": 5}},
+            ["'_event.type' must be a non-empty string", "int"],
+            "1",
+        ),
         ({"_id": 1, "_event": {"type": "  "}}, ["'_event.type' must be a non-empty string"], "1"),
         ({"_id": 1, "_event": {"correlationId": 5}}, ["'_event.correlationId'", "int"], "1"),
         ({"_id": 1, "_event": {"traceparent": ""}}, ["'_event.traceparent'"], "1"),
         ({"_id": 1, "tags": {"a", "b"}}, ["cannot encode the document at .tags", "set"], "1"),
         ({"_id": 1, "text": "bad \udc80"}, ["not valid Unicode"], "1"),
-        ({"_id": 1, "blob": "x" * (MAX_MESSAGE_BYTES + 1)}, ["bytes", str(MAX_MESSAGE_BYTES)],
-         "1"),
-        ({"_id": 1, "_event": {"correlationId": "c" * (MAX_ATTRIBUTE_VALUE_BYTES + 1)}},
-         ["ce-correlationid", str(MAX_ATTRIBUTE_VALUE_BYTES)], "1"),
-        ({"_id": "k" * (MAX_ORDERING_KEY_BYTES + 1)}, ["id field '_id' is 1025 bytes",
-                                                       "ordering key"],
-         "k" * MAX_ORDERING_KEY_BYTES),
+        ({"_id": 1, "blob": "x" * (MAX_MESSAGE_BYTES + 1)}, ["bytes", str(MAX_MESSAGE_BYTES)], "1"),
+        (
+            {"_id": 1, "_event": {"correlationId": "c" * (MAX_ATTRIBUTE_VALUE_BYTES + 1)}},
+            ["ce-correlationid", str(MAX_ATTRIBUTE_VALUE_BYTES)],
+            "1",
+        ),
+        (
+            {"_id": "k" * (MAX_ORDERING_KEY_BYTES + 1)},
+            ["id field '_id' is 1025 bytes", "ordering key"],
+            "k" * MAX_ORDERING_KEY_BYTES,
+        ),
     ],
 )
 def test_bad_documents_give_failed_outbox_documents(
@@ -385,12 +452,18 @@ def test_any_document_gives_a_storable_outbox_document(
 
 # --- seed (entity) documents ------------------------------------------------------------------
 
+
 def test_outbox_document_for_entity_is_the_same_format_without_token() -> None:
     mapping = EventMapping("quote", "src", version_field="v")
     time = datetime.datetime(2024, 6, 1, tzinfo=UTC)
-    document = outbox_document_for_entity({"_id": OID, "v": 2, "_event": {"type": "q.x"}},
-                                          mapping, event_id="seed-1", operation="insert",
-                                          time=time, extra_attributes={"ce-seed": "true"})
+    document = outbox_document_for_entity(
+        {"_id": OID, "v": 2, "_event": {"type": "q.x"}},
+        mapping,
+        event_id="seed-1",
+        operation="insert",
+        time=time,
+        extra_attributes={"ce-seed": "true"},
+    )
     assert document["status"] == "pending"
     assert "token" not in document
     assert document["capturedAt"] == time
@@ -399,15 +472,17 @@ def test_outbox_document_for_entity_is_the_same_format_without_token() -> None:
     assert document["attributes"]["ce-time"] == "2024-06-01T00:00:00.000Z"
     assert document["type"] == "q.x"
     assert data_of(document) == {"_id": OID, "v": 2}
-    plain = outbox_document_for_entity({"_id": OID}, MAPPING, event_id="seed-2",
-                                       operation="insert", time=time)
+    plain = outbox_document_for_entity(
+        {"_id": OID}, MAPPING, event_id="seed-2", operation="insert", time=time
+    )
     assert plain["type"] == "quote.created"
     assert "ce-seed" not in plain["attributes"]
 
 
 def test_outbox_document_for_entity_fails_softly_on_bad_documents() -> None:
-    result = outbox_document_for_entity({"x": 1}, MAPPING, event_id="e", operation="insert",
-                                        time=CAPTURED)
+    result = outbox_document_for_entity(
+        {"x": 1}, MAPPING, event_id="e", operation="insert", time=CAPTURED
+    )
     assert_failed(result, "'_id'")
     assert "token" not in result
 
@@ -420,15 +495,16 @@ def test_outbox_document_for_entity_fails_softly_on_bad_documents() -> None:
         ({"extra_attributes": {"ce-type": "x"}}, "would replace a CloudEvent attribute"),
     ],
 )
-def test_outbox_document_for_entity_rejects_bad_arguments(kwargs: dict[str, Any],
-                                                          words: str) -> None:
-    arguments: dict[str, Any] = {"event_id": "e", "operation": "insert", "time": CAPTURED,
-                                 **kwargs}
+def test_outbox_document_for_entity_rejects_bad_arguments(
+    kwargs: dict[str, Any], words: str
+) -> None:
+    arguments: dict[str, Any] = {"event_id": "e", "operation": "insert", "time": CAPTURED, **kwargs}
     with pytest.raises(ValueError, match=words):
         outbox_document_for_entity({"_id": 1}, MAPPING, **arguments)
 
 
 # --- messages and limits ----------------------------------------------------------------------
+
 
 def test_message_for_a_pending_document() -> None:
     document = outbox(change("insert", {"_id": OID, "name": "é"}))
@@ -452,8 +528,9 @@ def test_message_for_a_pending_document() -> None:
         ({"attributes": {"goog-x": "1"}}, "starts with 'goog'"),
     ],
 )
-def test_message_for_rejects_bad_outbox_documents(change_fields: dict[str, Any],
-                                                  words: str) -> None:
+def test_message_for_rejects_bad_outbox_documents(
+    change_fields: dict[str, Any], words: str
+) -> None:
     document = {**outbox(change("insert", {"_id": OID})), **change_fields}
     with pytest.raises(Unpublishable, match=words) as caught:
         message_for(document)
@@ -468,8 +545,9 @@ def test_message_for_rejects_missing_fields() -> None:
             message_for(broken)
 
 
-def _message(attributes: dict[str, str] | None = None, data: bytes = b"{}",
-             ordering_key: str = "k") -> Message:
+def _message(
+    attributes: dict[str, str] | None = None, data: bytes = b"{}", ordering_key: str = "k"
+) -> Message:
     return Message(data=data, attributes=attributes or {"a": "1"}, ordering_key=ordering_key)
 
 
@@ -507,6 +585,7 @@ def test_total_size_counts_data_attributes_and_ordering_key() -> None:
 
 # --- mapping ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
@@ -543,17 +622,36 @@ def test_the_example_in_the_docs_is_what_the_code_produces() -> None:
     assert block is not None
     example = json.loads(block.group(1))
     oid = ObjectId("65f0a1b2c3d4e5f6a7b8c9d0")
-    mapping = EventMapping("quote", "//liberator/shop/quotes", version_field="version",
-                           exclude_fields=frozenset({"internalNotes"}))
-    document = outbox(change("update", {
-        "_id": oid, "version": 3, "customer": "C-17", "total": Decimal128("129.90"),
-        "status": "purchased", "purchasedAt": datetime.datetime(2024, 3, 4, 5, 6, 7, 890000),
-        "internalNotes": "...",
-        "_event": {"type": "quote.purchased", "correlationId": "checkout-4711",
-                   "causationId": "cmd-99",
-                   "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
-    }, token="8265F0A1B2000000012B022C0100296E5A100465F0A1B2C3D4E5F6A7B8C9D00004",
-        key={"_id": oid}, wallTime=datetime.datetime(2024, 3, 4, 5, 6, 7, 912000)), mapping)
+    mapping = EventMapping(
+        "quote",
+        "//liberator/shop/quotes",
+        version_field="version",
+        exclude_fields=frozenset({"internalNotes"}),
+    )
+    document = outbox(
+        change(
+            "update",
+            {
+                "_id": oid,
+                "version": 3,
+                "customer": "C-17",
+                "total": Decimal128("129.90"),
+                "status": "purchased",
+                "purchasedAt": datetime.datetime(2024, 3, 4, 5, 6, 7, 890000),
+                "internalNotes": "...",
+                "_event": {
+                    "type": "quote.purchased",
+                    "correlationId": "checkout-4711",
+                    "causationId": "cmd-99",
+                    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                },
+            },
+            token="8265F0A1B2000000012B022C0100296E5A100465F0A1B2C3D4E5F6A7B8C9D00004",
+            key={"_id": oid},
+            wallTime=datetime.datetime(2024, 3, 4, 5, 6, 7, 912000),
+        ),
+        mapping,
+    )
     message = message_for(document)
     assert message.attributes == example["attributes"]
     assert message.ordering_key == example["orderingKey"]

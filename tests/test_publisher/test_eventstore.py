@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -41,8 +42,9 @@ from tests.support.publisher import Publisher, eventually
 
 DEADLINE = 180.0
 ROOT = Path(__file__).resolve().parents[2]
-MAPPING = EventMapping(entity_type="quote", source="//liberator/shop/quotes",
-                       version_field="version")
+MAPPING = EventMapping(
+    entity_type="quote", source="//liberator/shop/quotes", version_field="version"
+)
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 
 
@@ -50,9 +52,12 @@ def live_message(entity: int, version: int) -> tuple[bytes, dict[str, str], str]
     """A live event as the relay publishes it (the real mapping)."""
     doc = {"_id": f"q-{entity}", "version": version, "amount": entity * 10 + version}
     outbox = outbox_document_for_entity(
-        doc, MAPPING, event_id=f"live-{entity}-{version}",
+        doc,
+        MAPPING,
+        event_id=f"live-{entity}-{version}",
         operation="insert" if version == 1 else "update",
-        time=BASE + timedelta(minutes=version, seconds=entity))
+        time=BASE + timedelta(minutes=version, seconds=entity),
+    )
     message = message_for(outbox)
     return message.data, message.attributes, message.ordering_key
 
@@ -63,8 +68,14 @@ def live_message(entity: int, version: int) -> tuple[bytes, dict[str, str], str]
 def test_event_document_keeps_everything() -> None:
     data, attributes, _ = live_message(7, 2)
     received = datetime(2026, 3, 2, tzinfo=UTC)
-    doc = event_document(data, attributes, message_id="m-1", publish_time=received,
-                         subscription="live", received_at=received)
+    doc = event_document(
+        data,
+        attributes,
+        message_id="m-1",
+        publish_time=received,
+        subscription="live",
+        received_at=received,
+    )
     assert doc["_id"] == "live-7-2"
     assert doc["type"] == "quote.updated"
     assert doc["subject"] == "q-7"
@@ -73,71 +84,115 @@ def test_event_document_keeps_everything() -> None:
     assert doc["data"] == {"_id": "q-7", "version": 2, "amount": 72}
     assert doc["raw"] == data.decode()
     assert doc["attributes"] == attributes
-    assert (doc["subscription"], doc["messageId"], doc["publishTime"]) == ("live", "m-1",
-                                                                          received)
+    assert (doc["subscription"], doc["messageId"], doc["publishTime"]) == ("live", "m-1", received)
 
 
 def test_event_document_keeps_unstorable_data_raw() -> None:
     _, attributes, _ = live_message(1, 1)
-    doc = event_document(b'{"$weird": 1}', attributes, message_id="m", publish_time=None,
-                         subscription="s", received_at=BASE)
+    doc = event_document(
+        b'{"$weird": 1}',
+        attributes,
+        message_id="m",
+        publish_time=None,
+        subscription="s",
+        received_at=BASE,
+    )
     assert doc["data"] is None
     assert doc["raw"] == '{"$weird": 1}'
     assert doc["time"] == BASE + timedelta(minutes=1, seconds=1)
-    binary = event_document(b"\xff", {**attributes, "content-type": "application/octet-stream"},
-                            message_id="m", publish_time=None, subscription="s", received_at=BASE)
+    binary = event_document(
+        b"\xff",
+        {**attributes, "content-type": "application/octet-stream"},
+        message_id="m",
+        publish_time=None,
+        subscription="s",
+        received_at=BASE,
+    )
     assert binary["raw"] == Binary(b"\xff")
 
 
 def test_malformed_and_dead_letter_document() -> None:
     with pytest.raises(MalformedEventError, match="ce-id"):
-        event_document(b"{}", {"ce-type": "x"}, message_id="m", publish_time=None,
-                       subscription="s", received_at=BASE)
-    doc = dead_letter_document(b"x", {"a": "b"}, reason="why", message_id="m",
-                               publish_time=None, subscription="s", received_at=BASE)
+        event_document(
+            b"{}",
+            {"ce-type": "x"},
+            message_id="m",
+            publish_time=None,
+            subscription="s",
+            received_at=BASE,
+        )
+    doc = dead_letter_document(
+        b"x",
+        {"a": "b"},
+        reason="why",
+        message_id="m",
+        publish_time=None,
+        subscription="s",
+        received_at=BASE,
+    )
     assert doc["_id"] == "s/m" and doc["reason"] == "why" and doc["data"] == Binary(b"x")
 
 
 def test_subscription_path() -> None:
-    assert subscription_path("live-events", "proj-1") == \
-        "projects/proj-1/subscriptions/live-events"
-    assert subscription_path("projects/p/subscriptions/abc", None) == \
-        "projects/p/subscriptions/abc"
-    for bad, project in (("ab", "p"), ("projects/p/topics/abc", "p"), ("x y", "p"),
-                         ("live-events", None)):
+    assert subscription_path("live-events", "proj-1") == "projects/proj-1/subscriptions/live-events"
+    assert subscription_path("projects/p/subscriptions/abc", None) == "projects/p/subscriptions/abc"
+    for bad, project in (
+        ("ab", "p"),
+        ("projects/p/topics/abc", "p"),
+        ("x y", "p"),
+        ("live-events", None),
+    ):
         with pytest.raises(UsageError, match="--subscription"):
             subscription_path(bad, project)
 
 
-GOOD_ENV = {"LIBERATOR_MONGO_URI": "mongodb://127.0.0.1:1/", "LIBERATOR_DATABASE": "events",
-            "LIBERATOR_PUBSUB_PROJECT": "liberator-local"}
+GOOD_ENV = {
+    "LIBERATOR_MONGO_URI": "mongodb://127.0.0.1:1/",
+    "LIBERATOR_DATABASE": "events",
+    "LIBERATOR_PUBSUB_PROJECT": "liberator-local",
+}
 
 
-@pytest.mark.parametrize(("args", "env", "named"), [
-    ([], {}, "--subscription"),
-    (["--subscription", "a b"], {}, "--subscription"),
-    (["--subscription", "live-events"], {"LIBERATOR_PUBSUB_PROJECT": ""}, "--subscription"),
-    (["--subscription", "goog-events"], {}, "not with 'goog'"),
-    (["--subscription", "projects/p/subscriptions/goog-x"], {}, "--subscription"),
-    (["--subscription", "live-events", "--mongo-uri", "http://x"], {}, "--mongo-uri"),
-    (["--subscription", "live-events"], {"LIBERATOR_MONGO_URI": "nope"}, "LIBERATOR_MONGO_URI"),
-    (["--subscription", "live-events"], {"LIBERATOR_MONGO_URI": ""}, "--mongo-uri"),
-    (["--subscription", "live-events", "--database", "a.b"], {}, "--database"),
-    (["--subscription", "live-events"], {"LIBERATOR_DATABASE": "a/b"}, "LIBERATOR_DATABASE"),
-    (["--subscription", "live-events"], {"LIBERATOR_DATABASE": ""}, "--database"),
-    (["--subscription", "live-events", "--collection", "system.x"], {}, "--collection"),
-    (["--subscription", "live-events", "--http-port", "http"], {}, "--http-port"),
-    (["--subscription", "live-events"], {"LIBERATOR_HTTP_PORT": "70000"}, "LIBERATOR_HTTP_PORT"),
-    (["--subscription", "live-events", "--max-messages", "0"], {}, "--max-messages"),
-    (["--subscription", "live-events", "--max-messages", "5000"], {}, "--max-messages"),
-    (["--subscription", "live-events", "--workers", "0"], {}, "--workers"),
-    (["--subscription", "live-events", "--workers", "many"], {}, "--workers"),
-    (["--subscription", "live-events"], {"LIBERATOR_LOG_LEVEL": "LOUD"}, "LIBERATOR_LOG_LEVEL"),
-    (["--subscription", "live-events"], {"LIBERATOR_LOG_FORMAT": "xml"}, "LIBERATOR_LOG_FORMAT"),
-])
-def test_bad_input_exits_2_naming_it(args: list[str], env: dict[str, str], named: str,
-                                     monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        ([], {}, "--subscription"),
+        (["--subscription", "a b"], {}, "--subscription"),
+        (["--subscription", "live-events"], {"LIBERATOR_PUBSUB_PROJECT": ""}, "--subscription"),
+        (["--subscription", "goog-events"], {}, "not with 'goog'"),
+        (["--subscription", "projects/p/subscriptions/goog-x"], {}, "--subscription"),
+        (["--subscription", "live-events", "--mongo-uri", "http://x"], {}, "--mongo-uri"),
+        (["--subscription", "live-events"], {"LIBERATOR_MONGO_URI": "nope"}, "LIBERATOR_MONGO_URI"),
+        (["--subscription", "live-events"], {"LIBERATOR_MONGO_URI": ""}, "--mongo-uri"),
+        (["--subscription", "live-events", "--database", "a.b"], {}, "--database"),
+        (["--subscription", "live-events"], {"LIBERATOR_DATABASE": "a/b"}, "LIBERATOR_DATABASE"),
+        (["--subscription", "live-events"], {"LIBERATOR_DATABASE": ""}, "--database"),
+        (["--subscription", "live-events", "--collection", "system.x"], {}, "--collection"),
+        (["--subscription", "live-events", "--http-port", "http"], {}, "--http-port"),
+        (
+            ["--subscription", "live-events"],
+            {"LIBERATOR_HTTP_PORT": "70000"},
+            "LIBERATOR_HTTP_PORT",
+        ),
+        (["--subscription", "live-events", "--max-messages", "0"], {}, "--max-messages"),
+        (["--subscription", "live-events", "--max-messages", "5000"], {}, "--max-messages"),
+        (["--subscription", "live-events", "--workers", "0"], {}, "--workers"),
+        (["--subscription", "live-events", "--workers", "many"], {}, "--workers"),
+        (["--subscription", "live-events"], {"LIBERATOR_LOG_LEVEL": "LOUD"}, "LIBERATOR_LOG_LEVEL"),
+        (
+            ["--subscription", "live-events"],
+            {"LIBERATOR_LOG_FORMAT": "xml"},
+            "LIBERATOR_LOG_FORMAT",
+        ),
+    ],
+)
+def test_bad_input_exits_2_naming_it(
+    args: list[str],
+    env: dict[str, str],
+    named: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     for name, value in {**GOOD_ENV, **env}.items():
         monkeypatch.setenv(name, value)
     try:
@@ -160,29 +215,41 @@ class World:
         self.events = self.mongo[self.database]["liberator_events"]
         self.dead = self.mongo[self.database]["liberator_events.deadletter"]
         self.publisher = pubsub_v1.PublisherClient(
-            publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True))
+            publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
+        )
         self.admin = pubsub_v1.SubscriberClient()
         self.unique = unique
         self.topics: dict[str, str] = {}
         self.subscriptions: dict[str, str] = {}
         for name in ("live", "seed"):
             topic = self.publisher.create_topic(
-                name=self.publisher.topic_path(self.project, f"{name}-{unique}")).name
+                name=self.publisher.topic_path(self.project, f"{name}-{unique}")
+            ).name
             self.topics[name] = topic
-            self.subscriptions[name] = self.admin.create_subscription(request={
-                "name": self.admin.subscription_path(self.project, f"store-{name}-{unique}"),
-                "topic": topic, "ack_deadline_seconds": 10}).name
+            self.subscriptions[name] = self.admin.create_subscription(
+                request={
+                    "name": self.admin.subscription_path(self.project, f"store-{name}-{unique}"),
+                    "topic": topic,
+                    "ack_deadline_seconds": 10,
+                }
+            ).name
 
     def publish(self, name: str, messages: list[tuple[bytes, dict[str, str], str]]) -> None:
-        futures = [self.publisher.publish(self.topics[name], data, ordering_key=key, **attrs)
-                   for data, attrs, key in messages]
+        futures = [
+            self.publisher.publish(self.topics[name], data, ordering_key=key, **attrs)
+            for data, attrs, key in messages
+        ]
         for future in futures:
             future.result(timeout=60)
 
     def settings(self, **extra: Any) -> EventStoreSettings:
-        return EventStoreSettings(mongo_uri=self.mongo_uri, database=self.database,
-                                  subscriptions=tuple(self.subscriptions.values()),
-                                  pull_timeout_seconds=2, **extra)
+        return EventStoreSettings(
+            mongo_uri=self.mongo_uri,
+            database=self.database,
+            subscriptions=tuple(self.subscriptions.values()),
+            pull_timeout_seconds=2,
+            **extra,
+        )
 
     def wait_count(self, collection: Any, expected: int) -> None:
         deadline = time.monotonic() + DEADLINE
@@ -220,8 +287,9 @@ class Running:
         self.store.close()
 
     def count(self, outcome: str) -> float:
-        value = self.store.registry.get_sample_value("liberator_eventstore_messages_total",
-                                                      {"outcome": outcome})
+        value = self.store.registry.get_sample_value(
+            "liberator_eventstore_messages_total", {"outcome": outcome}
+        )
         return value or 0.0
 
 
@@ -232,12 +300,20 @@ def test_live_and_seed_events_are_stored_exactly_once(world: World, redis_url: s
     # The seed publishes a small collection to the seed topic.
     quotes = world.mongo[world.database]["quotes"]
     quotes.insert_many([{"_id": f"s-{i}", "version": 1} for i in range(200)])
-    env = {"LIBERATOR_MONGO_URI": world.mongo_uri, "LIBERATOR_DATABASE": world.database,
-           "LIBERATOR_COLLECTION": "quotes", "LIBERATOR_ENTITY_TYPE": "quote",
-           "LIBERATOR_PUBSUB_PROJECT": world.project, "LIBERATOR_TOPIC": "unused",
-           "LIBERATOR_REDIS_URL": redis_url, "LIBERATOR_VERSION_FIELD": "version"}
-    summary = run_seed(Settings.from_env(env), SeedOptions(
-        topic=world.topics["seed"].rsplit("/", 1)[1], seed_id="store-test"))
+    env = {
+        "LIBERATOR_MONGO_URI": world.mongo_uri,
+        "LIBERATOR_DATABASE": world.database,
+        "LIBERATOR_COLLECTION": "quotes",
+        "LIBERATOR_ENTITY_TYPE": "quote",
+        "LIBERATOR_PUBSUB_PROJECT": world.project,
+        "LIBERATOR_TOPIC": "unused",
+        "LIBERATOR_REDIS_URL": redis_url,
+        "LIBERATOR_VERSION_FIELD": "version",
+    }
+    summary = run_seed(
+        Settings.from_env(env),
+        SeedOptions(topic=world.topics["seed"].rsplit("/", 1)[1], seed_id="store-test"),
+    )
     assert summary.seeded == 200
     port = free_port()
     running = Running(world.settings(http_port=port))
@@ -294,11 +370,24 @@ def test_malformed_messages_land_in_the_dead_letter_collection(world: World) -> 
 
 def test_sigkill_mid_stream_loses_nothing(world: World) -> None:
     live = [live_message(e, v) for e in range(1000) for v in (1, 2, 3)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "hack"), "LIBERATOR_MONGO_URI": world.mongo_uri,
-           "LIBERATOR_DATABASE": world.database, "LIBERATOR_PUBSUB_PROJECT": world.project}
-    argv = [sys.executable, "-m", "liberator_publisher.cli", "eventstore", "--http-port", "0",
-            "--max-messages", "100",
-            *[a for s in world.subscriptions.values() for a in ("--subscription", s)]]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "hack"),
+        "LIBERATOR_MONGO_URI": world.mongo_uri,
+        "LIBERATOR_DATABASE": world.database,
+        "LIBERATOR_PUBSUB_PROJECT": world.project,
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "liberator_publisher.cli",
+        "eventstore",
+        "--http-port",
+        "0",
+        "--max-messages",
+        "100",
+        *[a for s in world.subscriptions.values() for a in ("--subscription", s)],
+    ]
     first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         publisher = threading.Thread(target=world.publish, args=("live", live))
@@ -326,8 +415,9 @@ def test_sigkill_mid_stream_loses_nothing(world: World) -> None:
     assert ids == {attrs["ce-id"] for _, attrs, _ in live}
 
 
-def test_storage_failure_nacks_and_the_events_come_back(world: World, stack: Stack,
-                                                         mongo_server: Server) -> None:
+def test_storage_failure_nacks_and_the_events_come_back(
+    world: World, stack: Stack, mongo_server: Server
+) -> None:
     first = [live_message(e, 1) for e in range(100)]
     second = [live_message(e, 2) for e in range(100)]
     running = Running(world.settings(http_port=0))
@@ -351,11 +441,16 @@ def test_storage_failure_nacks_and_the_events_come_back(world: World, stack: Sta
 
 
 def test_the_sidecar_and_the_seed_are_stored_exactly_once(
-        publisher: Publisher, world: World) -> None:
+    publisher: Publisher, world: World
+) -> None:
     """The real ``liberator publish`` sidecar and ``liberator seed`` feed the event store."""
-    store_live = world.admin.create_subscription(request={
-        "name": world.admin.subscription_path(world.project, f"store-sidecar-{world.unique}"),
-        "topic": publisher.topic.topic_path, "ack_deadline_seconds": 10}).name
+    store_live = world.admin.create_subscription(
+        request={
+            "name": world.admin.subscription_path(world.project, f"store-sidecar-{world.unique}"),
+            "topic": publisher.topic.topic_path,
+            "ack_deadline_seconds": 10,
+        }
+    ).name
     car = publisher.start()
     eventually(car.is_leader, what="the sidecar leads")
     client: MongoClient[dict[str, Any]] = MongoClient(world.mongo_uri, tz_aware=True)
@@ -378,27 +473,33 @@ def test_the_sidecar_and_the_seed_are_stored_exactly_once(
 
     eventually(settled, what="the sidecar published everything", every=1.0)
     settings = Settings.from_env({**publisher.env, "LIBERATOR_TOPIC": "unused"})
-    summary = run_seed(settings, SeedOptions(topic=world.topics["seed"].rsplit("/", 1)[1],
-                                             seed_id=f"test/{world.unique}"))
+    summary = run_seed(
+        settings,
+        SeedOptions(topic=world.topics["seed"].rsplit("/", 1)[1], seed_id=f"test/{world.unique}"),
+    )
     assert (summary.seeded, summary.skipped, summary.failed) == (200, 0, 0)
     # Before scanning, the seed recorded where the sidecar's capture stood (no gap).
     ledger = client[publisher.database][publisher.collection + LEDGER_SUFFIX]
     checkpoint = ledger.find_one({"_id": f"test/{world.unique}"})
     assert checkpoint is not None and checkpoint["capture"]["publisherCheckpoint"]
-    store = EventStoreSettings(mongo_uri=world.mongo_uri, database=world.database,
-                               subscriptions=(store_live, world.subscriptions["seed"]),
-                               http_port=0, pull_timeout_seconds=2)
+    store = EventStoreSettings(
+        mongo_uri=world.mongo_uri,
+        database=world.database,
+        subscriptions=(store_live, world.subscriptions["seed"]),
+        http_port=0,
+        pull_timeout_seconds=2,
+    )
     live_ids = {doc["_id"] for doc in outbox.find({}, {"_id": 1})}
     running = Running(store)
     with running:
         world.wait_count(world.events, len(live_ids) + 200)
         time.sleep(3)  # anything more (a double store) would show now
     assert world.events.count_documents({}) == len(live_ids) + 200
-    assert {d["_id"] for d in world.events.find({"attributes.ce-seed": {"$ne": "true"}})} == \
-        live_ids
+    assert {
+        d["_id"] for d in world.events.find({"attributes.ce-seed": {"$ne": "true"}})
+    } == live_ids
     seeded = {d["_id"]: d["subject"] for d in world.events.find({"attributes.ce-seed": "true"})}
-    assert seeded == {seed_event_id(settings.source, f"q-{i}", None): f"q-{i}"
-                      for i in range(200)}
+    assert seeded == {seed_event_id(settings.source, f"q-{i}", None): f"q-{i}" for i in range(200)}
     client.close()
 
 
@@ -412,26 +513,39 @@ def readyz(port: int) -> tuple[int, str]:
         return 0, str(error)
 
 
-def test_waits_for_a_subscription_created_later(world: World,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_waits_for_a_subscription_created_later(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
     """Started before the EntityPublisher that declares its subscription: it waits, then stores."""
     late = world.admin.subscription_path(world.project, f"store-late-{world.unique}")
     port = free_port()
-    settings = EventStoreSettings(mongo_uri=world.mongo_uri, database=world.database,
-                                  subscriptions=(late,), http_port=port, pull_timeout_seconds=2,
-                                  wait_max_seconds=1.0)
+    settings = EventStoreSettings(
+        mongo_uri=world.mongo_uri,
+        database=world.database,
+        subscriptions=(late,),
+        http_port=port,
+        pull_timeout_seconds=2,
+        wait_max_seconds=1.0,
+    )
     caplog.set_level("INFO", logger="liberator_publisher.store.eventstore")
     running = Running(settings)
     with running:
-        _, body = eventually(lambda: (r := readyz(port))[0] == 503 and r,
-                             what="/readyz 503 while the subscription is missing")
+        _, body = eventually(
+            lambda: (r := readyz(port))[0] == 503 and r,
+            what="/readyz 503 while the subscription is missing",
+        )
         assert late in body and "does not exist yet" in body
-        waits = lambda: [r for r in caplog.records  # noqa: E731
-                         if late in r.getMessage() and "retrying" in r.getMessage()]
+
+        def waits() -> list[logging.LogRecord]:
+            return [
+                r for r in caplog.records if late in r.getMessage() and "retrying" in r.getMessage()
+            ]
+
         eventually(lambda: len(waits()) >= 3, what="a log line for each try")
         assert running.thread.is_alive()
-        world.admin.create_subscription(request={"name": late, "topic": world.topics["live"],
-                                                 "ack_deadline_seconds": 10})
+        world.admin.create_subscription(
+            request={"name": late, "topic": world.topics["live"], "ack_deadline_seconds": 10}
+        )
         world.publish("live", [live_message(42, 1)])
         world.wait_count(world.events, 1)
         assert readyz(port) == (200, "ready\n")

@@ -32,8 +32,16 @@ REJECTED_TOKEN = {"_data": "826A1B2C3D000000012B0229296E04"}
 class Writer:
     """Inserts ``total`` versions of ``entities`` entities in the background, in small batches."""
 
-    def __init__(self, db: Database[dict[str, Any]], collection: str, total: int, *,
-                 entities: int = 50, chunk: int = 25, pause: float = 0.0) -> None:
+    def __init__(
+        self,
+        db: Database[dict[str, Any]],
+        collection: str,
+        total: int,
+        *,
+        entities: int = 50,
+        chunk: int = 25,
+        pause: float = 0.0,
+    ) -> None:
         self.docs = [{"entity": f"e{i % entities}", "seq": i} for i in range(total)]
         self._coll = db[collection]
         self._chunk, self._pause = chunk, pause
@@ -43,7 +51,7 @@ class Writer:
 
     def _run(self) -> None:
         for start in range(0, len(self.docs), self._chunk):
-            self._coll.insert_many([dict(d) for d in self.docs[start:start + self._chunk]])
+            self._coll.insert_many([dict(d) for d in self.docs[start : start + self._chunk]])
             self.written = min(len(self.docs), start + self._chunk)
             if self._pause:
                 time.sleep(self._pause)
@@ -65,7 +73,8 @@ def leader_of(cars: list[Sidecar]) -> Sidecar | None:
 
 
 def test_sigkill_at_random_points_loses_nothing_and_keeps_order(
-        publisher: Publisher, collector: Collector, db: Database[dict[str, Any]]) -> None:
+    publisher: Publisher, collector: Collector, db: Database[dict[str, Any]]
+) -> None:
     total = 5000
     car = publisher.start(**LOG_ENTITY)
     writer = Writer(db, publisher.collection, total, pause=0.01)
@@ -83,12 +92,15 @@ def test_sigkill_at_random_points_loses_nothing_and_keeps_order(
     outbox = db[publisher.outbox]
     # The outbox has exactly one event per change, however often the changes were re-read.
     assert outbox.count_documents({}) == total
-    eventually(lambda: outbox.count_documents({"status": "published"}) == total,
-               what="every outbox event marked published")
+    eventually(
+        lambda: outbox.count_documents({"status": "published"}) == total,
+        what="every outbox event marked published",
+    )
 
 
 def test_standby_takes_over_when_the_leader_dies_and_a_paused_leader_is_fenced(
-        publisher: Publisher, collector: Collector, db: Database[dict[str, Any]]) -> None:
+    publisher: Publisher, collector: Collector, db: Database[dict[str, Any]]
+) -> None:
     cars = [publisher.start(**LOG_ENTITY), publisher.start(**LOG_ENTITY)]
     first = eventually(lambda: leader_of(cars), what="one leader")
     standby = cars[1] if first is cars[0] else cars[0]
@@ -111,8 +123,9 @@ def test_standby_takes_over_when_the_leader_dies_and_a_paused_leader_is_fenced(
     third = publisher.start(**LOG_ENTITY)
     standby.signal(signal.SIGSTOP)
     try:
-        eventually(third.is_leader, what="the third replica leads while the leader is frozen",
-                   deadline=30)
+        eventually(
+            third.is_leader, what="the third replica leads while the leader is frozen", deadline=30
+        )
         quotes.insert_many([{"entity": "a", "seq": i} for i in range(200, 300)])
         eventually(lambda: len(collector.ids()) >= 300, what="events while the old one sleeps")
     finally:
@@ -132,8 +145,8 @@ def test_standby_takes_over_when_the_leader_dies_and_a_paused_leader_is_fenced(
 
 
 def test_redis_outage_stops_the_loops_and_leadership_returns(
-        stack: Stack, publisher: Publisher, collector: Collector,
-        db: Database[dict[str, Any]]) -> None:
+    stack: Stack, publisher: Publisher, collector: Collector, db: Database[dict[str, Any]]
+) -> None:
     car = publisher.start(**LOG_ENTITY)
     eventually(car.is_leader, what="leader")
     quotes = db[publisher.collection]
@@ -143,8 +156,11 @@ def test_redis_outage_stops_the_loops_and_leadership_returns(
     stack.stop("redis")
     try:
         stopped_at = time.monotonic()
-        eventually(lambda: car.metric("liberator_leader") == 0.0,
-                   what="the leader stops its loops without Redis", every=0.05)
+        eventually(
+            lambda: car.metric("liberator_leader") == 0.0,
+            what="the leader stops its loops without Redis",
+            every=0.05,
+        )
         print(f"loops stopped {time.monotonic() - stopped_at:.2f}s after Redis went down (TTL 3 s)")
         # Changes made meanwhile wait in MongoDB.
         quotes.insert_many([{"entity": "r", "seq": i} for i in range(50, 100)])
@@ -158,8 +174,8 @@ def test_redis_outage_stops_the_loops_and_leadership_returns(
 
 
 def test_pubsub_restart_events_wait_in_the_outbox(
-        stack: Stack, publisher: Publisher, collector: Collector,
-        db: Database[dict[str, Any]]) -> None:
+    stack: Stack, publisher: Publisher, collector: Collector, db: Database[dict[str, Any]]
+) -> None:
     car = publisher.start(**LOG_ENTITY)
     quotes = db[publisher.collection]
     quotes.insert_many([{"entity": "p", "seq": i} for i in range(20)])
@@ -175,10 +191,14 @@ def test_pubsub_restart_events_wait_in_the_outbox(
         publisher.topic.create()
     finally:
         car.signal(signal.SIGCONT)
-    eventually(lambda: outbox.count_documents({"status": "published"}) == 60,
-               what="the outbox drains once Pub/Sub is back", deadline=90)
-    eventually(lambda: len({m.ce_id for m in collector.snapshot()}) >= 60,
-               what="events after the restart")
+    eventually(
+        lambda: outbox.count_documents({"status": "published"}) == 60,
+        what="the outbox drains once Pub/Sub is back",
+        deadline=90,
+    )
+    eventually(
+        lambda: len({m.ce_id for m in collector.snapshot()}) >= 60, what="events after the restart"
+    )
     assert car.alive()
     # Events published before the subscription was recreated are gone with the old emulator
     # state; what matters is that the outbox kept them until an ack and sent them in order.
@@ -195,20 +215,29 @@ def test_pubsub_restart_events_wait_in_the_outbox(
 
 
 def test_poison_documents_fail_with_a_reason_and_later_events_still_arrive(
-        publisher: Publisher, collector: Collector, db: Database[dict[str, Any]]) -> None:
+    publisher: Publisher, collector: Collector, db: Database[dict[str, Any]]
+) -> None:
     car = publisher.start()
     quotes = db[publisher.collection]
     too_big = {"_id": "too-big", "blob": "x" * 11_000_000}
     huge_correlation = {"_id": "huge-attr", "_event": {"correlationId": "c" * 2000}}
-    odd_but_fine = {"_id": "odd-types", "d": Decimal128("1.10"), "b": Binary(b"\x00\x01"),
-                    "nan": float("nan"), "oid": ObjectId("64b000000000000000000000"),
-                    "re": Regex("^a", "i"), "key.with.dot": 1}
+    odd_but_fine = {
+        "_id": "odd-types",
+        "d": Decimal128("1.10"),
+        "b": Binary(b"\x00\x01"),
+        "nan": float("nan"),
+        "oid": ObjectId("64b000000000000000000000"),
+        "re": Regex("^a", "i"),
+        "key.with.dot": 1,
+    }
     bad_type = {"_id": "bad-type", "_event": {"type": 42}}
     for doc in (too_big, huge_correlation, odd_but_fine, bad_type):
         quotes.insert_one(doc)
     quotes.insert_one({"_id": "after", "n": 1})
-    eventually(lambda: {m.ordering_key for m in collector.snapshot()} >= {"odd-types", "after"},
-               what="the good events")
+    eventually(
+        lambda: {m.ordering_key for m in collector.snapshot()} >= {"odd-types", "after"},
+        what="the good events",
+    )
     outbox = db[publisher.outbox]
     failed = {d["entityId"]: d["reason"] for d in outbox.find({"status": "failed"})}
     assert set(failed) == {"too-big", "huge-attr", "bad-type"}
@@ -218,8 +247,10 @@ def test_poison_documents_fail_with_a_reason_and_later_events_still_arrive(
     odd = next(m for m in collector.snapshot() if m.ordering_key == "odd-types").json()
     assert odd["d"] == {"$numberDecimal": "1.10"} and odd["nan"] == {"$numberDouble": "NaN"}
     assert odd["key.with.dot"] == 1
-    eventually(lambda: car.metric("liberator_events_failed_total", 'stage="capture"') == 3.0,
-               what="3 failures counted")
+    eventually(
+        lambda: car.metric("liberator_events_failed_total", 'stage="capture"') == 3.0,
+        what="3 failures counted",
+    )
 
 
 # -- configuration and fatal errors ----------------------------------------------------------
@@ -259,8 +290,9 @@ def test_http_port_in_use_exits_2_naming_the_variable(publisher: Publisher) -> N
 
 
 def test_unreachable_mongo_exits_non_zero_within_bounded_time(publisher: Publisher) -> None:
-    car = publisher.sidecar(LIBERATOR_MONGO_URI=f"mongodb://127.0.0.1:{free_port()}/"
-                                                f"?directConnection=true")
+    car = publisher.sidecar(
+        LIBERATOR_MONGO_URI=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"
+    )
     car.start()
     assert car.popen is not None and car.popen.wait(timeout=60) == 1
     lines = car.output().strip().splitlines()
@@ -281,29 +313,37 @@ def _plant_rejected_token(db: Database[dict[str, Any]], publisher: Publisher) ->
     # A resume token the server does not know: as when the position fell off the oplog. The
     # emulator never raises ChangeStreamHistoryLost (286) itself; a token it cannot resume from
     # takes the same path (source.classify maps both to a park).
-    db[CHECKPOINT_COLLECTION].insert_one({"_id": f"{publisher.name}#capture",
-                                          "token": REJECTED_TOKEN, "epoch": 0})
+    db[CHECKPOINT_COLLECTION].insert_one(
+        {"_id": f"{publisher.name}#capture", "token": REJECTED_TOKEN, "epoch": 0}
+    )
 
 
 def test_lost_resume_point_parks_alive_with_the_reason_everywhere(
-        publisher: Publisher, db: Database[dict[str, Any]]) -> None:
+    publisher: Publisher, db: Database[dict[str, Any]]
+) -> None:
     _plant_rejected_token(db, publisher)
     car = publisher.start()
     code, body = eventually(lambda: parked_health(car), what="parked in /healthz")
     assert code == 200 and "capture" in body and "recovery" in body
     assert car.get("/readyz")[0] == 200
-    metric_lines = [line for line in car.get("/metrics")[1].splitlines()
-                    if line.startswith("liberator_parked{") and not line.endswith(" 0.0")]
+    metric_lines = [
+        line
+        for line in car.get("/metrics")[1].splitlines()
+        if line.startswith("liberator_parked{") and not line.endswith(" 0.0")
+    ]
     assert metric_lines == ['liberator_parked{reason="resume_token_rejected"} 1.0'], metric_lines
     with redis.Redis.from_url(publisher.env["LIBERATOR_REDIS_URL"]) as r:
-        record = eventually(lambda: parked_record(r, publisher.name),
-                            what="parked in the status record")
+        record = eventually(
+            lambda: parked_record(r, publisher.name), what="parked in the status record"
+        )
     assert "recovery" in json.loads(record)["parked"]
     parked_lines = [line for line in car.log_lines() if line.get("event", "").startswith("PARKED")]
     assert len(parked_lines) == 1
     # The capture checkpoint was not replaced by "now".
-    assert db[CHECKPOINT_COLLECTION].find_one(
-        {"_id": f"{publisher.name}#capture"})["token"] == REJECTED_TOKEN
+    assert (
+        db[CHECKPOINT_COLLECTION].find_one({"_id": f"{publisher.name}#capture"})["token"]
+        == REJECTED_TOKEN
+    )
     assert car.alive()
 
     # Recovery (after an EventSeed): reset the checkpoints. The parked leader notices and
@@ -315,15 +355,21 @@ def test_lost_resume_point_parks_alive_with_the_reason_everywhere(
     eventually(publisher.capturing, what="capturing from a fresh position")
     db[publisher.collection].insert_one({"_id": "after-reset"})
     outbox = db[publisher.outbox]
-    eventually(lambda: outbox.find_one({"entityId": "after-reset", "status": "published"}),
-               what="publishing again after the reset")
-    assert not [line for line in car.get("/metrics")[1].splitlines()
-                if line.startswith("liberator_parked{") and not line.endswith(" 0.0")]
+    eventually(
+        lambda: outbox.find_one({"entityId": "after-reset", "status": "published"}),
+        what="publishing again after the reset",
+    )
+    assert not [
+        line
+        for line in car.get("/metrics")[1].splitlines()
+        if line.startswith("liberator_parked{") and not line.endswith(" 0.0")
+    ]
     assert car.stop() == 0
 
 
 def test_lost_resume_point_under_exit_on_fatal_exits_non_zero(
-        publisher: Publisher, db: Database[dict[str, Any]]) -> None:
+    publisher: Publisher, db: Database[dict[str, Any]]
+) -> None:
     _plant_rejected_token(db, publisher)
     car = publisher.sidecar("--exit-on-fatal").start()
     assert car.popen is not None and car.popen.wait(timeout=60) == 3
@@ -331,25 +377,29 @@ def test_lost_resume_point_under_exit_on_fatal_exits_non_zero(
 
 
 def test_damaged_checkpoint_document_parks_naming_the_field(
-        publisher: Publisher, db: Database[dict[str, Any]]) -> None:
-    db[CHECKPOINT_COLLECTION].insert_one({"_id": f"{publisher.name}#capture",
-                                          "token": "not-a-token", "epoch": 0})
+    publisher: Publisher, db: Database[dict[str, Any]]
+) -> None:
+    db[CHECKPOINT_COLLECTION].insert_one(
+        {"_id": f"{publisher.name}#capture", "token": "not-a-token", "epoch": 0}
+    )
     car = publisher.start()
     _, body = eventually(lambda: parked_health(car), what="parked")
     assert "'token'" in body and "checkpoint" in body
 
 
 def test_a_collection_that_does_not_exist_is_named_in_the_log(
-        publisher: Publisher, collector: Collector) -> None:
+    publisher: Publisher, collector: Collector
+) -> None:
     # A typo in LIBERATOR_COLLECTION would look like a quiet collection: the log says it.
     car = publisher.start(LIBERATOR_COLLECTION="qoutes")
-    warnings = [line for line in car.log_lines()
-                if "does not exist yet" in line.get("event", "")]
+    warnings = [line for line in car.log_lines() if "does not exist yet" in line.get("event", "")]
     assert len(warnings) == 1
     assert f"{publisher.database}.qoutes" in warnings[0]["event"]
     assert "LIBERATOR_COLLECTION" in warnings[0]["event"]
     with MongoClient(publisher.env["LIBERATOR_MONGO_URI"]) as client:  # created later: captured
         client[publisher.database]["qoutes"].insert_one({"_id": "first"})
-    eventually(lambda: {m.attributes["ce-subject"] for m in collector.snapshot()} == {"first"},
-               what="the first change of the new collection published")
+    eventually(
+        lambda: {m.attributes["ce-subject"] for m in collector.snapshot()} == {"first"},
+        what="the first change of the new collection published",
+    )
     assert car.alive()

@@ -35,17 +35,25 @@ def test_a_token_says_its_cluster_time_in_mongodbs_keystring_form() -> None:
     assert token_time({"_data": "82" + format(1000 << 32 | 1, "016x")}) == Timestamp(1000, 1)
 
 
-@pytest.mark.parametrize("token", [
-    None, {}, {"_data": 5}, {"_data": "8200"}, {"_data": "01" + "0" * 16},
-    {"_data": "82zz000000000000001"},
-])
+@pytest.mark.parametrize(
+    "token",
+    [
+        None,
+        {},
+        {"_data": 5},
+        {"_data": "8200"},
+        {"_data": "01" + "0" * 16},
+        {"_data": "82zz000000000000001"},
+    ],
+)
 def test_a_token_that_does_not_say_has_no_time(token: dict[str, Any] | None) -> None:
     assert token_time(token) is None
 
 
 def test_headroom_is_the_distance_from_the_oldest_entry() -> None:
-    verdict = headroom_verdict(WINDOW, {"capture": Timestamp(1090, 0),
-                                        "relay": Timestamp(1099, 0)}, 0.25)
+    verdict = headroom_verdict(
+        WINDOW, {"capture": Timestamp(1090, 0), "relay": Timestamp(1099, 0)}, 0.25
+    )
     assert (verdict.status, verdict.reason) == ("False", OK)
     assert verdict.loops == {"capture": 90.0, "relay": 99.0}
     assert verdict.window_seconds == 100.0 and verdict.oldest == Timestamp(1000, 1)
@@ -54,8 +62,9 @@ def test_headroom_is_the_distance_from_the_oldest_entry() -> None:
 
 
 def test_below_the_margin_is_at_risk_and_names_the_loop() -> None:
-    verdict = headroom_verdict(WINDOW, {"capture": Timestamp(1024, 0),
-                                        "relay": Timestamp(1099, 0)}, 0.25)
+    verdict = headroom_verdict(
+        WINDOW, {"capture": Timestamp(1024, 0), "relay": Timestamp(1099, 0)}, 0.25
+    )
     assert (verdict.status, verdict.reason) == ("True", AT_RISK)
     assert verdict.at_risk == ("capture",)
     assert "the capture checkpoint is near the oldest oplog entry" in verdict.message
@@ -66,16 +75,18 @@ def test_below_the_margin_is_at_risk_and_names_the_loop() -> None:
 
 
 def test_below_zero_the_resume_point_is_lost() -> None:
-    verdict = headroom_verdict(WINDOW, {"capture": Timestamp(990, 0),
-                                        "relay": Timestamp(1099, 0)}, 0.25)
+    verdict = headroom_verdict(
+        WINDOW, {"capture": Timestamp(990, 0), "relay": Timestamp(1099, 0)}, 0.25
+    )
     assert (verdict.status, verdict.reason) == ("True", LOST)
     assert verdict.loops["capture"] == -10.0
     assert "EventSeed" in verdict.message and "restartFrom" in verdict.message
 
 
 def test_unknown_never_reads_as_safe() -> None:
-    unreadable = headroom_verdict("not authorized to read local.oplog.rs", {
-        "capture": Timestamp(1090, 0)}, 0.25)
+    unreadable = headroom_verdict(
+        "not authorized to read local.oplog.rs", {"capture": Timestamp(1090, 0)}, 0.25
+    )
     assert (unreadable.status, unreadable.reason) == ("Unknown", UNKNOWN)
     assert "not authorized" in unreadable.message
     assert unreadable.window_seconds is None and unreadable.loops == {}
@@ -124,7 +135,8 @@ def resume_record(publisher: Publisher) -> dict[str, Any]:
 
 
 def test_a_stuck_capture_warns_before_its_resume_point_is_lost_then_parks(
-        bounded_publisher: Publisher, bounded_mongo: Server) -> None:
+    bounded_publisher: Publisher, bounded_mongo: Server
+) -> None:
     publisher = bounded_publisher
     client: MongoClient[dict[str, Any]] = MongoClient(bounded_mongo.exports["LIBERATOR_MONGO_URI"])
     try:
@@ -132,10 +144,15 @@ def test_a_stuck_capture_warns_before_its_resume_point_is_lost_then_parks(
         outbox, quotes, other = db[publisher.outbox], db[publisher.collection], db["other"]
         car = publisher.start(LIBERATOR_RESUME_MARGIN_PERCENT="50")
         quotes.insert_many([{"_id": f"q{i}"} for i in range(3)])
-        eventually(lambda: outbox.count_documents({"status": "published"}) == 3,
-                   what="the first writes published")
-        healthy = eventually(lambda: (r if (r := resume_record(publisher)).get("reason") == OK
-                                      else None), what="HeadroomOK in the record", deadline=30)
+        eventually(
+            lambda: outbox.count_documents({"status": "published"}) == 3,
+            what="the first writes published",
+        )
+        healthy = eventually(
+            lambda: r if (r := resume_record(publisher)).get("reason") == OK else None,
+            what="HeadroomOK in the record",
+            deadline=30,
+        )
         assert healthy["status"] == "False" and healthy["windowSeconds"] >= 0
         assert set(healthy["headroomSeconds"]) == {"capture", "relay"}
         assert car.metric("liberator_resume_point_at_risk", 'loop="capture"') == 0.0
@@ -159,8 +176,13 @@ def test_a_stuck_capture_warns_before_its_resume_point_is_lost_then_parks(
         assert warned["headroomSeconds"]["capture"] < 0.5 * warned["windowSeconds"]
         assert "capture checkpoint is near the oldest oplog entry" in warned["message"]
         assert not warned["parked"]
-        assert eventually(lambda: car.metric("liberator_resume_point_at_risk", 'loop="capture"'),
-                          what="the at-risk metric") == 1.0
+        assert (
+            eventually(
+                lambda: car.metric("liberator_resume_point_at_risk", 'loop="capture"'),
+                what="the at-risk metric",
+            )
+            == 1.0
+        )
         assert car.alive()
 
         # Left alone past the oplog window, the resume point is gone: the restart parks.
@@ -169,9 +191,16 @@ def test_a_stuck_capture_warns_before_its_resume_point_is_lost_then_parks(
         other.insert_many([{"late": i} for i in range(CAP + 50)])
         publisher.sidecar().start().wait_ready()
         # The first record may come before the leader's first read of the window (Unknown).
-        lost = eventually(lambda: (r if "history_lost" in (r := resume_record(publisher))
-                                   .get("parked", "") and r.get("reason") != UNKNOWN else None),
-                          what="parked on history_lost, with the window read", deadline=60)
+        lost = eventually(
+            lambda: (
+                r
+                if "history_lost" in (r := resume_record(publisher)).get("parked", "")
+                and r.get("reason") != UNKNOWN
+                else None
+            ),
+            what="parked on history_lost, with the window read",
+            deadline=60,
+        )
         assert (lost["status"], lost["reason"]) == ("True", LOST)
         assert lost["headroomSeconds"]["capture"] < 0
     finally:

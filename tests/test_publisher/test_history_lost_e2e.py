@@ -28,7 +28,8 @@ enough to trim quickly."""
 
 
 def test_a_trimmed_checkpoint_parks_the_sidecar_and_reset_recovers(
-        bounded_publisher: Publisher, bounded_mongo: Server) -> None:
+    bounded_publisher: Publisher, bounded_mongo: Server
+) -> None:
     publisher = bounded_publisher
     collector = Collector(publisher.topic)
     client: MongoClient[dict[str, Any]] = MongoClient(bounded_mongo.exports["LIBERATOR_MONGO_URI"])
@@ -37,8 +38,10 @@ def test_a_trimmed_checkpoint_parks_the_sidecar_and_reset_recovers(
         outbox = db[publisher.outbox]
         car = publisher.start()
         db[publisher.collection].insert_many([{"_id": f"q{i}"} for i in range(5)])
-        eventually(lambda: outbox.count_documents({"status": "published"}) == 5,
-                   what="the first writes published")
+        eventually(
+            lambda: outbox.count_documents({"status": "published"}) == 5,
+            what="the first writes published",
+        )
         assert car.stop() == 0
 
         checkpoint = db[CHECKPOINT_COLLECTION].find_one({"_id": f"{publisher.name}#capture"})
@@ -52,34 +55,48 @@ def test_a_trimmed_checkpoint_parks_the_sidecar_and_reset_recovers(
 
         restarted = publisher.sidecar().start().wait_ready()
         code, body = eventually(
-            lambda: (reply if "parked" in (reply := restarted.get("/healthz"))[1] else None),
-            what="parked in /healthz")
+            lambda: reply if "parked" in (reply := restarted.get("/healthz"))[1] else None,
+            what="parked in /healthz",
+        )
         assert code == 200 and "history_lost" in body and "--reset-checkpoint" in body
         assert restarted.get("/readyz")[0] == 200
         assert restarted.metric("liberator_parked", 'reason="history_lost"') == 1.0
         with redis.Redis.from_url(publisher.env["LIBERATOR_REDIS_URL"]) as r:
             record = eventually(
-                lambda: (v if (v := r.get(status_key(publisher.name)))
-                         and json.loads(v)["parked"] else None),
-                what="parked in the status record")
+                lambda: (
+                    v
+                    if (v := r.get(status_key(publisher.name))) and json.loads(v)["parked"]
+                    else None
+                ),
+                what="parked in the status record",
+            )
         assert "history_lost" in json.loads(record)["parked"]
         # Parked, not restarted from "now": the checkpoint is the one that was lost.
-        assert db[CHECKPOINT_COLLECTION].find_one(
-            {"_id": f"{publisher.name}#capture"})["token"] == checkpoint["token"]
+        assert (
+            db[CHECKPOINT_COLLECTION].find_one({"_id": f"{publisher.name}#capture"})["token"]
+            == checkpoint["token"]
+        )
         assert restarted.alive()
 
         # The documented recovery (after an EventSeed for the missed writes).
         reset = publisher.sidecar("--reset-checkpoint").start()
         assert reset.popen is not None and reset.popen.wait(timeout=60) == 0
-        eventually(lambda: restarted.get("/healthz")[1].startswith("ok (leader"),
-                   what="capturing again after the reset")
+        eventually(
+            lambda: restarted.get("/healthz")[1].startswith("ok (leader"),
+            what="capturing again after the reset",
+        )
         eventually(publisher.capturing, what="a fresh capture position")
         db[publisher.collection].insert_one({"_id": "after-reset"})
-        eventually(lambda: outbox.find_one({"entityId": "after-reset", "status": "published"}),
-                   what="the new write published")
-        eventually(lambda: any(m.attributes.get("ce-subject") == "after-reset"
-                               for m in collector.snapshot()),
-                   what="the new write's event on Pub/Sub")
+        eventually(
+            lambda: outbox.find_one({"entityId": "after-reset", "status": "published"}),
+            what="the new write published",
+        )
+        eventually(
+            lambda: any(
+                m.attributes.get("ce-subject") == "after-reset" for m in collector.snapshot()
+            ),
+            what="the new write's event on Pub/Sub",
+        )
         assert restarted.metric("liberator_parked", 'reason="history_lost"') == 0.0
         assert restarted.stop() == 0
     finally:

@@ -19,8 +19,9 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
         yield c
 
 
-def test_one_holder_at_a_time_and_each_term_gets_a_larger_epoch(client: redis.Redis,
-                                                                 unique: str) -> None:
+def test_one_holder_at_a_time_and_each_term_gets_a_larger_epoch(
+    client: redis.Redis, unique: str
+) -> None:
     a = Lease(client, f"ns/{unique}", "pod-a", ttl_seconds=5)
     b = Lease(client, f"ns/{unique}", "pod-b", ttl_seconds=5)
     first = a.try_acquire()
@@ -47,7 +48,8 @@ def test_renewal_extends_only_the_holders_lease(client: redis.Redis, unique: str
 
 
 def test_expired_lease_goes_to_a_standby_and_the_old_holder_learns_it_lost(
-        client: redis.Redis, unique: str) -> None:
+    client: redis.Redis, unique: str
+) -> None:
     a = Lease(client, f"ns/{unique}", "pod-a", ttl_seconds=0.3)
     b = Lease(client, f"ns/{unique}", "pod-b", ttl_seconds=5)
     epoch_a = a.try_acquire()
@@ -72,19 +74,37 @@ def test_local_deadline_never_outlives_the_server_expiry(client: redis.Redis, un
 
 
 def test_status_record_round_trips_and_expires(client: redis.Redis, unique: str) -> None:
-    record = StatusRecord(pod="pod-a", epoch=3, lastEventTime=None, captureLagSeconds=0.5,
-                          relayLagSeconds=0.25, backlog=7, parked="",
-                          captureSince="2025-12-31T23:00:00.000Z",
-                          updatedAt="2026-01-01T00:00:00Z")
+    record = StatusRecord(
+        pod="pod-a",
+        epoch=3,
+        lastEventTime=None,
+        captureLagSeconds=0.5,
+        relayLagSeconds=0.25,
+        backlog=7,
+        parked="",
+        captureSince="2025-12-31T23:00:00.000Z",
+        updatedAt="2026-01-01T00:00:00Z",
+    )
     write_status(client, f"ns/{unique}", record, ttl_seconds=60)
     assert 0 < client.pttl(status_key(f"ns/{unique}")) <= 60_000
     stored = read_status(client, f"ns/{unique}")
-    assert stored == {"pod": "pod-a", "epoch": 3, "lastEventTime": None, "captureLagSeconds": 0.5,
-                      "relayLagSeconds": 0.25, "backlog": 7, "parked": "",
-                      "captureSince": "2025-12-31T23:00:00.000Z",
-                      "updatedAt": "2026-01-01T00:00:00Z", "paused": False, "restart": None,
-                      "restartRejected": None, "stalled": None, "checkpoints": None,
-                      "resumePoint": None}
+    assert stored == {
+        "pod": "pod-a",
+        "epoch": 3,
+        "lastEventTime": None,
+        "captureLagSeconds": 0.5,
+        "relayLagSeconds": 0.25,
+        "backlog": 7,
+        "parked": "",
+        "captureSince": "2025-12-31T23:00:00.000Z",
+        "updatedAt": "2026-01-01T00:00:00Z",
+        "paused": False,
+        "restart": None,
+        "restartRejected": None,
+        "stalled": None,
+        "checkpoints": None,
+        "resumePoint": None,
+    }
     write_status(client, f"ns/{unique}", record, ttl_seconds=0.2)
     deadline = time.monotonic() + 10
     while read_status(client, f"ns/{unique}") is not None and time.monotonic() < deadline:
@@ -92,8 +112,9 @@ def test_status_record_round_trips_and_expires(client: redis.Redis, unique: str)
     assert read_status(client, f"ns/{unique}") is None
 
 
-def test_epoch_advances_above_a_floor_after_redis_lost_its_data(client: redis.Redis,
-                                                                unique: str) -> None:
+def test_epoch_advances_above_a_floor_after_redis_lost_its_data(
+    client: redis.Redis, unique: str
+) -> None:
     a = Lease(client, f"ns/{unique}", "pod-a", ttl_seconds=5)
     assert a.try_acquire() == 1  # a fresh counter, as after a Redis restart without persistence
     assert a.advance_epoch(41) == 42 and a.epoch == 42

@@ -19,8 +19,13 @@ def test_labelled_series_exist_at_zero_before_any_failure() -> None:
     got = samples(Metrics())
     for stage in ("capture", "relay"):
         assert got[f'liberator_events_failed_total{{stage="{stage}"}}'] == 0.0
-    for reason in ("history_lost", "resume_token_rejected", "stream_fatal", "invalidated",
-                   "checkpoint_invalid"):
+    for reason in (
+        "history_lost",
+        "resume_token_rejected",
+        "stream_fatal",
+        "invalidated",
+        "checkpoint_invalid",
+    ):
         assert got[f'liberator_parked{{reason="{reason}"}}'] == 0.0
 
 

@@ -53,11 +53,13 @@ class Writer:
 
 
 def test_writes_while_a_fresh_publisher_waits_for_the_lease_are_all_published(
-        publisher: Publisher, collector: Collector, redis_url: str) -> None:
+    publisher: Publisher, collector: Collector, redis_url: str
+) -> None:
     r = redis.Redis.from_url(redis_url)
     assert r.set(lease_key(publisher.name), "another-replica", px=HELD_MS, nx=True)
-    writer = Writer(publisher.env["LIBERATOR_MONGO_URI"], publisher.database,
-                    publisher.collection).start()
+    writer = Writer(
+        publisher.env["LIBERATOR_MONGO_URI"], publisher.database, publisher.collection
+    ).start()
     eventually(lambda: len(writer.done) >= 20, what="the writer running")
     car = publisher.sidecar().start().wait_ready()
     ready_at = time.monotonic()
@@ -73,9 +75,13 @@ def test_writes_while_a_fresh_publisher_waits_for_the_lease_are_all_published(
     with MongoClient(publisher.env["LIBERATOR_MONGO_URI"]) as client:
         db = client[publisher.database]
         outbox = db[publisher.outbox]
-        eventually(lambda: outbox.count_documents({"entityId": {"$in": after_ready},
-                                                   "status": "published"}) == len(after_ready),
-                   what=f"all {len(after_ready)} writes made after /readyz published")
+        eventually(
+            lambda: (
+                outbox.count_documents({"entityId": {"$in": after_ready}, "status": "published"})
+                == len(after_ready)
+            ),
+            what=f"all {len(after_ready)} writes made after /readyz published",
+        )
         origin = db[CHECKPOINT_COLLECTION].find_one({"_id": f"{publisher.name}#origin"})
         assert origin is not None
         # Every captured change is at or after the origin; the first write after it is captured.
@@ -85,8 +91,11 @@ def test_writes_while_a_fresh_publisher_waits_for_the_lease_are_all_published(
     assert set(after_ready) <= subjects
     record = eventually(lambda: read_status(r, publisher.name), what="the status record")
     assert record["captureSince"] == (
-        origin["operationTime"].as_datetime().isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z"))
+        origin["operationTime"]
+        .as_datetime()
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
     r.close()
 
 
@@ -94,8 +103,10 @@ def test_a_standby_that_starts_later_keeps_the_earlier_origin(publisher: Publish
     first = publisher.sidecar().start().wait_ready()
     with MongoClient(publisher.env["LIBERATOR_MONGO_URI"]) as client:
         checkpoints = client[publisher.database][CHECKPOINT_COLLECTION]
-        origin = eventually(lambda: checkpoints.find_one({"_id": f"{publisher.name}#origin"}),
-                            what="the origin recorded")
+        origin = eventually(
+            lambda: checkpoints.find_one({"_id": f"{publisher.name}#origin"}),
+            what="the origin recorded",
+        )
         first.stop()
         time.sleep(1.1)  # a later second on the cluster clock
         client[publisher.database]["other"].insert_one({"tick": 1})

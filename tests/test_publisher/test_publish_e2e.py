@@ -22,7 +22,8 @@ def by_entity(messages: list[Received]) -> dict[str, list[Received]]:
 
 
 def test_insert_update_delete_arrive_in_order_with_cloudevent_attributes(
-        publisher: Publisher, collector: Collector, db: Database[dict[str, Any]]) -> None:
+    publisher: Publisher, collector: Collector, db: Database[dict[str, Any]]
+) -> None:
     car = publisher.start()
     eventually(car.is_leader, what="the only sidecar leads")
     quotes = db[publisher.collection]
@@ -44,7 +45,10 @@ def test_insert_update_delete_arrive_in_order_with_cloudevent_attributes(
     for n, oid in enumerate(ids):
         events = grouped[str(oid)]
         assert [e.attributes["ce-type"] for e in events] == [
-            "quote.created", "quote.updated", "quote.deleted"]
+            "quote.created",
+            "quote.updated",
+            "quote.deleted",
+        ]
         created, updated, deleted = events
         for e in events:
             assert e.attributes["ce-specversion"] == "1.0"
@@ -66,24 +70,39 @@ def test_insert_update_delete_arrive_in_order_with_cloudevent_attributes(
     assert {d["_id"] for d in outbox} == collector.ids()
 
     # Metrics and the status record reflect it.
-    eventually(lambda: car.metric("liberator_events_published_total") == 9.0,
-               what="published counter at 9")
+    eventually(
+        lambda: car.metric("liberator_events_published_total") == 9.0, what="published counter at 9"
+    )
     assert car.metric("liberator_events_captured_total") == 9.0
     with redis.Redis.from_url(publisher.env["LIBERATOR_REDIS_URL"]) as r:
         record = eventually(lambda: r.get(status_key(publisher.name)), what="status record")
     status = json.loads(record)
     assert status["pod"] == "pod-0" and status["epoch"] >= 1 and status["parked"] == ""
-    assert set(status) == {"pod", "epoch", "lastEventTime", "captureLagSeconds",
-                           "relayLagSeconds", "backlog", "parked", "captureSince", "updatedAt",
-                           "paused", "restart", "restartRejected", "stalled", "checkpoints",
-                           "resumePoint"}
+    assert set(status) == {
+        "pod",
+        "epoch",
+        "lastEventTime",
+        "captureLagSeconds",
+        "relayLagSeconds",
+        "backlog",
+        "parked",
+        "captureSince",
+        "updatedAt",
+        "paused",
+        "restart",
+        "restartRejected",
+        "stalled",
+        "checkpoints",
+        "resumePoint",
+    }
     code, body = car.get("/healthz")
     assert code == 200 and body.startswith("ok (leader")
     assert car.stop() == 0  # SIGTERM is graceful
 
 
 def test_many_entities_keep_their_order_under_load(
-        publisher: Publisher, collector: Collector, db: Database[dict[str, Any]]) -> None:
+    publisher: Publisher, collector: Collector, db: Database[dict[str, Any]]
+) -> None:
     # An event-log collection: each change is an insert of a new version of an entity, so every
     # event's data is exact (no updateLookup) and carries its sequence number.
     env = {"LIBERATOR_ID_FIELD": "entity", "LIBERATOR_BATCH_SIZE": "200"}
@@ -92,7 +111,7 @@ def test_many_entities_keep_their_order_under_load(
     total, entities = 1000, 20
     docs = [{"entity": f"e{i % entities}", "seq": i} for i in range(total)]
     for start in range(0, total, 100):
-        quotes.insert_many(docs[start:start + 100])
+        quotes.insert_many(docs[start : start + 100])
     eventually(lambda: len(collector.ids()) >= total, what=f"{total} events", deadline=120)
     check_order(collector.snapshot(), total)
 

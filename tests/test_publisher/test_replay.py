@@ -28,8 +28,9 @@ from liberator_publisher.store.replay import (
 from liberator_stack import Server
 
 DEADLINE = 180.0
-MAPPING = EventMapping(entity_type="quote", source="//liberator/shop/quotes",
-                       version_field="version")
+MAPPING = EventMapping(
+    entity_type="quote", source="//liberator/shop/quotes", version_field="version"
+)
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 
 
@@ -37,15 +38,23 @@ def event_time(entity: int, version: int) -> datetime:
     return BASE + timedelta(minutes=version, seconds=entity)
 
 
-def live_message(entity: int, version: int,
-                 context: dict[str, Any] | None = None) -> tuple[bytes, dict[str, str], str]:
-    doc: dict[str, Any] = {"_id": f"q-{entity}", "version": version,
-                           "amount": entity * 10 + version}
+def live_message(
+    entity: int, version: int, context: dict[str, Any] | None = None
+) -> tuple[bytes, dict[str, str], str]:
+    doc: dict[str, Any] = {
+        "_id": f"q-{entity}",
+        "version": version,
+        "amount": entity * 10 + version,
+    }
     if context:
         doc["_event"] = context
     outbox = outbox_document_for_entity(
-        doc, MAPPING, event_id=f"live-{entity}-{version}",
-        operation="insert" if version == 1 else "update", time=event_time(entity, version))
+        doc,
+        MAPPING,
+        event_id=f"live-{entity}-{version}",
+        operation="insert" if version == 1 else "update",
+        time=event_time(entity, version),
+    )
     message = message_for(outbox)
     return message.data, message.attributes, message.ordering_key
 
@@ -56,12 +65,16 @@ def live_message(entity: int, version: int,
 def test_selection_query() -> None:
     since, until = BASE, BASE + timedelta(hours=1)
     assert selection_query(Selection()) == {}
-    assert selection_query(Selection(since=since, until=until, types=("quote.created",),
-                                     subjects=("q-1", "q-2"))) == {
-        "time": {"$gte": since, "$lt": until}, "type": {"$in": ["quote.created"]},
-        "subject": {"$in": ["q-1", "q-2"]}}
+    assert selection_query(
+        Selection(since=since, until=until, types=("quote.created",), subjects=("q-1", "q-2"))
+    ) == {
+        "time": {"$gte": since, "$lt": until},
+        "type": {"$in": ["quote.created"]},
+        "subject": {"$in": ["q-1", "q-2"]},
+    }
     assert selection_query(Selection(types=("quote.*", "order.created"))) == {
-        "$or": [{"type": {"$in": ["order.created"]}}, {"type": {"$regex": r"^quote\."}}]}
+        "$or": [{"type": {"$in": ["order.created"]}}, {"type": {"$regex": r"^quote\."}}]
+    }
     assert selection_query(Selection(types=("*",))) == {}
 
 
@@ -81,34 +94,55 @@ def test_message_of_keeps_the_original_and_marks_the_replay() -> None:
     assert key == "q-3"
 
 
-GOOD_ENV = {"LIBERATOR_MONGO_URI": "mongodb://127.0.0.1:1/", "LIBERATOR_DATABASE": "events",
-            "LIBERATOR_PUBSUB_PROJECT": "liberator-local"}
+GOOD_ENV = {
+    "LIBERATOR_MONGO_URI": "mongodb://127.0.0.1:1/",
+    "LIBERATOR_DATABASE": "events",
+    "LIBERATOR_PUBSUB_PROJECT": "liberator-local",
+}
 
 
-@pytest.mark.parametrize(("args", "env", "named"), [
-    (["--since", "yesterday", "--dry-run"], {}, "--since"),
-    (["--until", "2026-01-01", "--dry-run"], {}, "--until"),
-    (["--since", "2026-02-01T00:00:00Z", "--until", "2026-01-01T00:00:00Z", "--dry-run"], {},
-     "--since"),
-    (["--type", "*.created", "--dry-run"], {}, "--type"),
-    (["--subject", "", "--dry-run"], {}, "--subject"),
-    ([], {}, "--topic"),
-    (["--topic", "projects/p/topics/t"], {}, "--topic"),
-    (["--topic", "goog-replay"], {}, "not with 'goog'"),  # Pub/Sub refuses it; so do we, first
-    (["--topic", "replay-topic"], {"LIBERATOR_PUBSUB_PROJECT": ""}, "--project"),
-    (["--topic", "replay-topic", "--project", "Not A Project"], {}, "--project: 'Not A Project'"),
-    (["--topic", "replay-topic"], {"LIBERATOR_PUBSUB_PROJECT": "x"}, "LIBERATOR_PUBSUB_PROJECT"),
-    (["--dry-run", "--mongo-uri", "http://x"], {}, "--mongo-uri"),
-    (["--dry-run"], {"LIBERATOR_MONGO_URI": "nope"}, "LIBERATOR_MONGO_URI"),
-    (["--dry-run"], {"LIBERATOR_DATABASE": ""}, "--database"),
-    (["--dry-run"], {"LIBERATOR_DATABASE": "a.b"}, "LIBERATOR_DATABASE"),
-    (["--dry-run", "--collection", "$x"], {}, "--collection"),
-    (["--dry-run"], {"LIBERATOR_LOG_LEVEL": "LOUD"}, "LIBERATOR_LOG_LEVEL"),
-    (["--dry-run"], {"LIBERATOR_LOG_FORMAT": "xml"}, "LIBERATOR_LOG_FORMAT"),
-])
-def test_bad_input_exits_2_naming_it(args: list[str], env: dict[str, str], named: str,
-                                     monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--since", "yesterday", "--dry-run"], {}, "--since"),
+        (["--until", "2026-01-01", "--dry-run"], {}, "--until"),
+        (
+            ["--since", "2026-02-01T00:00:00Z", "--until", "2026-01-01T00:00:00Z", "--dry-run"],
+            {},
+            "--since",
+        ),
+        (["--type", "*.created", "--dry-run"], {}, "--type"),
+        (["--subject", "", "--dry-run"], {}, "--subject"),
+        ([], {}, "--topic"),
+        (["--topic", "projects/p/topics/t"], {}, "--topic"),
+        (["--topic", "goog-replay"], {}, "not with 'goog'"),  # Pub/Sub refuses it; so do we, first
+        (["--topic", "replay-topic"], {"LIBERATOR_PUBSUB_PROJECT": ""}, "--project"),
+        (
+            ["--topic", "replay-topic", "--project", "Not A Project"],
+            {},
+            "--project: 'Not A Project'",
+        ),
+        (
+            ["--topic", "replay-topic"],
+            {"LIBERATOR_PUBSUB_PROJECT": "x"},
+            "LIBERATOR_PUBSUB_PROJECT",
+        ),
+        (["--dry-run", "--mongo-uri", "http://x"], {}, "--mongo-uri"),
+        (["--dry-run"], {"LIBERATOR_MONGO_URI": "nope"}, "LIBERATOR_MONGO_URI"),
+        (["--dry-run"], {"LIBERATOR_DATABASE": ""}, "--database"),
+        (["--dry-run"], {"LIBERATOR_DATABASE": "a.b"}, "LIBERATOR_DATABASE"),
+        (["--dry-run", "--collection", "$x"], {}, "--collection"),
+        (["--dry-run"], {"LIBERATOR_LOG_LEVEL": "LOUD"}, "LIBERATOR_LOG_LEVEL"),
+        (["--dry-run"], {"LIBERATOR_LOG_FORMAT": "xml"}, "LIBERATOR_LOG_FORMAT"),
+    ],
+)
+def test_bad_input_exits_2_naming_it(
+    args: list[str],
+    env: dict[str, str],
+    named: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     for name, value in {**GOOD_ENV, **env}.items():
         monkeypatch.setenv(name, value)
     assert main(["replay", *args]) == 2
@@ -128,30 +162,49 @@ class World:
         self.mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
         self.events = self.mongo[self.database]["liberator_events"]
         self.publisher = pubsub_v1.PublisherClient(
-            publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True))
+            publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
+        )
         self.admin = pubsub_v1.SubscriberClient()
         self.unique = unique
         self.live = self.topic("live")
         store_sub = self.subscription("store", self.live)
-        self.store = EventStore(EventStoreSettings(
-            mongo_uri=mongo_uri, database=self.database, subscriptions=(store_sub,),
-            http_port=0, pull_timeout_seconds=2))
+        self.store = EventStore(
+            EventStoreSettings(
+                mongo_uri=mongo_uri,
+                database=self.database,
+                subscriptions=(store_sub,),
+                http_port=0,
+                pull_timeout_seconds=2,
+            )
+        )
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.store.run, args=(self.stop,), daemon=True)
         self.thread.start()
 
     def topic(self, name: str) -> str:
-        return str(self.publisher.create_topic(
-            name=self.publisher.topic_path(self.project, f"{name}-{self.unique}")).name)
+        return str(
+            self.publisher.create_topic(
+                name=self.publisher.topic_path(self.project, f"{name}-{self.unique}")
+            ).name
+        )
 
     def subscription(self, name: str, topic: str) -> str:
-        return str(self.admin.create_subscription(request={
-            "name": self.admin.subscription_path(self.project, f"{name}-{self.unique}"),
-            "topic": topic, "enable_message_ordering": True, "ack_deadline_seconds": 60}).name)
+        return str(
+            self.admin.create_subscription(
+                request={
+                    "name": self.admin.subscription_path(self.project, f"{name}-{self.unique}"),
+                    "topic": topic,
+                    "enable_message_ordering": True,
+                    "ack_deadline_seconds": 60,
+                }
+            ).name
+        )
 
     def publish(self, messages: list[tuple[bytes, dict[str, str], str]]) -> None:
-        futures = [self.publisher.publish(self.live, data, ordering_key=key, **attrs)
-                   for data, attrs, key in messages]
+        futures = [
+            self.publisher.publish(self.live, data, ordering_key=key, **attrs)
+            for data, attrs, key in messages
+        ]
         for future in futures:
             future.result(timeout=60)
 
@@ -166,21 +219,33 @@ class World:
         deadline = time.monotonic() + DEADLINE
         last = time.monotonic()
         while time.monotonic() < deadline:
-            response = self.admin.pull(request={"subscription": subscription,
-                                                "max_messages": 1000}, timeout=5)
+            response = self.admin.pull(
+                request={"subscription": subscription, "max_messages": 1000}, timeout=5
+            )
             items = response.received_messages
             if items:
                 found += [item.message for item in items]
-                self.admin.acknowledge(request={"subscription": subscription,
-                                                "ack_ids": [i.ack_id for i in items]})
+                self.admin.acknowledge(
+                    request={"subscription": subscription, "ack_ids": [i.ack_id for i in items]}
+                )
                 last = time.monotonic()
             elif len(found) >= expected and time.monotonic() - last >= quiet:
                 break
         return found
 
     def replay(self, *args: str) -> int:
-        return main(["replay", "--mongo-uri", self.mongo_uri, "--database", self.database,
-                     "--project", self.project, *args])
+        return main(
+            [
+                "replay",
+                "--mongo-uri",
+                self.mongo_uri,
+                "--database",
+                self.database,
+                "--project",
+                self.project,
+                *args,
+            ]
+        )
 
     def close(self) -> None:
         self.stop.set()
@@ -198,22 +263,39 @@ def world(mongo_uri: str, pubsub: Server, unique: str) -> Iterator[World]:
 
 
 def test_window_republishes_exactly_the_stored_events_in_it(
-        world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
     entities, versions = range(60), range(1, 5)
     purchased = {"type": "quote.purchased", "correlationId": "c-1"}
-    messages = {(e, v): live_message(e, v, purchased if v == 4 else None)
-                for e in entities for v in versions}
+    messages = {
+        (e, v): live_message(e, v, purchased if v == 4 else None)
+        for e in entities
+        for v in versions
+    }
     world.publish(list(messages.values()))
     world.wait_stored(len(messages))
     since, until = BASE + timedelta(minutes=2), BASE + timedelta(minutes=4, seconds=30)
     subjects = {f"q-{e}" for e in range(0, 60, 3)}
-    expected = {attrs["ce-id"] for (e, v), (_, attrs, _) in messages.items()
-                if since <= event_time(e, v) < until and attrs["ce-type"].startswith("quote.")
-                and attrs["ce-type"] != "quote.created" and f"q-{e}" in subjects}
+    expected = {
+        attrs["ce-id"]
+        for (e, v), (_, attrs, _) in messages.items()
+        if since <= event_time(e, v) < until
+        and attrs["ce-type"].startswith("quote.")
+        and attrs["ce-type"] != "quote.created"
+        and f"q-{e}" in subjects
+    }
     assert 0 < len(expected) < len(messages)
-    window = ["--since", "2026-03-01T00:02:00Z", "--until", "2026-03-01T00:04:30Z",
-              "--type", "quote.updated", "--type", "quote.purchased",
-              *[a for s in sorted(subjects) for a in ("--subject", s)]]
+    window = [
+        "--since",
+        "2026-03-01T00:02:00Z",
+        "--until",
+        "2026-03-01T00:04:30Z",
+        "--type",
+        "quote.updated",
+        "--type",
+        "quote.purchased",
+        *[a for s in sorted(subjects) for a in ("--subject", s)],
+    ]
     assert world.replay(*window, "--dry-run") == 0
     assert capsys.readouterr().out.strip() == f"events={len(expected)}"
     # A prefix selects by type on the server too ($regex); an unknown prefix selects nothing.
@@ -224,8 +306,7 @@ def test_window_republishes_exactly_the_stored_events_in_it(
     target = world.topic("hydrate")
     sub = world.subscription("hydrate", target)
     assert world.replay(*window, "--topic", target.rsplit("/", 1)[1]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == \
-        f"replayed={len(expected)} failed=0"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"replayed={len(expected)} failed=0"
     received = world.drain(sub, len(expected))
     assert sorted(m.attributes["ce-id"] for m in received) == sorted(expected)
     per_subject: dict[str, list[str]] = defaultdict(list)
@@ -264,9 +345,15 @@ def test_late_subscriber_replays_then_follows_live(world: World, redis_url: str)
             applied[event.subject].append(version)
 
     def consumer(subscription: str) -> Subscriber:
-        sub = Subscriber(SubscriberSettings(subscription=subscription, redis_url=redis_url,
-                                            consumer=f"late-{world.unique}",
-                                            pull_timeout_seconds=2, max_messages=100))
+        sub = Subscriber(
+            SubscriberSettings(
+                subscription=subscription,
+                redis_url=redis_url,
+                consumer=f"late-{world.unique}",
+                pull_timeout_seconds=2,
+                max_messages=100,
+            )
+        )
         sub.add("quote.*", apply)
         return sub
 

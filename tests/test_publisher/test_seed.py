@@ -51,10 +51,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_seed_event_ids_are_deterministic() -> None:
     a = seed_event_id("//liberator/shop/quotes", "q-1", "3")
     assert a == seed_event_id("//liberator/shop/quotes", "q-1", "3")
-    others = {seed_event_id("//liberator/shop/quotes", "q-1", "4"),
-              seed_event_id("//liberator/shop/quotes", "q-2", "3"),
-              seed_event_id("//liberator/shop/orders", "q-1", "3"),
-              seed_event_id("//liberator/shop/quotes", "q-1", None)}
+    others = {
+        seed_event_id("//liberator/shop/quotes", "q-1", "4"),
+        seed_event_id("//liberator/shop/quotes", "q-2", "3"),
+        seed_event_id("//liberator/shop/orders", "q-1", "3"),
+        seed_event_id("//liberator/shop/quotes", "q-1", None),
+    }
     assert a not in others
     assert len(others) == 4
 
@@ -95,19 +97,23 @@ def test_permission_denied_names_the_permission() -> None:
 
 def test_parse_filter() -> None:
     assert parse_filter('{"at": {"$gt": {"$date": "2026-01-01T00:00:00Z"}}}') == {
-        "at": {"$gt": datetime(2026, 1, 1, tzinfo=UTC)}}
+        "at": {"$gt": datetime(2026, 1, 1, tzinfo=UTC)}
+    }
     for bad in ("{", "[1]", "3", "nope"):
         with pytest.raises(UsageError, match="--filter"):
             parse_filter(bad)
 
 
-@pytest.mark.parametrize(("change", "flag"), [
-    ({"mode": "everything"}, "--mode"),
-    ({"batch_size": 0}, "--batch-size"),
-    ({"rate_limit": -1}, "--rate-limit"),
-    ({"seed_id": "has space"}, "--seed-id"),
-    ({"seed_id": ""}, "--seed-id"),
-])
+@pytest.mark.parametrize(
+    ("change", "flag"),
+    [
+        ({"mode": "everything"}, "--mode"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"rate_limit": -1}, "--rate-limit"),
+        ({"seed_id": "has space"}, "--seed-id"),
+        ({"seed_id": ""}, "--seed-id"),
+    ],
+)
 def test_options_name_the_flag(change: dict[str, Any], flag: str) -> None:
     with pytest.raises(UsageError, match=flag):
         SeedOptions(**{"topic": "seed-topic", "seed_id": "shop/seed", **change})
@@ -123,29 +129,32 @@ GOOD_ENV = {
 }
 
 
-@pytest.mark.parametrize(("variable", "value"), [
-    ("LIBERATOR_MONGO_URI", "http://nope"),
-    ("LIBERATOR_MONGO_URI", ""),
-    ("LIBERATOR_DATABASE", "a/b"),
-    ("LIBERATOR_COLLECTION", "system.x"),
-    ("LIBERATOR_ENTITY_TYPE", "quote type"),
-    ("LIBERATOR_PUBSUB_PROJECT", "X"),
-    ("LIBERATOR_REDIS_URL", "localhost:6379"),
-    ("LIBERATOR_ID_FIELD", "$id"),
-    ("LIBERATOR_VERSION_FIELD", "a.b"),
-    ("LIBERATOR_EVENT_CONTEXT_FIELD", "$ctx"),
-    ("LIBERATOR_EXCLUDE_FIELDS", "a,,b"),
-    ("LIBERATOR_SOURCE", "has space"),
-    ("LIBERATOR_OUTBOX_COLLECTION", "quotes"),
-    ("LIBERATOR_PUBLISHER", "no-slash"),
-    ("PUBSUB_EMULATOR_HOST", "no-port"),
-    ("LIBERATOR_SEED", "bad seed id"),
-    ("LIBERATOR_LOG_LEVEL", "LOUD"),
-    ("LIBERATOR_LOG_FORMAT", "xml"),
-])
-def test_bad_variable_exits_2_naming_it(variable: str, value: str,
-                                         monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("LIBERATOR_MONGO_URI", "http://nope"),
+        ("LIBERATOR_MONGO_URI", ""),
+        ("LIBERATOR_DATABASE", "a/b"),
+        ("LIBERATOR_COLLECTION", "system.x"),
+        ("LIBERATOR_ENTITY_TYPE", "quote type"),
+        ("LIBERATOR_PUBSUB_PROJECT", "X"),
+        ("LIBERATOR_REDIS_URL", "localhost:6379"),
+        ("LIBERATOR_ID_FIELD", "$id"),
+        ("LIBERATOR_VERSION_FIELD", "a.b"),
+        ("LIBERATOR_EVENT_CONTEXT_FIELD", "$ctx"),
+        ("LIBERATOR_EXCLUDE_FIELDS", "a,,b"),
+        ("LIBERATOR_SOURCE", "has space"),
+        ("LIBERATOR_OUTBOX_COLLECTION", "quotes"),
+        ("LIBERATOR_PUBLISHER", "no-slash"),
+        ("PUBSUB_EMULATOR_HOST", "no-port"),
+        ("LIBERATOR_SEED", "bad seed id"),
+        ("LIBERATOR_LOG_LEVEL", "LOUD"),
+        ("LIBERATOR_LOG_FORMAT", "xml"),
+    ],
+)
+def test_bad_variable_exits_2_naming_it(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     for name, good in GOOD_ENV.items():
         monkeypatch.setenv(name, good)
     monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
@@ -156,23 +165,26 @@ def test_bad_variable_exits_2_naming_it(variable: str, value: str,
     assert len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize(("flags", "flag"), [
-    ([], "--topic"),
-    (["--topic", "projects/p/topics/t"], "--topic"),
-    (["--topic", "goog-x"], "not with 'goog'"),
-    (["--topic", "t1", "--mode", "all"], "--mode"),
-    (["--topic", "seed-topic", "--batch-size", "0"], "--batch-size"),
-    (["--topic", "seed-topic", "--batch-size", "ten"], "--batch-size"),
-    (["--topic", "seed-topic", "--rate-limit", "-5"], "--rate-limit"),
-    (["--topic", "seed-topic", "--rate-limit", "nan"], "--rate-limit"),
-    (["--topic", "seed-topic", "--filter", "{bad"], "--filter"),
-    (["--topic", "seed-topic", "--filter", "[]"], "--filter"),
-    (["--topic", "seed-topic", "--seed-id", "a b"], "--seed-id"),
-    (["--topic", "seed-topic", "--allow-empty=yes"], "--allow-empty"),
-])
-def test_bad_flag_exits_2_naming_it(flags: list[str], flag: str,
-                                     monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("flags", "flag"),
+    [
+        ([], "--topic"),
+        (["--topic", "projects/p/topics/t"], "--topic"),
+        (["--topic", "goog-x"], "not with 'goog'"),
+        (["--topic", "t1", "--mode", "all"], "--mode"),
+        (["--topic", "seed-topic", "--batch-size", "0"], "--batch-size"),
+        (["--topic", "seed-topic", "--batch-size", "ten"], "--batch-size"),
+        (["--topic", "seed-topic", "--rate-limit", "-5"], "--rate-limit"),
+        (["--topic", "seed-topic", "--rate-limit", "nan"], "--rate-limit"),
+        (["--topic", "seed-topic", "--filter", "{bad"], "--filter"),
+        (["--topic", "seed-topic", "--filter", "[]"], "--filter"),
+        (["--topic", "seed-topic", "--seed-id", "a b"], "--seed-id"),
+        (["--topic", "seed-topic", "--allow-empty=yes"], "--allow-empty"),
+    ],
+)
+def test_bad_flag_exits_2_naming_it(
+    flags: list[str], flag: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     for name, good in GOOD_ENV.items():
         monkeypatch.setenv(name, good)
     try:
@@ -210,22 +222,34 @@ class Fixture:
         project = self.settings.pubsub_project
         self.topic_id = f"seed-{unique}"
         topic = self.publisher.create_topic(
-            name=self.publisher.topic_path(project, self.topic_id)).name
-        self.subscription = self.admin.create_subscription(request={
-            "name": self.admin.subscription_path(project, f"seed-{unique}"), "topic": topic,
-            "enable_message_ordering": True, "ack_deadline_seconds": 60}).name
+            name=self.publisher.topic_path(project, self.topic_id)
+        ).name
+        self.subscription = self.admin.create_subscription(
+            request={
+                "name": self.admin.subscription_path(project, f"seed-{unique}"),
+                "topic": topic,
+                "enable_message_ordering": True,
+                "ack_deadline_seconds": 60,
+            }
+        ).name
 
     def insert(self, entities: int, versions: int, **extra: Any) -> None:
-        docs = [{"quoteId": f"q-{i:05d}", "version": v, "amount": i * 10 + v,
-                 "region": "eu" if i % 4 == 0 else "us", **extra}
-                for v in range(versions, 0, -1)  # newest first: the seed must sort
-                for i in range(entities)]
+        docs = [
+            {
+                "quoteId": f"q-{i:05d}",
+                "version": v,
+                "amount": i * 10 + v,
+                "region": "eu" if i % 4 == 0 else "us",
+                **extra,
+            }
+            for v in range(versions, 0, -1)  # newest first: the seed must sort
+            for i in range(entities)
+        ]
         for start in range(0, len(docs), 1000):
-            self.quotes.insert_many(docs[start:start + 1000])
+            self.quotes.insert_many(docs[start : start + 1000])
 
     def seed(self, seed_id: str, **options: Any) -> Any:
-        return run_seed(self.settings, SeedOptions(topic=self.topic_id, seed_id=seed_id,
-                                                   **options))
+        return run_seed(self.settings, SeedOptions(topic=self.topic_id, seed_id=seed_id, **options))
 
     def drain(self, expected: int, quiet: float = 3.0) -> list[Any]:
         """Pull until ``expected`` messages came and then ``quiet`` seconds brought none."""
@@ -233,13 +257,18 @@ class Fixture:
         deadline = time.monotonic() + DEADLINE
         last = time.monotonic()
         while time.monotonic() < deadline:
-            response = self.admin.pull(request={"subscription": self.subscription,
-                                                "max_messages": 1000}, timeout=5)
+            response = self.admin.pull(
+                request={"subscription": self.subscription, "max_messages": 1000}, timeout=5
+            )
             items = response.received_messages
             if items:
                 found += [item.message for item in items]
-                self.admin.acknowledge(request={"subscription": self.subscription,
-                                                "ack_ids": [i.ack_id for i in items]})
+                self.admin.acknowledge(
+                    request={
+                        "subscription": self.subscription,
+                        "ack_ids": [i.ack_id for i in items],
+                    }
+                )
                 last = time.monotonic()
             elif len(found) >= expected and time.monotonic() - last >= quiet:
                 break
@@ -280,8 +309,7 @@ def test_latest_publishes_each_entity_once_at_its_highest_version(world: Fixture
         assert attributes["ce-entityversion"] == str(VERSIONS)
         assert attributes[SEED_ATTRIBUTE] == "true"
         assert attributes["ce-type"] == "quote.created"
-        assert attributes["ce-id"] == seed_event_id(world.settings.source, subject,
-                                                    str(VERSIONS))
+        assert attributes["ce-id"] == seed_event_id(world.settings.source, subject, str(VERSIONS))
         data = json.loads(message.data)
         assert data["quoteId"] == subject and data["version"] == VERSIONS
         started = started or attributes["ce-time"]
@@ -333,14 +361,19 @@ def test_filter_selects_documents(world: Fixture) -> None:
 
 def test_bad_documents_are_counted_and_skipped(world: Fixture) -> None:
     world.insert(100, 1)
-    world.quotes.insert_many([
-        {"version": 1, "amount": 1},                                   # no id field
-        {"version": 2, "amount": 1},                                   # no id field
-        {"quoteId": "no-version", "amount": 2},                         # no version field
-        {"quoteId": "big-attr", "version": 1,
-         "_event": {"correlationId": "x" * 2000}},                      # attribute over 1024 B
-        {"quoteId": "bad-context", "version": 1, "_event": "not a sub-document"},
-    ])
+    world.quotes.insert_many(
+        [
+            {"version": 1, "amount": 1},  # no id field
+            {"version": 2, "amount": 1},  # no id field
+            {"quoteId": "no-version", "amount": 2},  # no version field
+            {
+                "quoteId": "big-attr",
+                "version": 1,
+                "_event": {"correlationId": "x" * 2000},
+            },  # attribute over 1024 B
+            {"quoteId": "bad-context", "version": 1, "_event": "not a sub-document"},
+        ]
+    )
     summary = world.seed("shop/bad", mode="history")
     assert (summary.seeded, summary.skipped, summary.failed) == (100, 5, 0)
     assert len(world.drain(100)) == 100
@@ -351,8 +384,20 @@ def test_bad_documents_are_counted_and_skipped(world: Fixture) -> None:
 def test_resume_after_sigkill_and_rate_limit(world: Fixture) -> None:
     world.insert(ENTITIES, 1)
     env = {**os.environ, **world.env, "PYTHONPATH": str(ROOT / "hack")}
-    argv = [sys.executable, "-m", "liberator_publisher.cli", "seed", "--topic", world.topic_id,
-            "--seed-id", "shop/resume", "--rate-limit", "300", "--batch-size", "100"]
+    argv = [
+        sys.executable,
+        "-m",
+        "liberator_publisher.cli",
+        "seed",
+        "--topic",
+        world.topic_id,
+        "--seed-id",
+        "shop/resume",
+        "--rate-limit",
+        "300",
+        "--batch-size",
+        "100",
+    ]
     key = seed_key("shop/resume")
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -379,8 +424,14 @@ def test_resume_after_sigkill_and_rate_limit(world: Fixture) -> None:
     assert 0 < killed_at < ENTITIES
     assert world.redis.hget(key, "phase") == "Running"  # it never finished
     # Resume without the limit: it continues from its checkpoint.
-    done = subprocess.run([*argv[:-4], "--batch-size", "500"], env=env, capture_output=True,
-                          text=True, timeout=DEADLINE, check=False)
+    done = subprocess.run(
+        [*argv[:-4], "--batch-size", "500"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     summary_line = done.stdout.strip().splitlines()[-1]
     seeded = int(summary_line.split()[0].split("=")[1])
@@ -392,7 +443,8 @@ def test_resume_after_sigkill_and_rate_limit(world: Fixture) -> None:
     assert set(grouped) == {f"q-{i:05d}" for i in range(ENTITIES)}
     for subject, items in grouped.items():
         assert {m.attributes["ce-id"] for m in items} == {
-            seed_event_id(world.settings.source, subject, "1")}
+            seed_event_id(world.settings.source, subject, "1")
+        }
     assert world.redis.hget(key, "phase") == "Succeeded"
 
 
@@ -406,8 +458,8 @@ def test_unfinished_seed_refuses_other_flags(world: Fixture) -> None:
 
 
 def test_a_missing_collection_is_refused_and_nothing_is_written(
-        world: Fixture, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    world: Fixture, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     world.insert(5, 1)  # the real collection is "quotes"; the seed names a typo
     for name, value in {**world.env, "LIBERATOR_COLLECTION": "qoutes"}.items():
         monkeypatch.setenv(name, value)
@@ -423,12 +475,13 @@ def test_a_missing_collection_is_refused_and_nothing_is_written(
 
 
 def test_allow_empty_seeds_an_absent_collection_on_purpose(
-        world: Fixture, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    world: Fixture, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     for name, value in world.env.items():
         monkeypatch.setenv(name, value)
-    assert main(["seed", "--topic", world.topic_id, "--seed-id", "shop/empty",
-                 "--allow-empty"]) == 0
+    assert (
+        main(["seed", "--topic", world.topic_id, "--seed-id", "shop/empty", "--allow-empty"]) == 0
+    )
     assert capsys.readouterr().out.strip().splitlines()[-1] == "seeded=0 skipped=0 failed=0"
     status = world.redis.hgetall(seed_key("shop/empty"))
     assert (status["phase"], status["seeded"]) == ("Succeeded", "0")
@@ -440,20 +493,30 @@ def test_missing_topic_is_a_usage_error(world: Fixture) -> None:
         run_seed(world.settings, SeedOptions(topic=f"absent-{world.unique}", seed_id="x"))
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"mode": "everything"}, "mode"),
-    ({"mode": None}, "mode"),
-    ({"filter": 3}, "filter"),
-    ({"startedAt": "yesterday"}, "startedAt"),
-    ({"counts": {"seeded": "many"}}, "counts"),
-    ({"retry": "q-1"}, "retry"),
-    ({"phase": "Done"}, "phase"),
-    ({"phase": 1}, "phase"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"mode": "everything"}, "mode"),
+        ({"mode": None}, "mode"),
+        ({"filter": 3}, "filter"),
+        ({"startedAt": "yesterday"}, "startedAt"),
+        ({"counts": {"seeded": "many"}}, "counts"),
+        ({"retry": "q-1"}, "retry"),
+        ({"phase": "Done"}, "phase"),
+        ({"phase": 1}, "phase"),
+    ],
+)
 def test_a_damaged_ledger_document_names_the_field(change: dict[str, Any], field: str) -> None:
-    good = {"_id": "shop/seed", "mode": "latest", "filter": "{}",
-            "startedAt": datetime(2026, 1, 1, tzinfo=UTC), "phase": "Running", "after": "q-1",
-            "counts": {"seeded": 3}, "retry": []}
+    good = {
+        "_id": "shop/seed",
+        "mode": "latest",
+        "filter": "{}",
+        "startedAt": datetime(2026, 1, 1, tzinfo=UTC),
+        "phase": "Running",
+        "after": "q-1",
+        "counts": {"seeded": 3},
+        "retry": [],
+    }
     assert Checkpoint.from_document(good).after == "q-1"
     with pytest.raises(LedgerError, match=f"field '{field}'"):
         Checkpoint.from_document({**good, **change})

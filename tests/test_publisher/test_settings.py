@@ -75,16 +75,27 @@ def test_defaults_match_the_contract_table() -> None:
     assert int(documented["LIBERATOR_BATCH_SIZE"]) == settings.batch_size
     assert int(documented["LIBERATOR_MAX_AWAIT_MS"]) == settings.max_await_ms
     assert float(documented["LIBERATOR_SWEEP_INTERVAL_SECONDS"]) == (
-        settings.sweep_interval_seconds)
+        settings.sweep_interval_seconds
+    )
     assert float(documented["LIBERATOR_PENDING_AGE_SECONDS"]) == settings.pending_age_seconds
     assert float(documented["LIBERATOR_STALL_AFTER_SECONDS"]) == settings.stall_after_seconds
     assert int(documented["LIBERATOR_RESUME_MARGIN_PERCENT"]) == settings.resume_margin_percent
-    assert documented["LIBERATOR_OUTBOX_COLLECTION"].replace(
-        "<collection>", "quotes") == settings.outbox_collection
-    assert documented["LIBERATOR_SOURCE"].replace("<database>", "shop").replace(
-        "<collection>", "quotes") == settings.source
-    assert documented["LIBERATOR_PUBLISHER"].replace("<database>", "shop").replace(
-        "<collection>", "quotes") == settings.publisher
+    assert (
+        documented["LIBERATOR_OUTBOX_COLLECTION"].replace("<collection>", "quotes")
+        == settings.outbox_collection
+    )
+    assert (
+        documented["LIBERATOR_SOURCE"]
+        .replace("<database>", "shop")
+        .replace("<collection>", "quotes")
+        == settings.source
+    )
+    assert (
+        documented["LIBERATOR_PUBLISHER"]
+        .replace("<database>", "shop")
+        .replace("<collection>", "quotes")
+        == settings.publisher
+    )
 
 
 def test_every_variable_set() -> None:
@@ -129,9 +140,13 @@ def test_every_variable_set() -> None:
     assert settings.sweep_interval_seconds == 5.0
     assert settings.pending_age_seconds == 60.5
     assert settings.mapping() == EventMapping(
-        entity_type="quote", source="https://shop.example.com/quotes", id_field="quoteId",
-        version_field="version", event_context_field="meta",
-        exclude_fields=frozenset({"secret", "internal"}))
+        entity_type="quote",
+        source="https://shop.example.com/quotes",
+        id_field="quoteId",
+        version_field="version",
+        event_context_field="meta",
+        exclude_fields=frozenset({"secret", "internal"}),
+    )
 
 
 def test_every_contract_variable_has_a_settings_field() -> None:
@@ -178,10 +193,16 @@ BAD = [
     ("LIBERATOR_MONGO_URI", "mongodb://", "not a valid MongoDB URI"),
     ("LIBERATOR_MONGO_URI", f"mongodb://app:{PASSWORD}@h:99999/", "Port must be"),
     ("LIBERATOR_MONGO_URI", f"mongodb://app:{PASSWORD}:x@h/", "must be escaped"),
-    ("LIBERATOR_MONGO_URI", f"mongodb://app:{PASSWORD}@h/?replicaSet=rs0&bogus={PASSWORD}",
-     "Unknown option"),
-    ("LIBERATOR_MONGO_URI", f"mongodb+srv://app:{PASSWORD}@h.example.net:27017/",
-     "one host and no port"),
+    (
+        "LIBERATOR_MONGO_URI",
+        f"mongodb://app:{PASSWORD}@h/?replicaSet=rs0&bogus={PASSWORD}",
+        "Unknown option",
+    ),
+    (
+        "LIBERATOR_MONGO_URI",
+        f"mongodb+srv://app:{PASSWORD}@h.example.net:27017/",
+        "one host and no port",
+    ),
     ("LIBERATOR_MONGO_URI", "mongodb+srv://a.example.net,b.example.net/", "one host"),
     ("LIBERATOR_DATABASE", "shop.prod", "not a MongoDB database name"),
     ("LIBERATOR_DATABASE", "my shop", "not a MongoDB database name"),
@@ -277,9 +298,14 @@ def test_the_first_problem_in_contract_order_is_reported() -> None:
 
 
 def test_values_are_stripped_and_empty_optionals_mean_unset() -> None:
-    settings = parse(LIBERATOR_DATABASE=" shop\n", LIBERATOR_HTTP_PORT=" 9000 ",
-                     LIBERATOR_VERSION_FIELD="", LIBERATOR_EXCLUDE_FIELDS=" ",
-                     PUBSUB_EMULATOR_HOST="", LIBERATOR_MONGO_URI="mongodb://h:1/\n")
+    settings = parse(
+        LIBERATOR_DATABASE=" shop\n",
+        LIBERATOR_HTTP_PORT=" 9000 ",
+        LIBERATOR_VERSION_FIELD="",
+        LIBERATOR_EXCLUDE_FIELDS=" ",
+        PUBSUB_EMULATOR_HOST="",
+        LIBERATOR_MONGO_URI="mongodb://h:1/\n",
+    )
     assert settings.database == "shop"
     assert settings.http_port == 9000
     assert settings.version_field is None

@@ -23,8 +23,14 @@ STALL = {"LIBERATOR_ID_FIELD": "entity", "LIBERATOR_STALL_AFTER_SECONDS": "2"}
 
 
 def verdict(**overrides: Any) -> Any:
-    args: dict[str, Any] = {"now": 1000.0, "stall_after": 300.0, "backlog": 0,
-                            "pending_since": None, "published_at": None, "unsaved_since": None}
+    args: dict[str, Any] = {
+        "now": 1000.0,
+        "stall_after": 300.0,
+        "backlog": 0,
+        "pending_since": None,
+        "published_at": None,
+        "unsaved_since": None,
+    }
     return stall_verdict(**{**args, **overrides})
 
 
@@ -84,13 +90,20 @@ def stalled_reason(publisher: Publisher) -> str | None:
 
 
 def test_nothing_published_while_the_topic_is_missing_then_clears_with_nothing_lost(
-        publisher: Publisher, db: Database[dict[str, Any]]) -> None:
-    late = Topic(publisher.topic.project, f"late-{publisher.topic.topic_id}",
-                 f"late-{publisher.topic.subscription_id}")  # not created yet
+    publisher: Publisher, db: Database[dict[str, Any]]
+) -> None:
+    late = Topic(
+        publisher.topic.project,
+        f"late-{publisher.topic.topic_id}",
+        f"late-{publisher.topic.subscription_id}",
+    )  # not created yet
     car = publisher.start(LIBERATOR_TOPIC=late.topic_id, **STALL)
     db[publisher.collection].insert_many([{"entity": f"e{i}", "seq": i} for i in range(10)])
-    eventually(lambda: stalled_reason(publisher) == NOTHING_PUBLISHED,
-               what="the record says NothingPublished", deadline=60)
+    eventually(
+        lambda: stalled_reason(publisher) == NOTHING_PUBLISHED,
+        what="the record says NothingPublished",
+        deadline=60,
+    )
     stalled = record(publisher)["stalled"]
     assert "10 event(s) pending" in stalled["message"]
     datetime.fromisoformat(stalled["since"])
@@ -114,7 +127,8 @@ def test_nothing_published_while_the_topic_is_missing_then_clears_with_nothing_l
 
 
 def test_capture_not_moving_while_outbox_writes_fail_then_clears_with_nothing_lost(
-        publisher: Publisher, collector: Collector, db: Database[dict[str, Any]]) -> None:
+    publisher: Publisher, collector: Collector, db: Database[dict[str, Any]]
+) -> None:
     car = publisher.start(**STALL)
     outbox = db[publisher.outbox]
     # A hand-made unique index that every second insert breaks: the outbox refuses the events,
@@ -122,8 +136,11 @@ def test_capture_not_moving_while_outbox_writes_fail_then_clears_with_nothing_lo
     outbox.create_index("operation", unique=True, name="bad_unique_operation")
     quotes = db[publisher.collection]
     quotes.insert_many([{"entity": f"e{i}", "seq": i} for i in range(5)])
-    eventually(lambda: stalled_reason(publisher) == CAPTURE_NOT_MOVING,
-               what="the record says CaptureNotMoving", deadline=60)
+    eventually(
+        lambda: stalled_reason(publisher) == CAPTURE_NOT_MOVING,
+        what="the record says CaptureNotMoving",
+        deadline=60,
+    )
     assert "checkpoint has not moved" in record(publisher)["stalled"]["message"]
     assert car.metric("liberator_stalled", 'reason="CaptureNotMoving"') == 1.0
     assert car.alive()
@@ -136,7 +153,8 @@ def test_capture_not_moving_while_outbox_writes_fail_then_clears_with_nothing_lo
 
 
 def test_checkpoint_ages_are_reported_and_move_with_the_positions(
-        publisher: Publisher, collector: Collector, db: Database[dict[str, Any]]) -> None:
+    publisher: Publisher, collector: Collector, db: Database[dict[str, Any]]
+) -> None:
     car = publisher.start(**STALL)
     db[publisher.collection].insert_one({"entity": "a", "seq": 0})
     eventually(lambda: len(collector.ids()) >= 1, what="the first event")
@@ -153,5 +171,8 @@ def test_checkpoint_ages_are_reported_and_move_with_the_positions(
     assert capture_age is not None and capture_age >= 0
     db[publisher.collection].insert_one({"entity": "a", "seq": 1})
     eventually(lambda: len(collector.ids()) >= 2, what="the second event")
-    eventually(lambda: ages().get("capture", {}).get("movedAt", "") > first["capture"]["movedAt"],
-               what="the capture checkpoint's movedAt advances", deadline=60)
+    eventually(
+        lambda: ages().get("capture", {}).get("movedAt", "") > first["capture"]["movedAt"],
+        what="the capture checkpoint's movedAt advances",
+        deadline=60,
+    )

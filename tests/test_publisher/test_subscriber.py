@@ -38,9 +38,16 @@ DEADLINE = 90.0
 
 
 def attrs(event_id: str, event_type: str, subject: str = "q-1", **extra: str) -> dict[str, str]:
-    return {"ce-specversion": "1.0", "ce-id": event_id, "ce-type": event_type,
-            "ce-source": "//liberator/test/quotes", "ce-subject": subject,
-            "ce-time": "2026-01-02T03:04:05.678Z", "content-type": "application/json", **extra}
+    return {
+        "ce-specversion": "1.0",
+        "ce-id": event_id,
+        "ce-type": event_type,
+        "ce-source": "//liberator/test/quotes",
+        "ce-subject": subject,
+        "ce-time": "2026-01-02T03:04:05.678Z",
+        "content-type": "application/json",
+        **extra,
+    }
 
 
 # -- pure parts ----------------------------------------------------------------------------------
@@ -48,9 +55,14 @@ def attrs(event_id: str, event_type: str, subject: str = "q-1", **extra: str) ->
 
 def test_parse_message_reads_the_binary_binding() -> None:
     data = b'{"quoteId": "q-1", "at": {"$date": "2026-01-02T03:04:05Z"}, "n": 3}'
-    event = parse_message(data, attrs("e-1", "quote.created", **{"ce-entityversion": "7",
-                                                                  "ce-seed": "true",
-                                                                  "googclient_x": "y"}))
+    event = parse_message(
+        data,
+        attrs(
+            "e-1",
+            "quote.created",
+            **{"ce-entityversion": "7", "ce-seed": "true", "googclient_x": "y"},
+        ),
+    )
     assert event.id == "e-1"
     assert event.type == "quote.created"
     assert event.subject == "q-1"
@@ -68,13 +80,16 @@ def test_parse_message_names_a_missing_attribute(missing: str) -> None:
         parse_message(b"{}", attributes)
 
 
-@pytest.mark.parametrize(("change", "data", "reason"), [
-    ({"ce-time": "yesterday"}, b"{}", "ce-time"),
-    ({"ce-time": "2026-01-02"}, b"{}", "ce-time"),
-    ({"ce-specversion": "0.3"}, b"{}", "ce-specversion"),
-    ({}, b"not json", "not JSON"),
-    ({}, b"\xff\xfe", "not JSON"),
-])
+@pytest.mark.parametrize(
+    ("change", "data", "reason"),
+    [
+        ({"ce-time": "yesterday"}, b"{}", "ce-time"),
+        ({"ce-time": "2026-01-02"}, b"{}", "ce-time"),
+        ({"ce-specversion": "0.3"}, b"{}", "ce-specversion"),
+        ({}, b"not json", "not JSON"),
+        ({}, b"\xff\xfe", "not JSON"),
+    ],
+)
 def test_parse_message_rejects_malformed(change: dict[str, str], data: bytes, reason: str) -> None:
     with pytest.raises(MalformedEventError, match=reason):
         parse_message(data, {**attrs("e-1", "quote.created"), **change})
@@ -110,18 +125,23 @@ def test_backoff_doubles_and_is_capped() -> None:
     assert backoff_seconds(30, 5, 10_000) == 600  # Pub/Sub's ceiling
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"subscription": "billing"}, "subscription"),
-    ({"subscription": "projects/p/topics/t"}, "subscription"),
-    ({"redis_url": "localhost:6379"}, "redis_url"),
-    ({"max_attempts": 0}, "max_attempts"),
-    ({"dedupe_ttl_seconds": 0}, "dedupe_ttl_seconds"),
-    ({"min_backoff_seconds": 5, "max_backoff_seconds": 1}, "max_backoff_seconds"),
-    ({"max_backoff_seconds": 601}, "max_backoff_seconds"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"subscription": "billing"}, "subscription"),
+        ({"subscription": "projects/p/topics/t"}, "subscription"),
+        ({"redis_url": "localhost:6379"}, "redis_url"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"dedupe_ttl_seconds": 0}, "dedupe_ttl_seconds"),
+        ({"min_backoff_seconds": 5, "max_backoff_seconds": 1}, "max_backoff_seconds"),
+        ({"max_backoff_seconds": 601}, "max_backoff_seconds"),
+    ],
+)
 def test_settings_reject_bad_input(change: dict[str, Any], field: str) -> None:
-    good: dict[str, Any] = {"subscription": "projects/p/subscriptions/s",
-                            "redis_url": "redis://127.0.0.1:1/0"}
+    good: dict[str, Any] = {
+        "subscription": "projects/p/subscriptions/s",
+        "redis_url": "redis://127.0.0.1:1/0",
+    }
     with pytest.raises(ValueError, match=field):
         SubscriberSettings(**{**good, **change})
 
@@ -132,23 +152,39 @@ def test_settings_reject_bad_input(change: dict[str, Any], field: str) -> None:
 class Topics:
     """A topic with a subscription (and optionally a dead-letter topic) on the emulator."""
 
-    def __init__(self, pubsub: Server, name: str, *, dead_letter_attempts: int = 0,
-                 own_dead_letter: bool = False) -> None:
+    def __init__(
+        self,
+        pubsub: Server,
+        name: str,
+        *,
+        dead_letter_attempts: int = 0,
+        own_dead_letter: bool = False,
+    ) -> None:
         project = pubsub.exports["LIBERATOR_PUBSUB_PROJECT"]
         self.publisher = pubsub_v1.PublisherClient()
         self.admin = pubsub_v1.SubscriberClient()
         self.topic = self.publisher.create_topic(
-            name=self.publisher.topic_path(project, f"t-{name}")).name
+            name=self.publisher.topic_path(project, f"t-{name}")
+        ).name
         self.dead_topic = self.publisher.create_topic(
-            name=self.publisher.topic_path(project, f"dl-{name}")).name
-        self.dead_sub = self.admin.create_subscription(request={
-            "name": self.admin.subscription_path(project, f"dl-{name}"),
-            "topic": self.dead_topic}).name
-        request: dict[str, Any] = {"name": self.admin.subscription_path(project, f"s-{name}"),
-                                   "topic": self.topic, "ack_deadline_seconds": 10}
+            name=self.publisher.topic_path(project, f"dl-{name}")
+        ).name
+        self.dead_sub = self.admin.create_subscription(
+            request={
+                "name": self.admin.subscription_path(project, f"dl-{name}"),
+                "topic": self.dead_topic,
+            }
+        ).name
+        request: dict[str, Any] = {
+            "name": self.admin.subscription_path(project, f"s-{name}"),
+            "topic": self.topic,
+            "ack_deadline_seconds": 10,
+        }
         if dead_letter_attempts:
-            request["dead_letter_policy"] = {"dead_letter_topic": self.dead_topic,
-                                             "max_delivery_attempts": dead_letter_attempts}
+            request["dead_letter_policy"] = {
+                "dead_letter_topic": self.dead_topic,
+                "max_delivery_attempts": dead_letter_attempts,
+            }
         self.subscription = self.admin.create_subscription(request=request).name
         self.own_dead_letter = own_dead_letter
 
@@ -157,20 +193,30 @@ class Topics:
 
     def subscriber(self, redis_url: str, **settings: Any) -> Subscriber:
         extra = {"dead_letter_topic": self.dead_topic} if self.own_dead_letter else {}
-        return Subscriber(SubscriberSettings(
-            subscription=self.subscription, redis_url=redis_url, pull_timeout_seconds=2,
-            min_backoff_seconds=0.5, max_backoff_seconds=1, **extra, **settings))
+        return Subscriber(
+            SubscriberSettings(
+                subscription=self.subscription,
+                redis_url=redis_url,
+                pull_timeout_seconds=2,
+                min_backoff_seconds=0.5,
+                max_backoff_seconds=1,
+                **extra,
+                **settings,
+            )
+        )
 
     def dead_letters(self, expected: int) -> list[Any]:
         found: list[Any] = []
         deadline = time.monotonic() + DEADLINE
         while len(found) < expected and time.monotonic() < deadline:
-            response = self.admin.pull(request={"subscription": self.dead_sub,
-                                                "max_messages": 10}, timeout=5)
+            response = self.admin.pull(
+                request={"subscription": self.dead_sub, "max_messages": 10}, timeout=5
+            )
             for item in response.received_messages:
                 found.append(item.message)
-                self.admin.acknowledge(request={"subscription": self.dead_sub,
-                                                "ack_ids": [item.ack_id]})
+                self.admin.acknowledge(
+                    request={"subscription": self.dead_sub, "ack_ids": [item.ack_id]}
+                )
         return found
 
 
@@ -185,8 +231,9 @@ def drive(sub: Subscriber, done: Callable[[], bool], settle: float = 0.0) -> Non
         sub.run_once()
 
 
-def test_dispatch_by_type_and_unknown_types_are_acked(pubsub: Server, redis_url: str,
-                                                      unique: str) -> None:
+def test_dispatch_by_type_and_unknown_types_are_acked(
+    pubsub: Server, redis_url: str, unique: str
+) -> None:
     topics = Topics(pubsub, unique)
     sub = topics.subscriber(redis_url)
     seen: dict[str, list[str]] = {"purchased": [], "quote": [], "order": []}
@@ -213,8 +260,9 @@ def test_dispatch_by_type_and_unknown_types_are_acked(pubsub: Server, redis_url:
     sub.close()
 
 
-def test_duplicate_delivery_calls_the_handler_once(pubsub: Server, redis_url: str,
-                                                   unique: str) -> None:
+def test_duplicate_delivery_calls_the_handler_once(
+    pubsub: Server, redis_url: str, unique: str
+) -> None:
     topics = Topics(pubsub, unique)
     calls: list[str] = []
     first = topics.subscriber(redis_url)
@@ -237,7 +285,8 @@ def test_duplicate_delivery_calls_the_handler_once(pubsub: Server, redis_url: st
 
 
 def test_failing_handler_is_retried_then_dead_lettered_by_the_policy(
-        pubsub: Server, redis_url: str, unique: str) -> None:
+    pubsub: Server, redis_url: str, unique: str
+) -> None:
     topics = Topics(pubsub, unique, dead_letter_attempts=5)
     sub = topics.subscriber(redis_url)
     calls: dict[str, int] = {"poison": 0, "flaky": 0}
@@ -259,8 +308,7 @@ def test_failing_handler_is_retried_then_dead_lettered_by_the_policy(
     sub.close()
 
 
-def test_library_dead_letters_without_a_policy(pubsub: Server, redis_url: str,
-                                               unique: str) -> None:
+def test_library_dead_letters_without_a_policy(pubsub: Server, redis_url: str, unique: str) -> None:
     topics = Topics(pubsub, unique, own_dead_letter=True)
     sub = topics.subscriber(redis_url, max_attempts=3)
     calls: list[str] = []
@@ -282,8 +330,9 @@ def test_library_dead_letters_without_a_policy(pubsub: Server, redis_url: str,
     sub.close()
 
 
-def test_malformed_message_goes_to_the_policy_topic(pubsub: Server, redis_url: str,
-                                                    unique: str) -> None:
+def test_malformed_message_goes_to_the_policy_topic(
+    pubsub: Server, redis_url: str, unique: str
+) -> None:
     topics = Topics(pubsub, unique, dead_letter_attempts=5)
     sub = topics.subscriber(redis_url)
     sub.add("*", lambda e: None)
@@ -299,9 +348,14 @@ def test_the_example_runs(pubsub: Server, redis_url: str) -> None:
     """examples/subscriber_example.py --demo, as a newcomer runs it on the local stack."""
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, **pubsub.exports, "LIBERATOR_REDIS_URL": redis_url}
-    done = subprocess.run([sys.executable, str(root / "examples" / "subscriber_example.py"),
-                           "--demo"], env=env, capture_output=True, text=True, timeout=120,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / "subscriber_example.py"), "--demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "bill q-1: 10.5 (correlation order-7)" in done.stdout
     assert "outcomes: {'duplicate': 1, 'handled': 2, 'unknown': 1}" in done.stdout

@@ -30,19 +30,32 @@ def test_exported_members() -> None:
 
 def test_importing_the_package_loads_no_client() -> None:
     # The sidecar imports the package; the Pub/Sub client must load only when a team uses it.
-    code = ("import sys, liberator_publisher, liberator_publisher.core.settings; "
-            "print(sorted(m for m in ('google.cloud.pubsub_v1', 'redis', 'prometheus_client') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import sys, liberator_publisher, liberator_publisher.core.settings; "
+        "print(sorted(m for m in ('google.cloud.pubsub_v1', 'redis', 'prometheus_client') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "['redis']", out  # redis.connection: the URL parser of settings
 
 
 def test_a_testing_event_is_what_the_sidecar_sends() -> None:
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    event = cloud_event("quote", {"_id": "Q-1", "price": 10, "v": 3,
-                                  "_event": {"type": "quote.purchased", "correlationId": "c-1"}},
-                        operation="updated", version_field="v", event_id="e-1", time=when)
+    event = cloud_event(
+        "quote",
+        {
+            "_id": "Q-1",
+            "price": 10,
+            "v": 3,
+            "_event": {"type": "quote.purchased", "correlationId": "c-1"},
+        },
+        operation="updated",
+        version_field="v",
+        event_id="e-1",
+        time=when,
+    )
     assert (event.id, event.type, event.subject) == ("e-1", "quote.purchased", "Q-1")
     assert event.time == when and event.source == "//tests/quote"
     assert event.data == {"_id": "Q-1", "price": 10, "v": 3}  # the context is not data

@@ -24,9 +24,13 @@ def test_read_back_as_aware_utc() -> None:
     assert parse_rfc3339("2026-01-02t03:04:05z") == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("bad", ["2026-01-02", "2026-01-02T03:04:05", "yesterday", "",
-                                 "2026-13-02T03:04:05Z"])
+@pytest.mark.parametrize(
+    "bad", ["2026-01-02", "2026-01-02T03:04:05", "yesterday", "", "2026-13-02T03:04:05Z"]
+)
 def test_a_time_without_a_zone_or_not_a_time_is_refused_by_name(bad: str) -> None:
-    with pytest.raises(ValueError, match=r"--since: .* is not an RFC 3339 time with a zone; "
-                                         r"write e\.g\. 2026-01-02T03:04:05Z"):
+    with pytest.raises(
+        ValueError,
+        match=r"--since: .* is not an RFC 3339 time with a zone; "
+        r"write e\.g\. 2026-01-02T03:04:05Z",
+    ):
         parse_rfc3339(bad, "--since")

@@ -15,20 +15,35 @@ def test_ids_pubsub_accepts(value: str) -> None:
     assert is_resource_id(value)
 
 
-@pytest.mark.parametrize("value", ["ab", "1abc", "a" * 256, "my events", "events/live",
-                                   "goog-events", "GOOGLE", "projects/p/topics/t", ""])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "ab",
+        "1abc",
+        "a" * 256,
+        "my events",
+        "events/live",
+        "goog-events",
+        "GOOGLE",
+        "projects/p/topics/t",
+        "",
+    ],
+)
 def test_ids_pubsub_refuses(value: str) -> None:
     assert not is_resource_id(value)
     assert "not with 'goog'" in RESOURCE_ID_RULE
 
 
-@pytest.mark.parametrize("command", [
-    ["eventstore", "--subscription", "live-events"],
-    ["replay", "--dry-run"],
-])
-def test_a_bad_mongo_uri_never_shows_its_password(command: list[str],
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eventstore", "--subscription", "live-events"],
+        ["replay", "--dry-run"],
+    ],
+)
+def test_a_bad_mongo_uri_never_shows_its_password(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # One rule for every input path: the sidecar, the event store and replay hide it alike.
     monkeypatch.setenv("LIBERATOR_DATABASE", "shop")
     assert main([*command, "--mongo-uri", "mongodb://app:s3cret@db:notaport/"]) == 2
@@ -42,4 +57,5 @@ def test_invalid_value_names_where_it_came_from() -> None:
         validation.percent("150")
     assert caught.value.named("--margin") == (
         "--margin: '150' is not a whole percentage from 1 to 99; use a number such as 25 (a "
-        "quarter of the oplog window)")
+        "quarter of the oplog window)"
+    )

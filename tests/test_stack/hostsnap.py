@@ -15,20 +15,23 @@ from liberator_stack import nodeconf as nc
 VOLATILE = re.compile(
     r"^(fs\.(dentry-state|file-nr|inode-nr|inode-state|quota\.)|kernel\.random\.|"
     r"kernel\.ns_last_pid|kernel\.pty\.nr|net\.netfilter\.nf_conntrack_count|"
-    r"kernel\.sched_|vm\.stat_|fs\.aio-nr|kernel\.keys\.(maxkeys|maxbytes)$)")
+    r"kernel\.sched_|vm\.stat_|fs\.aio-nr|kernel\.keys\.(maxkeys|maxbytes)$)"
+)
 
 
 def _out(argv: list[str]) -> str:
     if shutil.which(argv[0]) is None:
         return ""
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60,
-                          check=False).stdout
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False).stdout
 
 
 def _rules(text: str) -> list[str]:
     # Comments carry timestamps; counters move.
-    return [re.sub(r"\[\d+:\d+\]", "", line) for line in text.splitlines()
-            if line and not line.startswith("#")]
+    return [
+        re.sub(r"\[\d+:\d+\]", "", line)
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    ]
 
 
 def sysctls() -> dict[str, str]:
@@ -41,8 +44,9 @@ def sysctls() -> dict[str, str]:
 
 
 def snapshot() -> dict[str, Any]:
-    mounts = sorted(line.split()[4] for line in
-                    Path("/proc/self/mountinfo").read_text().splitlines())
+    mounts = sorted(
+        line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    )
     return {
         "mounts": mounts,
         "sysctls": sysctls(),
@@ -50,8 +54,9 @@ def snapshot() -> dict[str, Any]:
         "ip6tables": _rules(_out(["ip6tables-save"])),
         "nft tables": host.nft_tables(),
         "links": sorted(p.name for p in Path("/sys/class/net").iterdir()),
-        "addresses": sorted(re.sub(r"\s+valid_lft.*", "", line)
-                            for line in _out(["ip", "-o", "addr"]).splitlines()),
+        "addresses": sorted(
+            re.sub(r"\s+valid_lft.*", "", line) for line in _out(["ip", "-o", "addr"]).splitlines()
+        ),
         "kubepods cgroups": [str(p) for p in host.kubepods_cgroups()],
         "netns": sorted(p.name for p in Path("/run/netns").glob("*")),
         "folders": [str(p) for p in (*nc.FOREIGN_DIRS, nc.VAR_DIR, nc.RUN_ROOT) if p.exists()],
@@ -65,13 +70,18 @@ def differences(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
     for key, old in before.items():
         new = after[key]
         if isinstance(old, dict):
-            changed = {k: (old.get(k), new.get(k)) for k in old.keys() | new.keys()
-                       if old.get(k) != new.get(k)}
+            changed = {
+                k: (old.get(k), new.get(k))
+                for k in old.keys() | new.keys()
+                if old.get(k) != new.get(k)
+            }
             if changed:
                 found[key] = changed
         elif old != new:
-            found[key] = {"added": sorted(set(map(str, new)) - set(map(str, old))),
-                          "gone": sorted(set(map(str, old)) - set(map(str, new)))}
+            found[key] = {
+                "added": sorted(set(map(str, new)) - set(map(str, old))),
+                "gone": sorted(set(map(str, old)) - set(map(str, new))),
+            }
     return found
 
 

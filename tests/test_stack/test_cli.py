@@ -13,8 +13,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def stack(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LIBERATOR_STACK_DIR": str(run_dir)}
-    return subprocess.run([str(ROOT / "hack" / "stack"), *args], env=env, capture_output=True,
-                          text=True, timeout=120, check=False, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(ROOT / "hack" / "stack"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def running(pid: int) -> bool:
@@ -56,13 +63,22 @@ def test_unknown_server_is_refused_with_the_choices(tmp_path: Path) -> None:
 def test_up_mongo_without_pymongo_fails_at_once_naming_make_venv(tmp_path: Path) -> None:
     # As `hack/stack up mongo` under a system python without pymongo (before `make venv`): the
     # import is made to fail in the child only (None in sys.modules), nothing else changes.
-    code = ("import sys, runpy; sys.modules['pymongo'] = None; "
-            "sys.argv = ['liberator_stack', 'up', 'mongo']; runpy.run_module('liberator_stack', "
-            "run_name='__main__')")
+    code = (
+        "import sys, runpy; sys.modules['pymongo'] = None; "
+        "sys.argv = ['liberator_stack', 'up', 'mongo']; runpy.run_module('liberator_stack', "
+        "run_name='__main__')"
+    )
     env = {**os.environ, "LIBERATOR_STACK_DIR": str(tmp_path), "PYTHONPATH": str(ROOT / "hack")}
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                            text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
     took = time.monotonic() - started
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -73,11 +89,20 @@ def test_up_mongo_without_pymongo_fails_at_once_naming_make_venv(tmp_path: Path)
 
 
 def test_up_mongo_with_a_bad_oplog_cap_names_the_variable(tmp_path: Path) -> None:
-    env = {**os.environ, "LIBERATOR_STACK_DIR": str(tmp_path),
-           "LIBERATOR_MONGO_OPLOG_MAX_ENTRIES": "lots"}
-    result = subprocess.run([str(ROOT / "hack" / "stack"), "up", "mongo"], env=env,
-                            capture_output=True, text=True, timeout=60, check=False,
-                            stdin=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "LIBERATOR_STACK_DIR": str(tmp_path),
+        "LIBERATOR_MONGO_OPLOG_MAX_ENTRIES": "lots",
+    }
+    result = subprocess.run(
+        [str(ROOT / "hack" / "stack"), "up", "mongo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 1
     assert "LIBERATOR_MONGO_OPLOG_MAX_ENTRIES must be a whole number" in result.stderr
     assert "'lots'" in result.stderr

@@ -44,8 +44,9 @@ def eventually(check: Callable[[], Any], *, what: str, deadline: float = DEADLIN
 def api(kube: Server) -> Iterator[client.ApiClient]:
     configuration = client.Configuration()
     # A private configuration: loading must not change the process-wide default client.
-    config.load_kube_config(config_file=kube.exports["KUBECONFIG"],
-                            client_configuration=configuration)
+    config.load_kube_config(
+        config_file=kube.exports["KUBECONFIG"], client_configuration=configuration
+    )
     with client.ApiClient(configuration) as api_client:
         yield api_client
 
@@ -72,19 +73,25 @@ def widgets(api: client.ApiClient) -> client.CustomObjectsApi:
 
     def established() -> bool:
         crd = extensions.read_custom_resource_definition(body["metadata"]["name"])
-        return any(c.type == "Established" and c.status == "True"
-                   for c in crd.status.conditions or [])
+        return any(
+            c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
+        )
 
     eventually(established, what="CRD widgets Established")
     return client.CustomObjectsApi(api)
 
 
 def widget(name: str, size: int, colour: str = "green") -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Widget", "metadata": {"name": name},
-            "spec": {"size": size, "colour": colour}}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Widget",
+        "metadata": {"name": name},
+        "spec": {"size": size, "colour": colour},
+    }
 
 
 # -- pure checks of the build module --------------------------------------------------------------
+
 
 def test_go_mod_pins_one_release_and_matching_staging_modules() -> None:
     go_mod = kube_module.read_go_mod()
@@ -94,9 +101,14 @@ def test_go_mod_pins_one_release_and_matching_staging_modules() -> None:
     assert "k8s.io/apiserver => k8s.io/apiserver v0." + version[3:] in go_mod
 
 
-@pytest.mark.parametrize("text", ["module x\n", "require (\n\tk8s.io/kubernetes latest\n)\n",
-                                  "require k8s.io/kubernetes v1.34.4\n"
-                                  "require k8s.io/kubernetes v1.34.3\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "module x\n",
+        "require (\n\tk8s.io/kubernetes latest\n)\n",
+        "require k8s.io/kubernetes v1.34.4\nrequire k8s.io/kubernetes v1.34.3\n",
+    ],
+)
 def test_pinned_version_rejects_a_go_mod_without_one_release(text: str) -> None:
     with pytest.raises(StackError, match=r"require k8s\.io/kubernetes"):
         kube_module.pinned_version(text)
@@ -109,9 +121,11 @@ def test_pinned_version_reads_block_and_line_forms() -> None:
 
 
 def test_staging_replace_of_another_release_is_named() -> None:
-    go_mod = ("require k8s.io/kubernetes v1.34.4\nreplace (\n"
-              "\tk8s.io/api => k8s.io/api v0.34.4\n"
-              "\tk8s.io/client-go => k8s.io/client-go v0.34.3\n)\n")
+    go_mod = (
+        "require k8s.io/kubernetes v1.34.4\nreplace (\n"
+        "\tk8s.io/api => k8s.io/api v0.34.4\n"
+        "\tk8s.io/client-go => k8s.io/client-go v0.34.3\n)\n"
+    )
     with pytest.raises(StackError, match=r"k8s\.io/client-go.*k8s\.io/client-go v0\.34\.4"):
         kube_module.check_staging_replaces(go_mod, "v1.34.4")
     with pytest.raises(StackError, match=r"no 'replace k8s\.io/<name>"):
@@ -119,6 +133,7 @@ def test_staging_replace_of_another_release_is_named() -> None:
 
 
 # -- the running API server -----------------------------------------------------------------------
+
 
 @pytest.mark.kube
 def test_server_reports_the_pinned_release(api: client.ApiClient, kube: Server) -> None:
@@ -128,10 +143,12 @@ def test_server_reports_the_pinned_release(api: client.ApiClient, kube: Server) 
 
 
 @pytest.mark.kube
-def test_crd_create_get_list_watch_and_status(widgets: client.CustomObjectsApi,
-                                              namespace: str) -> None:
-    created = widgets.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                                      widget("first", 3))
+def test_crd_create_get_list_watch_and_status(
+    widgets: client.CustomObjectsApi, namespace: str
+) -> None:
+    created = widgets.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, widget("first", 3)
+    )
     assert created["metadata"]["generation"] == 1
     got = widgets.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "first")
     assert got["spec"] == {"size": 3, "colour": "green"}
@@ -143,41 +160,60 @@ def test_crd_create_get_list_watch_and_status(widgets: client.CustomObjectsApi,
     widgets.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, widget("second", 5))
     seen: list[tuple[str, str]] = []
     stream = watch.Watch()
-    for event in stream.stream(widgets.list_namespaced_custom_object, GROUP, VERSION, namespace,
-                               PLURAL, resource_version=listed["metadata"]["resourceVersion"],
-                               timeout_seconds=int(DEADLINE)):
+    for event in stream.stream(
+        widgets.list_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        resource_version=listed["metadata"]["resourceVersion"],
+        timeout_seconds=int(DEADLINE),
+    ):
         seen.append((event["type"], event["object"]["metadata"]["name"]))
         if seen[-1] == ("ADDED", "second"):
             stream.stop()
     assert seen == [("ADDED", "second")]
 
     patched = widgets.patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, "first",
-        {"status": {"phase": "Ready"}, "spec": {"size": 9}})
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        "first",
+        {"status": {"phase": "Ready"}, "spec": {"size": 9}},
+    )
     assert patched["status"] == {"phase": "Ready"}
     # The status subresource ignores spec, and status writes do not bump the generation.
     assert patched["spec"]["size"] == 3
     assert patched["metadata"]["generation"] == 1
     # ... and the main resource ignores status.
     updated = widgets.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, "first",
-        {"spec": {"size": 4}, "status": {"phase": "Broken"}})
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        "first",
+        {"spec": {"size": 4}, "status": {"phase": "Broken"}},
+    )
     assert updated["spec"]["size"] == 4
     assert updated["status"] == {"phase": "Ready"}
     assert updated["metadata"]["generation"] == 2
 
 
 @pytest.mark.kube
-@pytest.mark.parametrize(("spec", "field", "message"), [
-    ({"size": 0}, "spec.size", "should be greater than or equal to 1"),
-    ({"size": 2, "colour": "purple"}, "spec.colour", "Unsupported value"),
-    ({"size": "big"}, "spec.size", "must be of type integer"),
-    ({"colour": "red"}, "spec.size", "Required value"),
-    ({"size": 11, "colour": "blue"}, "spec.size", "spec.size above 10 needs spec.colour red"),
-])
-def test_bad_widget_is_rejected_naming_the_field(widgets: client.CustomObjectsApi, namespace: str,
-                                                 spec: dict[str, Any], field: str,
-                                                 message: str) -> None:
+@pytest.mark.parametrize(
+    ("spec", "field", "message"),
+    [
+        ({"size": 0}, "spec.size", "should be greater than or equal to 1"),
+        ({"size": 2, "colour": "purple"}, "spec.colour", "Unsupported value"),
+        ({"size": "big"}, "spec.size", "must be of type integer"),
+        ({"colour": "red"}, "spec.size", "Required value"),
+        ({"size": 11, "colour": "blue"}, "spec.size", "spec.size above 10 needs spec.colour red"),
+    ],
+)
+def test_bad_widget_is_rejected_naming_the_field(
+    widgets: client.CustomObjectsApi, namespace: str, spec: dict[str, Any], field: str, message: str
+) -> None:
     body = {**widget("bad", 1), "spec": spec}
     with pytest.raises(ApiException) as raised:
         widgets.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
@@ -190,17 +226,33 @@ def test_bad_widget_is_rejected_naming_the_field(widgets: client.CustomObjectsAp
 
 
 @pytest.mark.kube
-def test_kubectl_get_shows_printer_columns(widgets: client.CustomObjectsApi, namespace: str,
-                                           kube: Server, tmp_path: Path) -> None:
-    widgets.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                            widget("shown", 7, "blue"))
-    widgets.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "shown",
-                                                  {"status": {"phase": "Running"}})
+def test_kubectl_get_shows_printer_columns(
+    widgets: client.CustomObjectsApi, namespace: str, kube: Server, tmp_path: Path
+) -> None:
+    widgets.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, widget("shown", 7, "blue")
+    )
+    widgets.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, "shown", {"status": {"phase": "Running"}}
+    )
     for resource in (PLURAL, "wdg"):
         result = subprocess.run(
-            ["kubectl", "--kubeconfig", kube.exports["KUBECONFIG"], "--cache-dir",
-             str(tmp_path / "cache"), "get", resource, "-n", namespace],
-            capture_output=True, text=True, timeout=DEADLINE, check=False)
+            [
+                "kubectl",
+                "--kubeconfig",
+                kube.exports["KUBECONFIG"],
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "get",
+                resource,
+                "-n",
+                namespace,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
         header, *rows = [line.split() for line in result.stdout.splitlines()]
         assert header == ["NAME", "SIZE", "COLOUR", "PHASE", "AGE"]
@@ -229,13 +281,25 @@ class _WebhookHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.reviews.append(review)
-        patch = [{"op": "add", "path": "/metadata/labels/" + MUTATED_LABEL.replace("/", "~1"),
-                  "value": "true"}]
-        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                           "response": {"uid": review["request"]["uid"], "allowed": True,
-                                        "patchType": "JSONPatch",
-                                        "patch": base64.b64encode(json.dumps(patch).encode())
-                                        .decode()}}).encode()
+        patch = [
+            {
+                "op": "add",
+                "path": "/metadata/labels/" + MUTATED_LABEL.replace("/", "~1"),
+                "value": "true",
+            }
+        ]
+        body = json.dumps(
+            {
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "response": {
+                    "uid": review["request"]["uid"],
+                    "allowed": True,
+                    "patchType": "JSONPatch",
+                    "patch": base64.b64encode(json.dumps(patch).encode()).decode(),
+                },
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -247,13 +311,16 @@ class _WebhookHandler(BaseHTTPRequestHandler):
 
 
 def pod(name: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {"metadata": {"name": name, "labels": labels},
-            "spec": {"containers": [{"name": "app", "image": "busybox"}]}}
+    return {
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+    }
 
 
 @pytest.mark.kube
-def test_mutating_webhook_patches_matching_pods_only(api: client.ApiClient, namespace: str,
-                                                      unique: str, tmp_path: Path) -> None:
+def test_mutating_webhook_patches_matching_pods_only(
+    api: client.ApiClient, namespace: str, unique: str, tmp_path: Path
+) -> None:
     ca = kube_module.new_ca("smoke-webhook-ca")
     server = _Webhook(kube_module.issue_cert(ca, "webhook", hosts=["127.0.0.1"]), tmp_path)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -262,21 +329,37 @@ def test_mutating_webhook_patches_matching_pods_only(api: client.ApiClient, name
     admission = client.AdmissionregistrationV1Api(api)
     name = f"smoke-{unique}"
     selected = {"smoke.liberator.io/webhook": unique}
-    admission.create_mutating_webhook_configuration({
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": f"mutate.{unique}.smoke.liberator.io",
-            "clientConfig": {"url": f"https://127.0.0.1:{server.server_address[1]}/mutate",
-                             "caBundle": base64.b64encode(ca.cert_pem).decode()},
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                       "resources": ["pods"]}],
-            # Scoped to this test's namespace and labelled pods: other tests never see it.
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-            "objectSelector": {"matchLabels": selected},
-            "admissionReviewVersions": ["v1"], "sideEffects": "None", "timeoutSeconds": 5,
-            "failurePolicy": "Fail",
-        }],
-    })
+    admission.create_mutating_webhook_configuration(
+        {
+            "metadata": {"name": name},
+            "webhooks": [
+                {
+                    "name": f"mutate.{unique}.smoke.liberator.io",
+                    "clientConfig": {
+                        "url": f"https://127.0.0.1:{server.server_address[1]}/mutate",
+                        "caBundle": base64.b64encode(ca.cert_pem).decode(),
+                    },
+                    "rules": [
+                        {
+                            "operations": ["CREATE"],
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "resources": ["pods"],
+                        }
+                    ],
+                    # Scoped to this test's namespace and labelled pods: other tests never see it.
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": namespace}
+                    },
+                    "objectSelector": {"matchLabels": selected},
+                    "admissionReviewVersions": ["v1"],
+                    "sideEffects": "None",
+                    "timeoutSeconds": 5,
+                    "failurePolicy": "Fail",
+                }
+            ],
+        }
+    )
     try:
         # Registration reaches the admission chain asynchronously; probe with dry-run creates.
         def mutated_dry_run() -> bool:
@@ -292,7 +375,10 @@ def test_mutating_webhook_patches_matching_pods_only(api: client.ApiClient, name
         assert stored.metadata.labels[MUTATED_LABEL] == "true"
         request = server.reviews[-1]["request"]
         assert (request["operation"], request["namespace"], request["dryRun"]) == (
-            "CREATE", namespace, False)
+            "CREATE",
+            namespace,
+            False,
+        )
         assert request["object"]["metadata"]["name"] == "mutated"
 
         calls = len(server.reviews)
@@ -310,18 +396,22 @@ def test_mutating_webhook_patches_matching_pods_only(api: client.ApiClient, name
 
 @pytest.mark.kube
 def test_native_sidecar_is_accepted(api: client.ApiClient, namespace: str) -> None:
-    body = {"metadata": {"name": "with-sidecar"}, "spec": {
-        "initContainers": [{"name": "sidecar", "image": "busybox", "restartPolicy": "Always"}],
-        "containers": [{"name": "app", "image": "busybox"}]}}
+    body = {
+        "metadata": {"name": "with-sidecar"},
+        "spec": {
+            "initContainers": [{"name": "sidecar", "image": "busybox", "restartPolicy": "Always"}],
+            "containers": [{"name": "app", "image": "busybox"}],
+        },
+    }
     created = client.CoreV1Api(api).create_namespaced_pod(namespace, body)
     # With the SidecarContainers gate off the field would be dropped (or rejected).
     assert created.spec.init_containers[0].restart_policy == "Always"
 
 
 @pytest.mark.kube
-def test_start_on_a_busy_port_names_it_and_leaves_the_server_alone(kube: Server,
-                                                                   api: client.ApiClient,
-                                                                   tmp_path: Path) -> None:
+def test_start_on_a_busy_port_names_it_and_leaves_the_server_alone(
+    kube: Server, api: client.ApiClient, tmp_path: Path
+) -> None:
     port = int(kube.details["port"])
     with pytest.raises(StackError, match=rf"kube-apiserver port {port} .*not free"):
         kube_module.start(tmp_path, port)
@@ -331,12 +421,13 @@ def test_start_on_a_busy_port_names_it_and_leaves_the_server_alone(kube: Server,
 
 
 @pytest.mark.kube
-def test_restart_on_the_same_port_keeps_state_and_kubeconfig(stack: Stack, kube: Server,
-                                                             api: client.ApiClient,
-                                                             namespace: str) -> None:
+def test_restart_on_the_same_port_keeps_state_and_kubeconfig(
+    stack: Stack, kube: Server, api: client.ApiClient, namespace: str
+) -> None:
     core = client.CoreV1Api(api)
-    core.create_namespaced_config_map(namespace, {"metadata": {"name": "kept"},
-                                                  "data": {"answer": "42"}})
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "kept"}, "data": {"answer": "42"}}
+    )
     kubeconfig = Path(kube.exports["KUBECONFIG"]).read_text()
 
     restarted = stack.restart("kube")
@@ -349,8 +440,9 @@ def test_restart_on_the_same_port_keeps_state_and_kubeconfig(stack: Stack, kube:
 
 
 @pytest.mark.kube
-def test_a_port_taken_before_bind_is_picked_again(kube: Server, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_port_taken_before_bind_is_picked_again(
+    kube: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Another process holds the first port that start() picks, as if it took it after the pick.
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -366,8 +458,9 @@ def test_a_port_taken_before_bind_is_picked_again(kube: Server, tmp_path: Path,
             used = {server.details["port"], server.details["etcd"].rsplit(":", 1)[1]}
             assert str(taken.getsockname()[1]) not in used
             configuration = client.Configuration()
-            config.load_kube_config(config_file=server.exports["KUBECONFIG"],
-                                    client_configuration=configuration)
+            config.load_kube_config(
+                config_file=server.exports["KUBECONFIG"], client_configuration=configuration
+            )
             with client.ApiClient(configuration) as api_client:
                 assert client.CoreV1Api(api_client).read_namespace("default").metadata.name
         finally:

@@ -68,7 +68,10 @@ def test_watch_sees_insert_update_delete_in_order(coll: Collection[Doc]) -> None
         deleted = take(stream, 1)[0]
 
     assert kinds([inserted, updated, deleted]) == [
-        ("insert", "q1"), ("update", "q1"), ("delete", "q1")]
+        ("insert", "q1"),
+        ("update", "q1"),
+        ("delete", "q1"),
+    ]
     assert inserted["fullDocument"] == {"_id": "q1", "state": "draft", "n": {"a": 1}}
     # updateLookup: the whole document after the change (the "fat event").
     assert updated["fullDocument"] == {"_id": "q1", "state": "purchased", "n": {"a": 1, "b": 2}}
@@ -114,8 +117,13 @@ def test_replace_and_find_and_modify_produce_events(coll: Collection[Doc]) -> No
         coll.find_one_and_update({"_id": 2}, {"$set": {"v": 1}}, upsert=True)
         coll.find_one_and_delete({"_id": 1})
         events = take(stream, 5)
-    assert kinds(events) == [("insert", 1), ("replace", 1), ("update", 1), ("insert", 2),
-                             ("delete", 1)]
+    assert kinds(events) == [
+        ("insert", 1),
+        ("replace", 1),
+        ("update", 1),
+        ("insert", 2),
+        ("delete", 1),
+    ]
     assert events[1]["fullDocument"] == {"_id": 1, "v": 2}
     assert events[3]["fullDocument"] == {"_id": 2, "v": 1}
 
@@ -185,7 +193,8 @@ def test_update_on_a_collection_name_with_a_dot_without_lookup(dotted: Collectio
 
 
 def test_a_no_op_update_writes_no_event_and_no_oplog_entry(
-        client: pymongo.MongoClient[Doc], dotted: Collection[Doc]) -> None:
+    client: pymongo.MongoClient[Doc], dotted: Collection[Doc]
+) -> None:
     """Setting a field to the value it has changes nothing: MongoDB logs nothing, nor do we.
 
     Not a lost event: a reader waiting for an event after such an update waits forever.
@@ -298,18 +307,24 @@ def test_crud_used_by_the_data_plane(coll: Collection[Doc]) -> None:
     coll.insert_one({"_id": "n", "a": {"b": {"c": 1}}, "status": "pending"})
     result = coll.update_one({"_id": "n"}, {"$set": {"a.b.c": 2, "a.d": 3}})
     assert (result.matched_count, result.modified_count) == (1, 1)
-    after = coll.find_one_and_update({"_id": "n", "status": "pending"},
-                                     {"$set": {"status": "published"}},
-                                     return_document=pymongo.ReturnDocument.AFTER)
+    after = coll.find_one_and_update(
+        {"_id": "n", "status": "pending"},
+        {"$set": {"status": "published"}},
+        return_document=pymongo.ReturnDocument.AFTER,
+    )
     assert after == {"_id": "n", "a": {"b": {"c": 2}, "d": 3}, "status": "published"}
-    assert coll.find_one_and_update({"_id": "n", "status": "pending"},
-                                    {"$set": {"status": "x"}}) is None
-    bulk = coll.bulk_write([
-        pymongo.InsertOne({"_id": "b"}),
-        pymongo.UpdateOne({"_id": "b"}, {"$set": {"q": 1}}),
-        pymongo.ReplaceOne({"_id": "n"}, {"replaced": True}),
-        pymongo.DeleteOne({"_id": "b"}),
-    ])
+    assert (
+        coll.find_one_and_update({"_id": "n", "status": "pending"}, {"$set": {"status": "x"}})
+        is None
+    )
+    bulk = coll.bulk_write(
+        [
+            pymongo.InsertOne({"_id": "b"}),
+            pymongo.UpdateOne({"_id": "b"}, {"$set": {"q": 1}}),
+            pymongo.ReplaceOne({"_id": "n"}, {"replaced": True}),
+            pymongo.DeleteOne({"_id": "b"}),
+        ]
+    )
     assert (bulk.inserted_count, bulk.modified_count, bulk.deleted_count) == (1, 2, 1)
     assert list(coll.find()) == [{"_id": "n", "replaced": True}]
 
@@ -317,9 +332,16 @@ def test_crud_used_by_the_data_plane(coll: Collection[Doc]) -> None:
 def test_bson_types_round_trip_through_storage_and_events(coll: Collection[Doc]) -> None:
     when = datetime.datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.UTC)
     doc: Doc = {
-        "_id": "types", "dec": Decimal128("12345.678901234567890"), "bin": b"\x00\xff",
-        "uuid": Binary(b"0123456789abcdef", 4), "when": when, "nan": math.nan, "inf": math.inf,
-        "big": 2**62, "arr": [1, "a", None], "nested": {"x": {"y": [{"z": 1}]}},
+        "_id": "types",
+        "dec": Decimal128("12345.678901234567890"),
+        "bin": b"\x00\xff",
+        "uuid": Binary(b"0123456789abcdef", 4),
+        "when": when,
+        "nan": math.nan,
+        "inf": math.inf,
+        "big": 2**62,
+        "arr": [1, "a", None],
+        "nested": {"x": {"y": [{"z": 1}]}},
     }
     # Emulator gap: a Binary of subtype 5 (MD5) makes it drop the connection ("Unknown subtype").
     aware = coll.with_options(codec_options=CodecOptions(tz_aware=True))
@@ -333,8 +355,7 @@ def test_bson_types_round_trip_through_storage_and_events(coll: Collection[Doc])
         assert got == {k: v for k, v in doc.items() if k != "nan"}
 
 
-def test_resume_token_survives_a_restart(stack: Stack, mongo_server: Server,
-                                         unique: str) -> None:
+def test_resume_token_survives_a_restart(stack: Stack, mongo_server: Server, unique: str) -> None:
     """The H2 file keeps data and oplog: a saved token resumes on the restarted server."""
     uri = mongo_server.exports["LIBERATOR_MONGO_URI"]
     name = f"restart_{unique}"
@@ -362,8 +383,9 @@ def test_resume_token_survives_a_restart(stack: Stack, mongo_server: Server,
     assert after[2]["clusterTime"] > before[2]["clusterTime"]
 
 
-def test_start_on_a_busy_port_fails_with_a_clear_error(mongo_server: Server,
-                                                       tmp_path: Path) -> None:
+def test_start_on_a_busy_port_fails_with_a_clear_error(
+    mongo_server: Server, tmp_path: Path
+) -> None:
     busy = int(mongo_server.details["port"])
     with pytest.raises(StackError) as caught:
         second = mongo.start(tmp_path / "second", busy)
@@ -372,17 +394,29 @@ def test_start_on_a_busy_port_fails_with_a_clear_error(mongo_server: Server,
     assert mongo_server.alive()
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["127.0.0.1", "27017", "postgres"], "backend must be 'memory' or 'h2:<file>', got 'postgres'"),
-    (["127.0.0.1", "port", "memory"], "PORT must be a number, got 'port'"),
-    (["127.0.0.1"], "usage: LiberatorMongo HOST PORT memory|h2:FILE"),
-])
-def test_launcher_rejects_bad_arguments(mongo_server: Server, args: list[str],
-                                        message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["127.0.0.1", "27017", "postgres"],
+            "backend must be 'memory' or 'h2:<file>', got 'postgres'",
+        ),
+        (["127.0.0.1", "port", "memory"], "PORT must be a number, got 'port'"),
+        (["127.0.0.1"], "usage: LiberatorMongo HOST PORT memory|h2:FILE"),
+    ],
+)
+def test_launcher_rejects_bad_arguments(
+    mongo_server: Server, args: list[str], message: str
+) -> None:
     java = shutil.which("java")
     assert java is not None
     classpath = f"{mongo.home() / 'classes'}:{mongo.home() / 'lib'}/*"
-    result = subprocess.run([java, "-cp", classpath, mongo.LAUNCHER, *args],
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [java, "-cp", classpath, mongo.LAUNCHER, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 2
     assert message in result.stderr

@@ -45,6 +45,7 @@ def fenced(stream: Any, coll: Collection[Doc]) -> list[Doc]:
 
 # -- 1. No phantom change events ------------------------------------------------------------
 
+
 def test_a_failed_insert_writes_no_change_event(coll: Collection[Doc]) -> None:
     # MongoDB: a failed insert writes no oplog entry, so no change event.
     coll.insert_one({"_id": "dup", "v": 1})
@@ -73,8 +74,9 @@ def test_an_unordered_insert_many_logs_each_stored_document(coll: Collection[Doc
     coll.insert_one({"_id": "dup"})
     with coll.watch() as stream:
         with pytest.raises(BulkWriteError) as caught:
-            coll.insert_many([{"_id": "n1"}, {"_id": "dup"}, {"_id": "n2"}, {"_id": "dup"}],
-                             ordered=False)
+            coll.insert_many(
+                [{"_id": "n1"}, {"_id": "dup"}, {"_id": "n2"}, {"_id": "dup"}], ordered=False
+            )
         events = fenced(stream, coll)
     assert caught.value.details["nInserted"] == 2
     assert [e["index"] for e in caught.value.details["writeErrors"]] == [1, 3]
@@ -89,8 +91,10 @@ def test_a_successful_insert_many_reports_every_document(coll: Collection[Doc]) 
 
 # -- 2. hello ---------------------------------------------------------------------------------
 
-def test_hello_answers_like_a_writable_primary(client: pymongo.MongoClient[Doc],
-                                               coll: Collection[Doc]) -> None:
+
+def test_hello_answers_like_a_writable_primary(
+    client: pymongo.MongoClient[Doc], coll: Collection[Doc]
+) -> None:
     # MongoDB 4.4.2+: `hello` replaces isMaster; a primary says isWritablePrimary.
     reply = client.admin.command("hello")
     assert reply["isWritablePrimary"] is True
@@ -116,8 +120,9 @@ def test_is_master_carries_operation_time_and_hello_ok(client: pymongo.MongoClie
     assert isinstance(reply["operationTime"], Timestamp)
 
 
-def test_every_reply_carries_the_operation_time(client: pymongo.MongoClient[Doc],
-                                               coll: Collection[Doc]) -> None:
+def test_every_reply_carries_the_operation_time(
+    client: pymongo.MongoClient[Doc], coll: Collection[Doc]
+) -> None:
     # MongoDB: a replica set member's replies carry operationTime, the optime of the last
     # operation (a write's own). The publisher records its origin from a ping's.
     with coll.watch() as stream:
@@ -130,6 +135,7 @@ def test_every_reply_carries_the_operation_time(client: pymongo.MongoClient[Doc]
 
 
 # -- 3. Client stages see MongoDB-shaped events ------------------------------------------------
+
 
 def test_a_match_on_ns_coll_sees_every_event(coll: Collection[Doc]) -> None:
     # MongoDB: stages after $changeStream see the event as the client gets it, with `ns`.
@@ -157,8 +163,9 @@ def test_a_match_on_operation_type_sees_updates_and_replacements(coll: Collectio
 
 def test_a_match_on_document_key_and_update_description(coll: Collection[Doc]) -> None:
     # MongoDB: documentKey is {_id} for updates too; updateDescription names the fields.
-    pipeline = [{"$match": {"documentKey._id": "k",
-                            "updateDescription.updatedFields.state": "paid"}}]
+    pipeline = [
+        {"$match": {"documentKey._id": "k", "updateDescription.updatedFields.state": "paid"}}
+    ]
     with coll.watch(pipeline) as stream:
         coll.insert_many([{"_id": "k", "state": "new"}, {"_id": "other", "state": "new"}])
         coll.update_one({"_id": "other"}, {"$set": {"state": "paid"}})
@@ -183,11 +190,13 @@ def test_a_project_stage_shapes_the_event(coll: Collection[Doc]) -> None:
 def test_update_description_of_nested_and_removed_fields(coll: Collection[Doc]) -> None:
     with coll.watch() as stream:
         coll.insert_one({"_id": 1, "a": {"b": 1}, "n": 1, "gone": True})
-        coll.update_one({"_id": 1}, {"$set": {"a.b": 2}, "$inc": {"n": 5},
-                                     "$unset": {"gone": ""}})
+        coll.update_one({"_id": 1}, {"$set": {"a.b": 2}, "$inc": {"n": 5}, "$unset": {"gone": ""}})
         update = take(stream, 2)[1]
-    assert update["updateDescription"] == {"updatedFields": {"a.b": 2, "n": 6},
-                                           "removedFields": ["gone"], "truncatedArrays": []}
+    assert update["updateDescription"] == {
+        "updatedFields": {"a.b": 2, "n": 6},
+        "removedFields": ["gone"],
+        "truncatedArrays": [],
+    }
     assert "fullDocument" not in update
 
 
@@ -217,13 +226,22 @@ def test_a_match_on_ns_in_namespace_documents(coll: Collection[Doc]) -> None:
     # MongoDB: `ns` is a sub-document; $in and equality compare it as a whole, field order
     # included. Debezium's collection.include.list (literal mode) adds exactly this $match.
     ns = {"db": coll.database.name, "coll": coll.name}
-    debezium = [{"$match": {"$and": [
-        {"ns": {"$in": [{"db": coll.database.name, "coll": "other"}, ns]}},
-        {"operationType": {"$in": CRUD}}]}}]
+    debezium = [
+        {
+            "$match": {
+                "$and": [
+                    {"ns": {"$in": [{"db": coll.database.name, "coll": "other"}, ns]}},
+                    {"operationType": {"$in": CRUD}},
+                ]
+            }
+        }
+    ]
     assert kinds(matched(coll, debezium, 4)) == [(op, "k") for op in CRUD]
     assert len(matched(coll, [{"$match": {"ns": ns}}], 4)) == 4
-    assert len(matched(coll, [{"$match": {"$or": [{"ns": {"db": "x", "coll": "y"}},
-                                                   {"ns": ns}]}}], 4)) == 4
+    assert (
+        len(matched(coll, [{"$match": {"$or": [{"ns": {"db": "x", "coll": "y"}}, {"ns": ns}]}}], 4))
+        == 4
+    )
     # Another collection, the other field order, or $nin of its own namespace: nothing.
     matched(coll, [{"$match": {"ns": {"$in": [{"db": coll.database.name, "coll": "other"}]}}}], 0)
     matched(coll, [{"$match": {"ns": {"coll": coll.name, "db": coll.database.name}}}], 0)
@@ -235,10 +253,22 @@ def test_debeziums_regex_pipeline_sees_every_event(coll: Collection[Doc]) -> Non
     # restore the event, resume token included.
     namespace = f"{coll.database.name}.{coll.name}"
     pipeline = [
-        {"$replaceRoot": {"newRoot": {"namespace": {"$concat": ["$ns.db", ".", "$ns.coll"]},
-                                      "event": "$$ROOT"}}},
-        {"$match": {"$and": [{"namespace": {"$regex": f"^({namespace})$", "$options": "i"}},
-                             {"event.operationType": {"$in": CRUD}}]}},
+        {
+            "$replaceRoot": {
+                "newRoot": {
+                    "namespace": {"$concat": ["$ns.db", ".", "$ns.coll"]},
+                    "event": "$$ROOT",
+                }
+            }
+        },
+        {
+            "$match": {
+                "$and": [
+                    {"namespace": {"$regex": f"^({namespace})$", "$options": "i"}},
+                    {"event.operationType": {"$in": CRUD}},
+                ]
+            }
+        },
         {"$replaceRoot": {"newRoot": "$event"}},
     ]
     events = matched(coll, pipeline, 4)
@@ -247,54 +277,78 @@ def test_debeziums_regex_pipeline_sees_every_event(coll: Collection[Doc]) -> Non
     assert all(isinstance(e["_id"], dict) and "_data" in e["_id"] for e in events)
 
 
-def test_a_match_on_operation_type_document_key_and_full_document(
-        coll: Collection[Doc]) -> None:
-    assert kinds(matched(coll, [{"$match": {"operationType": {"$nin": ["delete", "insert"]}}}],
-                         2)) == [("update", "k"), ("replace", "k")]
+def test_a_match_on_operation_type_document_key_and_full_document(coll: Collection[Doc]) -> None:
+    assert kinds(
+        matched(coll, [{"$match": {"operationType": {"$nin": ["delete", "insert"]}}}], 2)
+    ) == [("update", "k"), ("replace", "k")]
     assert len(matched(coll, [{"$match": {"documentKey._id": {"$in": ["nope", "k"]}}}], 4)) == 4
     assert len(matched(coll, [{"$match": {"documentKey": {"_id": "k"}}}], 4)) == 4
     matched(coll, [{"$match": {"documentKey._id": {"$in": ["nope"]}}}], 0)
     # fullDocument: inserts and replacements carry it (updates too, looked up when read:
     # gone by then here, so null); numbers compare by value, arrays by element.
     assert kinds(matched(coll, [{"$match": {"fullDocument.x": {"$in": [1, 3.0]}}}], 2)) == [
-        ("insert", "k"), ("replace", "k")]
+        ("insert", "k"),
+        ("replace", "k"),
+    ]
     assert kinds(matched(coll, [{"$match": {"fullDocument.a": {"b": 2.0}}}], 2)) == [
-        ("insert", "k"), ("replace", "k")]
-    assert kinds(matched(coll, [{"$match": {"fullDocument.tags": {"$in": ["zz", "t2"]}}}],
-                         1)) == [("insert", "k")]
-    assert kinds(matched(coll, [{"$match": {"fullDocument": None}}], 2,
-                         full_document="updateLookup")) == [("update", "k"), ("delete", "k")]
+        ("insert", "k"),
+        ("replace", "k"),
+    ]
+    assert kinds(matched(coll, [{"$match": {"fullDocument.tags": {"$in": ["zz", "t2"]}}}], 1)) == [
+        ("insert", "k")
+    ]
+    assert kinds(
+        matched(coll, [{"$match": {"fullDocument": None}}], 2, full_document="updateLookup")
+    ) == [("update", "k"), ("delete", "k")]
 
 
 def test_set_unset_and_replace_with_stages(coll: Collection[Doc]) -> None:
     # MongoDB 4.2+: $set aliases $addFields, $replaceWith aliases $replaceRoot; both, and
     # $unset, are allowed in a change stream pipeline.
-    [event] = matched(coll, [{"$match": {"operationType": "insert"}},
-                             {"$set": {"key": "$documentKey._id"}},
-                             {"$unset": ["fullDocument", "clusterTime"]}], 1)
+    [event] = matched(
+        coll,
+        [
+            {"$match": {"operationType": "insert"}},
+            {"$set": {"key": "$documentKey._id"}},
+            {"$unset": ["fullDocument", "clusterTime"]},
+        ],
+        1,
+    )
     assert event["key"] == "k"
     assert "fullDocument" not in event and "clusterTime" not in event
-    [event] = matched(coll, [{"$match": {"operationType": "delete"}},
-                             {"$replaceWith": {"_id": "$_id", "gone": "$documentKey._id"}}], 1)
+    [event] = matched(
+        coll,
+        [
+            {"$match": {"operationType": "delete"}},
+            {"$replaceWith": {"_id": "$_id", "gone": "$documentKey._id"}},
+        ],
+        1,
+    )
     assert set(event) == {"_id", "gone"} and event["gone"] == "k"
 
 
 # -- listCollections applies its filter -------------------------------------------------------
 
-def test_list_collections_applies_its_filter(client: pymongo.MongoClient[Doc],
-                                             unique: str) -> None:
+
+def test_list_collections_applies_its_filter(client: pymongo.MongoClient[Doc], unique: str) -> None:
     # MongoDB: the filter is a query on each entry (name, type, options, info).
     db = client[f"listing_{unique}"]
     for name in ("quotes", "quotes.outbox", "other"):
         db.create_collection(name)
     assert db.list_collection_names(filter={"name": "quotes"}) == ["quotes"]
     assert db.list_collection_names(filter={"name": "missing"}) == []
-    assert sorted(db.list_collection_names(
-        filter={"name": {"$in": ["quotes", "other", "missing"]}})) == ["other", "quotes"]
+    assert sorted(
+        db.list_collection_names(filter={"name": {"$in": ["quotes", "other", "missing"]}})
+    ) == ["other", "quotes"]
     assert sorted(db.list_collection_names(filter={"name": {"$regex": "^quotes"}})) == [
-        "quotes", "quotes.outbox"]
+        "quotes",
+        "quotes.outbox",
+    ]
     assert sorted(db.list_collection_names(filter={"type": "collection"})) == [
-        "other", "quotes", "quotes.outbox"]
+        "other",
+        "quotes",
+        "quotes.outbox",
+    ]
     assert db.list_collection_names(filter={"type": "view"}) == []
     [entry] = db.list_collections(filter={"name": "quotes.outbox"})
     assert entry["name"] == "quotes.outbox" and entry["type"] == "collection"
@@ -305,15 +359,18 @@ def test_list_collections_applies_its_filter(client: pymongo.MongoClient[Doc],
 
 
 def test_list_collections_refuses_a_filter_that_is_not_a_document(
-        client: pymongo.MongoClient[Doc], unique: str) -> None:
+    client: pymongo.MongoClient[Doc], unique: str
+) -> None:
     with pytest.raises(OperationFailure) as caught:
         client[f"listing_{unique}"].command("listCollections", filter="quotes")
     assert caught.value.code == 14
-    assert ("BSON field 'listCollections.filter' is the wrong type 'string', expected type "
-            "'object'") in str(caught.value)
+    assert (
+        "BSON field 'listCollections.filter' is the wrong type 'string', expected type 'object'"
+    ) in str(caught.value)
 
 
 # -- 5. Post-batch resume tokens --------------------------------------------------------------
+
 
 def test_an_empty_batch_carries_a_post_batch_token_that_moves(coll: Collection[Doc]) -> None:
     # MongoDB 4.0.7+: every aggregate/getMore reply's cursor has postBatchResumeToken, the
@@ -363,8 +420,10 @@ def test_a_foreign_token_is_refused(coll: Collection[Doc]) -> None:
 
 # -- drop: drop, then invalidate ---------------------------------------------------------------
 
+
 def test_dropping_the_collection_ends_its_stream_with_drop_then_invalidate(
-        coll: Collection[Doc]) -> None:
+    coll: Collection[Doc],
+) -> None:
     # MongoDB: a collection stream sees `drop`, then `invalidate`, and the cursor closes. Only
     # startAfter (not resumeAfter) continues after the invalidate event.
     with coll.watch() as stream:
@@ -384,6 +443,7 @@ def test_dropping_the_collection_ends_its_stream_with_drop_then_invalidate(
 
 
 # -- 4. A bounded oplog ----------------------------------------------------------------------
+
 
 @pytest.fixture()
 def bounded(mongo_server: Server, tmp_path: Path) -> Iterator[Server]:
@@ -443,8 +503,9 @@ def test_natural_order_of_the_oplog_is_time_order_after_a_trim(bounded: Server) 
         assert first is not None and set(first) == {"ts"} and first["ts"] == forward[0]
         newest = oplog.find_one({"op": "i"}, sort=[("$natural", -1)])
         assert newest is not None and newest["o"] == {"_id": 44}
-        assert [e["o"]["_id"] for e in oplog.find({"op": "i"}, skip=1, limit=2,
-                                                  sort=[("ts", -1)])] == [43, 42]
+        assert [
+            e["o"]["_id"] for e in oplog.find({"op": "i"}, skip=1, limit=2, sort=[("ts", -1)])
+        ] == [43, 42]
         with pytest.raises(OperationFailure, match="sorts by \\$natural or ts only"):
             oplog.find_one({}, sort=[("op", 1)])
 
@@ -478,8 +539,7 @@ def test_a_trimmed_point_stays_lost_after_a_restart(bounded: Server, tmp_path: P
             token = take(stream, 1)[0]["_id"]
         coll.insert_many([{"_id": i} for i in range(25)])
     bounded.stop()
-    again = mongo.start(tmp_path / "bounded", int(bounded.details["port"]),
-                        oplog_max_entries=20)
+    again = mongo.start(tmp_path / "bounded", int(bounded.details["port"]), oplog_max_entries=20)
     try:
         with pymongo.MongoClient(uri) as client:
             with pytest.raises(OperationFailure) as caught:
@@ -489,8 +549,9 @@ def test_a_trimmed_point_stays_lost_after_a_restart(bounded: Server, tmp_path: P
         again.stop()
 
 
-def test_an_age_cap_trims_old_entries_without_new_writes(mongo_server: Server,
-                                                         tmp_path: Path) -> None:
+def test_an_age_cap_trims_old_entries_without_new_writes(
+    mongo_server: Server, tmp_path: Path
+) -> None:
     server = mongo.start(tmp_path / "aged", oplog_max_age_seconds=1.0)
     try:
         assert server.details["oplog_max_age_seconds"] == "1.0"
@@ -515,30 +576,52 @@ def test_an_age_cap_trims_old_entries_without_new_writes(mongo_server: Server,
         server.stop()
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"oplog_max_entries": 0}, "oplog_max_entries must be a whole number of oplog entries of "
-                               "at least 1, got 0"),
-    ({"oplog_max_entries": "10"}, "oplog_max_entries must be a whole number"),
-    ({"oplog_max_age_seconds": -1.0}, "oplog_max_age_seconds must be a positive number of "
-                                      "seconds, got -1.0"),
-])
-def test_start_refuses_a_bad_oplog_cap(tmp_path: Path, kwargs: dict[str, Any],
-                                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"oplog_max_entries": 0},
+            "oplog_max_entries must be a whole number of oplog entries of at least 1, got 0",
+        ),
+        ({"oplog_max_entries": "10"}, "oplog_max_entries must be a whole number"),
+        (
+            {"oplog_max_age_seconds": -1.0},
+            "oplog_max_age_seconds must be a positive number of seconds, got -1.0",
+        ),
+    ],
+)
+def test_start_refuses_a_bad_oplog_cap(
+    tmp_path: Path, kwargs: dict[str, Any], message: str
+) -> None:
     with pytest.raises(StackError) as caught:
         mongo.start(tmp_path / "bad", **kwargs).stop()  # stop: only if the test fails
     assert message in str(caught.value)
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({mongo.MAX_ENTRIES_ENV: "ten"}, "LIBERATOR_MONGO_OPLOG_MAX_ENTRIES must be a whole number "
-                                     "of oplog entries, such as 1000, got 'ten'"),
-    ({mongo.MAX_ENTRIES_ENV: "0"}, "LIBERATOR_MONGO_OPLOG_MAX_ENTRIES must be a whole number "
-                                   "of oplog entries of at least 1, got 0"),
-    ({mongo.MAX_AGE_ENV: "1h"}, "LIBERATOR_MONGO_OPLOG_MAX_AGE_SECONDS must be a number of "
-                                "seconds, such as 3600, got '1h'"),
-    ({mongo.MAX_AGE_ENV: "0"}, "LIBERATOR_MONGO_OPLOG_MAX_AGE_SECONDS must be a positive "
-                               "number of seconds, got 0.0"),
-])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {mongo.MAX_ENTRIES_ENV: "ten"},
+            "LIBERATOR_MONGO_OPLOG_MAX_ENTRIES must be a whole number "
+            "of oplog entries, such as 1000, got 'ten'",
+        ),
+        (
+            {mongo.MAX_ENTRIES_ENV: "0"},
+            "LIBERATOR_MONGO_OPLOG_MAX_ENTRIES must be a whole number "
+            "of oplog entries of at least 1, got 0",
+        ),
+        (
+            {mongo.MAX_AGE_ENV: "1h"},
+            "LIBERATOR_MONGO_OPLOG_MAX_AGE_SECONDS must be a number of "
+            "seconds, such as 3600, got '1h'",
+        ),
+        (
+            {mongo.MAX_AGE_ENV: "0"},
+            "LIBERATOR_MONGO_OPLOG_MAX_AGE_SECONDS must be a positive number of seconds, got 0.0",
+        ),
+    ],
+)
 def test_bad_oplog_cap_variables_are_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(StackError) as caught:
         mongo.oplog_limits(env=env)
@@ -548,25 +631,42 @@ def test_bad_oplog_cap_variables_are_named(env: dict[str, str], message: str) ->
 def test_oplog_cap_variables_are_read() -> None:
     assert mongo.oplog_limits(env={}) == (None, None)
     assert mongo.oplog_limits(env={mongo.MAX_ENTRIES_ENV: "50", mongo.MAX_AGE_ENV: "2.5"}) == (
-        50, 2.5)
+        50,
+        2.5,
+    )
     assert mongo.oplog_limits(7, None, env={mongo.MAX_ENTRIES_ENV: "50"}) == (7, None)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--oplog-max-entries", "many"], "--oplog-max-entries must be a whole number of entries, "
-                                      "such as 1000 (at least 1), got 'many'"),
-    (["--oplog-max-entries", "0"], "--oplog-max-entries must be a whole number"),
-    (["--oplog-max-entries"], "--oplog-max-entries must be a whole number"),
-    (["--oplog-max-age-seconds", "soon"], "--oplog-max-age-seconds must be a positive number "
-                                          "of seconds, such as 3600, got 'soon'"),
-    (["--oplog-size", "1"], "unknown option '--oplog-size'; usage: LiberatorMongo HOST PORT"),
-])
-def test_launcher_rejects_bad_oplog_options(mongo_server: Server, args: list[str],
-                                            message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--oplog-max-entries", "many"],
+            "--oplog-max-entries must be a whole number of entries, "
+            "such as 1000 (at least 1), got 'many'",
+        ),
+        (["--oplog-max-entries", "0"], "--oplog-max-entries must be a whole number"),
+        (["--oplog-max-entries"], "--oplog-max-entries must be a whole number"),
+        (
+            ["--oplog-max-age-seconds", "soon"],
+            "--oplog-max-age-seconds must be a positive number "
+            "of seconds, such as 3600, got 'soon'",
+        ),
+        (["--oplog-size", "1"], "unknown option '--oplog-size'; usage: LiberatorMongo HOST PORT"),
+    ],
+)
+def test_launcher_rejects_bad_oplog_options(
+    mongo_server: Server, args: list[str], message: str
+) -> None:
     java = shutil.which("java")
     assert java is not None
     classpath = f"{mongo.home() / 'classes'}:{mongo.home() / 'lib'}/*"
-    result = subprocess.run([java, "-cp", classpath, mongo.LAUNCHER, "127.0.0.1", "0", "memory",
-                             *args], capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [java, "-cp", classpath, mongo.LAUNCHER, "127.0.0.1", "0", "memory", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 2
     assert message in result.stderr

@@ -25,22 +25,37 @@ NEEDS_ROOT = host.missing_privileges()
 pytestmark = pytest.mark.skipif(NEEDS_ROOT is not None, reason=str(NEEDS_ROOT))
 
 
-def stack(run_dir: Path, *args: str, prefix: tuple[str, ...] = (),
-          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def stack(
+    run_dir: Path, *args: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     merged = {**os.environ, "LIBERATOR_STACK_DIR": str(run_dir), **(env or {})}
-    return subprocess.run([*prefix, str(ROOT / "hack" / "stack"), *args], env=merged,
-                          capture_output=True, text=True, timeout=900, check=False,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [*prefix, str(ROOT / "hack" / "stack"), *args],
+        env=merged,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def kubectl(kubeconfig: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", *args], capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run(
+        ["kubectl", f"--kubeconfig={kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def exports(stdout: str) -> dict[str, str]:
-    return dict(line.removeprefix("export ").split("=", 1) for line in stdout.splitlines()
-                if line.startswith("export "))
+    return dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in stdout.splitlines()
+        if line.startswith("export ")
+    )
 
 
 @pytest.fixture()
@@ -52,15 +67,22 @@ def clean_host() -> dict[str, object]:
 
 def run_a_pod(kubeconfig: str) -> None:
     """A pod that really runs: a sandbox, a netns, mounts and cgroups for down to remove."""
-    made = kubectl(kubeconfig, "run", "probe", "--image=localhost/liberator/pause:1.0",
-                   "--image-pull-policy=Never", "--restart=Never")
+    made = kubectl(
+        kubeconfig,
+        "run",
+        "probe",
+        "--image=localhost/liberator/pause:1.0",
+        "--image-pull-policy=Never",
+        "--restart=Never",
+    )
     assert made.returncode == 0, made.stderr
     waited = kubectl(kubeconfig, "wait", "--for=condition=Ready", "pod/probe", "--timeout=120s")
     assert waited.returncode == 0, waited.stderr + kubectl(kubeconfig, "get", "events").stdout
 
 
 def test_up_gets_the_node_ready_and_down_leaves_the_host_as_it_was(
-        tmp_path: Path, clean_host: dict[str, object]) -> None:
+    tmp_path: Path, clean_host: dict[str, object]
+) -> None:
     up = stack(tmp_path, "up", "cluster")
     try:
         assert up.returncode == 0, up.stderr[-3000:]
@@ -83,7 +105,8 @@ def test_up_gets_the_node_ready_and_down_leaves_the_host_as_it_was(
 
 
 def test_down_cleans_after_a_crashed_run_without_its_state_file(
-        tmp_path: Path, clean_host: dict[str, object]) -> None:
+    tmp_path: Path, clean_host: dict[str, object]
+) -> None:
     up = stack(tmp_path, "up", "cluster")
     assert up.returncode == 0, up.stderr[-3000:]
     run_a_pod(exports(up.stdout)["KUBECONFIG"])
@@ -111,8 +134,11 @@ def test_without_privileges_up_cluster_says_what_is_missing_in_one_line(drop: st
     # pytest's tmp_path sits in a folder only root may enter.
     tmp_path = Path(tempfile.mkdtemp(prefix="liberator-noroot-"))
     tmp_path.chmod(0o777)
-    prefix = (("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups") if drop == "root"
-              else ("setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"))
+    prefix = (
+        ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+        if drop == "root"
+        else ("setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin")
+    )
     try:
         result = stack(tmp_path, "up", "cluster", prefix=prefix, env={"HOME": str(tmp_path)})
     finally:

@@ -15,17 +15,20 @@ KEYS = 10
 def test_ordered_publish_and_pull(pubsub: Server, unique: str) -> None:
     project = pubsub.exports["LIBERATOR_PUBSUB_PROJECT"]
     publisher = pubsub_v1.PublisherClient(
-        publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True))
+        publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
+    )
     subscriber = pubsub_v1.SubscriberClient()
     topic = publisher.topic_path(project, f"smoke-{unique}")
     subscription = subscriber.subscription_path(project, f"smoke-{unique}")
     publisher.create_topic(name=topic)
     subscriber.create_subscription(
-        request={"name": subscription, "topic": topic, "enable_message_ordering": True})
+        request={"name": subscription, "topic": topic, "enable_message_ordering": True}
+    )
 
     futures = [
-        publisher.publish(topic, f"{i}".encode(), ordering_key=f"key-{i % KEYS}",
-                          seq=str(i), kind="smoke")
+        publisher.publish(
+            topic, f"{i}".encode(), ordering_key=f"key-{i % KEYS}", seq=str(i), kind="smoke"
+        )
         for i in range(MESSAGES)
     ]
     ids = {f.result(timeout=60) for f in futures}
@@ -36,8 +39,9 @@ def test_ordered_publish_and_pull(pubsub: Server, unique: str) -> None:
     for _ in range(200):
         if seen >= MESSAGES:
             break
-        response = subscriber.pull(request={"subscription": subscription, "max_messages": 500},
-                                   timeout=30)
+        response = subscriber.pull(
+            request={"subscription": subscription, "max_messages": 500}, timeout=30
+        )
         ack_ids = []
         for item in response.received_messages:
             message = item.message

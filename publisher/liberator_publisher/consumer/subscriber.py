@@ -70,6 +70,7 @@ def parse_time(text: str, name: str = "time") -> datetime:
     ``ValueError`` naming ``name`` for anything else (dates alone, missing offsets)."""
     return parse_rfc3339(text, name)
 
+
 log = logging.getLogger(__name__)
 
 _MAX_ACK_DEADLINE = 600  # Pub/Sub's ceiling for modifyAckDeadline, in seconds
@@ -118,20 +119,34 @@ class SubscriberSettings:
 
     def __post_init__(self) -> None:
         parts = self.subscription.split("/")
-        if len(parts) != 4 or parts[0] != "projects" or parts[2] != "subscriptions" \
-                or not parts[1] or not parts[3]:
-            raise ValueError(f"subscription: {self.subscription!r} is not a full path; write "
-                             "projects/<project>/subscriptions/<id>")
+        if (
+            len(parts) != 4
+            or parts[0] != "projects"
+            or parts[2] != "subscriptions"
+            or not parts[1]
+            or not parts[3]
+        ):
+            raise ValueError(
+                f"subscription: {self.subscription!r} is not a full path; write "
+                "projects/<project>/subscriptions/<id>"
+            )
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis_url: {self.redis_url!r} is not a Redis URL; write "
-                             "redis://host:port/db")
-        for name in ("dedupe_ttl_seconds", "processing_lease_seconds", "max_messages",
-                     "max_attempts"):
+            raise ValueError(
+                f"redis_url: {self.redis_url!r} is not a Redis URL; write redis://host:port/db"
+            )
+        for name in (
+            "dedupe_ttl_seconds",
+            "processing_lease_seconds",
+            "max_messages",
+            "max_attempts",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.min_backoff_seconds <= self.max_backoff_seconds <= _MAX_ACK_DEADLINE:
-            raise ValueError("min_backoff_seconds, max_backoff_seconds: need 0 <= min <= max <= "
-                             f"600, got {self.min_backoff_seconds} and {self.max_backoff_seconds}")
+            raise ValueError(
+                "min_backoff_seconds, max_backoff_seconds: need 0 <= min <= max <= "
+                f"600, got {self.min_backoff_seconds} and {self.max_backoff_seconds}"
+            )
 
 
 @dataclass(frozen=True)
@@ -152,8 +167,9 @@ OUTCOMES = ("handled", "duplicate", "unknown", "failed", "dead_lettered", "malfo
 class Subscriber:
     """Pulls one subscription and dispatches each CloudEvent to the handler of its type."""
 
-    def __init__(self, settings: SubscriberSettings, *,
-                 registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, settings: SubscriberSettings, *, registry: CollectorRegistry | None = None
+    ) -> None:
         self.settings = settings
         self._handlers: list[tuple[str, Handler]] = []
         self._client = pubsub_v1.SubscriberClient()
@@ -162,17 +178,22 @@ class Subscriber:
         self._policy: DeadLetters | None = None
         self.counts: Tally[str] = Tally()
         """How many messages ended in each outcome (see ``OUTCOMES``)."""
-        self._metric = Counter("liberator_subscriber_messages",
-                               "Messages by outcome.", ["outcome"],
-                               registry=registry if registry is not None else CollectorRegistry())
+        self._metric = Counter(
+            "liberator_subscriber_messages",
+            "Messages by outcome.",
+            ["outcome"],
+            registry=registry if registry is not None else CollectorRegistry(),
+        )
 
     # -- handlers --
 
     def on(self, pattern: str) -> Callable[[Handler], Handler]:
         """Decorator: register the function for ``pattern`` (exact, ``prefix.*`` or ``*``)."""
+
         def register(handler: Handler) -> Handler:
             self.add(pattern, handler)
             return handler
+
         return register
 
     def add(self, pattern: str, handler: Handler) -> None:
@@ -201,9 +222,12 @@ class Subscriber:
         """One pull and its messages handled; returns how many messages came."""
         try:
             response = self._client.pull(
-                request={"subscription": self.settings.subscription,
-                         "max_messages": self.settings.max_messages},
-                timeout=self.settings.pull_timeout_seconds)
+                request={
+                    "subscription": self.settings.subscription,
+                    "max_messages": self.settings.max_messages,
+                },
+                timeout=self.settings.pull_timeout_seconds,
+            )
         except (gexc.DeadlineExceeded, gexc.ServiceUnavailable):
             return 0
         for received in response.received_messages:
@@ -222,14 +246,19 @@ class Subscriber:
         self._metric.labels(outcome=outcome).inc()
 
     def _ack(self, ack_id: str) -> None:
-        self._client.acknowledge(request={"subscription": self.settings.subscription,
-                                          "ack_ids": [ack_id]})
+        self._client.acknowledge(
+            request={"subscription": self.settings.subscription, "ack_ids": [ack_id]}
+        )
 
     def _retry_later(self, ack_id: str, seconds: int) -> None:
         # A new ack deadline of N seconds redelivers after N seconds: a nack with backoff.
-        self._client.modify_ack_deadline(request={
-            "subscription": self.settings.subscription, "ack_ids": [ack_id],
-            "ack_deadline_seconds": seconds})
+        self._client.modify_ack_deadline(
+            request={
+                "subscription": self.settings.subscription,
+                "ack_ids": [ack_id],
+                "ack_deadline_seconds": seconds,
+            }
+        )
 
     def dead_letter_policy(self) -> DeadLetters:
         """Where dead letters go and after how many attempts (read once from the subscription)."""
@@ -237,22 +266,27 @@ class Subscriber:
             found = self._client.get_subscription(subscription=self.settings.subscription)
             policy = found.dead_letter_policy
             if policy.dead_letter_topic:
-                self._policy = DeadLetters(str(policy.dead_letter_topic),
-                                           int(policy.max_delivery_attempts or 5), True)
+                self._policy = DeadLetters(
+                    str(policy.dead_letter_topic), int(policy.max_delivery_attempts or 5), True
+                )
             else:
-                self._policy = DeadLetters(self.settings.dead_letter_topic,
-                                           self.settings.max_attempts, False)
+                self._policy = DeadLetters(
+                    self.settings.dead_letter_topic, self.settings.max_attempts, False
+                )
                 if self.settings.dead_letter_topic is None:
-                    log.warning("%s has no dead-letter policy and no dead_letter_topic is set: "
-                                "failing events are retried forever", self.settings.subscription)
+                    log.warning(
+                        "%s has no dead-letter policy and no dead_letter_topic is set: "
+                        "failing events are retried forever",
+                        self.settings.subscription,
+                    )
         return self._policy
 
-    def _forward(self, topic: str, data: bytes, attributes: Mapping[str, str],
-                 reason: str) -> None:
+    def _forward(self, topic: str, data: bytes, attributes: Mapping[str, str], reason: str) -> None:
         if self._publisher is None:
             self._publisher = pubsub_v1.PublisherClient()
-        self._publisher.publish(topic, data, **{**attributes, REASON_ATTRIBUTE: reason[:1000]}
-                                ).result(timeout=60)
+        self._publisher.publish(
+            topic, data, **{**attributes, REASON_ATTRIBUTE: reason[:1000]}
+        ).result(timeout=60)
 
     def _process(self, received: Any) -> None:
         message = received.message
@@ -275,13 +309,18 @@ class Subscriber:
         consumer = self.settings.consumer or self.settings.subscription
         key = f"{self.settings.key_prefix}{consumer}:{event.id}"
         try:
-            claimed = self._redis.set(key, "processing", nx=True,
-                                      ex=self.settings.processing_lease_seconds)
+            claimed = self._redis.set(
+                key, "processing", nx=True, ex=self.settings.processing_lease_seconds
+            )
             state = None if claimed else self._redis.get(key)
         except redis.RedisError as error:
             log.warning("redis unavailable, retrying %s later: %s", event.id, error)
-            self._retry_later(received.ack_id, backoff_seconds(
-                1, self.settings.min_backoff_seconds, self.settings.max_backoff_seconds))
+            self._retry_later(
+                received.ack_id,
+                backoff_seconds(
+                    1, self.settings.min_backoff_seconds, self.settings.max_backoff_seconds
+                ),
+            )
             self._count("busy")
             return
         if not claimed:
@@ -301,21 +340,32 @@ class Subscriber:
         self._ack(received.ack_id)
         self._count("handled")
 
-    def _failed(self, received: Any, event: CloudEvent, key: str, error: Exception,
-                dead: DeadLetters) -> None:
+    def _failed(
+        self, received: Any, event: CloudEvent, key: str, error: Exception, dead: DeadLetters
+    ) -> None:
         self._redis.delete(key)  # release the claim so the retry can take it
         attempt = int(received.delivery_attempt or 0)
         if not dead.by_pubsub:  # Pub/Sub counts attempts only under a dead-letter policy
             attempts_key = f"{key}:attempts"
             attempt = int(self._redis.incr(attempts_key))
             self._redis.expire(attempts_key, self.settings.dedupe_ttl_seconds)
-        log.warning("handler failed for %s (%s), attempt %d of %d: %r", event.id, event.type,
-                    attempt, dead.max_attempts, error)
+        log.warning(
+            "handler failed for %s (%s), attempt %d of %d: %r",
+            event.id,
+            event.type,
+            attempt,
+            dead.max_attempts,
+            error,
+        )
         last = attempt >= dead.max_attempts
         if last and dead.topic and not dead.by_pubsub:
             message = received.message
-            self._forward(dead.topic, bytes(message.data), dict(message.attributes),
-                          f"handler failed {attempt} times: {error!r}")
+            self._forward(
+                dead.topic,
+                bytes(message.data),
+                dict(message.attributes),
+                f"handler failed {attempt} times: {error!r}",
+            )
             self._ack(received.ack_id)
             self._count("dead_lettered")
             return
@@ -325,5 +375,9 @@ class Subscriber:
             self._count("dead_lettered")
             return
         self._count("failed")
-        self._retry_later(received.ack_id, backoff_seconds(
-            attempt, self.settings.min_backoff_seconds, self.settings.max_backoff_seconds))
+        self._retry_later(
+            received.ack_id,
+            backoff_seconds(
+                attempt, self.settings.min_backoff_seconds, self.settings.max_backoff_seconds
+            ),
+        )

@@ -29,11 +29,17 @@ __all__ = ["cloud_event", "pubsub_message"]
 _OPERATIONS = {"created": "insert", "updated": "update", "deleted": "delete"}
 
 
-def pubsub_message(entity_type: str, document: Mapping[str, Any], *,
-                   operation: Literal["created", "updated", "deleted"] = "created",
-                   source: str | None = None, id_field: str = "_id",
-                   version_field: str | None = None, event_id: str | None = None,
-                   time: datetime | None = None) -> tuple[bytes, dict[str, str]]:
+def pubsub_message(
+    entity_type: str,
+    document: Mapping[str, Any],
+    *,
+    operation: Literal["created", "updated", "deleted"] = "created",
+    source: str | None = None,
+    id_field: str = "_id",
+    version_field: str | None = None,
+    event_id: str | None = None,
+    time: datetime | None = None,
+) -> tuple[bytes, dict[str, str]]:
     """``(data, attributes)`` of the message Liberator would publish for ``document``.
 
     ``document`` is the entity as stored in MongoDB (with its ``_event`` context, if any); the
@@ -42,11 +48,19 @@ def pubsub_message(entity_type: str, document: Mapping[str, Any], *,
     """
     if operation not in _OPERATIONS:
         raise ValueError(f"operation must be one of {', '.join(_OPERATIONS)}, not {operation!r}")
-    mapping = EventMapping(entity_type=entity_type, source=source or f"//tests/{entity_type}",
-                           id_field=id_field, version_field=version_field)
-    outbox = outbox_document_for_entity(document, mapping, event_id=event_id or uuid4().hex,
-                                        operation=_OPERATIONS[operation],
-                                        time=time or datetime.now(UTC))
+    mapping = EventMapping(
+        entity_type=entity_type,
+        source=source or f"//tests/{entity_type}",
+        id_field=id_field,
+        version_field=version_field,
+    )
+    outbox = outbox_document_for_entity(
+        document,
+        mapping,
+        event_id=event_id or uuid4().hex,
+        operation=_OPERATIONS[operation],
+        time=time or datetime.now(UTC),
+    )
     if outbox.get("status") != PENDING:
         raise ValueError(f"Liberator would not publish this document: {outbox.get('reason')}")
     message = message_for(outbox)

@@ -18,12 +18,19 @@ from bson.json_util import JSONMode, JSONOptions
 from liberator_publisher.core.errors import LiberatorError
 from liberator_publisher.core.times import parse_rfc3339
 
-__all__ = ["CloudEvent", "Handler", "MalformedEventError", "check_pattern", "matches",
-           "parse_message"]
+__all__ = [
+    "CloudEvent",
+    "Handler",
+    "MalformedEventError",
+    "check_pattern",
+    "matches",
+    "parse_message",
+]
 
 # Attributes that are CloudEvent context attributes rather than extensions.
-_CORE = frozenset({"ce-specversion", "ce-id", "ce-source", "ce-type", "ce-time", "ce-subject",
-                   "ce-dataschema"})
+_CORE = frozenset(
+    {"ce-specversion", "ce-id", "ce-source", "ce-type", "ce-time", "ce-subject", "ce-dataschema"}
+)
 _REQUIRED = ("ce-specversion", "ce-id", "ce-source", "ce-type")
 _JSON_OPTIONS = JSONOptions(json_mode=JSONMode.RELAXED, tz_aware=True, tzinfo=UTC)
 
@@ -92,24 +99,37 @@ def parse_message(data: bytes, attributes: Mapping[str, str]) -> CloudEvent:
             try:
                 payload = json_util.loads(data.decode("utf-8"), json_options=_JSON_OPTIONS)
             except (ValueError, UnicodeDecodeError, TypeError) as error:
-                raise MalformedEventError(f"data is not JSON although content-type is "
-                                     f"{content_type or 'unset'}: {error}") from None
+                raise MalformedEventError(
+                    f"data is not JSON although content-type is {content_type or 'unset'}: {error}"
+                ) from None
         else:
             payload = None
-    extensions = {name[3:]: value for name, value in attributes.items()
-                  if name.startswith("ce-") and name not in _CORE}
-    return CloudEvent(id=attributes["ce-id"], type=attributes["ce-type"],
-                      source=attributes["ce-source"], subject=attributes.get("ce-subject"),
-                      time=when, data=payload, extensions=extensions,
-                      datacontenttype=content_type, specversion=attributes["ce-specversion"])
+    extensions = {
+        name[3:]: value
+        for name, value in attributes.items()
+        if name.startswith("ce-") and name not in _CORE
+    }
+    return CloudEvent(
+        id=attributes["ce-id"],
+        type=attributes["ce-type"],
+        source=attributes["ce-source"],
+        subject=attributes.get("ce-subject"),
+        time=when,
+        data=payload,
+        extensions=extensions,
+        datacontenttype=content_type,
+        specversion=attributes["ce-specversion"],
+    )
 
 
 def check_pattern(pattern: str) -> str:
     """A handler pattern: an exact type, ``prefix.*``, or ``*``; ``ValueError`` otherwise."""
     body = pattern[:-2] if pattern.endswith(".*") else pattern
     if pattern != "*" and (not body or "*" in body):
-        raise ValueError(f"handler pattern {pattern!r}: use an exact type (quote.created), "
-                         "a prefix ending in .* (quote.*), or * for every type")
+        raise ValueError(
+            f"handler pattern {pattern!r}: use an exact type (quote.created), "
+            "a prefix ending in .* (quote.*), or * for every type"
+        )
     return pattern
 
 

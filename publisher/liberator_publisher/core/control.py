@@ -22,8 +22,15 @@ from liberator_publisher.core.contract import control_key
 from liberator_publisher.core.errors import LiberatorError
 from liberator_publisher.core.times import parse_rfc3339
 
-__all__ = ["ControlError", "ControlRecord", "RestartRequest", "parse_restart", "parse_time",
-           "read_control", "write_control"]
+__all__ = [
+    "ControlError",
+    "ControlRecord",
+    "RestartRequest",
+    "parse_restart",
+    "parse_time",
+    "read_control",
+    "write_control",
+]
 
 POSITIONS = ("now",)
 
@@ -61,9 +68,11 @@ class RestartRequest:
         """Why the request cannot run now (a time in the future), or None."""
         moment = self.at()
         if moment is not None and moment > now:
-            return (f"spec.restartFrom.time {self.time} is in the future (now "
-                    f"{now.astimezone(UTC).isoformat(timespec='seconds')}): capture cannot start "
-                    f"at a change that has not happened; use a past time or position: now")
+            return (
+                f"spec.restartFrom.time {self.time} is in the future (now "
+                f"{now.astimezone(UTC).isoformat(timespec='seconds')}): capture cannot start "
+                f"at a change that has not happened; use a past time or position: now"
+            )
         return None
 
     def to_dict(self) -> dict[str, str]:
@@ -80,8 +89,10 @@ def parse_time(value: str) -> datetime:
     try:
         return parse_rfc3339(value)
     except ValueError:
-        raise ControlError(f"spec.restartFrom.time {value!r} is not an RFC 3339 time with a zone; "
-                           f"write e.g. 2026-12-01T10:00:00Z") from None
+        raise ControlError(
+            f"spec.restartFrom.time {value!r} is not an RFC 3339 time with a zone; "
+            f"write e.g. 2026-12-01T10:00:00Z"
+        ) from None
 
 
 def parse_restart(value: Any) -> RestartRequest:
@@ -90,19 +101,25 @@ def parse_restart(value: Any) -> RestartRequest:
         raise ControlError("spec.restartFrom must be an object {id, position: now} or {id, time}")
     ident = value.get("id")
     if not isinstance(ident, str) or not ident.strip():
-        raise ControlError("spec.restartFrom.id is required: a string naming this request (it "
-                           "runs once per id), e.g. id: recover-1")
+        raise ControlError(
+            "spec.restartFrom.id is required: a string naming this request (it "
+            "runs once per id), e.g. id: recover-1"
+        )
     position, when = value.get("position"), value.get("time")
     if (position is None) == (when is None):
-        raise ControlError("spec.restartFrom needs exactly one of position (now) or time "
-                           "(RFC 3339)")
+        raise ControlError(
+            "spec.restartFrom needs exactly one of position (now) or time (RFC 3339)"
+        )
     if position is not None and position not in POSITIONS:
-        raise ControlError(f"spec.restartFrom.position {position!r} is not one of "
-                           f"{', '.join(POSITIONS)}; for a point in time use time")
+        raise ControlError(
+            f"spec.restartFrom.position {position!r} is not one of "
+            f"{', '.join(POSITIONS)}; for a point in time use time"
+        )
     if when is not None:
         if not isinstance(when, str):
-            raise ControlError("spec.restartFrom.time must be an RFC 3339 string, e.g. "
-                               "2026-12-01T10:00:00Z")
+            raise ControlError(
+                "spec.restartFrom.time must be an RFC 3339 string, e.g. 2026-12-01T10:00:00Z"
+            )
         parse_time(when)
     return RestartRequest(id=ident, position=position, time=when)
 
@@ -117,9 +134,14 @@ class ControlRecord:
     """The latest restart request, if any."""
 
     def to_json(self) -> str:
-        return json.dumps({"paused": self.paused,
-                           "restartFrom": self.restartFrom.to_dict() if self.restartFrom
-                           else None}, separators=(",", ":"), sort_keys=True)
+        return json.dumps(
+            {
+                "paused": self.paused,
+                "restartFrom": self.restartFrom.to_dict() if self.restartFrom else None,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        )
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> ControlRecord:
@@ -131,11 +153,13 @@ class ControlRecord:
             raise ControlError("control record must be a JSON object")
         paused = value.get("paused", False)
         if not isinstance(paused, bool):
-            raise ControlError(f"control record field 'paused' must be true or false, not "
-                               f"{paused!r}")
+            raise ControlError(
+                f"control record field 'paused' must be true or false, not {paused!r}"
+            )
         restart = value.get("restartFrom")
-        return cls(paused=paused,
-                   restartFrom=parse_restart(restart) if restart is not None else None)
+        return cls(
+            paused=paused, restartFrom=parse_restart(restart) if restart is not None else None
+        )
 
 
 def write_control(redis: Any, publisher: str, record: ControlRecord) -> None:

@@ -58,7 +58,9 @@ def _dump(value: Any, what: str) -> str:
     try:
         converted = _convert(value)
         text = json.dumps(
-            converted, separators=(",", ":"), ensure_ascii=False,
+            converted,
+            separators=(",", ":"),
+            ensure_ascii=False,
             allow_nan=False,  # NaN and infinities must come out as {"$numberDouble": ...}
         )
     except _UnencodableError as error:
@@ -72,7 +74,7 @@ def _dump(value: Any, what: str) -> str:
         # Pub/Sub data and BSON strings are UTF-8; a lone surrogate cannot be.
         text.encode("utf-8")
     except UnicodeEncodeError as error:
-        bad = text[error.start:error.end].encode("unicode_escape").decode("ascii")
+        bad = text[error.start : error.end].encode("unicode_escape").decode("ascii")
         raise EncodingError(
             f"cannot encode {what}: its text holds {bad}, which is not valid Unicode"
         ) from None

@@ -89,8 +89,9 @@ class EventMapping:
         # Accept any iterable of names, keep the frozen type.
         object.__setattr__(self, "exclude_fields", frozenset(self.exclude_fields))
         if self.id_field in self.exclude_fields:
-            raise ValueError(f"EventMapping.exclude_fields must not hold the id field "
-                             f"{self.id_field!r}")
+            raise ValueError(
+                f"EventMapping.exclude_fields must not hold the id field {self.id_field!r}"
+            )
 
 
 def event_id_for_token(resume_token: Mapping[str, Any]) -> str:
@@ -112,12 +113,18 @@ def needs_identity(change: Mapping[str, Any], mapping: EventMapping) -> bool:
     if change.get("operationType") != "delete":
         return False
     key = change.get("documentKey")
-    return (not isinstance(change.get("fullDocumentBeforeChange"), Mapping)
-            and isinstance(key, Mapping) and mapping.id_field not in key)
+    return (
+        not isinstance(change.get("fullDocumentBeforeChange"), Mapping)
+        and isinstance(key, Mapping)
+        and mapping.id_field not in key
+    )
 
 
 def outbox_document_for_change(
-    change: Mapping[str, Any], mapping: EventMapping, *, captured_at: datetime.datetime,
+    change: Mapping[str, Any],
+    mapping: EventMapping,
+    *,
+    captured_at: datetime.datetime,
     known_id: Any = None,
 ) -> OutboxDocument:
     """The outbox document for one change stream event, ``pending`` or ``failed``.
@@ -133,13 +140,20 @@ def outbox_document_for_change(
     event_id = event_id_for_token(token)
     operation = change.get("operationType")
     key = change.get("documentKey")
-    base: dict[str, Any] = {"_id": event_id, "operation": operation, "token": token,
-                            "capturedAt": captured_at}
+    base: dict[str, Any] = {
+        "_id": event_id,
+        "operation": operation,
+        "token": token,
+        "capturedAt": captured_at,
+    }
     if isinstance(key, Mapping) and "_id" in key:
         base["key"] = key["_id"]  # finds this document's entity again for its delete
     if operation not in DOCUMENT_OPERATIONS:
-        return _failed(base, f"change operation {operation!r} is not a document change "
-                             f"(only {', '.join(DOCUMENT_OPERATIONS)} become events)")
+        return _failed(
+            base,
+            f"change operation {operation!r} is not a document change "
+            f"(only {', '.join(DOCUMENT_OPERATIONS)} become events)",
+        )
     time = _change_time(change, captured_at)
     if operation == "delete":
         before = change.get("fullDocumentBeforeChange")
@@ -149,28 +163,53 @@ def outbox_document_for_change(
         hint = ""
         if needs_identity(change, mapping):
             if known_id is None:
-                return _failed(base, (
-                    f"the delete of document _id {_short_key(state)} carries only its document "
-                    f"key, and Liberator never saw that document (no earlier event in the "
-                    f"outbox, not seeded), so its {mapping.id_field!r} is unknown; enable "
-                    f"changeStreamPreAndPostImages on the collection, or run an EventSeed so "
-                    f"that documents older than the publisher are known"))
+                return _failed(
+                    base,
+                    (
+                        f"the delete of document _id {_short_key(state)} carries only its document "
+                        f"key, and Liberator never saw that document (no earlier event in the "
+                        f"outbox, not seeded), so its {mapping.id_field!r} is unknown; enable "
+                        f"changeStreamPreAndPostImages on the collection, or run an EventSeed so "
+                        f"that documents older than the publisher are known"
+                    ),
+                )
             state = {**state, mapping.id_field: known_id}
         elif not isinstance(before, Mapping):
-            hint = ("; a delete carries only the document key unless the collection has "
-                    "changeStreamPreAndPostImages enabled")
-        return _build(state, mapping, base, operation=operation, time=time,
-                      use_context=False, extra_attributes=_NO_ATTRIBUTES, id_hint=hint)
+            hint = (
+                "; a delete carries only the document key unless the collection has "
+                "changeStreamPreAndPostImages enabled"
+            )
+        return _build(
+            state,
+            mapping,
+            base,
+            operation=operation,
+            time=time,
+            use_context=False,
+            extra_attributes=_NO_ATTRIBUTES,
+            id_hint=hint,
+        )
     document = change.get("fullDocument")
     if not isinstance(document, Mapping):
         entity_id = _entity_id(key, mapping.id_field) if isinstance(key, Mapping) else None
         if isinstance(entity_id, str):
             base["entityId"] = entity_id
-        return _failed(base, f"the {operation} has no fullDocument (open the stream with "
-                             f"full_document='updateLookup'; or the document was deleted "
-                             f"before the lookup, and its delete event follows)")
-    return _build(document, mapping, base, operation=operation, time=time, use_context=True,
-                  extra_attributes=_NO_ATTRIBUTES, id_hint="")
+        return _failed(
+            base,
+            f"the {operation} has no fullDocument (open the stream with "
+            f"full_document='updateLookup'; or the document was deleted "
+            f"before the lookup, and its delete event follows)",
+        )
+    return _build(
+        document,
+        mapping,
+        base,
+        operation=operation,
+        time=time,
+        use_context=True,
+        extra_attributes=_NO_ATTRIBUTES,
+        id_hint="",
+    )
 
 
 def outbox_document_for_entity(
@@ -189,19 +228,28 @@ def outbox_document_for_entity(
     ``ValueError`` for bad arguments (not for a bad document).
     """
     if operation not in DOCUMENT_OPERATIONS:
-        raise ValueError(f"operation must be one of {', '.join(DOCUMENT_OPERATIONS)}, "
-                         f"not {operation!r}")
+        raise ValueError(
+            f"operation must be one of {', '.join(DOCUMENT_OPERATIONS)}, not {operation!r}"
+        )
     if not isinstance(event_id, str) or not event_id:
         raise ValueError(f"event_id must be a non-empty string, not {event_id!r}")
     base: dict[str, Any] = {"_id": event_id, "operation": operation, "capturedAt": time}
-    return _build(document, mapping, base, operation=operation, time=time,
-                  use_context=operation != "delete", extra_attributes=extra_attributes,
-                  id_hint="")
+    return _build(
+        document,
+        mapping,
+        base,
+        operation=operation,
+        time=time,
+        use_context=operation != "delete",
+        extra_attributes=extra_attributes,
+        id_hint="",
+    )
 
 
 class _CaptureError(Exception):
-    def __init__(self, reason: str, *, entity_id: str | None = None,
-                 event_type: str | None = None) -> None:
+    def __init__(
+        self, reason: str, *, entity_id: str | None = None, event_type: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.entity_id = entity_id
@@ -220,9 +268,16 @@ def _build(
     id_hint: str,
 ) -> OutboxDocument:
     try:
-        outbox = _pending(document, mapping, base, operation=operation, time=time,
-                          use_context=use_context, extra_attributes=extra_attributes,
-                          id_hint=id_hint)
+        outbox = _pending(
+            document,
+            mapping,
+            base,
+            operation=operation,
+            time=time,
+            use_context=use_context,
+            extra_attributes=extra_attributes,
+            id_hint=id_hint,
+        )
     except _CaptureError as failure:
         if failure.entity_id is not None:
             base["entityId"] = failure.entity_id[:MAX_ORDERING_KEY_BYTES]
@@ -249,20 +304,34 @@ def _pending(
     if event_type is None:
         event_type = f"{mapping.entity_type}.{_TYPE_SUFFIX[operation]}"
     elif not isinstance(event_type, str) or not event_type.strip():
-        raise _CaptureError(f"'{mapping.event_context_field}.type' must be a non-empty string (the "
-                            f"CloudEvent type), not {short(event_type)}", entity_id=entity_id)
-    attributes = _attributes(document, mapping, context=context, event_id=base["_id"],
-                             event_type=event_type, entity_id=entity_id, time=time)
+        raise _CaptureError(
+            f"'{mapping.event_context_field}.type' must be a non-empty string (the "
+            f"CloudEvent type), not {short(event_type)}",
+            entity_id=entity_id,
+        )
+    attributes = _attributes(
+        document,
+        mapping,
+        context=context,
+        event_id=base["_id"],
+        event_type=event_type,
+        entity_id=entity_id,
+        time=time,
+    )
     for key, value in extra_attributes.items():
         if key in attributes:
             raise ValueError(f"extra attribute {key!r} would replace a CloudEvent attribute")
         attributes[key] = value
-    data = {k: v for k, v in document.items()
-            if k != mapping.event_context_field and k not in mapping.exclude_fields}
+    data = {
+        k: v
+        for k, v in document.items()
+        if k != mapping.event_context_field and k not in mapping.exclude_fields
+    }
     try:
         text = to_json(data)
-        check_limits(Message(data=text.encode("utf-8"), attributes=attributes,
-                             ordering_key=entity_id))
+        check_limits(
+            Message(data=text.encode("utf-8"), attributes=attributes, ordering_key=entity_id)
+        )
     except (EncodingError, Unpublishable) as error:
         raise _CaptureError(error.reason, entity_id=entity_id, event_type=event_type) from None
     pending: OutboxDocument = {
@@ -291,25 +360,39 @@ def _ordering_id(document: Mapping[str, Any], mapping: EventMapping, id_hint: st
         raise _CaptureError(f"{entity_id.reason}{id_hint}")
     id_bytes = len(entity_id.encode("utf-8", "surrogatepass"))
     if id_bytes > MAX_ORDERING_KEY_BYTES:
-        raise _CaptureError(f"id field {mapping.id_field!r} is {id_bytes} bytes as text; Pub/Sub "
-                            f"allows at most {MAX_ORDERING_KEY_BYTES} for the ordering key and "
-                            f"ce-subject", entity_id=entity_id)
+        raise _CaptureError(
+            f"id field {mapping.id_field!r} is {id_bytes} bytes as text; Pub/Sub "
+            f"allows at most {MAX_ORDERING_KEY_BYTES} for the ordering key and "
+            f"ce-subject",
+            entity_id=entity_id,
+        )
     return entity_id
 
 
-def _context(document: Mapping[str, Any], mapping: EventMapping,
-             entity_id: str) -> Mapping[str, Any]:
+def _context(
+    document: Mapping[str, Any], mapping: EventMapping, entity_id: str
+) -> Mapping[str, Any]:
     """The document's event context sub-document (empty without one)."""
     context = document.get(mapping.event_context_field)
     if context is not None and not isinstance(context, Mapping):
-        raise _CaptureError(f"event context field {mapping.event_context_field!r} must be a "
-                            f"sub-document, not {short(context)}", entity_id=entity_id)
+        raise _CaptureError(
+            f"event context field {mapping.event_context_field!r} must be a "
+            f"sub-document, not {short(context)}",
+            entity_id=entity_id,
+        )
     return context or {}
 
 
-def _attributes(document: Mapping[str, Any], mapping: EventMapping, *,
-                context: Mapping[str, Any], event_id: str, event_type: str, entity_id: str,
-                time: datetime.datetime) -> dict[str, str]:
+def _attributes(
+    document: Mapping[str, Any],
+    mapping: EventMapping,
+    *,
+    context: Mapping[str, Any],
+    event_id: str,
+    event_type: str,
+    entity_id: str,
+    time: datetime.datetime,
+) -> dict[str, str]:
     """The CloudEvent attributes: the core ones, the entity version, the context's extensions."""
     attributes = {
         "ce-specversion": SPEC_VERSION,
@@ -326,16 +409,22 @@ def _attributes(document: Mapping[str, Any], mapping: EventMapping, *,
             try:
                 attributes["ce-entityversion"] = _render(version)
             except EncodingError as error:
-                raise _CaptureError(f"version field {mapping.version_field!r}: {error.reason}",
-                                    entity_id=entity_id, event_type=event_type) from None
+                raise _CaptureError(
+                    f"version field {mapping.version_field!r}: {error.reason}",
+                    entity_id=entity_id,
+                    event_type=event_type,
+                ) from None
     for key, attribute in CONTEXT_EXTENSIONS:
         value = context.get(key)
         if value is None:
             continue
         if not isinstance(value, str) or not value:
-            raise _CaptureError(f"'{mapping.event_context_field}.{key}' must be a non-empty "
-                                f"string, not {short(value)}", entity_id=entity_id,
-                                event_type=event_type)
+            raise _CaptureError(
+                f"'{mapping.event_context_field}.{key}' must be a non-empty "
+                f"string, not {short(value)}",
+                entity_id=entity_id,
+                event_type=event_type,
+            )
         attributes[attribute] = value
     return attributes
 

@@ -26,8 +26,16 @@ from typing import Any, Literal
 
 from bson import Timestamp
 
-__all__ = ["AT_RISK", "LOST", "OK", "UNKNOWN", "Headroom", "OplogWindow", "headroom_verdict",
-           "token_time"]
+__all__ = [
+    "AT_RISK",
+    "LOST",
+    "OK",
+    "UNKNOWN",
+    "Headroom",
+    "OplogWindow",
+    "headroom_verdict",
+    "token_time",
+]
 
 AT_RISK = "ResumePointAtRisk"
 LOST = "ResumePointLost"
@@ -82,8 +90,9 @@ def token_time(token: Mapping[str, Any] | None) -> Timestamp | None:
     return Timestamp(value >> 32, value & 0xFFFFFFFF)
 
 
-def headroom_verdict(window: OplogWindow | str, positions: Mapping[str, Timestamp | None],
-                     margin: float) -> Headroom:
+def headroom_verdict(
+    window: OplogWindow | str, positions: Mapping[str, Timestamp | None], margin: float
+) -> Headroom:
     """The verdict for ``positions`` (each loop's checkpoint time; None: no usable position)
     against ``window``, or against the reason the window could not be read (a ``str``).
 
@@ -95,8 +104,9 @@ def headroom_verdict(window: OplogWindow | str, positions: Mapping[str, Timestam
         return Headroom("Unknown", UNKNOWN, f"the oplog window cannot be read: {window}")
     known = {loop: when for loop, when in positions.items() if when is not None}
     if not known:
-        return Headroom("Unknown", UNKNOWN, "no checkpoint with a position yet",
-                        window.seconds, window.oldest)
+        return Headroom(
+            "Unknown", UNKNOWN, "no checkpoint with a position yet", window.seconds, window.oldest
+        )
     loops = {loop: float(when.time - window.oldest.time) for loop, when in sorted(known.items())}
     floor = margin * window.seconds
     at_risk = tuple(loop for loop, seconds in loops.items() if seconds < floor)
@@ -104,17 +114,34 @@ def headroom_verdict(window: OplogWindow | str, positions: Mapping[str, Timestam
     lost = [loop for loop, seconds in loops.items() if seconds < 0]
     if lost:
         return Headroom(
-            "True", LOST,
+            "True",
+            LOST,
             f"the {' and '.join(lost)} checkpoint is older than the oldest oplog entry (headroom "
             f"{shown}): that resume point is gone; recover with an EventSeed and "
-            f"spec.restartFrom (docs/operations.md, lost resume point)", window.seconds,
-            window.oldest, loops, at_risk)
+            f"spec.restartFrom (docs/operations.md, lost resume point)",
+            window.seconds,
+            window.oldest,
+            loops,
+            at_risk,
+        )
     if at_risk:
         return Headroom(
-            "True", AT_RISK,
+            "True",
+            AT_RISK,
             f"the {' and '.join(at_risk)} checkpoint is near the oldest oplog entry (headroom "
             f"{shown}; below {margin:.0%} of the {window.seconds:.0f}s oplog window): make the "
             f"publisher catch up (see Stalled and the backlog) or grow the oplog, before the "
-            f"resume point is lost", window.seconds, window.oldest, loops, at_risk)
-    return Headroom("False", OK, f"headroom {shown} of the {window.seconds:.0f}s oplog window",
-                    window.seconds, window.oldest, loops)
+            f"resume point is lost",
+            window.seconds,
+            window.oldest,
+            loops,
+            at_risk,
+        )
+    return Headroom(
+        "False",
+        OK,
+        f"headroom {shown} of the {window.seconds:.0f}s oplog window",
+        window.seconds,
+        window.oldest,
+        loops,
+    )

@@ -39,8 +39,12 @@ def denied_message(call: str, resource: str, error: BaseException | str = "") ->
     needed = PERMISSIONS.get(call)
     detail = str(error).splitlines()[0].strip() if str(error).strip() else "PermissionDenied"
     if needed is None:
-        return (f"permission denied for {call} on {resource} ({detail}); see the Pub/Sub "
-                "permissions in docs/operations.md")
-    return (f"permission {needed.name} denied on {resource} ({detail}): grant it to the "
-            f"workload's Google service account (e.g. {needed.role} on that resource); see "
-            "docs/operations.md")
+        return (
+            f"permission denied for {call} on {resource} ({detail}); see the Pub/Sub "
+            "permissions in docs/operations.md"
+        )
+    return (
+        f"permission {needed.name} denied on {resource} ({detail}): grant it to the "
+        f"workload's Google service account (e.g. {needed.role} on that resource); see "
+        "docs/operations.md"
+    )

@@ -13,9 +13,18 @@ from typing import Any
 from liberator_publisher.core.errors import LiberatorError
 from liberator_publisher.core.outbox import FAILED
 
-__all__ = ["MAX_ATTRIBUTES", "MAX_ATTRIBUTE_KEY_BYTES", "MAX_ATTRIBUTE_VALUE_BYTES",
-           "MAX_MESSAGE_BYTES", "MAX_ORDERING_KEY_BYTES", "Message", "Unpublishable",
-           "check_limits", "message_for", "short"]
+__all__ = [
+    "MAX_ATTRIBUTES",
+    "MAX_ATTRIBUTE_KEY_BYTES",
+    "MAX_ATTRIBUTE_VALUE_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "MAX_ORDERING_KEY_BYTES",
+    "Message",
+    "Unpublishable",
+    "check_limits",
+    "message_for",
+    "short",
+]
 
 # Pub/Sub's limits (https://cloud.google.com/pubsub/quotas#resource_limits). The emulator does
 # not enforce them, so they are checked here.
@@ -56,22 +65,26 @@ def message_for(outbox_document: Mapping[str, Any]) -> Message:
     """
     event_id = outbox_document.get("_id")
     if outbox_document.get("status") == FAILED:
-        raise Unpublishable(f"event {event_id}: it failed at capture: "
-                            f"{outbox_document.get('reason', 'no reason recorded')}")
+        raise Unpublishable(
+            f"event {event_id}: it failed at capture: "
+            f"{outbox_document.get('reason', 'no reason recorded')}"
+        )
     data = outbox_document.get("data")
     if not isinstance(data, str):
-        raise Unpublishable(f"event {event_id}: field 'data' must be a string, "
-                            f"not {short(data)}")
+        raise Unpublishable(f"event {event_id}: field 'data' must be a string, not {short(data)}")
     attributes = outbox_document.get("attributes")
     if not isinstance(attributes, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
     ):
-        raise Unpublishable(f"event {event_id}: field 'attributes' must be a sub-document of "
-                            f"strings, not {short(attributes)}")
+        raise Unpublishable(
+            f"event {event_id}: field 'attributes' must be a sub-document of "
+            f"strings, not {short(attributes)}"
+        )
     ordering_key = outbox_document.get("orderingKey")
     if not isinstance(ordering_key, str):
-        raise Unpublishable(f"event {event_id}: field 'orderingKey' must be a string, "
-                            f"not {short(ordering_key)}")
+        raise Unpublishable(
+            f"event {event_id}: field 'orderingKey' must be a string, not {short(ordering_key)}"
+        )
     try:
         encoded = data.encode("utf-8")
     except UnicodeEncodeError:
@@ -87,8 +100,10 @@ def message_for(outbox_document: Mapping[str, Any]) -> Message:
 def check_limits(message: Message) -> None:
     """Raise ``Unpublishable`` if Pub/Sub would refuse ``message``; the reason says which limit."""
     if len(message.attributes) > MAX_ATTRIBUTES:
-        raise Unpublishable(f"the message has {len(message.attributes)} attributes; Pub/Sub "
-                            f"allows at most {MAX_ATTRIBUTES}")
+        raise Unpublishable(
+            f"the message has {len(message.attributes)} attributes; Pub/Sub "
+            f"allows at most {MAX_ATTRIBUTES}"
+        )
     size = len(message.data)
     for key, value in message.attributes.items():
         key_bytes = len(key.encode("utf-8", "surrogatepass"))
@@ -96,23 +111,32 @@ def check_limits(message: Message) -> None:
         if not key:
             raise Unpublishable("an attribute key is empty; Pub/Sub requires a name")
         if key.startswith("goog"):
-            raise Unpublishable(f"attribute {short(key)} starts with 'goog', which Pub/Sub "
-                                f"reserves")
+            raise Unpublishable(
+                f"attribute {short(key)} starts with 'goog', which Pub/Sub reserves"
+            )
         if key_bytes > MAX_ATTRIBUTE_KEY_BYTES:
-            raise Unpublishable(f"attribute key {short(key)} is {key_bytes} bytes; Pub/Sub "
-                                f"allows at most {MAX_ATTRIBUTE_KEY_BYTES}")
+            raise Unpublishable(
+                f"attribute key {short(key)} is {key_bytes} bytes; Pub/Sub "
+                f"allows at most {MAX_ATTRIBUTE_KEY_BYTES}"
+            )
         if value_bytes > MAX_ATTRIBUTE_VALUE_BYTES:
-            raise Unpublishable(f"attribute {key} is {value_bytes} bytes; Pub/Sub allows at "
-                                f"most {MAX_ATTRIBUTE_VALUE_BYTES}")
+            raise Unpublishable(
+                f"attribute {key} is {value_bytes} bytes; Pub/Sub allows at "
+                f"most {MAX_ATTRIBUTE_VALUE_BYTES}"
+            )
         size += key_bytes + value_bytes
     key_bytes = len(message.ordering_key.encode("utf-8", "surrogatepass"))
     if key_bytes > MAX_ORDERING_KEY_BYTES:
-        raise Unpublishable(f"the ordering key (the entity id) is {key_bytes} bytes; Pub/Sub "
-                            f"allows at most {MAX_ORDERING_KEY_BYTES}")
+        raise Unpublishable(
+            f"the ordering key (the entity id) is {key_bytes} bytes; Pub/Sub "
+            f"allows at most {MAX_ORDERING_KEY_BYTES}"
+        )
     size += key_bytes
     if size > MAX_MESSAGE_BYTES:
-        raise Unpublishable(f"the message is {size} bytes (data {len(message.data)}); Pub/Sub "
-                            f"allows at most {MAX_MESSAGE_BYTES}")
+        raise Unpublishable(
+            f"the message is {size} bytes (data {len(message.data)}); Pub/Sub "
+            f"allows at most {MAX_MESSAGE_BYTES}"
+        )
 
 
 def short(value: Any) -> str:

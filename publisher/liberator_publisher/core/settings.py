@@ -24,7 +24,6 @@ from liberator_publisher.core.validation import LOG_FORMATS, LOG_LEVELS, Invalid
 __all__ = ["LOG_FORMATS", "LOG_LEVELS", "ConfigError", "Settings"]
 
 
-
 _T = TypeVar("_T")
 
 
@@ -112,28 +111,40 @@ class Settings:
         topic = reader.required("LIBERATOR_TOPIC", rules.topic_id)
         redis_url = reader.required("LIBERATOR_REDIS_URL", rules.redis_url)
         emulator = reader.optional("PUBSUB_EMULATOR_HOST", rules.host_port, None)
-        outbox = reader.optional("LIBERATOR_OUTBOX_COLLECTION", rules.collection_name,
-                                 default_outbox(collection))
+        outbox = reader.optional(
+            "LIBERATOR_OUTBOX_COLLECTION", rules.collection_name, default_outbox(collection)
+        )
         if outbox == collection:
-            raise ConfigError("LIBERATOR_OUTBOX_COLLECTION", f"{outbox!r} is the entity "
-                              "collection itself", "name a separate collection, or leave it "
-                              "unset for <collection>.outbox")
-        source = reader.optional("LIBERATOR_SOURCE", rules.source_reference,
-                                 f"//liberator/{database}/{collection}")
+            raise ConfigError(
+                "LIBERATOR_OUTBOX_COLLECTION",
+                f"{outbox!r} is the entity collection itself",
+                "name a separate collection, or leave it unset for <collection>.outbox",
+            )
+        source = reader.optional(
+            "LIBERATOR_SOURCE", rules.source_reference, f"//liberator/{database}/{collection}"
+        )
         id_field = reader.optional("LIBERATOR_ID_FIELD", rules.field_name, "_id")
         version_field = reader.optional("LIBERATOR_VERSION_FIELD", rules.field_name, None)
         if version_field is not None and version_field == id_field:
-            raise ConfigError("LIBERATOR_VERSION_FIELD", f"{version_field!r} is also "
-                              "LIBERATOR_ID_FIELD", "name the field that holds the version")
+            raise ConfigError(
+                "LIBERATOR_VERSION_FIELD",
+                f"{version_field!r} is also LIBERATOR_ID_FIELD",
+                "name the field that holds the version",
+            )
         context_field = reader.optional("LIBERATOR_EVENT_CONTEXT_FIELD", rules.field_name, "_event")
         if context_field in (id_field, version_field):
-            raise ConfigError("LIBERATOR_EVENT_CONTEXT_FIELD", f"{context_field!r} is also the "
-                              "id or version field", "name a separate field, or leave it unset "
-                              "for _event")
+            raise ConfigError(
+                "LIBERATOR_EVENT_CONTEXT_FIELD",
+                f"{context_field!r} is also the id or version field",
+                "name a separate field, or leave it unset for _event",
+            )
         exclude = reader.optional("LIBERATOR_EXCLUDE_FIELDS", rules.field_list, frozenset())
         if id_field in exclude:
-            raise ConfigError("LIBERATOR_EXCLUDE_FIELDS", f"the id field {id_field!r} cannot "
-                              "be excluded", f"remove {id_field!r} from the list")
+            raise ConfigError(
+                "LIBERATOR_EXCLUDE_FIELDS",
+                f"the id field {id_field!r} cannot be excluded",
+                f"remove {id_field!r} from the list",
+            )
         return cls(
             mongo_uri=mongo_uri,
             database=database,
@@ -150,26 +161,33 @@ class Settings:
             event_context_field=context_field,
             exclude_fields=exclude,
             http_port=reader.optional("LIBERATOR_HTTP_PORT", rules.port, DEFAULT_HTTP_PORT),
-            lease_ttl_seconds=reader.optional("LIBERATOR_LEASE_TTL_SECONDS", rules.positive_float,
-                                              c.LEASE_TTL_SECONDS),
-            publisher=reader.optional("LIBERATOR_PUBLISHER", rules.publisher_name,
-                                      f"{database}/{collection}"),
+            lease_ttl_seconds=reader.optional(
+                "LIBERATOR_LEASE_TTL_SECONDS", rules.positive_float, c.LEASE_TTL_SECONDS
+            ),
+            publisher=reader.optional(
+                "LIBERATOR_PUBLISHER", rules.publisher_name, f"{database}/{collection}"
+            ),
             log_level=reader.optional("LIBERATOR_LOG_LEVEL", rules.log_level, "INFO"),
             log_format=reader.optional("LIBERATOR_LOG_FORMAT", rules.log_format, "text"),
-            pod_name=(reader.optional("LIBERATOR_POD_NAME", rules.any_text, None)
-                      or socket.gethostname()),
+            pod_name=(
+                reader.optional("LIBERATOR_POD_NAME", rules.any_text, None) or socket.gethostname()
+            ),
             batch_size=reader.optional("LIBERATOR_BATCH_SIZE", rules.positive_int, c.BATCH_SIZE),
-            max_await_ms=reader.optional("LIBERATOR_MAX_AWAIT_MS", rules.positive_int,
-                                         c.MAX_AWAIT_MS),
-            sweep_interval_seconds=reader.optional("LIBERATOR_SWEEP_INTERVAL_SECONDS",
-                                                   rules.positive_float,
-                                                   c.SWEEP_INTERVAL_SECONDS),
-            pending_age_seconds=reader.optional("LIBERATOR_PENDING_AGE_SECONDS",
-                                                rules.positive_float, c.PENDING_AGE_SECONDS),
-            stall_after_seconds=reader.optional("LIBERATOR_STALL_AFTER_SECONDS",
-                                                rules.positive_float, c.STALL_AFTER_SECONDS),
-            resume_margin_percent=reader.optional("LIBERATOR_RESUME_MARGIN_PERCENT", rules.percent,
-                                                  c.RESUME_MARGIN_PERCENT),
+            max_await_ms=reader.optional(
+                "LIBERATOR_MAX_AWAIT_MS", rules.positive_int, c.MAX_AWAIT_MS
+            ),
+            sweep_interval_seconds=reader.optional(
+                "LIBERATOR_SWEEP_INTERVAL_SECONDS", rules.positive_float, c.SWEEP_INTERVAL_SECONDS
+            ),
+            pending_age_seconds=reader.optional(
+                "LIBERATOR_PENDING_AGE_SECONDS", rules.positive_float, c.PENDING_AGE_SECONDS
+            ),
+            stall_after_seconds=reader.optional(
+                "LIBERATOR_STALL_AFTER_SECONDS", rules.positive_float, c.STALL_AFTER_SECONDS
+            ),
+            resume_margin_percent=reader.optional(
+                "LIBERATOR_RESUME_MARGIN_PERCENT", rules.percent, c.RESUME_MARGIN_PERCENT
+            ),
         )
 
     def mapping(self) -> EventMapping:

@@ -40,9 +40,17 @@ class Stall:
     moment it crossed ``stall_after``)."""
 
 
-def stall_verdict(*, now: float, stall_after: float, backlog: int, pending_since: float | None,
-                  published_at: float | None, unsaved_since: float | None,
-                  paused: bool = False, parked: bool = False) -> Stall | None:
+def stall_verdict(
+    *,
+    now: float,
+    stall_after: float,
+    backlog: int,
+    pending_since: float | None,
+    published_at: float | None,
+    unsaved_since: float | None,
+    paused: bool = False,
+    parked: bool = False,
+) -> Stall | None:
     """The stall, or None when the publisher moves (or waits for a reason of its own).
 
     ``pending_since``: when the backlog was last seen turning non-empty (None while empty);
@@ -54,18 +62,23 @@ def stall_verdict(*, now: float, stall_after: float, backlog: int, pending_since
         return None
     if unsaved_since is not None and now - unsaved_since >= stall_after:
         quiet = now - unsaved_since
-        return Stall(CAPTURE_NOT_MOVING,
-                     f"capture received changes {quiet:.0f}s ago and its checkpoint has not "
-                     f"moved since: changes reach the stream but not the outbox; look at the "
-                     f"capture loop's warnings in the leader's log (outbox writes failing?)",
-                     quiet)
+        return Stall(
+            CAPTURE_NOT_MOVING,
+            f"capture received changes {quiet:.0f}s ago and its checkpoint has not "
+            f"moved since: changes reach the stream but not the outbox; look at the "
+            f"capture loop's warnings in the leader's log (outbox writes failing?)",
+            quiet,
+        )
     if backlog > 0 and pending_since is not None:
         start = pending_since if published_at is None else max(pending_since, published_at)
         quiet = now - start
         if quiet >= stall_after:
-            return Stall(NOTHING_PUBLISHED,
-                         f"{backlog} event(s) pending and nothing published for {quiet:.0f}s; "
-                         f"look at liberator_publish_errors_total and the relay's warnings in "
-                         f"the leader's log (Pub/Sub unreachable, topic missing, permission "
-                         f"denied?)", quiet)
+            return Stall(
+                NOTHING_PUBLISHED,
+                f"{backlog} event(s) pending and nothing published for {quiet:.0f}s; "
+                f"look at liberator_publish_errors_total and the relay's warnings in "
+                f"the leader's log (Pub/Sub unreachable, topic missing, permission "
+                f"denied?)",
+                quiet,
+            )
     return None

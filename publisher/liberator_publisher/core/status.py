@@ -67,10 +67,14 @@ class StatusRecord:
 def resume_point(verdict: Headroom) -> dict[str, Any]:
     """The ``resumePoint`` entry of the record."""
     oldest = verdict.oldest
-    return {"status": verdict.status, "reason": verdict.reason, "message": verdict.message,
-            "windowSeconds": verdict.window_seconds,
-            "oldestEntry": rfc3339(oldest.as_datetime()) if oldest is not None else None,
-            "headroomSeconds": verdict.loops}
+    return {
+        "status": verdict.status,
+        "reason": verdict.reason,
+        "message": verdict.message,
+        "windowSeconds": verdict.window_seconds,
+        "oldestEntry": rfc3339(oldest.as_datetime()) if oldest is not None else None,
+        "headroomSeconds": verdict.loops,
+    }
 
 
 def write_status(redis: Any, publisher: str, record: StatusRecord, ttl_seconds: float) -> None:

@@ -33,6 +33,7 @@ def parse_rfc3339(text: str, name: str = "time") -> datetime:
     except ValueError:
         moment = None
     if moment is None or "T" not in value.upper() or moment.tzinfo is None:
-        raise ValueError(f"{name}: {text!r} is not an RFC 3339 time with a zone; write e.g. "
-                         "2026-01-02T03:04:05Z")
+        raise ValueError(
+            f"{name}: {text!r} is not an RFC 3339 time with a zone; write e.g. 2026-01-02T03:04:05Z"
+        )
     return moment.astimezone(UTC)

@@ -48,8 +48,9 @@ __all__ = [
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 
-RESOURCE_ID_RULE = ("3-255 of letters, digits and - _ . ~ + %, starting with a letter and not "
-                    "with 'goog'")
+RESOURCE_ID_RULE = (
+    "3-255 of letters, digits and - _ . ~ + %, starting with a letter and not with 'goog'"
+)
 """What :func:`is_resource_id` checks, as error messages say it: Pub/Sub's rule for a topic or
 subscription id (the CRD's CEL rule says the same for spec.pubsub)."""
 
@@ -87,8 +88,10 @@ def any_text(value: str) -> str:
 
 
 def mongo_uri(value: str) -> str:
-    fix = ("use mongodb://[user:password@]host[:port][,host...]/?replicaSet=name with special "
-           "characters in user and password percent-encoded")
+    fix = (
+        "use mongodb://[user:password@]host[:port][,host...]/?replicaSet=name with special "
+        "characters in user and password percent-encoded"
+    )
     userinfo, safe = hide_password(value)
     try:
         if userinfo is not None:
@@ -104,7 +107,7 @@ def mongo_uri(value: str) -> str:
 
 
 def _srv_syntax(uri: str) -> None:
-    host_part, _, options = uri[len("mongodb+srv://"):].partition("?")
+    host_part, _, options = uri[len("mongodb+srv://") :].partition("?")
     host_part = host_part.partition("/")[0].rpartition("@")[2]
     nodes = split_hosts(host_part, default_port=None)
     if len(nodes) != 1 or nodes[0][1] is not None:
@@ -126,43 +129,52 @@ def hide_password(uri: str) -> tuple[str | None, str]:
     userinfo = host_part.rpartition("@")[0]
     user, colon, _ = userinfo.partition(":")
     hidden = f"{user}:hidden" if colon else user
-    return userinfo, f"{scheme}://{hidden}@{rest[len(userinfo) + 1:]}"
+    return userinfo, f"{scheme}://{hidden}@{rest[len(userinfo) + 1 :]}"
 
 
 def database_name(value: str) -> str:
     bad = sorted(set(value) & _BAD_DATABASE_CHARS)
     if bad or len(value.encode()) > 63:
-        raise InvalidValue(f"{value!r} is not a MongoDB database name",
-                       "use at most 63 bytes without / \\ . space \" $ * < > : | ?")
+        raise InvalidValue(
+            f"{value!r} is not a MongoDB database name",
+            'use at most 63 bytes without / \\ . space " $ * < > : | ?',
+        )
     return value
 
 
 def collection_name(value: str) -> str:
     if "$" in value or "\0" in value or value.startswith(("system.", ".")) or value.endswith("."):
-        raise InvalidValue(f"{value!r} is not a usable MongoDB collection name",
-                       "use a name without '$', not starting with 'system.'")
+        raise InvalidValue(
+            f"{value!r} is not a usable MongoDB collection name",
+            "use a name without '$', not starting with 'system.'",
+        )
     return value
 
 
 def entity_type(value: str) -> str:
     if not _ENTITY_TYPE.fullmatch(value):
-        raise InvalidValue(f"{value!r} is not an entity type",
-                       "use letters, digits, '.', '_' and '-', such as 'quote'")
+        raise InvalidValue(
+            f"{value!r} is not an entity type",
+            "use letters, digits, '.', '_' and '-', such as 'quote'",
+        )
     return value
 
 
 def project_id(value: str) -> str:
     if not _PROJECT.fullmatch(value):
-        raise InvalidValue(f"{value!r} is not a Google Cloud project id",
-                       "use 6-30 lower-case letters, digits and hyphens, starting with a letter")
+        raise InvalidValue(
+            f"{value!r} is not a Google Cloud project id",
+            "use 6-30 lower-case letters, digits and hyphens, starting with a letter",
+        )
     return value
 
 
 def topic_id(value: str) -> str:
     if value.startswith("projects/"):
-        raise InvalidValue(f"{value!r} is a topic path, not a topic id",
-                       "give the id only (the last part); the project comes from "
-                       "LIBERATOR_PUBSUB_PROJECT")
+        raise InvalidValue(
+            f"{value!r} is a topic path, not a topic id",
+            "give the id only (the last part); the project comes from LIBERATOR_PUBSUB_PROJECT",
+        )
     if not is_resource_id(value):
         raise InvalidValue(f"{value!r} is not a Pub/Sub topic id", f"use {RESOURCE_ID_RULE}")
     return value
@@ -171,8 +183,9 @@ def topic_id(value: str) -> str:
 def redis_url(value: str) -> str:
     fix = "use redis://[:password@]host:port/db, rediss://... or unix:///path"
     if not value.startswith(("redis://", "rediss://", "unix://")):
-        raise InvalidValue("not a Redis URL (the scheme must be redis://, rediss:// or "
-                            "unix://)", fix)
+        raise InvalidValue(
+            "not a Redis URL (the scheme must be redis://, rediss:// or unix://)", fix
+        )
     try:
         # redis-py leaves parse_url unannotated; the password is hidden from its messages.
         parse_url(hide_password(value)[1])  # type: ignore[no-untyped-call]
@@ -182,39 +195,46 @@ def redis_url(value: str) -> str:
         # redis-py silently ignores a database path that is not a number; refuse it instead.
         path = value.partition("://")[2].partition("?")[0].partition("/")[2]
         if path and not path.isdigit():
-            raise InvalidValue(f"not a valid Redis URL (database {path!r} is not a number)",
-                                fix)
+            raise InvalidValue(f"not a valid Redis URL (database {path!r} is not a number)", fix)
     return value
 
 
 def host_port(value: str) -> str:
     match = _HOST_PORT.fullmatch(value)
     if match is None or not 1 <= int(match.group(1)) <= 65535:
-        raise InvalidValue(f"{value!r} is not host:port", "use the emulator's address, such as "
-                       "127.0.0.1:8085, or unset it for real Pub/Sub")
+        raise InvalidValue(
+            f"{value!r} is not host:port",
+            "use the emulator's address, such as 127.0.0.1:8085, or unset it for real Pub/Sub",
+        )
     return value
 
 
 def source_reference(value: str) -> str:
     if any(c.isspace() for c in value):
-        raise InvalidValue(f"{value!r} is not a URI reference (it holds white space)",
-                       "use a URI reference such as //liberator/<database>/<collection>")
+        raise InvalidValue(
+            f"{value!r} is not a URI reference (it holds white space)",
+            "use a URI reference such as //liberator/<database>/<collection>",
+        )
     return value
 
 
 def field_name(value: str) -> str:
     if value.startswith("$") or "." in value or "\0" in value:
-        raise InvalidValue(f"{value!r} is not a top-level field name",
-                       "name a top-level field: no '.' (nested paths are not supported), "
-                       "not starting with '$'")
+        raise InvalidValue(
+            f"{value!r} is not a top-level field name",
+            "name a top-level field: no '.' (nested paths are not supported), "
+            "not starting with '$'",
+        )
     return value
 
 
 def field_list(value: str) -> frozenset[str]:
     names = [item.strip() for item in value.split(",")]
     if "" in names:
-        raise InvalidValue(f"{value!r} has an empty item",
-                       "list field names separated by single commas, such as 'secret,internal'")
+        raise InvalidValue(
+            f"{value!r} has an empty item",
+            "list field names separated by single commas, such as 'secret,internal'",
+        )
     for name in names:
         try:
             field_name(name)
@@ -225,22 +245,27 @@ def field_list(value: str) -> frozenset[str]:
 
 def port(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 65535:
-        raise InvalidValue(f"{value!r} is not a port number (1-65535)",
-                       f"use a free port, such as {DEFAULT_HTTP_PORT}")
+        raise InvalidValue(
+            f"{value!r} is not a port number (1-65535)",
+            f"use a free port, such as {DEFAULT_HTTP_PORT}",
+        )
     return int(value)
 
 
 def positive_int(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
-        raise InvalidValue(f"{value!r} is not a positive whole number",
-                            "use an integer of 1 or more")
+        raise InvalidValue(
+            f"{value!r} is not a positive whole number", "use an integer of 1 or more"
+        )
     return int(value)
 
 
 def percent(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 99:
-        raise InvalidValue(f"{value!r} is not a whole percentage from 1 to 99",
-                            "use a number such as 25 (a quarter of the oplog window)")
+        raise InvalidValue(
+            f"{value!r} is not a whole percentage from 1 to 99",
+            "use a number such as 25 (a quarter of the oplog window)",
+        )
     return int(value)
 
 
@@ -250,16 +275,20 @@ def positive_float(value: str) -> float:
     except ValueError:
         number = math.nan
     if not math.isfinite(number) or number <= 0:
-        raise InvalidValue(f"{value!r} is not a positive number of seconds",
-                       "use a number above 0, such as 10 or 2.5")
+        raise InvalidValue(
+            f"{value!r} is not a positive number of seconds",
+            "use a number above 0, such as 10 or 2.5",
+        )
     return number
 
 
 def publisher_name(value: str) -> str:
     namespace, slash, name = value.partition("/")
     if not slash or not _DNS_LABEL.fullmatch(namespace) or not _DNS_SUBDOMAIN.fullmatch(name):
-        raise InvalidValue(f"{value!r} is not <namespace>/<name>",
-                       "use the EntityPublisher's namespace and name, such as 'shop/quotes'")
+        raise InvalidValue(
+            f"{value!r} is not <namespace>/<name>",
+            "use the EntityPublisher's namespace and name, such as 'shop/quotes'",
+        )
     return value
 
 
@@ -271,6 +300,5 @@ def log_level(value: str) -> str:
 
 def log_format(value: str) -> str:
     if value.lower() not in LOG_FORMATS:
-        raise InvalidValue(f"{value!r} is not a log format",
-                            f"use one of {', '.join(LOG_FORMATS)}")
+        raise InvalidValue(f"{value!r} is not a log format", f"use one of {', '.join(LOG_FORMATS)}")
     return value.lower()

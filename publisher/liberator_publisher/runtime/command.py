@@ -15,8 +15,6 @@ __all__ = ["Command", "UsageError", "checked", "flag_or_env"]
 _T = TypeVar("_T")
 
 
-
-
 @dataclass(frozen=True)
 class Command:
     """One subcommand. Modules expose an instance named ``COMMAND``."""
@@ -40,8 +38,13 @@ def checked(parse: Callable[[str], _T], value: str, where: str) -> _T:
         raise UsageError(invalid.named(where)) from None
 
 
-def flag_or_env(flag_value: str | None, env: Mapping[str, str], variable: str, flag: str,
-                parse: Callable[[str], _T]) -> _T:
+def flag_or_env(
+    flag_value: str | None,
+    env: Mapping[str, str],
+    variable: str,
+    flag: str,
+    parse: Callable[[str], _T],
+) -> _T:
     """The flag's value, else the variable's, checked by ``parse`` (a rule of validation.py);
     a :class:`UsageError` names whichever the value came from, or both when neither is set."""
     given = flag_value is not None

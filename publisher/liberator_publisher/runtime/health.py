@@ -33,13 +33,15 @@ Probe = Callable[[], Health]
 class HealthServer:
     """A threaded HTTP server in a daemon thread."""
 
-    def __init__(self, port: int, probe: Probe, metrics: Callable[[], bytes],
-                 host: str = "0.0.0.0") -> None:
+    def __init__(
+        self, port: int, probe: Probe, metrics: Callable[[], bytes], host: str = "0.0.0.0"
+    ) -> None:
         handler = _handler(probe, metrics)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="liberator-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="liberator-http", daemon=True
+        )
 
     @property
     def port(self) -> int:
@@ -64,9 +66,10 @@ def _handler(probe: Probe, metrics: Callable[[], bytes]) -> type[BaseHTTPRequest
                 self._reply(200 if health.alive else 503, health.detail.encode() + b"\n")
             elif path == "/readyz":
                 health = probe()
-                self._reply(200 if health.ready else 503,
-                            b"ready\n" if health.ready
-                            else b"not ready: " + health.detail.encode() + b"\n")
+                self._reply(
+                    200 if health.ready else 503,
+                    b"ready\n" if health.ready else b"not ready: " + health.detail.encode() + b"\n",
+                )
             else:
                 self._reply(404, b"not found\n")
 

@@ -26,9 +26,11 @@ log = logging.getLogger("liberator_publisher.seed.seeder")
 def _positive_int(flag: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         if not text.strip().isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be a whole number of 1 or more, "
-                                             f"not {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"{flag} must be a whole number of 1 or more, not {text!r}"
+            )
         return int(text)
+
     return parse
 
 
@@ -38,8 +40,9 @@ def _rate(text: str) -> float:
     except ValueError:
         value = -1.0
     if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"--rate-limit must be documents per second (0 for no "
-                                         f"limit), not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--rate-limit must be documents per second (0 for no limit), not {text!r}"
+        )
     return value
 
 
@@ -51,22 +54,41 @@ def _topic(text: str) -> str:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--topic", required=True, type=_topic,
-                        help="seed topic id (in LIBERATOR_PUBSUB_PROJECT)")
-    parser.add_argument("--mode", choices=MODES, default="latest",
-                        help="latest: one event per entity; history: every version document")
-    parser.add_argument("--filter", default="{}",
-                        help="MongoDB query in relaxed extended JSON (default {})")
-    parser.add_argument("--batch-size", type=_positive_int("--batch-size"), default=500,
-                        help="documents per batch (default 500)")
-    parser.add_argument("--rate-limit", type=_rate, default=0.0,
-                        help="documents per second, 0 = unlimited (default)")
-    parser.add_argument("--allow-empty", action="store_true",
-                        help="succeed with nothing to seed when the collection does not exist "
-                             "(default: refuse, it is most often a typo)")
-    parser.add_argument("--seed-id", default=None,
-                        help="keys the ledger and checkpoint (default: $LIBERATOR_SEED or "
-                             "'manual')")
+    parser.add_argument(
+        "--topic", required=True, type=_topic, help="seed topic id (in LIBERATOR_PUBSUB_PROJECT)"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="latest",
+        help="latest: one event per entity; history: every version document",
+    )
+    parser.add_argument(
+        "--filter", default="{}", help="MongoDB query in relaxed extended JSON (default {})"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int("--batch-size"),
+        default=500,
+        help="documents per batch (default 500)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=_rate,
+        default=0.0,
+        help="documents per second, 0 = unlimited (default)",
+    )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="succeed with nothing to seed when the collection does not exist "
+        "(default: refuse, it is most often a typo)",
+    )
+    parser.add_argument(
+        "--seed-id",
+        default=None,
+        help="keys the ledger and checkpoint (default: $LIBERATOR_SEED or 'manual')",
+    )
 
 
 def _settings(env: Mapping[str, str], topic: str) -> Settings:
@@ -81,11 +103,19 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     try:
         seed_id = args.seed_id or env.get("LIBERATOR_SEED", "").strip() or "manual"
         if not args.seed_id and env.get("LIBERATOR_SEED") and not SEED_ID.fullmatch(seed_id):
-            raise UsageError(f"LIBERATOR_SEED: {seed_id!r} is not <namespace>/<name> of an "
-                             "EventSeed; fix it or pass --seed-id")
-        options = SeedOptions(topic=args.topic, mode=args.mode, filter=parse_filter(args.filter),
-                              batch_size=args.batch_size, rate_limit=args.rate_limit,
-                              seed_id=seed_id, allow_empty=args.allow_empty)
+            raise UsageError(
+                f"LIBERATOR_SEED: {seed_id!r} is not <namespace>/<name> of an "
+                "EventSeed; fix it or pass --seed-id"
+            )
+        options = SeedOptions(
+            topic=args.topic,
+            mode=args.mode,
+            filter=parse_filter(args.filter),
+            batch_size=args.batch_size,
+            rate_limit=args.rate_limit,
+            seed_id=seed_id,
+            allow_empty=args.allow_empty,
+        )
         summary = run_seed(settings, options)
     except UsageError:
         raise
@@ -100,5 +130,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     return 0
 
 
-COMMAND = Command(name="seed", help="publish every existing entity once to the seed topic",
-                  configure=configure, run=run)
+COMMAND = Command(
+    name="seed",
+    help="publish every existing entity once to the seed topic",
+    configure=configure,
+    run=run,
+)

@@ -24,8 +24,15 @@ from pymongo.collection import Collection
 from liberator_publisher.core.contract import LEDGER_SUFFIX
 from liberator_publisher.core.errors import LiberatorError
 
-__all__ = ["LEDGER_SUFFIX", "MAX_RETRY_IDS", "SEED_PHASES", "Checkpoint", "Ledger", "LedgerError",
-           "SeedPhase"]
+__all__ = [
+    "LEDGER_SUFFIX",
+    "MAX_RETRY_IDS",
+    "SEED_PHASES",
+    "Checkpoint",
+    "Ledger",
+    "LedgerError",
+    "SeedPhase",
+]
 
 SeedPhase = Literal["Running", "Succeeded", "Failed"]
 """Where a seed stands, in its ledger, its Redis progress and the EventSeed's status."""
@@ -39,8 +46,10 @@ class LedgerError(LiberatorError, ValueError):
     """A ledger document that cannot be read (edited by hand, say). The message names the field."""
 
     def __init__(self, seed_id: str, field: str, problem: str) -> None:
-        super().__init__(f"seed ledger {seed_id!r}: field {field!r} {problem}; fix or delete "
-                         f"the document to start that seed over, or use a new --seed-id")
+        super().__init__(
+            f"seed ledger {seed_id!r}: field {field!r} {problem}; fix or delete "
+            f"the document to start that seed over, or use a new --seed-id"
+        )
         self.field = field
 
 
@@ -70,10 +79,18 @@ class Checkpoint:
     """When the scan finished."""
 
     def document(self) -> dict[str, Any]:
-        return {"_id": self.seed_id, "mode": self.mode, "filter": self.filter,
-                "startedAt": self.started_at, "phase": self.phase, "after": self.after,
-                "counts": dict(self.counts), "capture": self.capture,
-                "retry": list(self.retry[:MAX_RETRY_IDS]), "completedAt": self.completed_at}
+        return {
+            "_id": self.seed_id,
+            "mode": self.mode,
+            "filter": self.filter,
+            "startedAt": self.started_at,
+            "phase": self.phase,
+            "after": self.after,
+            "counts": dict(self.counts),
+            "capture": self.capture,
+            "retry": list(self.retry[:MAX_RETRY_IDS]),
+            "completedAt": self.completed_at,
+        }
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> Checkpoint:
@@ -85,9 +102,13 @@ class Checkpoint:
             if value is None and not required:
                 return None
             if not isinstance(value, kind) or isinstance(value, bool):
-                raise LedgerError(seed_id, name, "is missing" if value is None else
-                                  f"must be {getattr(kind, '__name__', kind)}, not "
-                                  f"{type(value).__name__}")
+                raise LedgerError(
+                    seed_id,
+                    name,
+                    "is missing"
+                    if value is None
+                    else f"must be {getattr(kind, '__name__', kind)}, not {type(value).__name__}",
+                )
             return value
 
         counts = field_of("counts", dict, required=False) or {}
@@ -98,13 +119,18 @@ class Checkpoint:
         phase = field_of("phase", str, required=False) or "Running"
         if phase not in SEED_PHASES:
             raise LedgerError(seed_id, "phase", f"must be one of {', '.join(SEED_PHASES)}")
-        return cls(seed_id=seed_id, mode=document["mode"], filter=field_of("filter", str),
-                   started_at=field_of("startedAt", datetime),
-                   phase=phase,
-                   after=document.get("after"), counts=dict(counts),
-                   capture=field_of("capture", dict, required=False) or {},
-                   retry=field_of("retry", list, required=False) or [],
-                   completed_at=field_of("completedAt", datetime, required=False))
+        return cls(
+            seed_id=seed_id,
+            mode=document["mode"],
+            filter=field_of("filter", str),
+            started_at=field_of("startedAt", datetime),
+            phase=phase,
+            after=document.get("after"),
+            counts=dict(counts),
+            capture=field_of("capture", dict, required=False) or {},
+            retry=field_of("retry", list, required=False) or [],
+            completed_at=field_of("completedAt", datetime, required=False),
+        )
 
 
 class Ledger:

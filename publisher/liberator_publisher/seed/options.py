@@ -19,8 +19,16 @@ from bson.json_util import JSONMode, JSONOptions
 
 from liberator_publisher.core.errors import UsageError
 
-__all__ = ["MODES", "SEED_ATTRIBUTE", "SEED_ID", "Pacer", "SeedOptions", "Summary", "parse_filter",
-           "seed_event_id"]
+__all__ = [
+    "MODES",
+    "SEED_ATTRIBUTE",
+    "SEED_ID",
+    "Pacer",
+    "SeedOptions",
+    "Summary",
+    "parse_filter",
+    "seed_event_id",
+]
 
 MODES = ("latest", "history")
 SEED_ATTRIBUTE = "ce-seed"
@@ -30,6 +38,7 @@ SEED_ID_NAMESPACE = uuid.UUID("3d0c5b1e-9a77-5f0e-8a43-2b6c1f9e7d10")
 SEED_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,252}")
 """A seed id: ``<namespace>/<name>`` of an EventSeed, or any name of a manual run."""
 _JSON = JSONOptions(json_mode=JSONMode.RELAXED, tz_aware=True, tzinfo=UTC)
+
 
 def seed_event_id(source: str, entity_id: str, version: str | None) -> str:
     """The ``ce-id`` of a seed event: the same entity version always gets the same id."""
@@ -41,11 +50,13 @@ def parse_filter(text: str) -> dict[str, Any]:
     try:
         value = json_util.loads(text, json_options=_JSON)
     except (ValueError, TypeError) as error:
-        raise UsageError(f"--filter: not JSON ({error}); give a MongoDB query such as "
-                         "'{\"region\": \"eu\"}'") from None
+        raise UsageError(
+            f'--filter: not JSON ({error}); give a MongoDB query such as \'{{"region": "eu"}}\''
+        ) from None
     if not isinstance(value, dict):
-        raise UsageError(f"--filter: must be a JSON object (a MongoDB query), not "
-                         f"{type(value).__name__}")
+        raise UsageError(
+            f"--filter: must be a JSON object (a MongoDB query), not {type(value).__name__}"
+        )
     return value
 
 
@@ -78,8 +89,10 @@ class SeedOptions:
         if self.rate_limit < 0:
             raise UsageError(f"--rate-limit: must be 0 (no limit) or more, got {self.rate_limit}")
         if not SEED_ID.fullmatch(self.seed_id):
-            raise UsageError(f"--seed-id: {self.seed_id!r} is not a seed id; use letters, "
-                             "digits and . _ / - (such as shop/quotes-seed)")
+            raise UsageError(
+                f"--seed-id: {self.seed_id!r} is not a seed id; use letters, "
+                "digits and . _ / - (such as shop/quotes-seed)"
+            )
 
 
 @dataclass
@@ -104,8 +117,13 @@ class Summary:
         return f"seeded={self.seeded} skipped={self.skipped} failed={self.failed}"
 
     def counts(self) -> dict[str, int]:
-        return {"seeded": self.seeded, "already": self.already, "skipped": self.skipped,
-                "failed": self.failed, "scanned": self.scanned}
+        return {
+            "seeded": self.seeded,
+            "already": self.already,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "scanned": self.scanned,
+        }
 
 
 class Pacer:
@@ -118,8 +136,12 @@ class Pacer:
 
     BURST_SECONDS = 1.0
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.rate = rate
         self._clock = clock
         self._sleep = sleep

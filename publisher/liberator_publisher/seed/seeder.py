@@ -100,8 +100,7 @@ def _rfc3339(moment: datetime | None) -> str:
     return "" if moment is None else rfc3339(moment)
 
 
-def _capture_position(collection: Collection[dict[str, Any]],
-                      publisher: str) -> dict[str, Any]:
+def _capture_position(collection: Collection[dict[str, Any]], publisher: str) -> dict[str, Any]:
     """The capture stream's position now, so live capture and the seed overlap (no gap).
 
     Recorded: the running sidecar's capture checkpoint (read only; absent when no sidecar has
@@ -114,7 +113,8 @@ def _capture_position(collection: Collection[dict[str, Any]],
         saved = Checkpoints(collection.database[CHECKPOINT_COLLECTION], publisher).load("capture")
         if not saved.empty:
             position["publisherCheckpoint"] = json_util.dumps(
-                {"token": saved.token, "operationTime": saved.operation_time})
+                {"token": saved.token, "operationTime": saved.operation_time}
+            )
     except (PyMongoError, CheckpointError) as error:
         log.warning("cannot read the sidecar's capture checkpoint: %s", error)
     try:
@@ -140,18 +140,27 @@ class _Batch:
 
 
 class _Seeder:
-    def __init__(self, settings: Settings, options: SeedOptions, mongo: MongoClient[Any],
-                 publisher: pubsub_v1.PublisherClient, status: _Status) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        options: SeedOptions,
+        mongo: MongoClient[Any],
+        publisher: pubsub_v1.PublisherClient,
+        status: _Status,
+    ) -> None:
         self.settings = settings
         self.options = options
         self.mapping: EventMapping = settings.mapping()
         self.collection: Collection[dict[str, Any]] = mongo[settings.database][settings.collection]
-        self.ledger = Ledger(mongo[settings.database][settings.collection + LEDGER_SUFFIX],
-                             options.seed_id)
+        self.ledger = Ledger(
+            mongo[settings.database][settings.collection + LEDGER_SUFFIX], options.seed_id
+        )
         # Deletes carry only the document _id: with a business id, record it (see identity.py).
         self.identities: Collection[dict[str, Any]] | None = (
-            None if self.mapping.id_field == "_id"
-            else mongo[settings.database][settings.collection + IDENTITY_SUFFIX])
+            None
+            if self.mapping.id_field == "_id"
+            else mongo[settings.database][settings.collection + IDENTITY_SUFFIX]
+        )
         self.publisher = publisher
         self.topic = publisher.topic_path(settings.pubsub_project, options.topic)
         self.status = status
@@ -183,11 +192,15 @@ class _Seeder:
             keys.append(("_id", order))
         return keys
 
-    def _groups(self, after: Any,
-                only: list[Any] | None) -> Iterator[tuple[Any, list[dict[str, Any]]]]:
+    def _groups(
+        self, after: Any, only: list[Any] | None
+    ) -> Iterator[tuple[Any, list[dict[str, Any]]]]:
         """(entity id value, its documents) in scan order."""
-        cursor = self.collection.find(self._query(after, only), sort=self._sort(),
-                                      batch_size=min(self.options.batch_size, 1000))
+        cursor = self.collection.find(
+            self._query(after, only),
+            sort=self._sort(),
+            batch_size=min(self.options.batch_size, 1000),
+        )
         current: Any = None
         group: list[dict[str, Any]] = []
         started = False
@@ -226,9 +239,14 @@ class _Seeder:
 
     def _event(self, entity: Any, document: dict[str, Any]) -> _Event | None:
         version_field = self.mapping.version_field
-        probe = outbox_document_for_entity(document, self.mapping, event_id="probe",
-                                           operation="insert", time=self._time,
-                                           extra_attributes={SEED_ATTRIBUTE: "true"})
+        probe = outbox_document_for_entity(
+            document,
+            self.mapping,
+            event_id="probe",
+            operation="insert",
+            time=self._time,
+            extra_attributes={SEED_ATTRIBUTE: "true"},
+        )
         if probe["status"] == FAILED:
             self._skip(document, str(probe.get("reason")))
             return None
@@ -247,9 +265,14 @@ class _Seeder:
         except Unpublishable as error:
             self._skip(document, error.reason)
             return None
-        return _Event(entity=entity, event_id=event_id, entity_id=entity_id,
-                      data=message.data, attributes=message.attributes,
-                      ordering_key=self._ordering_key(entity_id))
+        return _Event(
+            entity=entity,
+            event_id=event_id,
+            entity_id=entity_id,
+            data=message.data,
+            attributes=message.attributes,
+            ordering_key=self._ordering_key(entity_id),
+        )
 
     def _ordering_key(self, entity_id: str) -> str:
         # History needs each entity's versions in order. Any key that is a function of the
@@ -267,11 +290,20 @@ class _Seeder:
     # -- publishing: one batch in flight while the next one is read --
 
     def _send(self, events: list[_Event], after: Any) -> _Batch:
-        sent = [(event, self.publisher.publish(self.topic, event.data,
-                                               ordering_key=event.ordering_key,
-                                               **event.attributes)) for event in events]
-        return _Batch(sent=sent, after=after,
-                      counts={"scanned": self.summary.scanned, "skipped": self.summary.skipped})
+        sent = [
+            (
+                event,
+                self.publisher.publish(
+                    self.topic, event.data, ordering_key=event.ordering_key, **event.attributes
+                ),
+            )
+            for event in events
+        ]
+        return _Batch(
+            sent=sent,
+            after=after,
+            counts={"scanned": self.summary.scanned, "skipped": self.summary.skipped},
+        )
 
     def _settle(self, batch: _Batch, checkpoint: Checkpoint) -> None:
         for event, future in batch.sent:
@@ -283,8 +315,12 @@ class _Seeder:
                 self.summary.failed += 1
                 if event.entity not in self.retry:
                     self.retry.append(event.entity)
-                log.error("publish failed for entity %s (ce-id %s): %s", event.entity_id,
-                          event.event_id, error)
+                log.error(
+                    "publish failed for entity %s (ce-id %s): %s",
+                    event.entity_id,
+                    event.event_id,
+                    error,
+                )
                 if event.ordering_key:
                     self.publisher.resume_publish(self.topic, event.ordering_key)
                 continue
@@ -302,52 +338,78 @@ class _Seeder:
         filter_text = json_util.dumps(options.filter, json_options=_JSON, sort_keys=True)
         checkpoint = self.ledger.checkpoint()
         only: list[Any] | None = None
-        if checkpoint is not None and (checkpoint.mode != options.mode
-                                       or checkpoint.filter != filter_text):
+        if checkpoint is not None and (
+            checkpoint.mode != options.mode or checkpoint.filter != filter_text
+        ):
             raise UsageError(
                 f"--seed-id: seed {options.seed_id!r} ran with --mode {checkpoint.mode} "
                 f"--filter {checkpoint.filter}; rerun it with the same flags, or use a new "
-                "--seed-id")
+                "--seed-id"
+            )
         if checkpoint is None:
-            checkpoint = Checkpoint(seed_id=options.seed_id, mode=options.mode,
-                                    filter=filter_text, started_at=datetime.now(UTC),
-                                    capture=_capture_position(self.collection,
-                                                              self.settings.publisher))
+            checkpoint = Checkpoint(
+                seed_id=options.seed_id,
+                mode=options.mode,
+                filter=filter_text,
+                started_at=datetime.now(UTC),
+                capture=_capture_position(self.collection, self.settings.publisher),
+            )
             self.ledger.save(checkpoint)
         elif checkpoint.phase == "Succeeded":
             if not checkpoint.retry:
-                log.info("seed %s finished at %s; nothing new to publish", options.seed_id,
-                         _rfc3339(checkpoint.completed_at))
+                log.info(
+                    "seed %s finished at %s; nothing new to publish",
+                    options.seed_id,
+                    _rfc3339(checkpoint.completed_at),
+                )
                 self.summary.already = checkpoint.counts.get("seeded", 0)
                 # The status shows the seed's own counts again (say, after a Redis restart).
-                self.status.update({**checkpoint.counts, "phase": "Succeeded",
-                                    "startedAt": _rfc3339(checkpoint.started_at),
-                                    "completedAt": _rfc3339(checkpoint.completed_at)})
+                self.status.update(
+                    {
+                        **checkpoint.counts,
+                        "phase": "Succeeded",
+                        "startedAt": _rfc3339(checkpoint.started_at),
+                        "completedAt": _rfc3339(checkpoint.completed_at),
+                    }
+                )
                 return self.summary
             only = list(checkpoint.retry)  # a finished seed with failures: retry just those
-            log.info("seed %s: retrying %d entities whose publish failed", options.seed_id,
-                     len(only))
+            log.info(
+                "seed %s: retrying %d entities whose publish failed", options.seed_id, len(only)
+            )
             for name, value in checkpoint.counts.items():  # the seed's counts go on
                 setattr(self.summary, name, value)
             self.summary.failed = 0
             self._retrying = True
             checkpoint.phase = "Running"
         else:  # Running or Failed: a crashed run, resume after its checkpoint
-            log.info("resuming seed %s after entity %s", options.seed_id,
-                     json_util.dumps(checkpoint.after))
+            log.info(
+                "resuming seed %s after entity %s",
+                options.seed_id,
+                json_util.dumps(checkpoint.after),
+            )
             for name, value in checkpoint.counts.items():
                 setattr(self.summary, name, value)
             self.retry = list(checkpoint.retry)
-        self._time = checkpoint.started_at if checkpoint.started_at.tzinfo \
+        self._time = (
+            checkpoint.started_at
+            if checkpoint.started_at.tzinfo
             else checkpoint.started_at.replace(tzinfo=UTC)
+        )
         try:
             self.summary.total = self.collection.count_documents(dict(options.filter))
         except OperationFailure as error:
             raise UsageError(f"--filter: MongoDB refused it: {error}") from None
-        self.status.update({"phase": "Running", "startedAt": _rfc3339(self._time),
-                            "completedAt": "", "total": self.summary.total,
-                            "captureTime": _rfc3339(checkpoint.capture.get("time")),
-                            **self.summary.counts()})
+        self.status.update(
+            {
+                "phase": "Running",
+                "startedAt": _rfc3339(self._time),
+                "completedAt": "",
+                "total": self.summary.total,
+                "captureTime": _rfc3339(checkpoint.capture.get("time")),
+                **self.summary.counts(),
+            }
+        )
         self._scan(checkpoint, only)
         checkpoint.phase = "Succeeded"
         checkpoint.completed_at = datetime.now(UTC)
@@ -409,9 +471,13 @@ class _Seeder:
         rate = s.scanned / elapsed
         left = max(0, s.total - s.scanned)
         eta = f"{left / rate:.0f}s" if rate > 0 else "?"
-        print(f"seed {self.options.seed_id}: scanned {s.scanned}/{s.total} seeded={s.seeded} "
-              f"already={s.already} skipped={s.skipped} failed={s.failed} "
-              f"rate={rate:.0f} docs/s eta={eta}", file=sys.stderr, flush=True)
+        print(
+            f"seed {self.options.seed_id}: scanned {s.scanned}/{s.total} seeded={s.seeded} "
+            f"already={s.already} skipped={s.skipped} failed={s.failed} "
+            f"rate={rate:.0f} docs/s eta={eta}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def check_collection(mongo: MongoClient[Any], settings: Settings, allow_empty: bool) -> None:
@@ -421,31 +487,38 @@ def check_collection(mongo: MongoClient[Any], settings: Settings, allow_empty: b
     """
     database = mongo[settings.database]
     # The filter keeps the answer small; the membership test does not rely on it.
-    if settings.collection in database.list_collection_names(
-            filter={"name": settings.collection}):
+    if settings.collection in database.list_collection_names(filter={"name": settings.collection}):
         return
     if allow_empty:
-        log.warning("collection %s.%s does not exist; --allow-empty: seeding nothing",
-                    settings.database, settings.collection)
+        log.warning(
+            "collection %s.%s does not exist; --allow-empty: seeding nothing",
+            settings.database,
+            settings.collection,
+        )
         return
     raise UsageError(
         f"LIBERATOR_COLLECTION: collection {settings.collection!r} does not exist in database "
         f"{settings.database!r}; fix the name (spec.mongo.collection), or pass --allow-empty "
-        "(EventSeed spec.allowEmpty: true) to seed an absent collection on purpose")
+        "(EventSeed spec.allowEmpty: true) to seed an absent collection on purpose"
+    )
 
 
 def run_seed(settings: Settings, options: SeedOptions) -> Summary:
     """Run one seed to completion with clients built from ``settings``."""
     publisher = pubsub_v1.PublisherClient(
         # Larger batches than the default 100 messages: fewer RPCs for a bulk load.
-        batch_settings=pubsub_v1.types.BatchSettings(max_messages=1000, max_bytes=9_000_000,
-                                                     max_latency=0.05),
+        batch_settings=pubsub_v1.types.BatchSettings(
+            max_messages=1000, max_bytes=9_000_000, max_latency=0.05
+        ),
         publisher_options=pubsub_v1.types.PublisherOptions(
             enable_message_ordering=options.mode == "history",
             # Room for the batch in flight and the next one; beyond that, publish() waits.
             flow_control=pubsub_v1.types.PublishFlowControl(
                 message_limit=2 * options.batch_size + 1000,
-                limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK)))
+                limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK,
+            ),
+        ),
+    )
     mongo: MongoClient[Any] = MongoClient(settings.mongo_uri, tz_aware=True)
     status = _Status(settings.redis_url, options.seed_id)
     topic = publisher.topic_path(settings.pubsub_project, options.topic)
@@ -453,9 +526,11 @@ def run_seed(settings: Settings, options: SeedOptions) -> Summary:
         try:
             publisher.get_topic(topic=topic)
         except gexc.NotFound:
-            raise UsageError(f"--topic: topic {options.topic!r} does not exist in project "
-                             f"{settings.pubsub_project}; create it (the operator provisions "
-                             "the seed topic) or fix the name") from None
+            raise UsageError(
+                f"--topic: topic {options.topic!r} does not exist in project "
+                f"{settings.pubsub_project}; create it (the operator provisions "
+                "the seed topic) or fix the name"
+            ) from None
         except gexc.PermissionDenied as error:
             raise UsageError(f"--topic: {denied_message('get_topic', topic, error)}") from None
         check_collection(mongo, settings, options.allow_empty)
@@ -475,5 +550,3 @@ def run_seed(settings: Settings, options: SeedOptions) -> Summary:
 
 
 # -- the command line --
-
-

@@ -67,8 +67,10 @@ def change_time(change: Mapping[str, Any]) -> datetime | None:
     return None
 
 
-def insert_outbox(outbox: Collection[dict[str, Any]], documents: Sequence[OutboxDocument],
-                  ) -> set[int]:
+def insert_outbox(
+    outbox: Collection[dict[str, Any]],
+    documents: Sequence[OutboxDocument],
+) -> set[int]:
     """Insert ``documents`` unordered; return the indexes that were new (not duplicates)."""
     if not documents:
         return set()
@@ -97,13 +99,22 @@ def _duplicate_id(write_error: Mapping[str, Any]) -> bool:
 class Capture:
     """One run of the capture loop for one leader term."""
 
-    def __init__(self, *, entities: Collection[dict[str, Any]],
-                 outbox: Collection[dict[str, Any]], identities: Identities,
-                 checkpoints: Checkpoints,
-                 mapping: EventMapping, metrics: Metrics, progress: Progress, epoch: int,
-                 pod: str, settings: CaptureSettings,
-                 open_source: Callable[[Position], ChangeSource] | None = None,
-                 on_written: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        *,
+        entities: Collection[dict[str, Any]],
+        outbox: Collection[dict[str, Any]],
+        identities: Identities,
+        checkpoints: Checkpoints,
+        mapping: EventMapping,
+        metrics: Metrics,
+        progress: Progress,
+        epoch: int,
+        pod: str,
+        settings: CaptureSettings,
+        open_source: Callable[[Position], ChangeSource] | None = None,
+        on_written: Callable[[], None] = lambda: None,
+    ) -> None:
         """``on_written`` is called after each outbox insert (the relay reads it sooner)."""
         self.entities = entities
         self.on_written = on_written
@@ -129,12 +140,16 @@ class Capture:
             origin = self.checkpoints.origin()
             if origin is not None:
                 start = Position(operation_time=origin)
-                log.info("capture starts at the origin (no checkpoint yet)",
-                         extra=fields(origin=origin.as_datetime().isoformat()))
+                log.info(
+                    "capture starts at the origin (no checkpoint yet)",
+                    extra=fields(origin=origin.as_datetime().isoformat()),
+                )
             else:
                 # The reader's first heartbeat carries the position it opened at; saved at once.
-                log.warning("capture starts at the current position (no checkpoint, no origin: "
-                            "MongoDB reported no cluster time)")
+                log.warning(
+                    "capture starts at the current position (no checkpoint, no origin: "
+                    "MongoDB reported no cluster time)"
+                )
         reader = self.open_source(start)
         reader.start()
         saved_at = time.monotonic()
@@ -158,8 +173,9 @@ class Capture:
                 self.progress.capture_lag_seconds = 0.0
                 self.metrics.capture_lag.set(0.0)
                 quiet_for = time.monotonic() - saved_at
-                if batch.position != saved and (saved.empty or
-                                                 quiet_for >= self.settings.heartbeat_seconds):
+                if batch.position != saved and (
+                    saved.empty or quiet_for >= self.settings.heartbeat_seconds
+                ):
                     self._save(batch.position)  # heartbeat: a quiet stream stays on the oplog
                     saved, saved_at = batch.position, time.monotonic()
         finally:
@@ -189,10 +205,15 @@ class Capture:
         return self.identities.find(key_id)
 
     def _open_source(self, position: Position) -> ChangeSource:
-        return ChangeReader(self.entities, position, full_document="updateLookup",
-                            batch_size=self.settings.batch_size,
-                            max_await_ms=self.settings.max_await_ms,
-                            gather_ms=self.settings.gather_ms, name="capture-reader")
+        return ChangeReader(
+            self.entities,
+            position,
+            full_document="updateLookup",
+            batch_size=self.settings.batch_size,
+            max_await_ms=self.settings.max_await_ms,
+            gather_ms=self.settings.gather_ms,
+            name="capture-reader",
+        )
 
     def _save(self, position: Position) -> None:
         self.checkpoints.save("capture", self.epoch, position, self.pod)
@@ -205,8 +226,9 @@ class Capture:
             if change.get("operationType") not in DOCUMENT_OPERATIONS:
                 continue  # e.g. createIndexes with expanded events: nothing to publish
             known = self._known_id(change, seen)
-            document = outbox_document_for_change(change, self.mapping, captured_at=now,
-                                                  known_id=known)
+            document = outbox_document_for_change(
+                change, self.mapping, captured_at=now, known_id=known
+            )
             # The oplog position orders the sweep among events captured in the same batch.
             if "clusterTime" in change:
                 document.setdefault("clusterTime", change["clusterTime"])
@@ -217,8 +239,10 @@ class Capture:
         if failed:
             self.metrics.failed.labels(stage="capture").inc(len(failed))
             for document in failed:
-                log.warning("event cannot be published; stored as failed",
-                            extra=fields(event_id=document["_id"], reason=document.get("reason")))
+                log.warning(
+                    "event cannot be published; stored as failed",
+                    extra=fields(event_id=document["_id"], reason=document.get("reason")),
+                )
         happened = change_time(changes[-1])
         if happened is not None:
             lag = max(0.0, (now - happened).total_seconds())

@@ -64,8 +64,14 @@ def epoch_key(publisher: str) -> str:
 class Lease:
     """This replica's view of the lease. Redis errors propagate; the caller decides."""
 
-    def __init__(self, redis: Any, publisher: str, holder: str, ttl_seconds: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        publisher: str,
+        holder: str,
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._redis = redis
         self._keys = [lease_key(publisher), epoch_key(publisher)]
         # The pod name for people, plus a random part so two processes never share a token.
@@ -96,8 +102,9 @@ class Lease:
     def try_acquire(self) -> int:
         """Take the lease if it is free; return the new epoch, or 0 when another holds it."""
         sent = self._clock()
-        epoch, left_ms = (int(v) for v in self._acquire(keys=self._keys,
-                                                         args=[self.token, self._ttl_ms()]))
+        epoch, left_ms = (
+            int(v) for v in self._acquire(keys=self._keys, args=[self.token, self._ttl_ms()])
+        )
         if epoch:
             self.epoch, self.deadline = epoch, sent + self.ttl_seconds
         # PTTL is negative when the key vanished meanwhile (-2) or has no expiry (-1).

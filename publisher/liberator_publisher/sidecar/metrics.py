@@ -28,51 +28,86 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.captured = Counter("liberator_events_captured", "Changes written to the outbox.",
-                                registry=r)
-        self.published = Counter("liberator_events_published",
-                                 "Outbox events acknowledged by Pub/Sub.", registry=r)
-        self.failed = Counter("liberator_events_failed",
-                              "Events that cannot be published (status failed).", ["stage"],
-                              registry=r)
-        self.publish_errors = Counter("liberator_publish_errors",
-                                      "Publish attempts that failed and will be retried.",
-                                      registry=r)
+        self.captured = Counter(
+            "liberator_events_captured", "Changes written to the outbox.", registry=r
+        )
+        self.published = Counter(
+            "liberator_events_published", "Outbox events acknowledged by Pub/Sub.", registry=r
+        )
+        self.failed = Counter(
+            "liberator_events_failed",
+            "Events that cannot be published (status failed).",
+            ["stage"],
+            registry=r,
+        )
+        self.publish_errors = Counter(
+            "liberator_publish_errors",
+            "Publish attempts that failed and will be retried.",
+            registry=r,
+        )
         self.backlog = Gauge("liberator_outbox_backlog", "Outbox events still pending.", registry=r)
-        self.capture_lag = Gauge("liberator_capture_lag_seconds",
-                                 "Age of the last captured change when it was written "
-                                 "(0 when the stream is idle).", registry=r)
-        self.relay_lag = Gauge("liberator_relay_lag_seconds",
-                               "Time from capture to publish ack of the last event.", registry=r)
-        self.publish_latency = Histogram("liberator_publish_latency_seconds",
-                                         "Time from publish call to Pub/Sub ack.",
-                                         buckets=_LATENCY_BUCKETS, registry=r)
-        self.leader = Gauge("liberator_leader", "1 while this replica holds the lease.",
-                            registry=r)
-        self.epoch = Gauge("liberator_epoch", "Fencing epoch of the current lease (0 = none).",
-                           registry=r)
-        self.parked = Gauge("liberator_parked",
-                            "1 while the publisher is parked on a fatal stream error.",
-                            ["reason"], registry=r)
-        self.fenced = Counter("liberator_checkpoint_refused",
-                              "Checkpoint writes refused because a newer epoch holds the lease.",
-                              registry=r)
-        self.stalled = Gauge("liberator_stalled",
-                             "1 while the publisher is stalled for this reason (stall.py).",
-                             ["reason"], registry=r)
-        self.checkpoint_age = Gauge("liberator_checkpoint_age_seconds",
-                                    "Seconds since the loop's checkpoint position was last "
-                                    "written (leader only; 0 without a checkpoint).", ["loop"],
-                                    registry=r)
-        self.oplog_window = Gauge("liberator_oplog_window_seconds",
-                                  "Seconds between the oldest and newest oplog entry (leader; "
-                                  "NaN while unknown).", registry=r)
-        self.headroom = Gauge("liberator_resume_headroom_seconds",
-                              "Seconds between the loop's checkpoint position and the oldest "
-                              "oplog entry (leader; NaN while unknown).", ["loop"], registry=r)
-        self.at_risk = Gauge("liberator_resume_point_at_risk",
-                             "1 while the loop's headroom is below the margin of the oplog "
-                             "window (headroom.py).", ["loop"], registry=r)
+        self.capture_lag = Gauge(
+            "liberator_capture_lag_seconds",
+            "Age of the last captured change when it was written (0 when the stream is idle).",
+            registry=r,
+        )
+        self.relay_lag = Gauge(
+            "liberator_relay_lag_seconds",
+            "Time from capture to publish ack of the last event.",
+            registry=r,
+        )
+        self.publish_latency = Histogram(
+            "liberator_publish_latency_seconds",
+            "Time from publish call to Pub/Sub ack.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.leader = Gauge("liberator_leader", "1 while this replica holds the lease.", registry=r)
+        self.epoch = Gauge(
+            "liberator_epoch", "Fencing epoch of the current lease (0 = none).", registry=r
+        )
+        self.parked = Gauge(
+            "liberator_parked",
+            "1 while the publisher is parked on a fatal stream error.",
+            ["reason"],
+            registry=r,
+        )
+        self.fenced = Counter(
+            "liberator_checkpoint_refused",
+            "Checkpoint writes refused because a newer epoch holds the lease.",
+            registry=r,
+        )
+        self.stalled = Gauge(
+            "liberator_stalled",
+            "1 while the publisher is stalled for this reason (stall.py).",
+            ["reason"],
+            registry=r,
+        )
+        self.checkpoint_age = Gauge(
+            "liberator_checkpoint_age_seconds",
+            "Seconds since the loop's checkpoint position was last "
+            "written (leader only; 0 without a checkpoint).",
+            ["loop"],
+            registry=r,
+        )
+        self.oplog_window = Gauge(
+            "liberator_oplog_window_seconds",
+            "Seconds between the oldest and newest oplog entry (leader; NaN while unknown).",
+            registry=r,
+        )
+        self.headroom = Gauge(
+            "liberator_resume_headroom_seconds",
+            "Seconds between the loop's checkpoint position and the oldest "
+            "oplog entry (leader; NaN while unknown).",
+            ["loop"],
+            registry=r,
+        )
+        self.at_risk = Gauge(
+            "liberator_resume_point_at_risk",
+            "1 while the loop's headroom is below the margin of the oplog window (headroom.py).",
+            ["loop"],
+            registry=r,
+        )
         # Every labelled series exists at 0 from the start, so alerts and dashboards see it
         # before the first failure (an absent series is not 0 to PromQL).
         for stage in FAILED_STAGES:
@@ -106,7 +141,8 @@ class Metrics:
             seconds = verdict.loops.get(loop) if verdict is not None else None
             self.headroom.labels(loop=loop).set(nan if seconds is None else seconds)
             self.at_risk.labels(loop=loop).set(
-                1 if verdict is not None and loop in verdict.at_risk else 0)
+                1 if verdict is not None and loop in verdict.at_risk else 0
+            )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of the registry."""

@@ -46,10 +46,14 @@ __all__ = ["PENDING_INDEX", "PIPELINE", "Relay", "RelaySettings", "ensure_indexe
 log = logging.getLogger(__name__)
 
 PIPELINE: list[dict[str, Any]] = [
-    {"$match": {"$or": [
-        {"operationType": {"$in": ["insert", "replace"]}, "fullDocument.status": PENDING},
-        {"operationType": "update", "updateDescription.updatedFields.status": PENDING},
-    ]}},
+    {
+        "$match": {
+            "$or": [
+                {"operationType": {"$in": ["insert", "replace"]}, "fullDocument.status": PENDING},
+                {"operationType": "update", "updateDescription.updatedFields.status": PENDING},
+            ]
+        }
+    },
 ]
 """The outbox stream: only changes that leave an event pending.
 
@@ -120,9 +124,18 @@ class _Paused:
 class Relay:
     """One run of the relay loop for one leader term."""
 
-    def __init__(self, *, outbox: Collection[dict[str, Any]], checkpoints: Checkpoints,
-                 sink: Sink, metrics: Metrics, progress: Progress, epoch: int, pod: str,
-                 settings: RelaySettings) -> None:
+    def __init__(
+        self,
+        *,
+        outbox: Collection[dict[str, Any]],
+        checkpoints: Checkpoints,
+        sink: Sink,
+        metrics: Metrics,
+        progress: Progress,
+        epoch: int,
+        pod: str,
+        settings: RelaySettings,
+    ) -> None:
         self.outbox = outbox
         self.checkpoints = checkpoints
         self.sink = sink
@@ -159,11 +172,16 @@ class Relay:
             when = cluster_time(self.outbox.database)
             if when is not None:
                 position = Position(operation_time=when)
-        reader = ChangeReader(self.outbox, position, pipeline=PIPELINE,
-                              batch_size=self.settings.batch_size,
-                              max_await_ms=self.settings.max_await_ms,
-                              gather_ms=self.settings.gather_ms,
-                              quiet_pause_ms=self.settings.quiet_pause_ms, name="relay-reader")
+        reader = ChangeReader(
+            self.outbox,
+            position,
+            pipeline=PIPELINE,
+            batch_size=self.settings.batch_size,
+            max_await_ms=self.settings.max_await_ms,
+            gather_ms=self.settings.gather_ms,
+            quiet_pause_ms=self.settings.quiet_pause_ms,
+            name="relay-reader",
+        )
         self._reader = reader
         reader.start()
         try:
@@ -182,8 +200,9 @@ class Relay:
                 self.settle()
                 self._retry_paused()
                 if now - last_sweep >= self.settings.sweep_interval_seconds:
-                    self.sweep(self.settings.pending_age_seconds,
-                               limit=self.settings.batch_size * 4)
+                    self.sweep(
+                        self.settings.pending_age_seconds, limit=self.settings.batch_size * 4
+                    )
                     last_sweep = time.monotonic()
                 self._checkpoint(force=False)
         finally:
@@ -201,8 +220,9 @@ class Relay:
     def _drain(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while self._inflight and time.monotonic() < deadline:
-            waiting = [f for f in self._inflight.values()
-                       if f.message.ordering_key not in self._paused]
+            waiting = [
+                f for f in self._inflight.values() if f.message.ordering_key not in self._paused
+            ]
             if not waiting:
                 break
             time.sleep(0.02)
@@ -219,8 +239,11 @@ class Relay:
             document = change.get("fullDocument")
             if change.get("operationType") == "update":
                 key = change.get("documentKey")
-                document = (self.outbox.find_one({"_id": key.get("_id")})
-                            if isinstance(key, Mapping) else None)
+                document = (
+                    self.outbox.find_one({"_id": key.get("_id")})
+                    if isinstance(key, Mapping)
+                    else None
+                )
             # The lookup may show a newer state than the event: only pending is sent.
             if not isinstance(document, Mapping) or document.get("status") != PENDING:
                 continue
@@ -234,9 +257,11 @@ class Relay:
     def sweep(self, min_age_seconds: float, limit: int | None) -> int:
         """Send pending events older than ``min_age_seconds`` that are not in flight."""
         cutoff = datetime.now(UTC) - timedelta(seconds=min_age_seconds)
-        cursor = self.outbox.find({"status": PENDING, "capturedAt": {"$lte": cutoff}},
-                                  sort=[("capturedAt", ASCENDING), ("clusterTime", ASCENDING)],
-                                  batch_size=self.settings.batch_size)
+        cursor = self.outbox.find(
+            {"status": PENDING, "capturedAt": {"$lte": cutoff}},
+            sort=[("capturedAt", ASCENDING), ("clusterTime", ASCENDING)],
+            batch_size=self.settings.batch_size,
+        )
         if limit is not None:
             cursor = cursor.limit(limit)
         sent = 0
@@ -249,8 +274,9 @@ class Relay:
                 self.settle()  # keep memory bounded on a large backlog
                 self.progress.beat("relay", time.monotonic())  # a long sweep is not stuck
         if sent:
-            log.info("sweep sent pending events", extra=fields(events=sent,
-                                                                min_age=min_age_seconds))
+            log.info(
+                "sweep sent pending events", extra=fields(events=sent, min_age=min_age_seconds)
+            )
         return sent
 
     def _send(self, document: Mapping[str, Any], stretch: _Stretch | None) -> None:
@@ -262,8 +288,13 @@ class Relay:
             return
         captured = document.get("capturedAt")
         self._seq += 1
-        flight = _Flight(event_id, message, self._seq,
-                         captured if isinstance(captured, datetime) else None, stretch)
+        flight = _Flight(
+            event_id,
+            message,
+            self._seq,
+            captured if isinstance(captured, datetime) else None,
+            stretch,
+        )
         if stretch is not None:
             stretch.open += 1
         self._inflight[event_id] = flight
@@ -277,8 +308,9 @@ class Relay:
         key = flight.message.ordering_key
         self._outstanding[key] = self._outstanding.get(key, 0) + 1
         flight.sent = time.monotonic()
-        future = self.sink.publish(flight.message.data, flight.message.attributes,
-                                   flight.message.ordering_key)
+        future = self.sink.publish(
+            flight.message.data, flight.message.attributes, flight.message.ordering_key
+        )
         future.add_done_callback(lambda done: self._acks.put((flight, done)))
 
     # -- acks --
@@ -309,12 +341,19 @@ class Relay:
 
     def _mark_published(self, published: list[tuple[_Flight, str]]) -> None:
         now = datetime.now(UTC)
-        self.outbox.bulk_write([
-            UpdateOne({"_id": flight.event_id},
-                      {"$set": {"status": PUBLISHED, "publishedAt": now,
-                                "messageId": message_id},
-                       "$inc": {"attempts": 1}})
-            for flight, message_id in published], ordered=False)
+        self.outbox.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": flight.event_id},
+                    {
+                        "$set": {"status": PUBLISHED, "publishedAt": now, "messageId": message_id},
+                        "$inc": {"attempts": 1},
+                    },
+                )
+                for flight, message_id in published
+            ],
+            ordered=False,
+        )
         done = time.monotonic()
         for flight, _ in published:
             self._settled(flight)
@@ -357,14 +396,17 @@ class Relay:
             own = type(error).__name__ != "PublishToPausedOrderingKeyException"
             # Each failure in a row for the key doubles the wait, up to the cap.
             attempt = self._failures.get(key, 0) + 1 if own else 0
-            wait = min(self.settings.max_backoff_seconds, 0.25 * 2 ** attempt) if own else 0.0
+            wait = min(self.settings.max_backoff_seconds, 0.25 * 2**attempt) if own else 0.0
             self._failures[key] = attempt
             paused = self._paused[key] = _Paused(time.monotonic() + wait, attempt)
             if own:
                 self.metrics.publish_errors.inc()
-                log.warning("publish failed; the entity's events wait and retry in order",
-                            extra=fields(ordering_key=key, error=f"{type(error).__name__}: "
-                                                                f"{error}", retry_in=wait))
+                log.warning(
+                    "publish failed; the entity's events wait and retry in order",
+                    extra=fields(
+                        ordering_key=key, error=f"{type(error).__name__}: {error}", retry_in=wait
+                    ),
+                )
         if flight is not None:
             paused.flights.append(flight)
 
@@ -372,8 +414,9 @@ class Relay:
         now = time.monotonic()
         # A key is retried only once every message it had in flight came back: those fail too
         # (the client paused the key), and all of them must go out again in their first order.
-        for key in [k for k, p in self._paused.items()
-                    if p.until <= now and not self._outstanding.get(k)]:
+        for key in [
+            k for k, p in self._paused.items() if p.until <= now and not self._outstanding.get(k)
+        ]:
             paused = self._paused.pop(key)
             self.sink.resume(key)
             for flight in sorted(paused.flights, key=lambda f: f.seq):
@@ -381,12 +424,15 @@ class Relay:
 
     def _fail(self, event_id: str, reason: str) -> None:
         self._recent[event_id] = None  # the stream may bring it again: handled once
-        self.outbox.update_one({"_id": event_id},
-                               {"$set": {"status": FAILED, "reason": reason},
-                                "$inc": {"attempts": 1}})
+        self.outbox.update_one(
+            {"_id": event_id},
+            {"$set": {"status": FAILED, "reason": reason}, "$inc": {"attempts": 1}},
+        )
         self.metrics.failed.labels(stage="relay").inc()
-        log.warning("event cannot be published; marked failed",
-                    extra=fields(event_id=event_id, reason=reason))
+        log.warning(
+            "event cannot be published; marked failed",
+            extra=fields(event_id=event_id, reason=reason),
+        )
 
     # -- checkpoint --
 
@@ -394,8 +440,10 @@ class Relay:
         mark = self._watermark
         if mark is None or mark == self._saved:
             return
-        if not force and time.monotonic() - self._saved_at < \
-                self.settings.checkpoint_interval_seconds:
+        if (
+            not force
+            and time.monotonic() - self._saved_at < self.settings.checkpoint_interval_seconds
+        ):
             return
         self.checkpoints.save("relay", self.epoch, mark, self.pod)
         self._saved, self._saved_at = mark, time.monotonic()

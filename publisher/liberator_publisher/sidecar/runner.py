@@ -82,8 +82,10 @@ def record_origin(checkpoints: Checkpoints, database: Database[dict[str, Any]]) 
         return  # a damaged checkpoint is not empty: the leader parks on it, naming the field
     when = cluster_time(database)
     if when is None:
-        log.warning("MongoDB reports no cluster time (not a replica set?): a first capture "
-                    "starts where its stream opens")
+        log.warning(
+            "MongoDB reports no cluster time (not a replica set?): a first capture "
+            "starts where its stream opens"
+        )
         return
     checkpoints.record_origin(when)
 
@@ -91,8 +93,14 @@ def record_origin(checkpoints: Checkpoints, database: Database[dict[str, Any]]) 
 class Sidecar:
     """The process: HTTP, the lease loop, and the current term."""
 
-    def __init__(self, settings: Settings, mongo: MongoClient[dict[str, Any]],
-                 checkpoints: Checkpoints, *, exit_on_fatal: bool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        mongo: MongoClient[dict[str, Any]],
+        checkpoints: Checkpoints,
+        *,
+        exit_on_fatal: bool,
+    ) -> None:
         self.settings = settings
         self.mongo = mongo
         self.database: Database[dict[str, Any]] = mongo[settings.database]
@@ -106,9 +114,12 @@ class Sidecar:
         self.loop_margin = min(ttl * 0.2, 0.5)
         # No client-side retries: a renewal must fail fast, and the lease loop retries itself.
         timeout = max(0.1, min(self.tick / 2, 2.0))
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
-                                          socket_connect_timeout=timeout,
-                                          retry=Retry(NoBackoff(), 0))
+        self.redis = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
         self.lease = Lease(self.redis, settings.publisher, settings.pod_name, ttl)
         self.metrics = Metrics()
         self.progress = Progress()
@@ -142,9 +153,11 @@ class Sidecar:
 
     def health(self) -> Health:
         now = time.monotonic()
-        stuck = [f"{loop} loop stuck for {now - beat:.0f}s"
-                 for loop, beat in (self.progress.beats or {}).items()
-                 if now - beat > STUCK_AFTER_SECONDS]
+        stuck = [
+            f"{loop} loop stuck for {now - beat:.0f}s"
+            for loop, beat in (self.progress.beats or {}).items()
+            if now - beat > STUCK_AFTER_SECONDS
+        ]
         if stuck:
             return Health(alive=False, ready=True, detail="; ".join(stuck))
         if self.parked:
@@ -159,10 +172,16 @@ class Sidecar:
         self.wake.set()
 
     def run(self) -> int:
-        log.info("publisher started", extra=_fields(
-            publisher=self.settings.publisher, pod=self.settings.pod_name,
-            collection=f"{self.settings.database}.{self.settings.collection}",
-            topic=self.settings.topic, http_port=self.settings.http_port))
+        log.info(
+            "publisher started",
+            extra=_fields(
+                publisher=self.settings.publisher,
+                pod=self.settings.pod_name,
+                collection=f"{self.settings.database}.{self.settings.collection}",
+                topic=self.settings.topic,
+                http_port=self.settings.http_port,
+            ),
+        )
         self._warn_if_no_collection()
         # Any replica may have to publish within TTL + 1 s of a failover; the import alone takes
         # about a second of CPU, so do it now, in the background, and keep the main thread free.
@@ -178,8 +197,9 @@ class Sidecar:
             if self.term is not None and time.monotonic() - last_backlog > BACKLOG_EVERY_SECONDS:
                 last_backlog = time.monotonic()
                 # In a thread of its own: a slow MongoDB must never delay a lease renewal.
-                threading.Thread(target=self._poll_mongo, args=(bool(self.parked),),
-                                 daemon=True).start()
+                threading.Thread(
+                    target=self._poll_mongo, args=(bool(self.parked),), daemon=True
+                ).start()
             self.wake.wait(self._next_tick())
             self.wake.clear()
         self._end_term(drain_seconds=10.0)
@@ -199,14 +219,18 @@ class Sidecar:
         s = self.settings
         try:
             exists = s.collection in self.database.list_collection_names(
-                filter={"name": s.collection})
+                filter={"name": s.collection}
+            )
         except PyMongoError:
             return  # MongoDB away: the loops will say so
         if not exists:
-            log.warning("the collection %s.%s does not exist yet: its changes are captured from "
-                        "when it is created; check LIBERATOR_COLLECTION for a typo",
-                        s.database, s.collection,
-                        extra=_fields(collection=f"{s.database}.{s.collection}"))
+            log.warning(
+                "the collection %s.%s does not exist yet: its changes are captured from "
+                "when it is created; check LIBERATOR_COLLECTION for a typo",
+                s.database,
+                s.collection,
+                extra=_fields(collection=f"{s.database}.{s.collection}"),
+            )
 
     def _next_tick(self) -> float:
         """A standby tries again just after the holder's lease expires (a failover then waits
@@ -228,8 +252,10 @@ class Sidecar:
                 log.warning("Redis unreachable", extra=_fields(error=str(error)))
                 self._redis_down_logged = True
         if self.term is not None and self.lease.remaining() < self.margin:
-            log.warning("could not renew the lease in time; stopping the loops",
-                        extra=_fields(epoch=self.lease.epoch))
+            log.warning(
+                "could not renew the lease in time; stopping the loops",
+                extra=_fields(epoch=self.lease.epoch),
+            )
             self._end_term(drain_seconds=0.5)
             self.lease.forget()
 
@@ -246,9 +272,11 @@ class Sidecar:
             floor = max(self.checkpoints.epoch(loop) for loop in LOOPS)
             if epoch <= floor or again:
                 if not again:
-                    log.warning("the epoch counter is behind the checkpoints (Redis lost its "
-                                "data?); advancing it",
-                                extra=_fields(epoch=epoch, checkpoint_epoch=floor))
+                    log.warning(
+                        "the epoch counter is behind the checkpoints (Redis lost its "
+                        "data?); advancing it",
+                        extra=_fields(epoch=epoch, checkpoint_epoch=floor),
+                    )
                 epoch = self.lease.advance_epoch(max(floor, epoch))
                 if not epoch:
                     return
@@ -264,13 +292,17 @@ class Sidecar:
             ensure_indexes(outbox)
             ensure_key_index(outbox)
         except FencedError:
-            log.warning("a newer epoch owns the checkpoints; giving the lease up",
-                        extra=_fields(epoch=epoch))
+            log.warning(
+                "a newer epoch owns the checkpoints; giving the lease up",
+                extra=_fields(epoch=epoch),
+            )
             self.lease.release()
             return
         except Exception as error:
-            log.warning("cannot prepare MongoDB for leading; giving the lease up",
-                        extra=_fields(error=f"{type(error).__name__}: {error}"))
+            log.warning(
+                "cannot prepare MongoDB for leading; giving the lease up",
+                extra=_fields(error=f"{type(error).__name__}: {error}"),
+            )
             self.lease.release()
             return
         log.info("leading", extra=_fields(epoch=epoch, pod=self.settings.pod_name))
@@ -279,10 +311,20 @@ class Sidecar:
         self.metrics.set_parked("")
         self.metrics.leader.set(1)
         self.metrics.epoch.set(epoch)
-        self.term = Term(TermContext(
-            settings=self.settings, database=self.database, checkpoints=self.checkpoints,
-            metrics=self.metrics, progress=self.progress, lease_left=self.lease.remaining,
-            loop_margin=self.loop_margin, paused=lambda: self.paused, wake=self.wake), epoch)
+        self.term = Term(
+            TermContext(
+                settings=self.settings,
+                database=self.database,
+                checkpoints=self.checkpoints,
+                metrics=self.metrics,
+                progress=self.progress,
+                lease_left=self.lease.remaining,
+                loop_margin=self.loop_margin,
+                paused=lambda: self.paused,
+                wake=self.wake,
+            ),
+            epoch,
+        )
         self.term.start()
         self._write_status()
 
@@ -292,25 +334,37 @@ class Sidecar:
         self._read_control()
         if term.parked and not self.parked:
             self.parked = term.parked
-            if (self._restart_term and self.restart_done is not None
-                    and term.parked_code == "history_lost" and term.parked.startswith("capture")):
+            if (
+                self._restart_term
+                and self.restart_done is not None
+                and term.parked_code == "history_lost"
+                and term.parked.startswith("capture")
+            ):
                 # The position the request chose is gone too (older than the oplog window).
-                self.restart_done = {**self.restart_done, "error": (
-                    f"capture could not start at {self.restart_done.get('position')}: "
-                    f"{term.parked}; the time is older than the oplog window: choose a later "
-                    f"time, or position: now after an EventSeed")}
+                self.restart_done = {
+                    **self.restart_done,
+                    "error": (
+                        f"capture could not start at {self.restart_done.get('position')}: "
+                        f"{term.parked}; the time is older than the oplog window: choose a later "
+                        f"time, or position: now after an EventSeed"
+                    ),
+                }
         request = self._restart_due()
         if request is not None and not self._refuse(request):
-            log.warning("restart requested; moving the checkpoints",
-                        extra=_fields(request=request.to_dict(), was=self.parked))
+            log.warning(
+                "restart requested; moving the checkpoints",
+                extra=_fields(request=request.to_dict(), was=self.parked),
+            )
             self._end_term(drain_seconds=0.5)
             self._lead(self.lease.epoch, again=True)
             return
         if term.parked and self._reset_seen.is_set():
             # The documented recovery ran (--reset-checkpoint): start again from "now". This is
             # an explicit operator action, never an automatic restart of a lost stream.
-            log.warning("checkpoints were reset; resuming from the current position",
-                        extra=_fields(was=self.parked))
+            log.warning(
+                "checkpoints were reset; resuming from the current position",
+                extra=_fields(was=self.parked),
+            )
             self._reset_seen.clear()
             self._end_term(drain_seconds=0.5)
             self._lead(self.lease.epoch, again=True)
@@ -320,8 +374,10 @@ class Sidecar:
             self.lease.release()
             return
         if not self.lease.renew():
-            log.warning("lost the lease to another replica; stopping the loops",
-                        extra=_fields(holder=self.lease.holder()))
+            log.warning(
+                "lost the lease to another replica; stopping the loops",
+                extra=_fields(holder=self.lease.holder()),
+            )
             self._end_term(drain_seconds=0.5)
             return
         self._write_status()
@@ -338,8 +394,10 @@ class Sidecar:
         except redis.RedisError:
             pass  # the lease renewal says so
         if self._control.paused != self.paused:
-            log.info("paused" if self._control.paused else "unpaused: publishing what is pending",
-                     extra=_fields(paused=self._control.paused))
+            log.info(
+                "paused" if self._control.paused else "unpaused: publishing what is pending",
+                extra=_fields(paused=self._control.paused),
+            )
             if not self._control.paused and self.progress.pending_since is not None:
                 self.progress.pending_since = time.monotonic()  # the pause was no stall
         self.paused = self._control.paused
@@ -361,15 +419,25 @@ class Sidecar:
             return False
         when = request.timestamp() or cluster_time(self.database)
         if when is None:
-            self._refuse(request, "MongoDB reports no cluster time (not a replica set?): cannot "
-                                  "take spec.restartFrom.position: now")
+            self._refuse(
+                request,
+                "MongoDB reports no cluster time (not a replica set?): cannot "
+                "take spec.restartFrom.position: now",
+            )
             return False
-        done = {"id": request.id, "doneAt": now_rfc3339(), "position": request.describe,
-                "operationTime": rfc3339(when.as_datetime()), "pod": self.settings.pod_name}
+        done = {
+            "id": request.id,
+            "doneAt": now_rfc3339(),
+            "position": request.describe,
+            "operationTime": rfc3339(when.as_datetime()),
+            "pod": self.settings.pod_name,
+        }
         self.checkpoints.restart(epoch, self.settings.pod_name, when, done)
         self.restart_done, self.restart_rejected = done, None
-        log.warning("restarted capture from the requested position (spec.restartFrom)",
-                    extra=_fields(**done))
+        log.warning(
+            "restarted capture from the requested position (spec.restartFrom)",
+            extra=_fields(**done),
+        )
         return True
 
     def _refuse(self, request: RestartRequest, problem: str | None = None) -> bool:
@@ -398,34 +466,60 @@ class Sidecar:
         p = self.progress
         paused = self.paused and (self.term is None or self.term.relay_paused.is_set())
         now, wall = time.monotonic(), datetime.now(UTC)
-        stall = stall_verdict(now=now, stall_after=self.settings.stall_after_seconds,
-                              backlog=p.backlog, pending_since=p.pending_since,
-                              published_at=p.published_at, unsaved_since=p.unsaved_since,
-                              paused=self.paused, parked=bool(self.parked))
+        stall = stall_verdict(
+            now=now,
+            stall_after=self.settings.stall_after_seconds,
+            backlog=p.backlog,
+            pending_since=p.pending_since,
+            published_at=p.published_at,
+            unsaved_since=p.unsaved_since,
+            paused=self.paused,
+            parked=bool(self.parked),
+        )
         self.metrics.set_stalled(stall.reason if stall else "")
-        stalled = None if stall is None else {
-            "reason": stall.reason, "message": stall.message,
-            "since": rfc3339(wall - timedelta(seconds=stall.seconds))}
+        stalled = (
+            None
+            if stall is None
+            else {
+                "reason": stall.reason,
+                "message": stall.message,
+                "since": rfc3339(wall - timedelta(seconds=stall.seconds)),
+            }
+        )
         ages: dict[str, dict[str, Any]] = {}
         for loop, mark in self.marks.items():
             age = max(0.0, (wall - mark.moved_at).total_seconds())
             ages[loop] = {"movedAt": rfc3339(mark.moved_at), "ageSeconds": round(age, 1)}
             self.metrics.checkpoint_age.labels(loop=loop).set(age)
-        headroom = headroom_verdict(self.window,
-                                    {loop: mark.position for loop, mark in self.marks.items()},
-                                    self.settings.resume_margin_percent / 100)
+        headroom = headroom_verdict(
+            self.window,
+            {loop: mark.position for loop, mark in self.marks.items()},
+            self.settings.resume_margin_percent / 100,
+        )
         self.metrics.set_headroom(headroom)
         record = StatusRecord(
-            pod=self.settings.pod_name, epoch=self.lease.epoch,
+            pod=self.settings.pod_name,
+            epoch=self.lease.epoch,
             lastEventTime=rfc3339(p.last_event_time) if p.last_event_time else None,
             captureLagSeconds=round(p.capture_lag_seconds, 3),
-            relayLagSeconds=round(p.relay_lag_seconds, 3), backlog=p.backlog,
-            parked=self.parked, captureSince=self.capture_since,
-            paused=paused, restart=self.restart_done, restartRejected=self.restart_rejected,
-            stalled=stalled, checkpoints=ages or None, resumePoint=resume_point(headroom),
-            updatedAt=rfc3339(wall))
-        write_status(self.redis, self.settings.publisher, record,
-                     ttl_seconds=max(60.0, self.settings.lease_ttl_seconds * 6))
+            relayLagSeconds=round(p.relay_lag_seconds, 3),
+            backlog=p.backlog,
+            parked=self.parked,
+            captureSince=self.capture_since,
+            paused=paused,
+            restart=self.restart_done,
+            restartRejected=self.restart_rejected,
+            stalled=stalled,
+            checkpoints=ages or None,
+            resumePoint=resume_point(headroom),
+            updatedAt=rfc3339(wall),
+        )
+        write_status(
+            self.redis,
+            self.settings.publisher,
+            record,
+            ttl_seconds=max(60.0, self.settings.lease_ttl_seconds * 6),
+        )
 
     def _poll_mongo(self, parked: bool) -> None:
         """Count the backlog; while parked, notice a reset of the checkpoints."""
@@ -456,4 +550,3 @@ class Sidecar:
 
 def _fields(**values: Any) -> dict[str, Any]:
     return logs.fields(**values)
-

@@ -66,24 +66,34 @@ class Sink:
 
             s = self.settings
             flow = types.PublishFlowControl(
-                message_limit=s.max_in_flight_messages, byte_limit=s.max_in_flight_bytes,
-                limit_exceeded_behavior=types.LimitExceededBehavior.BLOCK)
+                message_limit=s.max_in_flight_messages,
+                byte_limit=s.max_in_flight_bytes,
+                limit_exceeded_behavior=types.LimitExceededBehavior.BLOCK,
+            )
             self._client = pubsub_v1.PublisherClient(
-                batch_settings=types.BatchSettings(max_messages=s.batch_max_messages,
-                                                   max_latency=s.batch_max_latency_seconds),
-                publisher_options=types.PublisherOptions(enable_message_ordering=True,
-                                                         flow_control=flow))
-            self._retry = retries.Retry(initial=0.1, maximum=5.0, multiplier=2.0,
-                                        timeout=s.publish_timeout_seconds)
+                batch_settings=types.BatchSettings(
+                    max_messages=s.batch_max_messages, max_latency=s.batch_max_latency_seconds
+                ),
+                publisher_options=types.PublisherOptions(
+                    enable_message_ordering=True, flow_control=flow
+                ),
+            )
+            self._retry = retries.Retry(
+                initial=0.1, maximum=5.0, multiplier=2.0, timeout=s.publish_timeout_seconds
+            )
         return self._client
 
     def publish(self, data: bytes, attributes: dict[str, str], ordering_key: str) -> Future[str]:
         """Send one message; the future gives the message id on the server's ack."""
         client = self._ensure()
-        future: Future[str] = client.publish(self._topic_path, data, ordering_key=ordering_key,
-                                             retry=self._retry,
-                                             timeout=self.settings.publish_timeout_seconds,
-                                             **attributes)
+        future: Future[str] = client.publish(
+            self._topic_path,
+            data,
+            ordering_key=ordering_key,
+            retry=self._retry,
+            timeout=self.settings.publish_timeout_seconds,
+            **attributes,
+        )
         return future
 
     def resume(self, ordering_key: str) -> None:

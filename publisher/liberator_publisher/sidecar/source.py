@@ -22,8 +22,16 @@ from pymongo.errors import OperationFailure
 from liberator_publisher.core.errors import LiberatorError
 from liberator_publisher.state.checkpoint import CheckpointError, Position
 
-__all__ = ["END_OPERATIONS", "PARK_REASONS", "Batch", "ChangeReader", "ChangeSource",
-           "StreamLostError", "classify", "rejects_token"]
+__all__ = [
+    "END_OPERATIONS",
+    "PARK_REASONS",
+    "Batch",
+    "ChangeReader",
+    "ChangeSource",
+    "StreamLostError",
+    "classify",
+    "rejects_token",
+]
 
 # Server error codes that mean the stream's position is gone for good.
 _LOST_CODES = {
@@ -39,15 +47,22 @@ _LOST_PHRASES = (
     ("resumeafter", "resume_token_rejected"),
     ("startafter", "resume_token_rejected"),
 )
-PARK_REASONS = ("history_lost", "resume_token_rejected", "stream_fatal", "invalidated",
-                "checkpoint_invalid")
+PARK_REASONS = (
+    "history_lost",
+    "resume_token_rejected",
+    "stream_fatal",
+    "invalidated",
+    "checkpoint_invalid",
+)
 """Every :attr:`StreamLostError.code`: the ``reason`` label of ``liberator_parked``."""
 END_OPERATIONS = frozenset({"invalidate", "drop", "rename", "dropDatabase"})
 """Change events after which a collection's stream ends."""
 
-RECOVERY = ("recovery: run an EventSeed for this publisher, then 'liberator publish "
-            "--reset-checkpoint' in any replica; the parked leader then captures again from the "
-            "current position by itself (no restart needed)")
+RECOVERY = (
+    "recovery: run an EventSeed for this publisher, then 'liberator publish "
+    "--reset-checkpoint' in any replica; the parked leader then captures again from the "
+    "current position by itself (no restart needed)"
+)
 
 
 class StreamLostError(LiberatorError, RuntimeError):
@@ -83,8 +98,7 @@ def classify(error: BaseException) -> StreamLostError | None:
 
 
 # Errors that say nothing about the token: the connection, the replica set, or access.
-_NOT_ABOUT_THE_TOKEN = {6, 7, 13, 18, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435,
-                        13436}
+_NOT_ABOUT_THE_TOKEN = {6, 7, 13, 18, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}
 
 
 def rejects_token(error: OperationFailure) -> bool:
@@ -127,10 +141,19 @@ class Batch:
 class ChangeReader:
     """Reads one collection's change stream in a daemon thread; ``next_batch`` hands it over."""
 
-    def __init__(self, collection: Collection[dict[str, Any]], position: Position, *,
-                 pipeline: Sequence[Mapping[str, Any]] = (), full_document: str | None = None,
-                 batch_size: int = 500, max_await_ms: int = 500, gather_ms: int = 0,
-                 quiet_pause_ms: int | None = None, name: str = "reader") -> None:
+    def __init__(
+        self,
+        collection: Collection[dict[str, Any]],
+        position: Position,
+        *,
+        pipeline: Sequence[Mapping[str, Any]] = (),
+        full_document: str | None = None,
+        batch_size: int = 500,
+        max_await_ms: int = 500,
+        gather_ms: int = 0,
+        quiet_pause_ms: int | None = None,
+        name: str = "reader",
+    ) -> None:
         """``gather_ms``: after a ``getMore`` that brought fewer than ``batch_size`` changes, wait
         this long (or until :meth:`nudge`) before the next, so changes that trickle in come in
         fewer, larger batches: fewer ``getMore`` round trips, and larger writes downstream.
@@ -149,7 +172,8 @@ class ChangeReader:
         self._quiet_pause = (max_await_ms if quiet_pause_ms is None else quiet_pause_ms) / 1000
         self._nudged = threading.Event()
         self._queue: queue.Queue[tuple[str, Any, Position | None]] = queue.Queue(
-            maxsize=batch_size * 2)
+            maxsize=batch_size * 2
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, name=f"liberator-{name}", daemon=True)
 
@@ -214,8 +238,10 @@ class ChangeReader:
         return False
 
     def _open(self) -> Any:
-        options: dict[str, Any] = {"batch_size": self._batch_size,
-                                   "max_await_time_ms": self._max_await_ms}
+        options: dict[str, Any] = {
+            "batch_size": self._batch_size,
+            "max_await_time_ms": self._max_await_ms,
+        }
         if self._full_document:
             options["full_document"] = self._full_document
         if self._position.token is not None:
@@ -230,13 +256,18 @@ class ChangeReader:
                 lost = classify(error)
                 if lost is not None:
                     raise lost from error
-                raise StreamLostError("resume_token_rejected",
-                                      f"the server refused to resume the change stream from the "
-                                      f"checkpoint's token: {error}") from error
+                raise StreamLostError(
+                    "resume_token_rejected",
+                    f"the server refused to resume the change stream from the "
+                    f"checkpoint's token: {error}",
+                ) from error
             raise
         opened_at = getattr(stream, "_start_at_operation_time", None)
-        if self._position.empty and stream.resume_token is None and isinstance(opened_at,
-                                                                                Timestamp):
+        if (
+            self._position.empty
+            and stream.resume_token is None
+            and isinstance(opened_at, Timestamp)
+        ):
             # No token yet (the server sent no post-batch token): the cluster time at which the
             # stream opened is a position to resume from, so nothing made from now on is lost.
             # pymongo keeps it only in this attribute (a session would expose it, but the
@@ -265,7 +296,7 @@ class ChangeReader:
                         # briefly at first so a burst right after a quiet spell is not delayed.
                         took = time.monotonic() - asked
                         if wait - took > wait / 2:
-                            self._pause(min(self._quiet_pause - took, 0.01 * 2 ** quiet))
+                            self._pause(min(self._quiet_pause - took, 0.01 * 2**quiet))
                             quiet = min(quiet + 1, 10)
                         continue
                     quiet = 0
@@ -274,11 +305,13 @@ class ChangeReader:
                     last = not _buffered(stream)
                     gather = last and trip < self._batch_size
                     trip = 0 if last else trip
-                    if change.get("operationType") in END_OPERATIONS:
-                        self._put(("error", StreamLostError(
-                            "invalidated",
-                            f"the change stream ended with a {change.get('operationType')!r} "
-                            f"event (the collection was dropped or renamed)"), None))
+                    ending = change.get("operationType")
+                    if ending in END_OPERATIONS:
+                        why = (
+                            f"the change stream ended with a {ending!r} event (the collection "
+                            f"was dropped or renamed)"
+                        )
+                        self._put(("error", StreamLostError("invalidated", why), None))
                         return
                     if not self._put(("change", change, after)):
                         return

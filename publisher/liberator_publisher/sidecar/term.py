@@ -82,13 +82,13 @@ class Term:
 
     def active(self) -> bool:
         """Whether the loops may go on: not stopped, and the lease surely still ours."""
-        return (not self.stopping.is_set()
-                and self.context.lease_left() > self.context.loop_margin)
+        return not self.stopping.is_set() and self.context.lease_left() > self.context.loop_margin
 
     def start(self) -> None:
         for name, body in (("relay", self._relay), ("capture", self._capture)):
-            thread = threading.Thread(target=self._guard, args=(name, body),
-                                      name=f"liberator-{name}", daemon=True)
+            thread = threading.Thread(
+                target=self._guard, args=(name, body), name=f"liberator-{name}", daemon=True
+            )
             self._loops.append(_Loop(name, thread))
             thread.start()
 
@@ -112,13 +112,22 @@ class Term:
     def _capture(self) -> None:
         sc, s = self.context, self.context.settings
         outbox = sc.database[s.outbox_collection]
-        identities = Identities(outbox, sc.database[s.collection + IDENTITY_SUFFIX],
-                                s.mapping().id_field)
-        Capture(entities=sc.database[s.collection], outbox=outbox, identities=identities,
-                checkpoints=sc.checkpoints, mapping=s.mapping(), metrics=sc.metrics,
-                progress=sc.progress, epoch=self.epoch, pod=s.pod_name,
-                settings=CaptureSettings(batch_size=s.batch_size, max_await_ms=s.max_await_ms),
-                on_written=self._nudge_relay).run(self.active)
+        identities = Identities(
+            outbox, sc.database[s.collection + IDENTITY_SUFFIX], s.mapping().id_field
+        )
+        Capture(
+            entities=sc.database[s.collection],
+            outbox=outbox,
+            identities=identities,
+            checkpoints=sc.checkpoints,
+            mapping=s.mapping(),
+            metrics=sc.metrics,
+            progress=sc.progress,
+            epoch=self.epoch,
+            pod=s.pod_name,
+            settings=CaptureSettings(batch_size=s.batch_size, max_await_ms=s.max_await_ms),
+            on_written=self._nudge_relay,
+        ).run(self.active)
 
     def _nudge_relay(self) -> None:
         relay = self._relay_loop
@@ -134,20 +143,30 @@ class Term:
                 continue
             self.relay_paused.clear()
             relay = self._relay_loop = Relay(
-                outbox=sc.database[s.outbox_collection], checkpoints=sc.checkpoints,
-                sink=self.sink, metrics=sc.metrics, progress=sc.progress, epoch=self.epoch,
+                outbox=sc.database[s.outbox_collection],
+                checkpoints=sc.checkpoints,
+                sink=self.sink,
+                metrics=sc.metrics,
+                progress=sc.progress,
+                epoch=self.epoch,
                 pod=s.pod_name,
-                settings=RelaySettings(batch_size=s.batch_size, max_await_ms=s.max_await_ms,
-                                       sweep_interval_seconds=s.sweep_interval_seconds,
-                                       pending_age_seconds=s.pending_age_seconds))
+                settings=RelaySettings(
+                    batch_size=s.batch_size,
+                    max_await_ms=s.max_await_ms,
+                    sweep_interval_seconds=s.sweep_interval_seconds,
+                    pending_age_seconds=s.pending_age_seconds,
+                ),
+            )
             relay.run(lambda: self.active() and not sc.paused(), lambda: self.drain_seconds)
             self._relay_loop = None
             if self.active() and sc.paused():
                 # Resume with a sweep of everything pending, in capture order: a pause of any
                 # length (even past the oplog window) then loses nothing.
                 sc.checkpoints.save("relay", self.epoch, Position(), s.pod_name)
-                log.info("paused: publishing nothing until spec.paused is false",
-                         extra=_fields(epoch=self.epoch))
+                log.info(
+                    "paused: publishing nothing until spec.paused is false",
+                    extra=_fields(epoch=self.epoch),
+                )
 
     def _guard(self, name: str, body: Callable[[], None]) -> None:
         """Run a loop; retry transient errors with backoff, park on a lost position."""
@@ -158,8 +177,10 @@ class Term:
                 body()
                 return
             except FencedError as error:
-                log.warning("a newer leader owns the checkpoints; stopping",
-                            extra=_fields(loop=name, error=str(error)))
+                log.warning(
+                    "a newer leader owns the checkpoints; stopping",
+                    extra=_fields(loop=name, error=str(error)),
+                )
                 self.fenced = True
                 self.context.metrics.fenced.inc()
                 self.stopping.set()
@@ -172,9 +193,13 @@ class Term:
                     return
                 if time.monotonic() - started > 30:
                     backoff = 0.5
-                log.warning("loop failed; retrying", exc_info=log.isEnabledFor(logging.DEBUG),
-                            extra=_fields(loop=name, error=f"{type(error).__name__}: {error}",
-                                          retry_in=backoff))
+                log.warning(
+                    "loop failed; retrying",
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                    extra=_fields(
+                        loop=name, error=f"{type(error).__name__}: {error}", retry_in=backoff
+                    ),
+                )
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 

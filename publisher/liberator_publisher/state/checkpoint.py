@@ -55,9 +55,11 @@ class CheckpointError(LiberatorError, ValueError):
     """A checkpoint document that cannot be read (edited by hand, say); the publisher parks."""
 
     def __init__(self, document_id: str, field: str, problem: str) -> None:
-        super().__init__(f"checkpoint {document_id!r}: field {field!r} {problem}; delete the "
-                         f"document (or run 'liberator publish --reset-checkpoint') after an "
-                         f"EventSeed")
+        super().__init__(
+            f"checkpoint {document_id!r}: field {field!r} {problem}; delete the "
+            f"document (or run 'liberator publish --reset-checkpoint') after an "
+            f"EventSeed"
+        )
         self.field = field
 
 
@@ -111,8 +113,10 @@ def oplog_window(client: MongoClient[dict[str, Any]]) -> OplogWindow | str:
         newest = oplog.find_one({}, {"ts": 1}, sort=[("$natural", -1)], max_time_ms=5000)
     except OperationFailure as e:
         if e.code in (13, 8000):  # Unauthorized; Atlas's AtlasError for the same
-            return ("not authorized to read local.oplog.rs: grant the publisher's MongoDB user "
-                    "the clusterMonitor role (find on local.oplog.rs)")
+            return (
+                "not authorized to read local.oplog.rs: grant the publisher's MongoDB user "
+                "the clusterMonitor role (find on local.oplog.rs)"
+            )
         return f"reading local.oplog.rs failed: {e}"
     first = oldest.get("ts") if oldest else None
     last = newest.get("ts") if newest else None
@@ -142,11 +146,17 @@ class Checkpoints:
         when = found.get("operationTime")
         # Never fall back to "now" on a damaged checkpoint: that would skip changes silently.
         if token is not None and not isinstance(token, Mapping):
-            raise CheckpointError(self._id(loop), "token",
-                                  f"must be a resume token document, not {type(token).__name__}")
+            raise CheckpointError(
+                self._id(loop),
+                "token",
+                f"must be a resume token document, not {type(token).__name__}",
+            )
         if when is not None and not isinstance(when, Timestamp):
-            raise CheckpointError(self._id(loop), "operationTime",
-                                  f"must be a BSON timestamp, not {type(when).__name__}")
+            raise CheckpointError(
+                self._id(loop),
+                "operationTime",
+                f"must be a BSON timestamp, not {type(when).__name__}",
+            )
         return Position(token=token, operation_time=when)
 
     def epoch(self, loop: Loop) -> int:
@@ -163,8 +173,10 @@ class Checkpoints:
         """When each loop's position was last written and the cluster time it stands for
         (loops without a checkpoint are left out): the checkpoint ages and the resume-point
         headroom the status reports."""
-        found = self.collection.find({"_id": {"$in": [self._id(loop) for loop in LOOPS]}},
-                                     {"updatedAt": 1, "token": 1, "operationTime": 1})
+        found = self.collection.find(
+            {"_id": {"$in": [self._id(loop) for loop in LOOPS]}},
+            {"updatedAt": 1, "token": 1, "operationTime": 1},
+        )
         prefix = f"{self.publisher}#"
         result: dict[str, Mark] = {}
         for document in found:
@@ -172,17 +184,28 @@ class Checkpoints:
             if not isinstance(when, datetime):
                 continue
             token, start = document.get("token"), document.get("operationTime")
-            position = token_time(token) if isinstance(token, Mapping) else (
-                start if isinstance(start, Timestamp) else None)
+            position = (
+                token_time(token)
+                if isinstance(token, Mapping)
+                else (start if isinstance(start, Timestamp) else None)
+            )
             result[str(document["_id"]).removeprefix(prefix)] = Mark(
-                when if when.tzinfo else when.replace(tzinfo=UTC), position)
+                when if when.tzinfo else when.replace(tzinfo=UTC), position
+            )
         return result
 
     def save(self, loop: Loop, epoch: int, position: Position, pod: str) -> None:
         """Move ``loop``'s checkpoint; raises :class:`FencedError` if a newer epoch owns it."""
-        self._write(loop, epoch, {"token": position.token,
-                                  "operationTime": position.operation_time,
-                                  "epoch": epoch, "pod": pod})
+        self._write(
+            loop,
+            epoch,
+            {
+                "token": position.token,
+                "operationTime": position.operation_time,
+                "epoch": epoch,
+                "pod": pod,
+            },
+        )
 
     def reset(self) -> int:
         """Delete both checkpoints and the origin (the documented recovery from a park); returns
@@ -202,7 +225,8 @@ class Checkpoints:
                 self.collection.update_one(
                     {"_id": self._origin_id},
                     {"$min": {"operationTime": when, "recordedAt": datetime.now(UTC)}},
-                    upsert=True)
+                    upsert=True,
+                )
                 return
             except DuplicateKeyError:
                 continue
@@ -212,8 +236,11 @@ class Checkpoints:
         found = self.collection.find_one({"_id": self._origin_id})
         when = found.get("operationTime") if found else None
         if when is not None and not isinstance(when, Timestamp):
-            raise CheckpointError(self._origin_id, "operationTime",
-                                  f"must be a BSON timestamp, not {type(when).__name__}")
+            raise CheckpointError(
+                self._origin_id,
+                "operationTime",
+                f"must be a BSON timestamp, not {type(when).__name__}",
+            )
         return when
 
     def restart(self, epoch: int, pod: str, when: Timestamp, done: Mapping[str, Any]) -> None:
@@ -221,37 +248,52 @@ class Checkpoints:
         (``startAtOperationTime``; the one deliberate move backwards), the relay sweeps what is
         pending (as after ``reset``), the origin becomes ``when``, and ``done`` is recorded so
         the request's id never runs again. Raises :class:`FencedError` under a newer epoch."""
-        self._write("capture", epoch, {"token": None, "operationTime": when, "epoch": epoch,
-                                       "pod": pod})
-        self._write("relay", epoch, {"token": None, "operationTime": None, "epoch": epoch,
-                                     "pod": pod})
-        self.collection.update_one({"_id": self._origin_id},
-                                   {"$set": {"operationTime": when,
-                                             "recordedAt": datetime.now(UTC)}}, upsert=True)
+        self._write(
+            "capture", epoch, {"token": None, "operationTime": when, "epoch": epoch, "pod": pod}
+        )
+        self._write(
+            "relay", epoch, {"token": None, "operationTime": None, "epoch": epoch, "pod": pod}
+        )
+        self.collection.update_one(
+            {"_id": self._origin_id},
+            {"$set": {"operationTime": when, "recordedAt": datetime.now(UTC)}},
+            upsert=True,
+        )
         # Last: a crash before this line runs the request again, which moves to the same place.
         self._write_id(self._restart_id, epoch, {**done, "epoch": epoch})
 
     def restart_done(self) -> dict[str, Any] | None:
         """The last restart request carried out (``{id, doneAt, position}``), or None. Kept
         apart from the checkpoints, so ``reset`` does not make a done request run again."""
-        found = self.collection.find_one({"_id": self._restart_id}, {"_id": 0, "epoch": 0,
-                                                                       "updatedAt": 0})
+        found = self.collection.find_one(
+            {"_id": self._restart_id}, {"_id": 0, "epoch": 0, "updatedAt": 0}
+        )
         return dict(found) if found else None
 
     @property
     def _restart_id(self) -> str:
         return f"{self.publisher}#restart"
 
-    def _write(self, loop: Loop, epoch: int, fields: dict[str, Any], *, moved: bool = True,
-               ) -> None:
+    def _write(
+        self,
+        loop: Loop,
+        epoch: int,
+        fields: dict[str, Any],
+        *,
+        moved: bool = True,
+    ) -> None:
         self._write_id(self._id(loop), epoch, fields, moved=moved)
 
-    def _write_id(self, document_id: str, epoch: int, fields: dict[str, Any], *,
-                  moved: bool = True) -> None:
+    def _write_id(
+        self, document_id: str, epoch: int, fields: dict[str, Any], *, moved: bool = True
+    ) -> None:
         fields = {**fields, "updatedAt" if moved else "claimedAt": datetime.now(UTC)}
         try:
-            self.collection.update_one({"_id": document_id, "epoch": {"$lte": epoch}},
-                                       {"$set": fields}, upsert=True)
+            self.collection.update_one(
+                {"_id": document_id, "epoch": {"$lte": epoch}}, {"$set": fields}, upsert=True
+            )
         except DuplicateKeyError:
-            raise FencedError(f"checkpoint {document_id!r} belongs to a newer epoch than "
-                              f"{epoch}; another replica leads") from None
+            raise FencedError(
+                f"checkpoint {document_id!r} belongs to a newer epoch than "
+                f"{epoch}; another replica leads"
+            ) from None

@@ -26,8 +26,7 @@ from pymongo.errors import BulkWriteError
 
 from liberator_publisher.core.contract import IDENTITY_SUFFIX
 
-__all__ = ["IDENTITY_SUFFIX", "KEY_INDEX", "Identities", "ensure_key_index",
-           "remember_identities"]
+__all__ = ["IDENTITY_SUFFIX", "KEY_INDEX", "Identities", "ensure_key_index", "remember_identities"]
 
 KEY_INDEX = [("key", ASCENDING), ("clusterTime", DESCENDING)]
 """Serves the outbox look-up: the latest event of one document key."""
@@ -42,17 +41,20 @@ def ensure_key_index(outbox: Collection[dict[str, Any]]) -> None:
 class Identities:
     """Looks up the entity id value of a document by its ``_id``."""
 
-    def __init__(self, outbox: Collection[dict[str, Any]], seeded: Collection[dict[str, Any]],
-                 id_field: str) -> None:
+    def __init__(
+        self, outbox: Collection[dict[str, Any]], seeded: Collection[dict[str, Any]], id_field: str
+    ) -> None:
         self.outbox = outbox
         self.seeded = seeded
         self.id_field = id_field
 
     def find(self, key: Any) -> Any | None:
         """The id field's value last seen for the document ``_id == key``, or None if unseen."""
-        found = self.outbox.find_one({"key": key, "entityId": {"$exists": True}},
-                                     {"data": 1, "entityId": 1},
-                                     sort=[("clusterTime", DESCENDING)])
+        found = self.outbox.find_one(
+            {"key": key, "entityId": {"$exists": True}},
+            {"data": 1, "entityId": 1},
+            sort=[("clusterTime", DESCENDING)],
+        )
         if found is not None:
             return _id_value(found, self.id_field)
         seeded = self.seeded.find_one({"_id": key}, {"entity": 1})
@@ -74,8 +76,9 @@ def _id_value(outbox_document: Mapping[str, Any], id_field: str) -> Any:
     return outbox_document.get("entityId")
 
 
-def remember_identities(seeded: Collection[dict[str, Any]],
-                        pairs: Iterable[tuple[Any, Any]]) -> None:
+def remember_identities(
+    seeded: Collection[dict[str, Any]], pairs: Iterable[tuple[Any, Any]]
+) -> None:
     """Record ``(document _id, id value)`` pairs; a document recorded before keeps its entry.
 
     One unordered insert per call, so a seed pays one write per batch, not per entity.

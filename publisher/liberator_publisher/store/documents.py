@@ -16,8 +16,14 @@ from liberator_publisher.core.cloudevent import parse_message
 from liberator_publisher.core.errors import UsageError
 from liberator_publisher.core.validation import RESOURCE_ID_RULE, is_resource_id
 
-__all__ = ["DEFAULT_COLLECTION", "dead_letter_document", "ensure_indexes", "event_document",
-           "insert_ignoring_duplicates", "subscription_path"]
+__all__ = [
+    "DEFAULT_COLLECTION",
+    "dead_letter_document",
+    "ensure_indexes",
+    "event_document",
+    "insert_ignoring_duplicates",
+    "subscription_path",
+]
 
 DEFAULT_COLLECTION = "liberator_events"
 _DUPLICATE_KEY = 11000
@@ -27,24 +33,33 @@ def subscription_path(value: str, project: str | None, flag: str = "--subscripti
     """A full subscription path from a path or an id (with the project)."""
     if value.startswith("projects/"):
         parts = value.split("/")
-        if len(parts) != 4 or parts[2] != "subscriptions" or not parts[1] \
-                or not is_resource_id(parts[3]):
+        if (
+            len(parts) != 4
+            or parts[2] != "subscriptions"
+            or not parts[1]
+            or not is_resource_id(parts[3])
+        ):
             raise UsageError(f"{flag}: {value!r} is not projects/<project>/subscriptions/<id>")
         return value
     if not is_resource_id(value):
-        raise UsageError(f"{flag}: {value!r} is not a subscription id ({RESOURCE_ID_RULE}) or a "
-                         "full path")
+        raise UsageError(
+            f"{flag}: {value!r} is not a subscription id ({RESOURCE_ID_RULE}) or a full path"
+        )
     if not project:
-        raise UsageError(f"{flag}: {value!r} is an id without a project; set "
-                         "LIBERATOR_PUBSUB_PROJECT (or --project), or give the full path")
+        raise UsageError(
+            f"{flag}: {value!r} is an id without a project; set "
+            "LIBERATOR_PUBSUB_PROJECT (or --project), or give the full path"
+        )
     return f"projects/{project}/subscriptions/{value}"
 
 
 def _storable(value: Any) -> bool:
     """Whether MongoDB can store ``value`` as a sub-document (no ``$`` keys, no NUL)."""
     if isinstance(value, Mapping):
-        return all(isinstance(k, str) and not k.startswith("$") and "\0" not in k
-                   and _storable(v) for k, v in value.items())
+        return all(
+            isinstance(k, str) and not k.startswith("$") and "\0" not in k and _storable(v)
+            for k, v in value.items()
+        )
     if isinstance(value, list):
         return all(_storable(v) for v in value)
     return True
@@ -56,9 +71,15 @@ def _version(text: str | None) -> int | str | None:
     return int(text) if text.lstrip("-").isdigit() and len(text) < 19 else text
 
 
-def event_document(data: bytes, attributes: Mapping[str, str], *, message_id: str,
-                   publish_time: datetime | None, subscription: str,
-                   received_at: datetime) -> dict[str, Any]:
+def event_document(
+    data: bytes,
+    attributes: Mapping[str, str],
+    *,
+    message_id: str,
+    publish_time: datetime | None,
+    subscription: str,
+    received_at: datetime,
+) -> dict[str, Any]:
     """The events-collection document of one message; raises ``MalformedEventError``."""
     event = parse_message(data, attributes)
     try:
@@ -85,13 +106,27 @@ def event_document(data: bytes, attributes: Mapping[str, str], *, message_id: st
     }
 
 
-def dead_letter_document(data: bytes, attributes: Mapping[str, str], *, reason: str,
-                         message_id: str, publish_time: datetime | None, subscription: str,
-                         received_at: datetime) -> dict[str, Any]:
+def dead_letter_document(
+    data: bytes,
+    attributes: Mapping[str, str],
+    *,
+    reason: str,
+    message_id: str,
+    publish_time: datetime | None,
+    subscription: str,
+    received_at: datetime,
+) -> dict[str, Any]:
     """The dead-letter document of a message that is not a CloudEvent (keyed by message)."""
-    return {"_id": f"{subscription}/{message_id}", "reason": reason,
-            "attributes": dict(attributes), "data": Binary(data), "publishTime": publish_time,
-            "receivedAt": received_at, "subscription": subscription, "messageId": message_id}
+    return {
+        "_id": f"{subscription}/{message_id}",
+        "reason": reason,
+        "attributes": dict(attributes),
+        "data": Binary(data),
+        "publishTime": publish_time,
+        "receivedAt": received_at,
+        "subscription": subscription,
+        "messageId": message_id,
+    }
 
 
 INDEXES: tuple[tuple[str, list[tuple[str, int]]], ...] = (
@@ -108,8 +143,9 @@ def ensure_indexes(collection: Collection[dict[str, Any]]) -> None:
         collection.create_index(keys, name=name)
 
 
-def insert_ignoring_duplicates(collection: Collection[dict[str, Any]],
-                               documents: Sequence[dict[str, Any]]) -> tuple[int, set[int]]:
+def insert_ignoring_duplicates(
+    collection: Collection[dict[str, Any]], documents: Sequence[dict[str, Any]]
+) -> tuple[int, set[int]]:
     """Insert; returns (duplicates, indexes of documents that failed otherwise).
 
     Raises ``PyMongoError`` when nothing could be written (the server is away).

@@ -54,8 +54,14 @@ from liberator_publisher.store.documents import (
     subscription_path,
 )
 
-__all__ = ["COMMAND", "EventStore", "EventStoreSettings", "add_events_flags", "configure_logs",
-           "events_location"]
+__all__ = [
+    "COMMAND",
+    "EventStore",
+    "EventStoreSettings",
+    "add_events_flags",
+    "configure_logs",
+    "events_location",
+]
 
 log = logging.getLogger(__name__)
 
@@ -93,36 +99,45 @@ class EventStoreSettings:
 class EventStore:
     """The pull loops, one thread per subscription, writing into one collection."""
 
-    def __init__(self, settings: EventStoreSettings,
-                 registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, settings: EventStoreSettings, registry: CollectorRegistry | None = None
+    ) -> None:
         self.settings = settings
         self._mongo: MongoClient[dict[str, Any]] = MongoClient(
-            settings.mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000)
+            settings.mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000
+        )
         database = self._mongo[settings.database]
         self.events = database[settings.collection]
-        self.dead_letters = database[settings.dead_letter_collection
-                                     or f"{settings.collection}.deadletter"]
+        self.dead_letters = database[
+            settings.dead_letter_collection or f"{settings.collection}.deadletter"
+        ]
         self._client = pubsub_v1.SubscriberClient()
         self._stop = threading.Event()
         self._beats: dict[str, float] = {}
         self._waiting: dict[str, str] = {}  # subscription -> why it is not consumed yet
         self._started = time.monotonic()
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.messages = Counter("liberator_eventstore_messages",
-                                "Messages by outcome: stored, duplicate, malformed, failed.",
-                                ["outcome"], registry=self.registry)
-        self.last_time = Gauge("liberator_eventstore_last_event_time_seconds",
-                               "ce-time of the latest stored event (Unix seconds).",
-                               registry=self.registry)
+        self.messages = Counter(
+            "liberator_eventstore_messages",
+            "Messages by outcome: stored, duplicate, malformed, failed.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.last_time = Gauge(
+            "liberator_eventstore_last_event_time_seconds",
+            "ce-time of the latest stored event (Unix seconds).",
+            registry=self.registry,
+        )
 
     # -- one pull --
 
     def pull_once(self, subscription: str) -> int:
         """Pull one batch of ``subscription``, store it, ack or nack; returns messages seen."""
         try:
-            response = self._client.pull(request={"subscription": subscription,
-                                                  "max_messages": self.settings.max_messages},
-                                         timeout=self.settings.pull_timeout_seconds)
+            response = self._client.pull(
+                request={"subscription": subscription, "max_messages": self.settings.max_messages},
+                timeout=self.settings.pull_timeout_seconds,
+            )
         except (gexc.DeadlineExceeded, gexc.ServiceUnavailable):
             return 0
         received_at = datetime.now(UTC)
@@ -133,31 +148,48 @@ class EventStore:
         received = response._pb.received_messages
         for item in received:
             message = item.message
-            when = (datetime.fromtimestamp(message.publish_time.seconds
-                                           + message.publish_time.nanos / 1e9, UTC)
-                    if message.HasField("publish_time") else None)
-            meta = {"message_id": message.message_id, "publish_time": when,
-                    "subscription": name, "received_at": received_at}
+            when = (
+                datetime.fromtimestamp(
+                    message.publish_time.seconds + message.publish_time.nanos / 1e9, UTC
+                )
+                if message.HasField("publish_time")
+                else None
+            )
+            meta = {
+                "message_id": message.message_id,
+                "publish_time": when,
+                "subscription": name,
+                "received_at": received_at,
+            }
             data, attributes = bytes(message.data), dict(message.attributes)
             try:
                 events.append((item.ack_id, event_document(data, attributes, **meta)))
             except MalformedEventError as error:
-                log.warning("malformed message %s on %s: %s", message.message_id, name,
-                            error.reason)
-                dead.append((item.ack_id, dead_letter_document(data, attributes,
-                                                               reason=error.reason, **meta)))
+                log.warning(
+                    "malformed message %s on %s: %s", message.message_id, name, error.reason
+                )
+                dead.append(
+                    (
+                        item.ack_id,
+                        dead_letter_document(data, attributes, reason=error.reason, **meta),
+                    )
+                )
         ack: list[str] = []
         nack: list[str] = []
-        for collection, batch, outcome in ((self.events, events, "stored"),
-                                           (self.dead_letters, dead, "malformed")):
+        for collection, batch, outcome in (
+            (self.events, events, "stored"),
+            (self.dead_letters, dead, "malformed"),
+        ):
             if not batch:
                 continue
             try:
-                duplicates, failed = insert_ignoring_duplicates(collection,
-                                                                [doc for _, doc in batch])
+                duplicates, failed = insert_ignoring_duplicates(
+                    collection, [doc for _, doc in batch]
+                )
             except PyMongoError as error:
-                log.warning("storage failed, %d messages will be redelivered: %s",
-                            len(batch), error)
+                log.warning(
+                    "storage failed, %d messages will be redelivered: %s", len(batch), error
+                )
                 nack += [ack_id for ack_id, _ in batch]
                 self.messages.labels(outcome="failed").inc(len(batch))
                 continue
@@ -171,9 +203,9 @@ class EventStore:
         if ack:
             self._client.acknowledge(request={"subscription": subscription, "ack_ids": ack})
         if nack:
-            self._client.modify_ack_deadline(request={"subscription": subscription,
-                                                      "ack_ids": nack,
-                                                      "ack_deadline_seconds": 0})
+            self._client.modify_ack_deadline(
+                request={"subscription": subscription, "ack_ids": nack, "ack_deadline_seconds": 0}
+            )
         return len(received)
 
     # -- the loops --
@@ -187,9 +219,11 @@ class EventStore:
                 # Not a crash: the operator may create the subscription later (it is declared by
                 # an EntityPublisher applied after this Deployment), or IAM may still propagate.
                 delay = min(self.settings.wait_max_seconds, max(1.0, delay * 2))
-                reason = (f"subscription {subscription} does not exist yet"
-                          if isinstance(error, gexc.NotFound)
-                          else denied_message("pull", subscription, error))
+                reason = (
+                    f"subscription {subscription} does not exist yet"
+                    if isinstance(error, gexc.NotFound)
+                    else denied_message("pull", subscription, error)
+                )
                 self._waiting[subscription] = reason
                 self._beats[subscription] = time.monotonic()  # waiting is not stuck
                 if worker == 0:
@@ -207,8 +241,11 @@ class EventStore:
 
     def health(self) -> Health:
         now = time.monotonic()
-        stuck = [s for s in self.settings.subscriptions
-                 if now - self._beats.get(s, self._started) > _STUCK_AFTER]
+        stuck = [
+            s
+            for s in self.settings.subscriptions
+            if now - self._beats.get(s, self._started) > _STUCK_AFTER
+        ]
         waiting = [self._waiting[s] for s in self.settings.subscriptions if s in self._waiting]
         detail = "ok" if not stuck else "stuck: " + ", ".join(stuck)
         if waiting:
@@ -223,16 +260,28 @@ class EventStore:
         ensure_indexes(self.events)
         server: HealthServer | None = None
         if self.settings.http_port:
-            server = HealthServer(self.settings.http_port, self.health,
-                                  lambda: generate_latest(self.registry))
+            server = HealthServer(
+                self.settings.http_port, self.health, lambda: generate_latest(self.registry)
+            )
             server.start()
-        threads = [threading.Thread(target=self._loop, args=(s, n), daemon=True,
-                                    name=f"eventstore-{s.rsplit('/', 1)[-1]}-{n}")
-                   for s in self.settings.subscriptions for n in range(self.settings.workers)]
+        threads = [
+            threading.Thread(
+                target=self._loop,
+                args=(s, n),
+                daemon=True,
+                name=f"eventstore-{s.rsplit('/', 1)[-1]}-{n}",
+            )
+            for s in self.settings.subscriptions
+            for n in range(self.settings.workers)
+        ]
         for thread in threads:
             thread.start()
-        log.info("event store running: %s into %s.%s", ", ".join(self.settings.subscriptions),
-                 self.settings.database, self.settings.collection)
+        log.info(
+            "event store running: %s into %s.%s",
+            ", ".join(self.settings.subscriptions),
+            self.settings.database,
+            self.settings.collection,
+        )
         try:
             for thread in threads:
                 while thread.is_alive():
@@ -253,68 +302,97 @@ class EventStore:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--subscription", action="append", required=True,
-                        help="subscription id or full path to store (repeatable: live and seed)")
-    parser.add_argument("--project", default=None,
-                        help="project of subscription ids (default $LIBERATOR_PUBSUB_PROJECT)")
+    parser.add_argument(
+        "--subscription",
+        action="append",
+        required=True,
+        help="subscription id or full path to store (repeatable: live and seed)",
+    )
+    parser.add_argument(
+        "--project",
+        default=None,
+        help="project of subscription ids (default $LIBERATOR_PUBSUB_PROJECT)",
+    )
     add_events_flags(parser)
-    parser.add_argument("--http-port", default=None,
-                        help=f"port of /healthz and /metrics, 0 = off (default "
-                             f"$LIBERATOR_HTTP_PORT or {DEFAULT_HTTP_PORT})")
-    parser.add_argument("--max-messages", default="1000",
-                        help="messages per pull and insert (1-1000, default 1000)")
-    parser.add_argument("--workers", default="2",
-                        help="pull loops per subscription (1-16, default 2)")
+    parser.add_argument(
+        "--http-port",
+        default=None,
+        help=f"port of /healthz and /metrics, 0 = off (default "
+        f"$LIBERATOR_HTTP_PORT or {DEFAULT_HTTP_PORT})",
+    )
+    parser.add_argument(
+        "--max-messages", default="1000", help="messages per pull and insert (1-1000, default 1000)"
+    )
+    parser.add_argument(
+        "--workers", default="2", help="pull loops per subscription (1-16, default 2)"
+    )
 
 
 def add_events_flags(parser: argparse.ArgumentParser) -> None:
     """Where the events are stored: the flags the event store and replay share."""
-    parser.add_argument("--mongo-uri", default=None,
-                        help="MongoDB URI (default $LIBERATOR_MONGO_URI)")
-    parser.add_argument("--database", default=None,
-                        help="database of the events collection (default $LIBERATOR_DATABASE)")
-    parser.add_argument("--collection", default=DEFAULT_COLLECTION,
-                        help=f"events collection (default {DEFAULT_COLLECTION})")
+    parser.add_argument(
+        "--mongo-uri", default=None, help="MongoDB URI (default $LIBERATOR_MONGO_URI)"
+    )
+    parser.add_argument(
+        "--database",
+        default=None,
+        help="database of the events collection (default $LIBERATOR_DATABASE)",
+    )
+    parser.add_argument(
+        "--collection",
+        default=DEFAULT_COLLECTION,
+        help=f"events collection (default {DEFAULT_COLLECTION})",
+    )
 
 
 def events_location(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, str, str]:
     """``(mongo_uri, database, collection)`` from the flags of :func:`add_events_flags`, with the
     contract's variables as defaults; ``UsageError`` names the flag or variable."""
-    return (flag_or_env(args.mongo_uri, env, "LIBERATOR_MONGO_URI", "--mongo-uri",
-                        rules.mongo_uri),
-            flag_or_env(args.database, env, "LIBERATOR_DATABASE", "--database",
-                        rules.database_name),
-            checked(rules.collection_name, args.collection, "--collection"))
+    return (
+        flag_or_env(args.mongo_uri, env, "LIBERATOR_MONGO_URI", "--mongo-uri", rules.mongo_uri),
+        flag_or_env(args.database, env, "LIBERATOR_DATABASE", "--database", rules.database_name),
+        checked(rules.collection_name, args.collection, "--collection"),
+    )
 
 
 def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> EventStoreSettings:
     """The settings from flags, with the contract's variables as defaults; ``UsageError``."""
     uri, database, collection = events_location(args, env)
     project = args.project if args.project is not None else env.get("LIBERATOR_PUBSUB_PROJECT")
-    subscriptions = tuple(dict.fromkeys(subscription_path(s, project)
-                                        for s in args.subscription))
+    subscriptions = tuple(dict.fromkeys(subscription_path(s, project) for s in args.subscription))
     port_flag = "--http-port" if args.http_port is not None else "LIBERATOR_HTTP_PORT"
-    port_text = (args.http_port if args.http_port is not None
-                 else env.get("LIBERATOR_HTTP_PORT", "")).strip() or str(DEFAULT_HTTP_PORT)
+    port_text = (
+        args.http_port if args.http_port is not None else env.get("LIBERATOR_HTTP_PORT", "")
+    ).strip() or str(DEFAULT_HTTP_PORT)
     if not port_text.isdigit() or int(port_text) > 65535:
         raise UsageError(f"{port_flag}: {port_text!r} is not a port number (0-65535; 0 = off)")
     if not args.max_messages.isdigit() or not 1 <= int(args.max_messages) <= 1000:
-        raise UsageError(f"--max-messages: {args.max_messages!r} is not a whole number "
-                         "from 1 to 1000")
+        raise UsageError(
+            f"--max-messages: {args.max_messages!r} is not a whole number from 1 to 1000"
+        )
     if not args.workers.isdigit() or not 1 <= int(args.workers) <= 16:
         raise UsageError(f"--workers: {args.workers!r} is not a whole number from 1 to 16")
-    return EventStoreSettings(mongo_uri=uri, database=database, subscriptions=subscriptions,
-                              collection=collection,
-                              http_port=int(port_text), max_messages=int(args.max_messages),
-                              workers=int(args.workers))
+    return EventStoreSettings(
+        mongo_uri=uri,
+        database=database,
+        subscriptions=subscriptions,
+        collection=collection,
+        http_port=int(port_text),
+        max_messages=int(args.max_messages),
+        workers=int(args.workers),
+    )
 
 
 def configure_logs(env: Mapping[str, str]) -> None:
     """Set up logging from LIBERATOR_LOG_LEVEL and LIBERATOR_LOG_FORMAT; ``UsageError``."""
-    level = checked(rules.log_level, env.get("LIBERATOR_LOG_LEVEL", "").strip() or "INFO",
-                    "LIBERATOR_LOG_LEVEL")
-    kind = checked(rules.log_format, env.get("LIBERATOR_LOG_FORMAT", "").strip() or "text",
-                   "LIBERATOR_LOG_FORMAT")
+    level = checked(
+        rules.log_level, env.get("LIBERATOR_LOG_LEVEL", "").strip() or "INFO", "LIBERATOR_LOG_LEVEL"
+    )
+    kind = checked(
+        rules.log_format,
+        env.get("LIBERATOR_LOG_FORMAT", "").strip() or "text",
+        "LIBERATOR_LOG_FORMAT",
+    )
     logs.configure(level, kind)
 
 
@@ -336,5 +414,6 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     return 0
 
 
-COMMAND = Command(name="eventstore", help="store every event, indexed by time",
-                  configure=configure, run=run)
+COMMAND = Command(
+    name="eventstore", help="store every event, indexed by time", configure=configure, run=run
+)

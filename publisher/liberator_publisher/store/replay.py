@@ -44,8 +44,12 @@ log = logging.getLogger(__name__)
 
 REPLAY_ATTRIBUTE = "ce-replay"
 """Extension attribute added to every replayed message (value ``"true"``)."""
-ORDER = [("time", ASCENDING), ("version", ASCENDING), ("publishTime", ASCENDING),
-         ("_id", ASCENDING)]
+ORDER = [
+    ("time", ASCENDING),
+    ("version", ASCENDING),
+    ("publishTime", ASCENDING),
+    ("_id", ASCENDING),
+]
 """Replay order: time, then entity version (equal seed times), then publish time."""
 
 
@@ -69,8 +73,9 @@ class Selection:
             except ValueError as error:
                 raise UsageError(f"--type: {error}") from None
         if self.since and self.until and self.since >= self.until:
-            raise UsageError("--since, --until: the window is empty (--since must be before "
-                             "--until)")
+            raise UsageError(
+                "--since, --until: the window is empty (--since must be before --until)"
+            )
 
 
 def selection_query(selection: Selection) -> dict[str, Any]:
@@ -96,8 +101,9 @@ def selection_query(selection: Selection) -> dict[str, Any]:
     return query
 
 
-def select(collection: Collection[dict[str, Any]],
-           selection: Selection) -> Iterator[dict[str, Any]]:
+def select(
+    collection: Collection[dict[str, Any]], selection: Selection
+) -> Iterator[dict[str, Any]]:
     """The selected events, in replay order."""
     return iter(collection.find(selection_query(selection), sort=ORDER, batch_size=1000))
 
@@ -105,8 +111,13 @@ def select(collection: Collection[dict[str, Any]],
 def message_of(event: Mapping[str, Any]) -> tuple[bytes, dict[str, str], str]:
     """(data, attributes, ordering key) of a stored event, as replay publishes it."""
     raw = event.get("raw")
-    data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw) if isinstance(
-        raw, Binary | bytes) else b""
+    data = (
+        raw.encode("utf-8")
+        if isinstance(raw, str)
+        else bytes(raw)
+        if isinstance(raw, Binary | bytes)
+        else b""
+    )
     attributes = {str(k): str(v) for k, v in dict(event.get("attributes") or {}).items()}
     attributes[REPLAY_ATTRIBUTE] = "true"
     return data, attributes, str(event.get("subject") or "")
@@ -124,8 +135,12 @@ class Result:
     """The first few failures, for the log."""
 
 
-def replay(events: Iterator[Mapping[str, Any]], publisher: pubsub_v1.PublisherClient,
-           topic: str, window: int = 1000) -> Result:
+def replay(
+    events: Iterator[Mapping[str, Any]],
+    publisher: pubsub_v1.PublisherClient,
+    topic: str,
+    window: int = 1000,
+) -> Result:
     """Publish ``events`` to ``topic`` (a full path), waiting on every ``window`` messages."""
     result = Result()
     pending: list[tuple[str, Any]] = []
@@ -157,14 +172,25 @@ def replay(events: Iterator[Mapping[str, Any]], publisher: pubsub_v1.PublisherCl
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic", help="topic id to publish to (required unless --dry-run)")
-    parser.add_argument("--project", default=None,
-                        help="project of the topic (default $LIBERATOR_PUBSUB_PROJECT)")
+    parser.add_argument(
+        "--project", default=None, help="project of the topic (default $LIBERATOR_PUBSUB_PROJECT)"
+    )
     parser.add_argument("--since", default=None, help="RFC 3339 time, inclusive")
     parser.add_argument("--until", default=None, help="RFC 3339 time, exclusive")
-    parser.add_argument("--type", action="append", default=[], dest="types",
-                        help="event type or prefix.* (repeatable; default all)")
-    parser.add_argument("--subject", action="append", default=[], dest="subjects",
-                        help="subject (entity id) (repeatable; default all)")
+    parser.add_argument(
+        "--type",
+        action="append",
+        default=[],
+        dest="types",
+        help="event type or prefix.* (repeatable; default all)",
+    )
+    parser.add_argument(
+        "--subject",
+        action="append",
+        default=[],
+        dest="subjects",
+        help="subject (entity id) (repeatable; default all)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the count only")
     add_events_flags(parser)
 
@@ -182,8 +208,12 @@ def _selection(args: argparse.Namespace) -> Selection:
     subjects: Sequence[str] = args.subjects
     if any(not s for s in subjects):
         raise UsageError("--subject: an empty subject selects nothing; give an entity id")
-    return Selection(since=_time(args.since, "--since"), until=_time(args.until, "--until"),
-                     types=tuple(args.types), subjects=tuple(subjects))
+    return Selection(
+        since=_time(args.since, "--since"),
+        until=_time(args.until, "--until"),
+        types=tuple(args.types),
+        subjects=tuple(subjects),
+    )
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
@@ -196,27 +226,35 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
         if not args.topic:
             raise UsageError("--topic: required (or pass --dry-run to count only)")
         checked(rules.topic_id, args.topic, "--topic")
-        project = flag_or_env(args.project, env, "LIBERATOR_PUBSUB_PROJECT", "--project",
-                              rules.project_id)
+        project = flag_or_env(
+            args.project, env, "LIBERATOR_PUBSUB_PROJECT", "--project", rules.project_id
+        )
         topic = f"projects/{project}/topics/{args.topic}"
-    mongo: MongoClient[dict[str, Any]] = MongoClient(uri, tz_aware=True,
-                                                     serverSelectionTimeoutMS=10_000)
+    mongo: MongoClient[dict[str, Any]] = MongoClient(
+        uri, tz_aware=True, serverSelectionTimeoutMS=10_000
+    )
     try:
         events = mongo[database][collection_name]
         if args.dry_run:
             print(f"events={events.count_documents(selection_query(selection))}", flush=True)
             return 0
-        publisher = pubsub_v1.PublisherClient(publisher_options=pubsub_v1.types.PublisherOptions(
-            enable_message_ordering=True,
-            flow_control=pubsub_v1.types.PublishFlowControl(
-                message_limit=1000,
-                limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK)))
+        publisher = pubsub_v1.PublisherClient(
+            publisher_options=pubsub_v1.types.PublisherOptions(
+                enable_message_ordering=True,
+                flow_control=pubsub_v1.types.PublishFlowControl(
+                    message_limit=1000,
+                    limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK,
+                ),
+            )
+        )
         try:
             try:
                 publisher.get_topic(topic=topic)
             except gexc.NotFound:
-                print(f"liberator replay: --topic: {topic} does not exist; create it first",
-                      file=sys.stderr)
+                print(
+                    f"liberator replay: --topic: {topic} does not exist; create it first",
+                    file=sys.stderr,
+                )
                 return 2
             result = replay(select(events, selection), publisher, topic)
         finally:
@@ -232,5 +270,6 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     return 1 if result.failed else 0
 
 
-COMMAND = Command(name="replay", help="republish stored events to a topic",
-                  configure=configure, run=run)
+COMMAND = Command(
+    name="replay", help="republish stored events to a topic", configure=configure, run=run
+)
