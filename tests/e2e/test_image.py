@@ -243,9 +243,15 @@ def test_one_image_reference_everywhere(
 
 
 def test_the_size_target_is_documented() -> None:
-    text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^# Size target: under \d+ MB", text, re.MULTILINE)
-    assert re.search(r"under \d+ MB", (ROOT / "docs" / "operations.md").read_text())
+    # The Dockerfile states the target; docs/operations.md states the same target and the size
+    # measured, so a reader sees whether it is met.
+    target = re.search(r"^# Size target: under (\d+) MB", (ROOT / "Dockerfile").read_text(), re.M)
+    assert target, "the Dockerfile states its size target"
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    measured = re.search(r"\*\*Size: (\d+) MB uncompressed\*\*.*?under (\d+) MB", docs, re.S)
+    assert measured, "docs/operations.md states the measured size against the target"
+    assert measured.group(2) == target.group(1)
+    assert int(measured.group(1)) > 0
 
 
 def test_retagging_in_an_overlay_moves_every_process(tmp_path: Path) -> None:

@@ -442,7 +442,11 @@ def test_invalid_publisher_is_refused_with_its_message(
 def test_match_everything_is_accepted_when_allowed(env: Env, ns: str) -> None:
     body = ep_body(env, "everything", {})
     body["spec"].update(selector={}, allowMatchAll=True)
-    env.kubectl("apply", "--dry-run=server", "-n", ns, "-f", "-", stdin=json.dumps(body))
+    result = env.kubectl(
+        "apply", "--dry-run=server", "-n", ns, "-f", "-", stdin=json.dumps(body), check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "entitypublisher.liberator.io/everything created (server dry run)" in result.stdout
 
 
 def test_seed_without_publisher_is_refused_and_spec_is_immutable(env: Env, ns: str) -> None:
