@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from liberator_publisher.core import contract as c
 from liberator_publisher.core import validation as rules
@@ -106,89 +106,18 @@ class Settings:
         mongo_uri = reader.required("LIBERATOR_MONGO_URI", rules.mongo_uri)
         database = reader.required("LIBERATOR_DATABASE", rules.database_name)
         collection = reader.required("LIBERATOR_COLLECTION", rules.collection_name)
-        entity_type = reader.required("LIBERATOR_ENTITY_TYPE", rules.entity_type)
-        project = reader.required("LIBERATOR_PUBSUB_PROJECT", rules.project_id)
-        topic = reader.required("LIBERATOR_TOPIC", rules.topic_id)
-        redis_url = reader.required("LIBERATOR_REDIS_URL", rules.redis_url)
-        emulator = reader.optional("PUBSUB_EMULATOR_HOST", rules.host_port, None)
-        outbox = reader.optional(
-            "LIBERATOR_OUTBOX_COLLECTION", rules.collection_name, default_outbox(collection)
-        )
-        if outbox == collection:
-            raise ConfigError(
-                "LIBERATOR_OUTBOX_COLLECTION",
-                f"{outbox!r} is the entity collection itself",
-                "name a separate collection, or leave it unset for <collection>.outbox",
-            )
-        source = reader.optional(
-            "LIBERATOR_SOURCE", rules.source_reference, f"//liberator/{database}/{collection}"
-        )
-        id_field = reader.optional("LIBERATOR_ID_FIELD", rules.field_name, "_id")
-        version_field = reader.optional("LIBERATOR_VERSION_FIELD", rules.field_name, None)
-        if version_field is not None and version_field == id_field:
-            raise ConfigError(
-                "LIBERATOR_VERSION_FIELD",
-                f"{version_field!r} is also LIBERATOR_ID_FIELD",
-                "name the field that holds the version",
-            )
-        context_field = reader.optional("LIBERATOR_EVENT_CONTEXT_FIELD", rules.field_name, "_event")
-        if context_field in (id_field, version_field):
-            raise ConfigError(
-                "LIBERATOR_EVENT_CONTEXT_FIELD",
-                f"{context_field!r} is also the id or version field",
-                "name a separate field, or leave it unset for _event",
-            )
-        exclude = reader.optional("LIBERATOR_EXCLUDE_FIELDS", rules.field_list, frozenset())
-        if id_field in exclude:
-            raise ConfigError(
-                "LIBERATOR_EXCLUDE_FIELDS",
-                f"the id field {id_field!r} cannot be excluded",
-                f"remove {id_field!r} from the list",
-            )
-        return cls(
-            mongo_uri=mongo_uri,
-            database=database,
-            collection=collection,
-            entity_type=entity_type,
-            pubsub_project=project,
-            topic=topic,
-            redis_url=redis_url,
-            pubsub_emulator_host=emulator,
-            outbox_collection=outbox,
-            source=source,
-            id_field=id_field,
-            version_field=version_field,
-            event_context_field=context_field,
-            exclude_fields=exclude,
-            http_port=reader.optional("LIBERATOR_HTTP_PORT", rules.port, DEFAULT_HTTP_PORT),
-            lease_ttl_seconds=reader.optional(
-                "LIBERATOR_LEASE_TTL_SECONDS", rules.positive_float, c.LEASE_TTL_SECONDS
-            ),
-            publisher=reader.optional(
-                "LIBERATOR_PUBLISHER", rules.publisher_name, f"{database}/{collection}"
-            ),
-            log_level=reader.optional("LIBERATOR_LOG_LEVEL", rules.log_level, "INFO"),
-            log_format=reader.optional("LIBERATOR_LOG_FORMAT", rules.log_format, "text"),
-            pod_name=(
-                reader.optional("LIBERATOR_POD_NAME", rules.any_text, None) or socket.gethostname()
-            ),
-            batch_size=reader.optional("LIBERATOR_BATCH_SIZE", rules.positive_int, c.BATCH_SIZE),
-            max_await_ms=reader.optional(
-                "LIBERATOR_MAX_AWAIT_MS", rules.positive_int, c.MAX_AWAIT_MS
-            ),
-            sweep_interval_seconds=reader.optional(
-                "LIBERATOR_SWEEP_INTERVAL_SECONDS", rules.positive_float, c.SWEEP_INTERVAL_SECONDS
-            ),
-            pending_age_seconds=reader.optional(
-                "LIBERATOR_PENDING_AGE_SECONDS", rules.positive_float, c.PENDING_AGE_SECONDS
-            ),
-            stall_after_seconds=reader.optional(
-                "LIBERATOR_STALL_AFTER_SECONDS", rules.positive_float, c.STALL_AFTER_SECONDS
-            ),
-            resume_margin_percent=reader.optional(
-                "LIBERATOR_RESUME_MARGIN_PERCENT", rules.percent, c.RESUME_MARGIN_PERCENT
-            ),
-        )
+        where: dict[str, Any] = {
+            "mongo_uri": mongo_uri,
+            "database": database,
+            "collection": collection,
+            "entity_type": reader.required("LIBERATOR_ENTITY_TYPE", rules.entity_type),
+            "pubsub_project": reader.required("LIBERATOR_PUBSUB_PROJECT", rules.project_id),
+            "topic": reader.required("LIBERATOR_TOPIC", rules.topic_id),
+            "redis_url": reader.required("LIBERATOR_REDIS_URL", rules.redis_url),
+            "pubsub_emulator_host": reader.optional("PUBSUB_EMULATOR_HOST", rules.host_port, None),
+        }
+        mapping = _mapping_fields(reader, database, collection)
+        return cls(**where, **mapping, **_process_fields(reader, f"{database}/{collection}"))
 
     def mapping(self) -> EventMapping:
         """How this collection's documents become CloudEvents."""
@@ -234,3 +163,83 @@ class _Reader:
 
 _U = TypeVar("_U")
 _CONTRACT_DOC = {var.name: var.doc.replace("`", "'") for var in CONTRACT}
+
+
+def _mapping_fields(reader: _Reader, database: str, collection: str) -> dict[str, Any]:
+    """The outbox and how documents become events, with the checks across them."""
+    outbox = reader.optional(
+        "LIBERATOR_OUTBOX_COLLECTION", rules.collection_name, default_outbox(collection)
+    )
+    if outbox == collection:
+        raise ConfigError(
+            "LIBERATOR_OUTBOX_COLLECTION",
+            f"{outbox!r} is the entity collection itself",
+            "name a separate collection, or leave it unset for <collection>.outbox",
+        )
+    source = reader.optional(
+        "LIBERATOR_SOURCE", rules.source_reference, f"//liberator/{database}/{collection}"
+    )
+    id_field = reader.optional("LIBERATOR_ID_FIELD", rules.field_name, "_id")
+    version_field = reader.optional("LIBERATOR_VERSION_FIELD", rules.field_name, None)
+    if version_field is not None and version_field == id_field:
+        raise ConfigError(
+            "LIBERATOR_VERSION_FIELD",
+            f"{version_field!r} is also LIBERATOR_ID_FIELD",
+            "name the field that holds the version",
+        )
+    context_field = reader.optional("LIBERATOR_EVENT_CONTEXT_FIELD", rules.field_name, "_event")
+    if context_field in (id_field, version_field):
+        raise ConfigError(
+            "LIBERATOR_EVENT_CONTEXT_FIELD",
+            f"{context_field!r} is also the id or version field",
+            "name a separate field, or leave it unset for _event",
+        )
+    exclude = reader.optional("LIBERATOR_EXCLUDE_FIELDS", rules.field_list, frozenset())
+    if id_field in exclude:
+        raise ConfigError(
+            "LIBERATOR_EXCLUDE_FIELDS",
+            f"the id field {id_field!r} cannot be excluded",
+            f"remove {id_field!r} from the list",
+        )
+    return {
+        "outbox_collection": outbox,
+        "source": source,
+        "id_field": id_field,
+        "version_field": version_field,
+        "event_context_field": context_field,
+        "exclude_fields": exclude,
+    }
+
+
+def _process_fields(reader: _Reader, default_publisher: str) -> dict[str, Any]:
+    """The process, the lease, the reports and the loops' tuning, each with its contract default."""
+    return {
+        "http_port": reader.optional("LIBERATOR_HTTP_PORT", rules.port, DEFAULT_HTTP_PORT),
+        "lease_ttl_seconds": reader.optional(
+            "LIBERATOR_LEASE_TTL_SECONDS", rules.positive_float, c.LEASE_TTL_SECONDS
+        ),
+        "publisher": reader.optional(
+            "LIBERATOR_PUBLISHER", rules.publisher_name, default_publisher
+        ),
+        "stall_after_seconds": reader.optional(
+            "LIBERATOR_STALL_AFTER_SECONDS", rules.positive_float, c.STALL_AFTER_SECONDS
+        ),
+        "resume_margin_percent": reader.optional(
+            "LIBERATOR_RESUME_MARGIN_PERCENT", rules.percent, c.RESUME_MARGIN_PERCENT
+        ),
+        "log_level": reader.optional("LIBERATOR_LOG_LEVEL", rules.log_level, "INFO"),
+        "log_format": reader.optional("LIBERATOR_LOG_FORMAT", rules.log_format, "text"),
+        "pod_name": (
+            reader.optional("LIBERATOR_POD_NAME", rules.any_text, None) or socket.gethostname()
+        ),
+        "batch_size": reader.optional("LIBERATOR_BATCH_SIZE", rules.positive_int, c.BATCH_SIZE),
+        "max_await_ms": reader.optional(
+            "LIBERATOR_MAX_AWAIT_MS", rules.positive_int, c.MAX_AWAIT_MS
+        ),
+        "sweep_interval_seconds": reader.optional(
+            "LIBERATOR_SWEEP_INTERVAL_SECONDS", rules.positive_float, c.SWEEP_INTERVAL_SECONDS
+        ),
+        "pending_age_seconds": reader.optional(
+            "LIBERATOR_PENDING_AGE_SECONDS", rules.positive_float, c.PENDING_AGE_SECONDS
+        ),
+    }
