@@ -1,9 +1,11 @@
-"""The sidecar's metrics exposition (pure: no server)."""
+"""The sidecar's metrics exposition: pure, and as a running sidecar serves it."""
 
 from __future__ import annotations
 
 from liberator_publisher.sidecar import source
 from liberator_publisher.sidecar.metrics import FAILED_STAGES, Metrics
+from tests.e2e.test_monitoring import METRIC, alerts, dashboard_queries, exposed_names
+from tests.support.publisher import Publisher, eventually
 
 
 def samples(metrics: Metrics) -> dict[str, float]:
@@ -44,3 +46,22 @@ def test_every_code_a_stream_can_park_with_is_a_known_reason() -> None:
     codes |= {"invalidated", "checkpoint_invalid"}  # raised by name in source.py
     assert codes == set(source.PARK_REASONS)
     assert FAILED_STAGES == ("capture", "relay")
+
+
+def test_a_running_sidecar_exports_every_metric_the_rules_and_dashboard_name(
+    publisher: Publisher,
+) -> None:
+    # The scrape of a real `liberator publish`, leading, not just the registry's rendering.
+    car = publisher.start()
+    eventually(lambda: car.metric("liberator_leader") == 1.0, what="the sidecar leads")
+    status, body = car.get("/metrics")
+    assert status == 200
+    scraped = exposed_names(body)
+    named = {
+        name
+        for text in [rule["expr"] for rule in alerts()] + dashboard_queries()
+        for name in METRIC.findall(text)
+        if name.startswith("liberator_") and not name.startswith("liberator_eventstore_")
+    }
+    assert {"liberator_resume_point_at_risk", "liberator_stalled"} <= named
+    assert named - scraped == set(), "named by the rules or dashboard, not scraped"
