@@ -52,7 +52,7 @@ STAMP = "built.sha256"
 
 # Modest memory; C1-only JIT and serial GC start the JVM faster on a shared 2-core machine.
 JVM_FLAGS = (
-    "-Xmx512m",
+    "-Xmx1536m",  # the oplog index and H2's page cache (LiberatorMongo.java) live in the heap
     "-Xss512k",
     "-XX:+UseSerialGC",
     "-XX:TieredStopAtLevel=1",

@@ -176,6 +176,9 @@ public final class LiberatorMongo {
         }
     }
 
+    /** H2's page cache, in MB (the JVM's heap is sized for it in liberator_stack/mongo.py). */
+    private static final int H2_CACHE_MB = 192;
+
     private static MongoBackend backend(String spec, Limits limits) {
         if (spec.equals("memory")) {
             return new MemoryBackend() {
@@ -193,7 +196,12 @@ public final class LiberatorMongo {
             };
         }
         if (spec.startsWith("h2:") && spec.length() > 3) {
-            return new H2Backend(spec.substring(3)) {
+            // H2's default page cache (16 MB) is smaller than an outbox of some thousand events:
+            // each full scan (the stand-in has no secondary indexes) then re-reads and re-decodes
+            // every page while it holds the collection's lock, and writers wait.
+            MVStore store = new MVStore.Builder().fileName(spec.substring(3))
+                .cacheSize(H2_CACHE_MB).open();
+            return new H2Backend(store) {
                 @Override
                 protected MongoDatabase openOrCreateDatabase(String databaseName) {
                     return new H2Store.Database(databaseName, getMvStore(), getCursorRegistry());
