@@ -62,7 +62,12 @@ def test_insert_update_delete_arrive_in_order_with_cloudevent_attributes(
         assert updated.json() == {"_id": {"$oid": str(oid)}, "amount": 100}
         assert deleted.json() == {"_id": {"$oid": str(oid)}}  # the document key
 
-    # The outbox records every event as published, with the message id.
+    # The outbox records every event as published, with the message id. A message can reach
+    # the collector before the relay marks its document, so wait for the marks.
+    eventually(
+        lambda: db[publisher.outbox].count_documents({"status": "published"}) == 9,
+        what="9 outbox documents marked published",
+    )
     outbox = list(db[publisher.outbox].find())
     assert len(outbox) == 9
     assert {d["status"] for d in outbox} == {"published"}
