@@ -2,6 +2,8 @@ import java.time.Instant;
 import java.util.ArrayList;
 import java.util.Date;
 import java.util.HashSet;
+import java.util.Iterator;
+import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
@@ -10,6 +12,8 @@ import java.util.concurrent.ConcurrentSkipListMap;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
+import java.util.stream.Stream;
+import java.util.stream.StreamSupport;
 
 import de.bwaldvogel.mongo.MongoBackend;
 import de.bwaldvogel.mongo.MongoCollection;
@@ -25,6 +29,10 @@ import de.bwaldvogel.mongo.backend.Utils;
 import de.bwaldvogel.mongo.backend.aggregation.Aggregation;
 import de.bwaldvogel.mongo.backend.h2.H2Backend;
 import de.bwaldvogel.mongo.backend.memory.MemoryBackend;
+import de.bwaldvogel.mongo.backend.memory.MemoryDatabase;
+import de.bwaldvogel.mongo.bson.MinKey;
+import de.bwaldvogel.mongo.bson.BsonRegularExpression;
+import de.bwaldvogel.mongo.backend.Missing;
 import de.bwaldvogel.mongo.bson.BinData;
 import de.bwaldvogel.mongo.bson.BsonTimestamp;
 import de.bwaldvogel.mongo.bson.Document;
@@ -69,6 +77,9 @@ import org.h2.mvstore.type.ObjectDataType;
  *       optional cap (by entries, by age) with {@code ChangeStreamHistoryLost} past it, and a
  *       scan that starts at the cursor's position instead of the oplog's beginning;</li>
  *   <li>{@code findAndModify} writes oplog entries (the library writes none);</li>
+ *   <li>{@link SecondaryIndex}: a non-unique index is an index (the library keeps none), and a
+ *       query or a leading {@code $match} with an equality on its first key reads only the
+ *       documents it names;</li>
  *   <li>an insert reports {@code n} as the number of documents stored.</li>
  * </ul>
  */
@@ -183,6 +194,19 @@ public final class LiberatorMongo {
         if (spec.equals("memory")) {
             return new MemoryBackend() {
                 @Override
+                public MemoryDatabase openOrCreateDatabase(String databaseName) {
+                    return new MemoryDatabase(databaseName, getCursorRegistry()) {
+                        @Override
+                        protected Index<Integer> openOrCreateSecondaryIndex(
+                            String collectionName, String indexName, List<IndexKey> keys,
+                            boolean sparse) {
+                            return new SecondaryIndex<>(indexName, keys, sparse,
+                                SecondaryIndex.Entries.inMemory());
+                        }
+                    };
+                }
+
+                @Override
                 public Document handleCommand(Channel channel, String database, String command,
                                               Document query) {
                     return Patches.command(this, oplog, database, command, query,
@@ -197,8 +221,8 @@ public final class LiberatorMongo {
         }
         if (spec.startsWith("h2:") && spec.length() > 3) {
             // H2's default page cache (16 MB) is smaller than an outbox of some thousand events:
-            // each full scan (the stand-in has no secondary indexes) then re-reads and re-decodes
-            // every page while it holds the collection's lock, and writers wait.
+            // each scan that no index serves then re-reads and re-decodes every page while it
+            // holds the collection's lock, and writers wait.
             MVStore store = new MVStore.Builder().fileName(spec.substring(3))
                 .cacheSize(H2_CACHE_MB).open();
             return new H2Backend(store) {
@@ -291,7 +315,21 @@ public final class LiberatorMongo {
                 String namespace = getFullCollectionNamespace(collectionName);
                 MVMap<Object, Document> data = store.openMap("databases." + namespace, builder());
                 MVMap<String, Object> meta = store.openMap("meta." + namespace, builder());
-                return new H2Collection(this, collectionName, options, data, meta, cursorRegistry);
+                return new Collection(this, collectionName, options, data, meta,
+                    cursorRegistry);
+            }
+
+            @Override
+            protected Index<Object> openOrCreateSecondaryIndex(String collectionName,
+                                                               String indexName,
+                                                               List<IndexKey> keys,
+                                                               boolean sparse) {
+                // The name the library's dropIndex removes (H2Database#mapNameForIndex).
+                MVMap<KeyValue, Object> map = store.openMap(
+                    getFullCollectionNamespace(collectionName) + "._index_" + indexName,
+                    builder());
+                return new SecondaryIndex<>(indexName, keys, sparse,
+                    SecondaryIndex.Entries.of(map));
             }
 
             @Override
@@ -306,6 +344,29 @@ public final class LiberatorMongo {
                 } catch (ReflectiveOperationException e) {
                     throw new IllegalStateException("cannot open index " + indexName, e);
                 }
+            }
+        }
+
+        /** The library's collection, with a leading {@code $match} served by an index. */
+        static final class Collection extends H2Collection {
+            Collection(H2Database database, String name, CollectionOptions options,
+                       MVMap<Object, Document> data, MVMap<String, Object> meta,
+                       CursorRegistry registry) {
+                super(database, name, options, data, meta, registry);
+            }
+
+            /** What {@code aggregate} reads: the documents its leading {@code $match} names
+             * (through an index where one serves it), else every document. The stage itself
+             * still runs on them. */
+            @Override
+            public Stream<Document> queryAllAsStream() {
+                Document match = SecondaryIndex.LEADING_MATCH.get();
+                if (match == null) {
+                    return super.queryAllAsStream();
+                }
+                SecondaryIndex.LEADING_MATCH.remove(); // the first read is the pipeline's source
+                return StreamSupport.stream(
+                    queryDocuments(match, null, 0, 0, 0, null).spliterator(), false);
             }
         }
 
@@ -453,6 +514,7 @@ public final class LiberatorMongo {
                 } else {
                     if (command.equals("aggregate")) {
                         Stages.aliases(query);
+                        SecondaryIndex.LEADING_MATCH.set(SecondaryIndex.leadingMatch(query));
                     }
                     reply = handle.handle(command, query);
                     if (command.equalsIgnoreCase("isMaster") && reply != null
@@ -471,6 +533,7 @@ public final class LiberatorMongo {
                 return times(oplog, command, before, e.reply());
             } finally {
                 ChangeCursor.LAST.remove();
+                SecondaryIndex.LEADING_MATCH.remove();
             }
         }
 
@@ -503,6 +566,235 @@ public final class LiberatorMongo {
                 .append("signature", new Document("hash", new BinData(new byte[20]))
                     .append("keyId", 0L)));
             return reply;
+        }
+    }
+
+    /**
+     * A non-unique index, as MongoDB keeps one. The library's backends keep none (a non-unique
+     * index is an {@code EmptyIndex}), so every query on such a field scanned the whole
+     * collection while holding its lock: an outbox's {@code {status: "pending"}} sweep and
+     * count cost more with every event ever published, and writers waited.
+     *
+     * <p>Entries are {@code (values of the keys..., _id) -> position}, in BSON order, one per
+     * key value of a document (an array indexes each element, as MongoDB's multikey indexes
+     * do). A query with an equality on the first key reads the entries with that value; the
+     * library's matcher then applies the whole query, the sort and the projection to those
+     * documents only. Other shapes (ranges, {@code $in}, no equality on the first key) scan, as
+     * before. The key directions are not needed for that and are ignored.
+     */
+    static final class SecondaryIndex<P> extends Index<P> {
+        /** The leading {@code $match} of the {@code aggregate} this thread runs, if any. */
+        static final ThreadLocal<Document> LEADING_MATCH = new ThreadLocal<>();
+
+        private static final ValueComparator ORDER = ValueComparator.asc();
+
+        /** Where the entries live: an H2 map (kept with the data), or memory. */
+        interface Entries<P> {
+            void put(KeyValue key, P position);
+
+            P remove(KeyValue key);
+
+            P get(KeyValue key);
+
+            /** Entries from {@code key} on, in order. */
+            Iterator<Map.Entry<KeyValue, P>> from(KeyValue key);
+
+            long size();
+
+            static <P> Entries<P> of(MVMap<KeyValue, P> map) {
+                return new Entries<>() {
+                    public void put(KeyValue key, P position) {
+                        map.put(key, position);
+                    }
+
+                    public P remove(KeyValue key) {
+                        return map.remove(key);
+                    }
+
+                    public P get(KeyValue key) {
+                        return map.get(key);
+                    }
+
+                    public Iterator<Map.Entry<KeyValue, P>> from(KeyValue key) {
+                        var cursor = map.cursor(key);
+                        return new Iterator<>() {
+                            public boolean hasNext() {
+                                return cursor.hasNext();
+                            }
+
+                            public Map.Entry<KeyValue, P> next() {
+                                KeyValue next = cursor.next();
+                                return Map.entry(next, cursor.getValue());
+                            }
+                        };
+                    }
+
+                    public long size() {
+                        return map.sizeAsLong();
+                    }
+                };
+            }
+
+            static <P> Entries<P> inMemory() {
+                ConcurrentSkipListMap<KeyValue, P> map =
+                    new ConcurrentSkipListMap<>(H2Store.Type.INSTANCE::compare);
+                return new Entries<>() {
+                    public void put(KeyValue key, P position) {
+                        map.put(key, position);
+                    }
+
+                    public P remove(KeyValue key) {
+                        return map.remove(key);
+                    }
+
+                    public P get(KeyValue key) {
+                        return map.get(key);
+                    }
+
+                    public Iterator<Map.Entry<KeyValue, P>> from(KeyValue key) {
+                        return map.tailMap(key).entrySet().iterator();
+                    }
+
+                    public long size() {
+                        return map.size();
+                    }
+                };
+            }
+        }
+
+        private final Entries<P> entries;
+
+        SecondaryIndex(String name, List<IndexKey> keys, boolean sparse, Entries<P> entries) {
+            super(name, keys, sparse);
+            this.entries = entries;
+        }
+
+        /** The {@code $match} of an {@code aggregate} command's first stage, or null. */
+        static Document leadingMatch(Document command) {
+            if (command.get("pipeline") instanceof List<?> stages && !stages.isEmpty()
+                && stages.get(0) instanceof Document first && first.size() == 1
+                && first.get("$match") instanceof Document match) {
+                return match;
+            }
+            return null;
+        }
+
+        /** The entry keys of a document: its key values, each followed by its {@code _id}. */
+        private Set<KeyValue> entryKeys(Document document) {
+            if (isSparse() && keys().stream().allMatch(
+                key -> Utils.getSubdocumentValue(document, key) instanceof Missing)) {
+                return Set.of();
+            }
+            Object id = new KeyValue(document.get("_id")).normalized().get(0);
+            Set<KeyValue> keys = new LinkedHashSet<>();
+            for (KeyValue values : getKeyValues(document)) {
+                List<Object> key = new ArrayList<>(values.size() + 1);
+                values.forEach(key::add);
+                key.add(id);
+                keys.add(new KeyValue(key));
+            }
+            return keys;
+        }
+
+        @Override
+        public synchronized P getPosition(Document document) {
+            for (KeyValue key : entryKeys(document)) {
+                return entries.get(key);
+            }
+            return null;
+        }
+
+        @Override
+        public void checkAdd(Document document, MongoCollection<P> collection) {
+            // not unique: nothing to refuse
+        }
+
+        @Override
+        public synchronized void add(Document document, P position,
+                                     MongoCollection<P> collection) {
+            for (KeyValue key : entryKeys(document)) {
+                entries.put(key, position);
+            }
+        }
+
+        @Override
+        public synchronized P remove(Document document) {
+            P position = null;
+            for (KeyValue key : entryKeys(document)) {
+                P removed = entries.remove(key);
+                position = removed != null ? removed : position;
+            }
+            return position;
+        }
+
+        @Override
+        public void checkUpdate(Document oldDocument, Document newDocument,
+                                MongoCollection<P> collection) {
+            // not unique: nothing to refuse
+        }
+
+        @Override
+        public synchronized void updateInPlace(Document oldDocument, Document newDocument,
+                                               P position, MongoCollection<P> collection) {
+            Set<KeyValue> before = entryKeys(oldDocument);
+            Set<KeyValue> after = entryKeys(newDocument);
+            for (KeyValue key : before) {
+                if (!after.contains(key)) {
+                    entries.remove(key);
+                }
+            }
+            for (KeyValue key : after) {
+                if (!before.contains(key)) {
+                    entries.put(key, position);
+                }
+            }
+        }
+
+        /** An equality on the first key, with a value that is not an array, a document (an
+         * embedded match or operators), a regular expression or null. */
+        @Override
+        public boolean canHandle(Document query) {
+            Object value = query.get(keys().get(0));
+            return value != null && !(value instanceof Document)
+                && !(value instanceof java.util.Collection<?>)
+                && !(value instanceof java.util.regex.Pattern)
+                && !BsonRegularExpression.isRegularExpression(value)
+                && !(value instanceof Missing);
+        }
+
+        @Override
+        public synchronized Iterable<P> getPositions(Document query) {
+            Object value = new KeyValue(query.get(keys().get(0))).normalized().get(0);
+            List<Object> probe = new ArrayList<>();
+            probe.add(value);
+            while (probe.size() < getKeys().size() + 1) {
+                probe.add(MinKey.getInstance());
+            }
+            Set<P> positions = new LinkedHashSet<>();
+            for (Iterator<Map.Entry<KeyValue, P>> it = entries.from(new KeyValue(probe));
+                 it.hasNext(); ) {
+                Map.Entry<KeyValue, P> entry = it.next();
+                if (ORDER.compare(entry.getKey().get(0), value) != 0) {
+                    break;
+                }
+                positions.add(entry.getValue());
+            }
+            return positions;
+        }
+
+        @Override
+        public long getCount() {
+            return entries.size();
+        }
+
+        @Override
+        public long getDataSize() {
+            return getCount();
+        }
+
+        @Override
+        public void drop() {
+            // the H2 map is removed by the library's dropIndex
         }
     }
 
