@@ -11,6 +11,7 @@ purpose, and each kind keeps the built-in base that says what it is::
     ├── CheckpointError (ValueError)     an unreadable checkpoint document: the sidecar parks
     ├── FencedError (RuntimeError)       a write from an older epoch: another replica leads
     ├── StreamLostError (RuntimeError)   the change stream cannot resume: the sidecar parks
+    ├── KeyPausedError (RuntimeError)    a publish for an ordering key paused by a failure
     └── LedgerError (ValueError)         a seed ledger that does not match the run: exit 1
 
 Values that break a rule raise validation.InvalidValue (a ValueError without a source); the

@@ -1,13 +1,13 @@
 """Relay: pending outbox events to Pub/Sub, in order per entity, with a sweep as a safety net.
 
 A change stream on the outbox (inserts, updates and replaces whose looked-up document is
-``pending``) feeds the publisher client without waiting for each ack: the client batches and
-orders by key, and flow control blocks when too much is in flight. Acks come back through a
-queue; each is marked ``published`` (in bulk), and then the checkpoint moves to the end of the
-longest stretch of stream batches whose events are all settled.
+``pending``) feeds the sink without waiting for each ack: the sink batches many keys per
+request and keeps each key in order, and flow control blocks when too much is in flight. Acks
+come back through a queue; each is marked ``published`` (in bulk), and then the checkpoint moves
+to the end of the longest stretch of stream batches whose events are all settled.
 
-When a publish fails, the client pauses that ordering key. The failed event and everything after
-it for the key wait in order, and are sent again after a backoff (``resume_publish``); other keys
+When a publish fails, the sink pauses that ordering key. The failed event and everything after
+it for the key wait in order, and are sent again after a backoff (``Sink.resume``); other keys
 go on. An event Pub/Sub can never take is marked ``failed`` with a reason and skipped.
 """
 
@@ -37,7 +37,7 @@ from liberator_publisher.core.outbox import FAILED, PENDING, PUBLISHED
 from liberator_publisher.core.status import Progress
 from liberator_publisher.runtime.logs import fields
 from liberator_publisher.sidecar.metrics import Metrics
-from liberator_publisher.sidecar.sink import Sink
+from liberator_publisher.sidecar.sink import KeyPausedError, Sink
 from liberator_publisher.sidecar.source import ChangeReader
 from liberator_publisher.state.checkpoint import Checkpoints, Position, cluster_time
 
@@ -393,7 +393,7 @@ class Relay:
         paused = self._paused.get(key)
         if paused is None:
             # A key the client paused before we saw why (say, in an earlier run) resumes at once.
-            own = type(error).__name__ != "PublishToPausedOrderingKeyException"
+            own = not isinstance(error, KeyPausedError)
             # Each failure in a row for the key doubles the wait, up to the cap.
             attempt = self._failures.get(key, 0) + 1 if own else 0
             wait = min(self.settings.max_backoff_seconds, 0.25 * 2**attempt) if own else 0.0

@@ -1,18 +1,19 @@
-"""The event sink: a thin seam around Google's Pub/Sub publisher client.
+"""The event sink: a thin seam around the ordered Pub/Sub publisher.
 
-Message ordering is on (the ordering key is the entity id) and flow control blocks the caller
-when too much is in flight, so a fast change stream cannot grow memory without bound. After a
-failed publish the client pauses that ordering key; :meth:`Sink.resume` un-pauses it.
+Message ordering is on (the ordering key is the entity id). Many keys share one request, and
+flow control blocks the caller when too much is in flight, so a fast change stream cannot grow
+memory without bound (:mod:`liberator_publisher.runtime.pubsub`). After a failed publish the
+publisher pauses that ordering key; :meth:`Sink.resume` un-pauses it.
 """
 
 from __future__ import annotations
 
-import contextlib
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
 
-__all__ = ["Sink", "SinkSettings", "preload"]
+from liberator_publisher.runtime.pubsub import KeyPausedError, OrderedPublisher, PublishLimits
+
+__all__ = ["KeyPausedError", "Sink", "SinkSettings", "preload"]
 
 
 def preload() -> None:
@@ -24,7 +25,7 @@ def preload() -> None:
 
 @dataclass(frozen=True)
 class SinkSettings:
-    """How the publisher client batches and limits what is in flight."""
+    """Where the sink publishes, and how it batches and limits what is in flight."""
 
     project: str
     """Google Cloud project of the topic."""
@@ -34,13 +35,12 @@ class SinkSettings:
     """Flow control: publish() blocks beyond this many unacknowledged messages."""
     max_in_flight_bytes: int = 64 * 1024 * 1024
     """Flow control: publish() blocks beyond this many unacknowledged bytes."""
-    batch_max_messages: int = 500
-    """Largest batch the client sends in one request."""
-    batch_max_latency_seconds: float = 0.02
-    """How long the client waits to fill a batch. Ordering keys batch apart (one batch in flight
-    per key), so a live stream over many keys fills a batch only if it waits a little."""
+    batch_max_messages: int = 1000
+    """Largest batch sent in one request (all keys together)."""
+    batch_max_latency_seconds: float = 0.01
+    """How long a short batch waits to fill before it is sent."""
     publish_timeout_seconds: float = 60.0
-    """Total time the client retries one publish before its future fails."""
+    """Total time one request is retried before its messages fail."""
 
 
 class Sink:
@@ -48,62 +48,43 @@ class Sink:
 
     def __init__(self, settings: SinkSettings) -> None:
         self.settings = settings
-        self._client: Any = None
+        self._publisher: OrderedPublisher | None = None
         self._topic_path = f"projects/{settings.project}/topics/{settings.topic}"
-        self._retry: Any = None
 
     @property
     def topic_path(self) -> str:
         return self._topic_path
 
-    def _ensure(self) -> Any:
-        if self._client is None:
+    def _ensure(self) -> OrderedPublisher:
+        if self._publisher is None:
             # Imported here, not at module level: the process starts (and answers its probes)
             # at once, and `preload` does the import in the background.
-            from google.api_core import retry as retries  # noqa: PLC0415
             from google.cloud import pubsub_v1  # noqa: PLC0415
-            from google.cloud.pubsub_v1 import types  # noqa: PLC0415
 
             s = self.settings
-            flow = types.PublishFlowControl(
-                message_limit=s.max_in_flight_messages,
-                byte_limit=s.max_in_flight_bytes,
-                limit_exceeded_behavior=types.LimitExceededBehavior.BLOCK,
-            )
-            self._client = pubsub_v1.PublisherClient(
-                batch_settings=types.BatchSettings(
-                    max_messages=s.batch_max_messages, max_latency=s.batch_max_latency_seconds
-                ),
-                publisher_options=types.PublisherOptions(
-                    enable_message_ordering=True, flow_control=flow
+            self._publisher = OrderedPublisher(
+                pubsub_v1.PublisherClient(),
+                self._topic_path,
+                PublishLimits(
+                    max_messages=s.batch_max_messages,
+                    max_latency_seconds=s.batch_max_latency_seconds,
+                    max_in_flight_messages=s.max_in_flight_messages,
+                    max_in_flight_bytes=s.max_in_flight_bytes,
+                    timeout_seconds=s.publish_timeout_seconds,
                 ),
             )
-            self._retry = retries.Retry(
-                initial=0.1, maximum=5.0, multiplier=2.0, timeout=s.publish_timeout_seconds
-            )
-        return self._client
+        return self._publisher
 
     def publish(self, data: bytes, attributes: dict[str, str], ordering_key: str) -> Future[str]:
         """Send one message; the future gives the message id on the server's ack."""
-        client = self._ensure()
-        future: Future[str] = client.publish(
-            self._topic_path,
-            data,
-            ordering_key=ordering_key,
-            retry=self._retry,
-            timeout=self.settings.publish_timeout_seconds,
-            **attributes,
-        )
-        return future
+        return self._ensure().publish(data, attributes, ordering_key)
 
     def resume(self, ordering_key: str) -> None:
         """Let a key paused by a failed publish send again (in order); a no-op if not paused."""
-        # The client raises when the key is not paused (say, it was never used by this client).
-        with contextlib.suppress(RuntimeError):
-            self._ensure().resume_publish(self._topic_path, ordering_key)
+        self._ensure().resume(ordering_key)
 
     def close(self) -> None:
-        """Flush what is batched and stop the client's threads."""
-        if self._client is not None:
-            self._client.stop()
-            self._client = None
+        """Send what is queued, wait for the answers, and stop the publisher's thread."""
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
