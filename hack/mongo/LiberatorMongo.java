@@ -190,6 +190,9 @@ public final class LiberatorMongo {
     /** H2's page cache, in MB (the JVM's heap is sized for it in liberator_stack/mongo.py). */
     private static final int H2_CACHE_MB = 192;
 
+    /** H2 rewrites chunks whose live share falls below this (its default is 90 %). */
+    private static final int H2_FILL_PERCENT = 40;
+
     private static MongoBackend backend(String spec, Limits limits) {
         if (spec.equals("memory")) {
             return new MemoryBackend() {
@@ -224,7 +227,7 @@ public final class LiberatorMongo {
             // each scan that no index serves then re-reads and re-decodes every page while it
             // holds the collection's lock, and writers wait.
             MVStore store = new MVStore.Builder().fileName(spec.substring(3))
-                .cacheSize(H2_CACHE_MB).open();
+                .cacheSize(H2_CACHE_MB).autoCompactFillRate(H2_FILL_PERCENT).open();
             return new H2Backend(store) {
                 @Override
                 protected MongoDatabase openOrCreateDatabase(String databaseName) {
@@ -512,11 +515,13 @@ public final class LiberatorMongo {
                 } else if (command.equals("insert") && oplog != null) {
                     reply = oplog.insert(query, () -> handle.handle(command, query));
                 } else {
+                    Document counted = null;
                     if (command.equals("aggregate")) {
                         Stages.aliases(query);
+                        counted = SecondaryIndex.countScan(backend, database, query);
                         SecondaryIndex.LEADING_MATCH.set(SecondaryIndex.leadingMatch(query));
                     }
-                    reply = handle.handle(command, query);
+                    reply = counted != null ? counted : handle.handle(command, query);
                     if (command.equalsIgnoreCase("isMaster") && reply != null
                         && Boolean.TRUE.equals(query.get("helloOk"))) {
                         reply.put("helloOk", Boolean.TRUE); // MongoDB 4.4.2+: drivers use hello
@@ -679,6 +684,55 @@ public final class LiberatorMongo {
             return null;
         }
 
+        /**
+         * A count answered from an index alone, as MongoDB's COUNT_SCAN answers it: the
+         * pipeline of pymongo's {@code count_documents},
+         * {@code [{$match: {field: value}}, {$group: {_id: C, n: {$sum: 1}}}]}, where an index
+         * starts with {@code field}. No document is read. Null when the command has another
+         * shape or no index serves it: the library runs it then.
+         */
+        static Document countScan(MongoBackend backend, String database, Document command) {
+            Document match = leadingMatch(command);
+            if (match == null || match.size() != 1
+                || !(command.get("pipeline") instanceof List<?> stages) || stages.size() != 2
+                || !(stages.get(1) instanceof Document group) || group.size() != 1
+                || !(group.get("$group") instanceof Document spec) || spec.size() != 2
+                || !spec.containsKey("_id") || spec.get("_id") instanceof String
+                || spec.get("_id") instanceof Document
+                || !(command.get("aggregate") instanceof String name)) {
+                return null;
+            }
+            String field = spec.keySet().stream().filter(k -> !k.equals("_id")).findFirst()
+                .orElseThrow();
+            if (!(spec.get(field) instanceof Document sum) || sum.size() != 1
+                || !(sum.get("$sum") instanceof Number one) || one.doubleValue() != 1.0) {
+                return null;
+            }
+            MongoCollection<?> collection = backend.resolveDatabase(database)
+                .resolveCollection(name, false);
+            if (collection == null) {
+                return null;
+            }
+            for (Index<?> index : collection.getIndexes()) {
+                if (index instanceof SecondaryIndex<?> secondary && secondary.canHandle(match)) {
+                    int count = secondary.countEqual(match);
+                    List<Document> batch = count == 0 ? List.of()
+                        : List.of(new Document("_id", spec.get("_id")).append(field, count));
+                    return new Document("cursor", new Document("firstBatch", batch)
+                        .append("id", 0L).append("ns", database + "." + name))
+                        .append("ok", 1.0);
+                }
+            }
+            return null;
+        }
+
+        /** How many documents have the equality of {@code query} on the first key. */
+        synchronized int countEqual(Document query) {
+            Set<P> positions = new HashSet<>();
+            scan(query, positions);
+            return positions.size();
+        }
+
         /** The entry keys of a document: its key values, each followed by its {@code _id}. */
         private Set<KeyValue> entryKeys(Document document) {
             if (isSparse() && keys().stream().allMatch(
@@ -687,7 +741,19 @@ public final class LiberatorMongo {
             }
             Object id = new KeyValue(document.get("_id")).normalized().get(0);
             Set<KeyValue> keys = new LinkedHashSet<>();
-            for (KeyValue values : getKeyValues(document)) {
+            Set<KeyValue> valueSets = getKeyValues(document);
+            if (valueSets.isEmpty()) {
+                // An empty array multiplies to no key at all; MongoDB indexes it as undefined
+                // (here null), and the other keys' values must still find the document.
+                List<Object> values = new ArrayList<>();
+                for (String key : keys()) {
+                    Object value = Utils.getSubdocumentValueCollectionAware(document, key);
+                    values.add(value instanceof java.util.Collection<?> c && c.isEmpty()
+                        ? null : value);
+                }
+                valueSets = Set.of(new KeyValue(values).normalized());
+            }
+            for (KeyValue values : valueSets) {
                 List<Object> key = new ArrayList<>(values.size() + 1);
                 values.forEach(key::add);
                 key.add(id);
@@ -764,13 +830,19 @@ public final class LiberatorMongo {
 
         @Override
         public synchronized Iterable<P> getPositions(Document query) {
+            Set<P> positions = new LinkedHashSet<>();
+            scan(query, positions);
+            return positions;
+        }
+
+        /** Adds the position of each entry with the query's value of the first key. */
+        private void scan(Document query, Set<P> positions) {
             Object value = new KeyValue(query.get(keys().get(0))).normalized().get(0);
             List<Object> probe = new ArrayList<>();
             probe.add(value);
             while (probe.size() < getKeys().size() + 1) {
                 probe.add(MinKey.getInstance());
             }
-            Set<P> positions = new LinkedHashSet<>();
             for (Iterator<Map.Entry<KeyValue, P>> it = entries.from(new KeyValue(probe));
                  it.hasNext(); ) {
                 Map.Entry<KeyValue, P> entry = it.next();
@@ -779,7 +851,6 @@ public final class LiberatorMongo {
                 }
                 positions.add(entry.getValue());
             }
-            return positions;
         }
 
         @Override
