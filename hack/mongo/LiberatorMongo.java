@@ -190,9 +190,6 @@ public final class LiberatorMongo {
     /** H2's page cache, in MB (the JVM's heap is sized for it in liberator_stack/mongo.py). */
     private static final int H2_CACHE_MB = 192;
 
-    /** H2 rewrites chunks whose live share falls below this (its default is 90 %). */
-    private static final int H2_FILL_PERCENT = 40;
-
     private static MongoBackend backend(String spec, Limits limits) {
         if (spec.equals("memory")) {
             return new MemoryBackend() {
@@ -227,7 +224,7 @@ public final class LiberatorMongo {
             // each scan that no index serves then re-reads and re-decodes every page while it
             // holds the collection's lock, and writers wait.
             MVStore store = new MVStore.Builder().fileName(spec.substring(3))
-                .cacheSize(H2_CACHE_MB).autoCompactFillRate(H2_FILL_PERCENT).open();
+                .cacheSize(H2_CACHE_MB).open();
             return new H2Backend(store) {
                 @Override
                 protected MongoDatabase openOrCreateDatabase(String databaseName) {
