@@ -46,7 +46,7 @@ from liberator_publisher.sidecar.leader import Lease
 from liberator_publisher.sidecar.metrics import Metrics
 from liberator_publisher.sidecar.relay import ensure_indexes
 from liberator_publisher.sidecar.sink import preload
-from liberator_publisher.sidecar.term import Term, TermContext
+from liberator_publisher.sidecar.term import Park, Term, TermContext
 from liberator_publisher.state.checkpoint import (
     LOOPS,
     CheckpointError,
@@ -125,7 +125,7 @@ class Sidecar:
         self.progress = Progress()
         self.term: Term | None = None
         self.capture_since: str | None = None
-        self.parked = ""
+        self.parked: Park | None = None
         self.wake = threading.Event()
         self.shutdown = threading.Event()
         self.http: HealthServer | None = None
@@ -161,7 +161,7 @@ class Sidecar:
         if stuck:
             return Health(alive=False, ready=True, detail="; ".join(stuck))
         if self.parked:
-            return Health(alive=True, ready=True, detail=f"parked: {self.parked}")
+            return Health(alive=True, ready=True, detail=f"parked: {self.parked.message}")
         role = f"leader epoch {self.lease.epoch}" if self.term else "standby"
         return Health(alive=True, ready=True, detail=f"ok ({role})")
 
@@ -306,7 +306,7 @@ class Sidecar:
             self.lease.release()
             return
         log.info("leading", extra=_fields(epoch=epoch, pod=self.settings.pod_name))
-        self.parked = ""  # a new term (after a reset and restart of the loops) starts unparked
+        self.parked = None  # a new term (after a reset and restart of the loops) starts unparked
         self.progress.unsaved_since = None  # an old term's unsaved change is not this one's
         self.metrics.set_parked("")
         self.metrics.leader.set(1)
@@ -337,23 +337,23 @@ class Sidecar:
             if (
                 self._restart_term
                 and self.restart_done is not None
-                and term.parked_code == "history_lost"
-                and term.parked.startswith("capture")
+                and term.parked.code == "history_lost"
+                and term.parked.loop == "capture"
             ):
                 # The position the request chose is gone too (older than the oplog window).
                 self.restart_done = {
                     **self.restart_done,
                     "error": (
                         f"capture could not start at {self.restart_done.get('position')}: "
-                        f"{term.parked}; the time is older than the oplog window: choose a later "
-                        f"time, or position: now after an EventSeed"
+                        f"{term.parked.message}; the time is older than the oplog window: "
+                        "choose a later time, or position: now after an EventSeed"
                     ),
                 }
         request = self._restart_due()
         if request is not None and not self._refuse(request):
             log.warning(
                 "restart requested; moving the checkpoints",
-                extra=_fields(request=request.to_dict(), was=self.parked),
+                extra=_fields(request=request.to_dict(), was=self.parked and self.parked.message),
             )
             self._end_term(drain_seconds=0.5)
             self._lead(self.lease.epoch, again=True)
@@ -363,7 +363,7 @@ class Sidecar:
             # an explicit operator action, never an automatic restart of a lost stream.
             log.warning(
                 "checkpoints were reset; resuming from the current position",
-                extra=_fields(was=self.parked),
+                extra=_fields(was=self.parked and self.parked.message),
             )
             self._reset_seen.clear()
             self._end_term(drain_seconds=0.5)
@@ -474,7 +474,7 @@ class Sidecar:
             published_at=p.published_at,
             unsaved_since=p.unsaved_since,
             paused=self.paused,
-            parked=bool(self.parked),
+            parked=self.parked is not None,
         )
         self.metrics.set_stalled(stall.reason if stall else "")
         stalled = (
@@ -504,7 +504,7 @@ class Sidecar:
             captureLagSeconds=round(p.capture_lag_seconds, 3),
             relayLagSeconds=round(p.relay_lag_seconds, 3),
             backlog=p.backlog,
-            parked=self.parked,
+            parked=self.parked.message if self.parked else "",
             captureSince=self.capture_since,
             paused=paused,
             restart=self.restart_done,

@@ -62,6 +62,23 @@ class _Loop:
     thread: threading.Thread
 
 
+@dataclass(frozen=True)
+class Park:
+    """Why a term stopped for good, until an operator acts (docs/operations.md)."""
+
+    loop: str
+    """The loop that could not go on: ``capture`` or ``relay``."""
+    code: str
+    """A stable reason, the ``liberator_parked{reason}`` label (say ``history_lost``)."""
+    reason: str
+    """What happened, for people."""
+
+    @property
+    def message(self) -> str:
+        """``<loop>: <reason>``, as the status record and ``/healthz`` show it."""
+        return f"{self.loop}: {self.reason}"
+
+
 class Term:
     """One leadership term: the capture and relay loops, stopped together."""
 
@@ -72,8 +89,7 @@ class Term:
         self.sink = Sink(SinkSettings(project=s.pubsub_project, topic=s.topic))
         self.stopping = threading.Event()
         self.drain_seconds = 1.0
-        self.parked = ""
-        self.parked_code = ""
+        self.parked: Park | None = None
         self.fenced = False
         self._loops: list[_Loop] = []
         self._relay_loop: Relay | None = None
@@ -204,9 +220,9 @@ class Term:
                 backoff = min(backoff * 2, 30.0)
 
     def _park(self, loop: str, code: str, reason: str) -> None:
-        if not self.parked:
-            self.parked, self.parked_code = f"{loop}: {reason}", code
-            log.error("PARKED: %s", self.parked, extra=_fields(loop=loop, reason=code))
+        if self.parked is None:
+            self.parked = Park(loop, code, reason)
+            log.error("PARKED: %s", self.parked.message, extra=_fields(loop=loop, reason=code))
             self.context.metrics.set_parked(code)
         self.stopping.set()
         self.context.wake.set()
