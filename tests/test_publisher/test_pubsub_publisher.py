@@ -62,21 +62,27 @@ def by_key(collector: Collector) -> dict[str, list[int]]:
     return keys
 
 
+@pytest.mark.parametrize("requests", [1, 4])
 def test_many_keys_share_requests_and_each_key_keeps_its_order(
-    topic: Topic, collector: Collector
+    topic: Topic, collector: Collector, requests: int
 ) -> None:
-    publisher, api = opened(topic.topic_path, max_latency_seconds=0.05)
-    futures = [publisher.publish(b"{}", {"n": str(n)}, f"key-{n % 50}") for n in range(2000)]
+    publisher, api = opened(topic.topic_path, max_latency_seconds=0.05, max_requests=requests)
+    # Keys 0-49, and messages without a key (unordered) among them.
+    futures = [
+        publisher.publish(b"{}", {"n": str(n)}, f"key-{n % 50}" if n % 7 else "")
+        for n in range(2000)
+    ]
     ids = [f.result(timeout=60) for f in futures]
     publisher.close()
     assert len(set(ids)) == 2000
     assert sum(api.requests) == 2000
-    assert len(api.requests) <= 20, api.requests  # 50 keys, yet requests of up to 1,000
+    if requests == 1:
+        assert len(api.requests) <= 20, api.requests  # 50 keys, yet requests of up to 1,000
     eventually(lambda: len(collector.snapshot()) >= 2000 or None, what="2000 messages pulled")
     keys = by_key(collector)
-    assert len(keys) == 50
+    assert len(keys) == 51 and len(keys[""]) == len(range(0, 2000, 7))
     for key, ns in keys.items():
-        assert ns == sorted(ns), key
+        assert key == "" or ns == sorted(ns), key
 
 
 def test_a_failed_request_pauses_its_keys_until_resumed(

@@ -151,9 +151,7 @@ def test_an_index_survives_a_restart(mongo_server: Server, tmp_path: Path) -> No
             coll = client["restart"]["outbox"]
             assert coll.count_documents({"status": "pending"}) == 20
             coll.update_many({"_id": {"$lt": 20}}, {"$set": {"status": "published"}})
-            assert sorted(d["_id"] for d in coll.find({"status": "pending"})) == list(
-                range(20, 30)
-            )
+            assert sorted(d["_id"] for d in coll.find({"status": "pending"})) == list(range(20, 30))
             assert coll.count_documents({"status": "published"}) == 20
     finally:
         server.stop()

@@ -3,9 +3,9 @@
 Google's client batches each ordering key apart and keeps one batch per key in flight. A live
 stream over many entities then sends about one message per request, and most of the client's
 and the server's CPU goes to requests (docs/benchmarks.md, "One request, many keys"). This
-publisher queues the messages of every key and sends them in one request at a time, gathered for
-a short while. Order per key holds because a key's messages are queued in ``publish()`` order and
-a request goes out only after the one before it was answered.
+publisher queues the messages of every key and sends them in few requests, gathered for a short
+while. Order per key holds because a key's messages are queued in ``publish()`` order and a key
+is in at most one request at a time: its next messages wait until that request is answered.
 
 Failures follow Google's client, so callers handle both alike:
 
@@ -58,6 +58,10 @@ class PublishLimits:
     """Flow control: ``publish()`` blocks beyond this many bytes not yet answered."""
     timeout_seconds: float = 60.0
     """Total time one request is retried before its messages fail."""
+    max_requests: int = 1
+    """Requests in flight at once. Two never carry the same ordering key, so each key stays in
+    order; messages without a key go in any of them. One is the least work for the server; a
+    bulk load over few keys (the seed) gains from more."""
 
 
 @dataclass
@@ -91,8 +95,13 @@ class OrderedPublisher:
         self._waiting = 0  # messages queued or in flight
         self._waiting_bytes = 0
         self._closing = False
-        self._thread = threading.Thread(target=self._run, name="pubsub-publisher", daemon=True)
-        self._thread.start()
+        self._busy: set[str] = set()  # keys with a request in flight
+        self._threads = [
+            threading.Thread(target=self._run, name=f"pubsub-publisher-{n}", daemon=True)
+            for n in range(limits.max_requests)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def publish(self, data: bytes, attributes: dict[str, str], ordering_key: str) -> Future[str]:
         """Queue one message; the future gives its message id once the server has it."""
@@ -125,13 +134,14 @@ class OrderedPublisher:
             self._paused.discard(ordering_key)
 
     def close(self) -> None:
-        """Send what is queued, wait for the answers, and stop the thread."""
+        """Send what is queued, wait for the answers, and stop the threads."""
         with self._lock:
             self._closing = True
             self._lock.notify_all()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
-    # -- the sending thread --
+    # -- the sending threads --
 
     def _run(self) -> None:
         while True:
@@ -143,13 +153,14 @@ class OrderedPublisher:
 
     def _next_batch(self) -> list[_Queued] | None:
         """The next request's messages (empty if all were failed for a paused key), or None
-        once closed and drained."""
+        once closed and drained. Taken in queue order, leaving the messages of keys that
+        another request carries: they follow once it is answered."""
         limits = self.limits
         with self._lock:
-            while not self._queue and not self._closing:
+            while not self._sendable():
+                if self._closing and not self._queue:
+                    return None
                 self._lock.wait()
-            if not self._queue:
-                return None
             # Let a short batch fill for a moment (each publish() wakes this wait).
             deadline = time.monotonic() + limits.max_latency_seconds
             while len(self._queue) < limits.max_messages and not self._closing:
@@ -159,21 +170,44 @@ class OrderedPublisher:
                 self._lock.wait(left)
             batch: list[_Queued] = []
             failed: list[_Queued] = []
+            left_behind: deque[_Queued] = deque()
             size = 0
-            while self._queue and len(batch) < limits.max_messages:
-                head = self._queue[0]
-                if batch and size + head.size > limits.max_bytes:
+            while self._queue:
+                head = self._queue.popleft()
+                if len(batch) >= limits.max_messages or (
+                    batch and size + head.size > limits.max_bytes
+                ):
+                    left_behind.append(head)
                     break
-                self._queue.popleft()
                 if head.key in self._paused:
                     failed.append(head)
-                    continue
-                batch.append(head)
-                size += head.size
+                elif head.key in self._busy:
+                    left_behind.append(head)
+                else:
+                    batch.append(head)
+                    size += head.size
+            left_behind.extend(self._queue)
+            self._queue = left_behind
+            self._busy.update(queued.key for queued in batch if queued.key)
         self._settle(failed, None)
         return batch
 
+    def _sendable(self) -> bool:
+        """Whether a message waits that a request may take now (or fail, for a paused key)."""
+        return any(
+            not queued.key or queued.key not in self._busy or queued.key in self._paused
+            for queued in self._queue
+        )
+
     def _send(self, batch: list[_Queued]) -> None:
+        try:
+            self._request(batch)
+        finally:
+            with self._lock:
+                self._busy.difference_update(queued.key for queued in batch)
+                self._lock.notify_all()
+
+    def _request(self, batch: list[_Queued]) -> None:
         try:
             response = self._api.publish(
                 topic=self.topic_path,
@@ -189,7 +223,7 @@ class OrderedPublisher:
                     if paused:
                         self._settle([queued], None)
                     else:
-                        self._send([queued])
+                        self._request([queued])
                 return
             with self._lock:
                 self._paused.update(queued.key for queued in batch if queued.key)

@@ -36,6 +36,7 @@ from liberator_publisher.core import validation as rules
 from liberator_publisher.core.cloudevent import check_pattern
 from liberator_publisher.core.times import parse_rfc3339
 from liberator_publisher.runtime.command import Command, UsageError, checked, flag_or_env
+from liberator_publisher.runtime.pubsub import OrderedPublisher, PublishLimits
 from liberator_publisher.store.eventstore import add_events_flags, configure_logs, events_location
 
 __all__ = ["COMMAND", "REPLAY_ATTRIBUTE", "Selection", "replay", "select", "selection_query"]
@@ -136,12 +137,9 @@ class Result:
 
 
 def replay(
-    events: Iterator[Mapping[str, Any]],
-    publisher: pubsub_v1.PublisherClient,
-    topic: str,
-    window: int = 1000,
+    events: Iterator[Mapping[str, Any]], publisher: OrderedPublisher, window: int = 1000
 ) -> Result:
-    """Publish ``events`` to ``topic`` (a full path), waiting on every ``window`` messages."""
+    """Publish ``events`` through ``publisher``, waiting on every ``window`` messages."""
     result = Result()
     pending: list[tuple[str, Any]] = []
 
@@ -155,12 +153,12 @@ def replay(
                 if len(result.failures) < 5:
                     result.failures.append(str(error))
                 if key:
-                    publisher.resume_publish(topic, key)
+                    publisher.resume(key)
         pending.clear()
 
     for event in events:
         data, attributes, key = message_of(event)
-        pending.append((key, publisher.publish(topic, data, ordering_key=key, **attributes)))
+        pending.append((key, publisher.publish(data, attributes, key)))
         if len(pending) >= window:
             settle()
     settle()
@@ -238,27 +236,21 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
         if args.dry_run:
             print(f"events={events.count_documents(selection_query(selection))}", flush=True)
             return 0
-        publisher = pubsub_v1.PublisherClient(
-            publisher_options=pubsub_v1.types.PublisherOptions(
-                enable_message_ordering=True,
-                flow_control=pubsub_v1.types.PublishFlowControl(
-                    message_limit=1000,
-                    limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK,
-                ),
-            )
-        )
+        client = pubsub_v1.PublisherClient()
         try:
-            try:
-                publisher.get_topic(topic=topic)
-            except gexc.NotFound:
-                print(
-                    f"liberator replay: --topic: {topic} does not exist; create it first",
-                    file=sys.stderr,
-                )
-                return 2
-            result = replay(select(events, selection), publisher, topic)
+            client.get_topic(topic=topic)
+        except gexc.NotFound:
+            print(
+                f"liberator replay: --topic: {topic} does not exist; create it first",
+                file=sys.stderr,
+            )
+            return 2
+        # Room for the window in flight and the next one; beyond that, publish() waits.
+        publisher = OrderedPublisher(client, topic, PublishLimits(max_in_flight_messages=2000))
+        try:
+            result = replay(select(events, selection), publisher)
         finally:
-            publisher.stop()
+            publisher.close()
     except PyMongoError as error:
         print(f"liberator replay: MongoDB: {error}", file=sys.stderr)
         return 1
