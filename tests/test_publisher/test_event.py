@@ -18,10 +18,12 @@ from hypothesis import strategies as st
 from liberator_publisher.core.encoding import JSON_OPTIONS
 from liberator_publisher.core.event import (
     EventMapping,
+    entity_id_of,
     event_id_for_token,
     needs_identity,
     outbox_document_for_change,
     outbox_document_for_entity,
+    version_of,
 )
 from liberator_publisher.core.message import (
     MAX_ATTRIBUTE_KEY_BYTES,
@@ -656,3 +658,36 @@ def test_the_example_in_the_docs_is_what_the_code_produces() -> None:
     assert message.attributes == example["attributes"]
     assert message.ordering_key == example["orderingKey"]
     assert json.loads(message.data) == example["data"]
+
+
+def test_entity_id_of_renders_the_id_as_events_carry_it() -> None:
+    mapping = EventMapping(
+        entity_type="quote", source="//liberator/db/quotes", id_field="quoteId", version_field="v"
+    )
+    oid = ObjectId("64b000000000000000000000")
+    assert entity_id_of({"quoteId": "Q-1"}, mapping) == "Q-1"
+    assert entity_id_of({"quoteId": oid}, mapping) == str(oid)
+    assert entity_id_of({"quoteId": 42}, mapping) == "42"
+    assert version_of({"quoteId": "Q-1", "v": 3}, mapping) == "3"
+    assert version_of({"quoteId": "Q-1"}, mapping) is None
+    assert (
+        version_of({"v": 3}, EventMapping(entity_type="quote", source="//s", id_field="_id"))
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({}, "no id field 'quoteId'"),
+        ({"quoteId": None}, "no id field 'quoteId'"),
+        ({"quoteId": ""}, "id field 'quoteId' is an empty string"),
+        ({"quoteId": "x" * 2000}, "ordering key"),
+    ],
+)
+def test_entity_id_of_refuses_an_id_no_event_can_carry(
+    document: dict[str, Any], message: str
+) -> None:
+    mapping = EventMapping(entity_type="quote", source="//liberator/db/quotes", id_field="quoteId")
+    with pytest.raises(Unpublishable, match=message):
+        entity_id_of(document, mapping)

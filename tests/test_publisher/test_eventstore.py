@@ -552,3 +552,25 @@ def test_waits_for_a_subscription_created_later(
     stored = world.events.find_one({"_id": "live-42-1"})
     assert stored is not None and stored["subscription"] == f"store-late-{world.unique}"
     assert any("consuming" in r.getMessage() for r in caplog.records)
+
+
+def test_clients_passed_in_are_used_and_left_open(world: World) -> None:
+    mongo: MongoClient[dict[str, Any]] = MongoClient(world.mongo_uri, tz_aware=True)
+    subscriber = pubsub_v1.SubscriberClient()
+    world.publish("live", [live_message(1, 1), live_message(2, 1)])
+    settings = world.settings()
+    store = EventStore(
+        EventStoreSettings(**{**vars(settings), "subscriptions": (world.subscriptions["live"],)}),
+        mongo=mongo,
+        subscriber=subscriber,
+    )
+    deadline = time.monotonic() + 60
+    while world.events.count_documents({}) < 2:
+        assert time.monotonic() < deadline, "the store did not store both events"
+        store.pull_once(world.subscriptions["live"])
+    store.close()
+    # The caller owns them: both still answer after the store closed.
+    assert mongo[world.database]["liberator_events"].count_documents({}) == 2
+    subscriber.get_subscription(request={"subscription": world.subscriptions["live"]})
+    subscriber.close()
+    mongo.close()

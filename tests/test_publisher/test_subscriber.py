@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from google.cloud import pubsub_v1
 
 from liberator_publisher.consumer.subscriber import (
@@ -359,3 +360,30 @@ def test_the_example_runs(pubsub: Server, redis_url: str) -> None:
     assert done.returncode == 0, done.stderr
     assert "bill q-1: 10.5 (correlation order-7)" in done.stdout
     assert "outcomes: {'duplicate': 1, 'handled': 2, 'unknown': 1}" in done.stdout
+
+
+def test_clients_passed_in_are_used_and_left_open(
+    pubsub: Server, redis_url: str, unique: str
+) -> None:
+    topics = Topics(pubsub, unique)
+    client = pubsub_v1.SubscriberClient()
+    store = redis.Redis.from_url(redis_url, decode_responses=True)
+    sub = Subscriber(
+        SubscriberSettings(
+            subscription=topics.subscription, redis_url=redis_url, pull_timeout_seconds=2
+        ),
+        subscriber=client,
+        redis_client=store,
+    )
+    seen: list[str] = []
+    sub.add("quote.created", lambda e: seen.append(e.id))
+    topics.publish(b'{"quoteId": "q-1"}', attrs("injected-1", "quote.created", "q-1"))
+    drive(sub, lambda: sub.counts["handled"] >= 1)
+    assert seen == ["injected-1"]
+    sub.close()
+    # The caller owns them: both still answer after the subscriber closed.
+    assert store.ping()
+    assert any(key.endswith("injected-1") for key in store.scan_iter(match="*injected-1"))
+    client.get_subscription(request={"subscription": topics.subscription})
+    client.close()
+    store.close()

@@ -33,7 +33,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from google.api_core import exceptions as gexc
@@ -164,17 +164,37 @@ class DeadLetters:
 OUTCOMES = ("handled", "duplicate", "unknown", "failed", "dead_lettered", "malformed", "busy")
 
 
+_C = TypeVar("_C")
+
+
 class Subscriber:
     """Pulls one subscription and dispatches each CloudEvent to the handler of its type."""
 
     def __init__(
-        self, settings: SubscriberSettings, *, registry: CollectorRegistry | None = None
+        self,
+        settings: SubscriberSettings,
+        *,
+        registry: CollectorRegistry | None = None,
+        subscriber: pubsub_v1.SubscriberClient | None = None,
+        publisher: pubsub_v1.PublisherClient | None = None,
+        redis_client: redis.Redis | None = None,
     ) -> None:
+        """``subscriber``, ``publisher`` (for dead letters) and ``redis_client`` (made with
+        ``decode_responses=True``) are the clients to use; each one not given is made from
+        ``settings`` (Pub/Sub from the environment) and closed by :meth:`close`. Clients
+        passed in stay open: their owner closes them."""
         self.settings = settings
         self._handlers: list[tuple[str, Handler]] = []
-        self._client = pubsub_v1.SubscriberClient()
-        self._publisher: pubsub_v1.PublisherClient | None = None
-        self._redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self._owned: list[Any] = []
+        self._client = (
+            subscriber if subscriber is not None else self._own(pubsub_v1.SubscriberClient())
+        )
+        self._publisher: pubsub_v1.PublisherClient | None = publisher
+        self._redis = (
+            redis_client
+            if redis_client is not None
+            else self._own(redis.Redis.from_url(settings.redis_url, decode_responses=True))
+        )
         self._policy: DeadLetters | None = None
         self.counts: Tally[str] = Tally()
         """How many messages ended in each outcome (see ``OUTCOMES``)."""
@@ -235,9 +255,17 @@ class Subscriber:
         return len(response.received_messages)
 
     def close(self) -> None:
-        """Close the Pub/Sub and Redis clients."""
-        self._client.close()
-        self._redis.close()
+        """Close the clients this subscriber made (not those passed in)."""
+        for client in self._owned:
+            if isinstance(client, pubsub_v1.PublisherClient):
+                client.stop()
+            else:
+                client.close()
+        self._owned.clear()
+
+    def _own(self, client: _C) -> _C:
+        self._owned.append(client)
+        return client
 
     # -- one message --
 
@@ -283,7 +311,7 @@ class Subscriber:
 
     def _forward(self, topic: str, data: bytes, attributes: Mapping[str, str], reason: str) -> None:
         if self._publisher is None:
-            self._publisher = pubsub_v1.PublisherClient()
+            self._publisher = self._own(pubsub_v1.PublisherClient())
         self._publisher.publish(
             topic, data, **{**attributes, REASON_ATTRIBUTE: reason[:1000]}
         ).result(timeout=60)

@@ -36,10 +36,12 @@ from liberator_publisher.core.times import rfc3339
 __all__ = [
     "DOCUMENT_OPERATIONS",
     "EventMapping",
+    "entity_id_of",
     "event_id_for_token",
     "needs_identity",
     "outbox_document_for_change",
     "outbox_document_for_entity",
+    "version_of",
 ]
 
 DOCUMENT_OPERATIONS = ("insert", "update", "replace", "delete")
@@ -351,6 +353,27 @@ def _pending(
     if "key" in base:
         pending["key"] = base["key"]
     return pending
+
+
+def entity_id_of(document: Mapping[str, Any], mapping: EventMapping) -> str:
+    """The entity id of ``document`` as its events carry it (``ce-subject`` and the ordering
+    key). Raises ``Unpublishable`` naming the id field when it is missing, empty, not
+    encodable or too long for an ordering key."""
+    try:
+        return _ordering_id(document, mapping, "")
+    except _CaptureError as error:
+        raise Unpublishable(error.reason) from None
+
+
+def version_of(document: Mapping[str, Any], mapping: EventMapping) -> str | None:
+    """The entity version of ``document`` as ``ce-entityversion`` carries it; None without a
+    version field or value. Raises ``Unpublishable`` naming the field if it cannot be encoded."""
+    if mapping.version_field is None or document.get(mapping.version_field) is None:
+        return None
+    try:
+        return _render(document[mapping.version_field])
+    except EncodingError as error:
+        raise Unpublishable(f"version field {mapping.version_field!r}: {error.reason}") from None
 
 
 def _ordering_id(document: Mapping[str, Any], mapping: EventMapping, id_hint: str) -> str:

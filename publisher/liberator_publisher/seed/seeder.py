@@ -37,7 +37,12 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
 from liberator_publisher.core.contract import seed_key
-from liberator_publisher.core.event import EventMapping, outbox_document_for_entity
+from liberator_publisher.core.event import (
+    EventMapping,
+    entity_id_of,
+    outbox_document_for_entity,
+    version_of,
+)
 from liberator_publisher.core.iam import denied_message
 from liberator_publisher.core.message import Unpublishable, message_for
 from liberator_publisher.core.outbox import FAILED
@@ -238,28 +243,29 @@ class _Seeder:
         return chosen
 
     def _event(self, entity: Any, document: dict[str, Any]) -> _Event | None:
-        version_field = self.mapping.version_field
-        probe = outbox_document_for_entity(
+        try:
+            entity_id = entity_id_of(document, self.mapping)
+            if self.mapping.version_field:
+                version = version_of(document, self.mapping)
+            elif self.options.mode == "history":
+                version = json_util.dumps(document.get("_id"))  # one event per document
+            else:
+                version = None
+        except Unpublishable as error:
+            self._skip(document, error.reason)
+            return None
+        event_id = seed_event_id(self.mapping.source, entity_id, version)
+        outbox = outbox_document_for_entity(
             document,
             self.mapping,
-            event_id="probe",
+            event_id=event_id,
             operation="insert",
             time=self._time,
             extra_attributes={SEED_ATTRIBUTE: "true"},
         )
-        if probe["status"] == FAILED:
-            self._skip(document, str(probe.get("reason")))
+        if outbox["status"] == FAILED:
+            self._skip(document, str(outbox.get("reason")))
             return None
-        entity_id = str(probe["entityId"])
-        if version_field:
-            version: str | None = probe["attributes"].get("ce-entityversion")
-        elif self.options.mode == "history":
-            version = json_util.dumps(document.get("_id"))  # one event per document
-        else:
-            version = None
-        event_id = seed_event_id(self.mapping.source, entity_id, version)
-        outbox = dict(probe, _id=event_id)
-        outbox["attributes"] = dict(probe["attributes"], **{"ce-id": event_id})
         try:
             message = message_for(outbox)
         except Unpublishable as error:
@@ -276,8 +282,7 @@ class _Seeder:
 
     def _ordering_key(self, entity_id: str) -> str:
         # History needs each entity's versions in order. Any key that is a function of the
-        # entity id keeps that order; a few buckets instead of one key per entity spare the
-        # client one sequencer and one publish RPC per entity (10x faster on the emulator).
+        # entity id keeps that order; a few buckets keep the keys a subscriber orders by few.
         # Latest has one event per entity: nothing to order.
         if self.options.mode != "history":
             return ""

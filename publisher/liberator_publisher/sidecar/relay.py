@@ -16,16 +16,17 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
 
+from liberator_publisher.core.backoff import KeyBackoff
 from liberator_publisher.core.contract import (
     BATCH_SIZE,
     MAX_AWAIT_MS,
@@ -35,6 +36,7 @@ from liberator_publisher.core.contract import (
 from liberator_publisher.core.message import Message, Unpublishable, message_for
 from liberator_publisher.core.outbox import FAILED, PENDING, PUBLISHED
 from liberator_publisher.core.status import Progress
+from liberator_publisher.core.watermark import Stretch, Watermark
 from liberator_publisher.runtime.logs import fields
 from liberator_publisher.sidecar.metrics import Metrics
 from liberator_publisher.sidecar.sink import KeyPausedError, Sink
@@ -97,28 +99,13 @@ class RelaySettings:
 
 
 @dataclass
-class _Stretch:
-    """One stream batch: where it ends, and how many of its events are still unsettled."""
-
-    position: Position
-    open: int = 0
-
-
-@dataclass
 class _Flight:
     event_id: str
     message: Message
     seq: int
     captured_at: datetime | None
-    stretch: _Stretch | None
+    stretch: Stretch[Position] | None
     sent: float = 0.0
-
-
-@dataclass
-class _Paused:
-    until: float
-    attempt: int
-    flights: list[_Flight] = field(default_factory=list)
 
 
 class Relay:
@@ -146,13 +133,11 @@ class Relay:
         self.settings = settings
         self._acks: queue.SimpleQueue[tuple[_Flight, Future[str]]] = queue.SimpleQueue()
         self._inflight: dict[str, _Flight] = {}
-        self._paused: dict[str, _Paused] = {}
-        self._stretches: deque[_Stretch] = deque()
+        self._paused: KeyBackoff[_Flight] = KeyBackoff(max_seconds=settings.max_backoff_seconds)
+        self._watermark: Watermark[Position] = Watermark()
         self._recent: OrderedDict[str, None] = OrderedDict()
-        self._failures: dict[str, int] = {}
         self._outstanding: dict[str, int] = {}  # per key: sent, neither acked nor failed yet
         self._seq = 0
-        self._watermark: Position | None = None
         self._saved: Position | None = None
         self._saved_at = 0.0
         self._reader: ChangeReader | None = None
@@ -233,8 +218,7 @@ class Relay:
     # -- sending --
 
     def _handle(self, changes: list[dict[str, Any]], position: Position) -> None:
-        stretch = _Stretch(position)
-        self._stretches.append(stretch)
+        stretch = self._watermark.begin(position)
         for change in changes:
             document = change.get("fullDocument")
             if change.get("operationType") == "update":
@@ -279,7 +263,7 @@ class Relay:
             )
         return sent
 
-    def _send(self, document: Mapping[str, Any], stretch: _Stretch | None) -> None:
+    def _send(self, document: Mapping[str, Any], stretch: Stretch[Position] | None) -> None:
         event_id = str(document.get("_id"))
         try:
             message = message_for(document)
@@ -296,12 +280,10 @@ class Relay:
             stretch,
         )
         if stretch is not None:
-            stretch.open += 1
+            Watermark.opened(stretch)
         self._inflight[event_id] = flight
-        paused = self._paused.get(message.ordering_key)
-        if paused is not None:
-            paused.flights.append(flight)  # waits behind the failed one, in order
-            return
+        if self._paused.hold(message.ordering_key, flight):
+            return  # waits behind the failed one, in order
         self._publish(flight)
 
     def _publish(self, flight: _Flight) -> None:
@@ -336,8 +318,7 @@ class Relay:
                 self._failed_publish(flight, error)
         if published:
             self._mark_published(published)
-        while self._stretches and self._stretches[0].open == 0:
-            self._watermark = self._stretches.popleft().position
+        self._watermark.advance()
 
     def _mark_published(self, published: list[tuple[_Flight, str]]) -> None:
         now = datetime.now(UTC)
@@ -358,7 +339,7 @@ class Relay:
         for flight, _ in published:
             self._settled(flight)
             self._recent[flight.event_id] = None
-            self._failures.pop(flight.message.ordering_key, None)
+            self._paused.succeeded(flight.message.ordering_key)
             self.metrics.publish_latency.observe(max(0.0, done - flight.sent))
             if flight.captured_at is not None:
                 captured = flight.captured_at
@@ -377,7 +358,7 @@ class Relay:
         if self._inflight.get(flight.event_id) is flight:
             del self._inflight[flight.event_id]
         if flight.stretch is not None:
-            flight.stretch.open -= 1
+            Watermark.settled(flight.stretch)
             flight.stretch = None
 
     def _failed_publish(self, flight: _Flight, error: BaseException) -> None:
@@ -390,36 +371,26 @@ class Relay:
         self._pause(flight.message.ordering_key, flight, error)
 
     def _pause(self, key: str, flight: _Flight | None, error: BaseException) -> None:
-        paused = self._paused.get(key)
-        if paused is None:
-            # A key the client paused before we saw why (say, in an earlier run) resumes at once.
-            own = not isinstance(error, KeyPausedError)
-            # Each failure in a row for the key doubles the wait, up to the cap.
-            attempt = self._failures.get(key, 0) + 1 if own else 0
-            wait = min(self.settings.max_backoff_seconds, 0.25 * 2**attempt) if own else 0.0
-            self._failures[key] = attempt
-            paused = self._paused[key] = _Paused(time.monotonic() + wait, attempt)
-            if own:
-                self.metrics.publish_errors.inc()
-                log.warning(
-                    "publish failed; the entity's events wait and retry in order",
-                    extra=fields(
-                        ordering_key=key, error=f"{type(error).__name__}: {error}", retry_in=wait
-                    ),
-                )
+        # A key the sink paused before we saw why (say, in an earlier run) resumes at once.
+        own = not isinstance(error, KeyPausedError)
+        wait = self._paused.pause(key, time.monotonic(), own=own)
+        if wait is not None and own:
+            self.metrics.publish_errors.inc()
+            log.warning(
+                "publish failed; the entity's events wait and retry in order",
+                extra=fields(
+                    ordering_key=key, error=f"{type(error).__name__}: {error}", retry_in=wait
+                ),
+            )
         if flight is not None:
-            paused.flights.append(flight)
+            self._paused.hold(key, flight)
 
     def _retry_paused(self) -> None:
-        now = time.monotonic()
         # A key is retried only once every message it had in flight came back: those fail too
-        # (the client paused the key), and all of them must go out again in their first order.
-        for key in [
-            k for k, p in self._paused.items() if p.until <= now and not self._outstanding.get(k)
-        ]:
-            paused = self._paused.pop(key)
+        # (the sink paused the key), and all of them must go out again in their first order.
+        for key, flights in self._paused.due(time.monotonic(), self._outstanding.__contains__):
             self.sink.resume(key)
-            for flight in sorted(paused.flights, key=lambda f: f.seq):
+            for flight in sorted(flights, key=lambda f: f.seq):
                 self._publish(flight)
 
     def _fail(self, event_id: str, reason: str) -> None:
@@ -437,7 +408,7 @@ class Relay:
     # -- checkpoint --
 
     def _checkpoint(self, *, force: bool) -> None:
-        mark = self._watermark
+        mark = self._watermark.position
         if mark is None or mark == self._saved:
             return
         if (

@@ -100,10 +100,20 @@ class EventStore:
     """The pull loops, one thread per subscription, writing into one collection."""
 
     def __init__(
-        self, settings: EventStoreSettings, registry: CollectorRegistry | None = None
+        self,
+        settings: EventStoreSettings,
+        registry: CollectorRegistry | None = None,
+        *,
+        mongo: MongoClient[dict[str, Any]] | None = None,
+        subscriber: pubsub_v1.SubscriberClient | None = None,
     ) -> None:
+        """``mongo`` (made with ``tz_aware=True``) and ``subscriber`` are the clients to use;
+        each one not given is made from ``settings`` (Pub/Sub from the environment) and closed
+        by :meth:`close`. Clients passed in stay open: their owner closes them."""
         self.settings = settings
-        self._mongo: MongoClient[dict[str, Any]] = MongoClient(
+        self._owns_mongo = mongo is None
+        self._owns_subscriber = subscriber is None
+        self._mongo: MongoClient[dict[str, Any]] = mongo or MongoClient(
             settings.mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000
         )
         database = self._mongo[settings.database]
@@ -111,7 +121,7 @@ class EventStore:
         self.dead_letters = database[
             settings.dead_letter_collection or f"{settings.collection}.deadletter"
         ]
-        self._client = pubsub_v1.SubscriberClient()
+        self._client = subscriber or pubsub_v1.SubscriberClient()
         self._stop = threading.Event()
         self._beats: dict[str, float] = {}
         self._waiting: dict[str, str] = {}  # subscription -> why it is not consumed yet
@@ -294,8 +304,11 @@ class EventStore:
         self._stop.set()
 
     def close(self) -> None:
-        self._client.close()
-        self._mongo.close()
+        """Close the clients this store made (not those passed in)."""
+        if self._owns_subscriber:
+            self._client.close()
+        if self._owns_mongo:
+            self._mongo.close()
 
 
 # -- the command line --
