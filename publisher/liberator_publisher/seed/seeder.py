@@ -58,6 +58,7 @@ from liberator_publisher.seed.options import (
     Summary,
     seed_event_id,
 )
+from liberator_publisher.seed.plan import resume_plan
 from liberator_publisher.state.checkpoint import CHECKPOINT_COLLECTION, CheckpointError, Checkpoints
 from liberator_publisher.state.identity import IDENTITY_SUFFIX, remember_identities
 
@@ -340,15 +341,11 @@ class _Seeder:
         options = self.options
         filter_text = json_util.dumps(options.filter, json_options=_JSON, sort_keys=True)
         checkpoint = self.ledger.checkpoint()
-        only: list[Any] | None = None
-        if checkpoint is not None and (
-            checkpoint.mode != options.mode or checkpoint.filter != filter_text
-        ):
-            raise UsageError(
-                f"--seed-id: seed {options.seed_id!r} ran with --mode {checkpoint.mode} "
-                f"--filter {checkpoint.filter}; rerun it with the same flags, or use a new "
-                "--seed-id"
-            )
+        plan = resume_plan(
+            checkpoint, seed_id=options.seed_id, mode=options.mode, filter_text=filter_text
+        )
+        for name, value in plan.counts.items():  # the seed's counts go on
+            setattr(self.summary, name, value)
         if checkpoint is None:
             checkpoint = Checkpoint(
                 seed_id=options.seed_id,
@@ -358,42 +355,39 @@ class _Seeder:
                 capture=_capture_position(self.collection, self.settings.publisher),
             )
             self.ledger.save(checkpoint)
-        elif checkpoint.phase == "Succeeded":
-            if not checkpoint.retry:
-                log.info(
-                    "seed %s finished at %s; nothing new to publish",
-                    options.seed_id,
-                    _rfc3339(checkpoint.completed_at),
-                )
-                self.summary.already = checkpoint.counts.get("seeded", 0)
-                # The status shows the seed's own counts again (say, after a Redis restart).
-                self.status.update(
-                    {
-                        **checkpoint.counts,
-                        "phase": "Succeeded",
-                        "startedAt": _rfc3339(checkpoint.started_at),
-                        "completedAt": _rfc3339(checkpoint.completed_at),
-                    }
-                )
-                return self.summary
-            only = list(checkpoint.retry)  # a finished seed with failures: retry just those
+        elif plan.action == "done":
             log.info(
-                "seed %s: retrying %d entities whose publish failed", options.seed_id, len(only)
+                "seed %s finished at %s; nothing new to publish",
+                options.seed_id,
+                _rfc3339(checkpoint.completed_at),
             )
-            for name, value in checkpoint.counts.items():  # the seed's counts go on
-                setattr(self.summary, name, value)
-            self.summary.failed = 0
+            self.summary = Summary(already=checkpoint.counts.get("seeded", 0))
+            # The status shows the seed's own counts again (say, after a Redis restart).
+            self.status.update(
+                {
+                    **checkpoint.counts,
+                    "phase": "Succeeded",
+                    "startedAt": _rfc3339(checkpoint.started_at),
+                    "completedAt": _rfc3339(checkpoint.completed_at),
+                }
+            )
+            return self.summary
+        elif plan.action == "retry":
+            log.info(
+                "seed %s: retrying %d entities whose publish failed",
+                options.seed_id,
+                len(plan.only or []),
+            )
             self._retrying = True
             checkpoint.phase = "Running"
-        else:  # Running or Failed: a crashed run, resume after its checkpoint
+        else:
             log.info(
                 "resuming seed %s after entity %s",
                 options.seed_id,
                 json_util.dumps(checkpoint.after),
             )
-            for name, value in checkpoint.counts.items():
-                setattr(self.summary, name, value)
-            self.retry = list(checkpoint.retry)
+            self.retry = list(plan.retry)
+        only = plan.only
         self._time = (
             checkpoint.started_at
             if checkpoint.started_at.tzinfo
