@@ -590,77 +590,32 @@ public final class LiberatorMongo {
 
         private static final ValueComparator ORDER = ValueComparator.asc();
 
-        /** Where the entries live: an H2 map (kept with the data), or memory. */
-        interface Entries<P> {
-            void put(KeyValue key, P position);
-
-            P remove(KeyValue key);
-
-            P get(KeyValue key);
-
-            /** Entries from {@code key} on, in order. */
-            Iterator<Map.Entry<KeyValue, P>> from(KeyValue key);
-
-            long size();
+        /** Where the entries live: an H2 map (kept with the data), or memory; both sorted by
+         * {@link H2Store.Type}'s BSON order. */
+        record Entries<P>(Map<KeyValue, P> map,
+                          java.util.function.Function<KeyValue,
+                              Iterator<Map.Entry<KeyValue, P>>> from) {
 
             static <P> Entries<P> of(MVMap<KeyValue, P> map) {
-                return new Entries<>() {
-                    public void put(KeyValue key, P position) {
-                        map.put(key, position);
-                    }
+                return new Entries<>(map, key -> {
+                    org.h2.mvstore.Cursor<KeyValue, P> cursor = map.cursor(key);
+                    return new Iterator<Map.Entry<KeyValue, P>>() {
+                        public boolean hasNext() {
+                            return cursor.hasNext();
+                        }
 
-                    public P remove(KeyValue key) {
-                        return map.remove(key);
-                    }
-
-                    public P get(KeyValue key) {
-                        return map.get(key);
-                    }
-
-                    public Iterator<Map.Entry<KeyValue, P>> from(KeyValue key) {
-                        var cursor = map.cursor(key);
-                        return new Iterator<>() {
-                            public boolean hasNext() {
-                                return cursor.hasNext();
-                            }
-
-                            public Map.Entry<KeyValue, P> next() {
-                                KeyValue next = cursor.next();
-                                return Map.entry(next, cursor.getValue());
-                            }
-                        };
-                    }
-
-                    public long size() {
-                        return map.sizeAsLong();
-                    }
-                };
+                        public Map.Entry<KeyValue, P> next() {
+                            KeyValue next = cursor.next();
+                            return Map.entry(next, cursor.getValue());
+                        }
+                    };
+                });
             }
 
             static <P> Entries<P> inMemory() {
                 ConcurrentSkipListMap<KeyValue, P> map =
                     new ConcurrentSkipListMap<>(H2Store.Type.INSTANCE::compare);
-                return new Entries<>() {
-                    public void put(KeyValue key, P position) {
-                        map.put(key, position);
-                    }
-
-                    public P remove(KeyValue key) {
-                        return map.remove(key);
-                    }
-
-                    public P get(KeyValue key) {
-                        return map.get(key);
-                    }
-
-                    public Iterator<Map.Entry<KeyValue, P>> from(KeyValue key) {
-                        return map.tailMap(key).entrySet().iterator();
-                    }
-
-                    public long size() {
-                        return map.size();
-                    }
-                };
+                return new Entries<>(map, key -> map.tailMap(key).entrySet().iterator());
             }
         }
 
@@ -762,7 +717,7 @@ public final class LiberatorMongo {
         @Override
         public synchronized P getPosition(Document document) {
             for (KeyValue key : entryKeys(document)) {
-                return entries.get(key);
+                return entries.map().get(key);
             }
             return null;
         }
@@ -776,7 +731,7 @@ public final class LiberatorMongo {
         public synchronized void add(Document document, P position,
                                      MongoCollection<P> collection) {
             for (KeyValue key : entryKeys(document)) {
-                entries.put(key, position);
+                entries.map().put(key, position);
             }
         }
 
@@ -784,7 +739,7 @@ public final class LiberatorMongo {
         public synchronized P remove(Document document) {
             P position = null;
             for (KeyValue key : entryKeys(document)) {
-                P removed = entries.remove(key);
+                P removed = entries.map().remove(key);
                 position = removed != null ? removed : position;
             }
             return position;
@@ -803,12 +758,12 @@ public final class LiberatorMongo {
             Set<KeyValue> after = entryKeys(newDocument);
             for (KeyValue key : before) {
                 if (!after.contains(key)) {
-                    entries.remove(key);
+                    entries.map().remove(key);
                 }
             }
             for (KeyValue key : after) {
                 if (!before.contains(key)) {
-                    entries.put(key, position);
+                    entries.map().put(key, position);
                 }
             }
         }
@@ -840,8 +795,8 @@ public final class LiberatorMongo {
             while (probe.size() < getKeys().size() + 1) {
                 probe.add(MinKey.getInstance());
             }
-            for (Iterator<Map.Entry<KeyValue, P>> it = entries.from(new KeyValue(probe));
-                 it.hasNext(); ) {
+            Iterator<Map.Entry<KeyValue, P>> it = entries.from().apply(new KeyValue(probe));
+            while (it.hasNext()) {
                 Map.Entry<KeyValue, P> entry = it.next();
                 if (ORDER.compare(entry.getKey().get(0), value) != 0) {
                     break;
@@ -852,7 +807,7 @@ public final class LiberatorMongo {
 
         @Override
         public long getCount() {
-            return entries.size();
+            return entries.map().size();
         }
 
         @Override

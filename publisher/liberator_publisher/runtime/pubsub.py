@@ -122,6 +122,8 @@ class OrderedPublisher:
                 or self._waiting_bytes + size > limits.max_in_flight_bytes
             ):
                 self._lock.wait()
+            if self._closing:  # closed while this call waited: nothing would send it
+                raise RuntimeError("the publisher is closed")
             self._queue.append(_Queued(message, size, future))
             self._waiting += 1
             self._waiting_bytes += size
