@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from bson.decimal128 import Decimal128
 from pymongo import MongoClient
 
 from liberator_stack import Stack, StackError, apps, deploy, host
-from liberator_stack.stack import default_run_dir
+from liberator_stack.stack import SERVER_NAMES, default_run_dir
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
@@ -510,6 +511,19 @@ class Demo:
             while True:
                 self.live_view(client, lambda seen: False, "", timeout=float("inf"))
 
+    def forget_earlier_run(self) -> None:
+        """Start from empty servers: an earlier demo's MongoDB still holds its quotes (the
+        stand-in keeps its file), and the demo writes the same ids again."""
+        earlier = [name for name in SERVER_NAMES if (self.run_dir / name).exists()]
+        if earlier:
+            print(
+                f"      an earlier run's data and logs in {self.run_dir} ({', '.join(earlier)}) "
+                "are removed: the demo starts from empty servers",
+                flush=True,
+            )
+        for name in earlier:
+            shutil.rmtree(self.run_dir / name)
+
     def run(self) -> int:
         code = 0
         try:
@@ -521,6 +535,7 @@ class Demo:
                 )
             if host.leftovers():
                 raise DemoError("a local node runs already (hack/stack down first)")
+            self.forget_earlier_run()
             self.bring_up_node()
             self.install_liberator()
             self.apply_quickstart()

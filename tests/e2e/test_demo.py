@@ -111,6 +111,23 @@ def test_demo_runs_end_to_end_on_the_node(tmp_path: Path) -> None:
     assert host.leftovers() == []
     assert processes_mentioning(str(tmp_path)) == []
 
+    # A second run in the same place starts from empty servers: the stand-in kept the first
+    # run's quotes in its file, and the demo writes the same ids again.
+    again = subprocess.run(
+        DEMO,
+        env=demo_env(tmp_path, DEMO_QUOTES="5"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output[-8000:]
+    assert "an earlier run's data and logs in" in output
+    assert "all 9 of the demo's events stored" in output
+    assert host.leftovers() == []
+
 
 def test_demo_refuses_a_bad_quote_count(tmp_path: Path) -> None:
     result = subprocess.run(
