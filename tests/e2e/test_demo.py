@@ -52,13 +52,8 @@ def demo_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.mark.slow
-def test_demo_runs_end_to_end_on_the_node(tmp_path: Path) -> None:
-    problem = host.missing_privileges()
-    if problem:
-        pytest.skip(f"make demo runs the local node: {problem}")
-    if host.leftovers():
-        pytest.skip("a local node runs already (hack/stack down first)")
+def run_demo(tmp_path: Path) -> str:
+    """Run the demo non-interactively with 5 quotes; its output, after asserting exit 0."""
     result = subprocess.run(
         DEMO,
         env=demo_env(tmp_path, DEMO_QUOTES="5"),
@@ -70,6 +65,17 @@ def test_demo_runs_end_to_end_on_the_node(tmp_path: Path) -> None:
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-8000:]
+    return output
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_on_the_node(tmp_path: Path) -> None:
+    problem = host.missing_privileges()
+    if problem:
+        pytest.skip(f"make demo runs the local node: {problem}")
+    if host.leftovers():
+        pytest.skip("a local node runs already (hack/stack down first)")
+    output = run_demo(tmp_path)
     for step in range(1, 9):
         assert f"[{step}/9]" in output
     assert "[9/9]" not in output  # non-interactive: no hold
@@ -113,17 +119,7 @@ def test_demo_runs_end_to_end_on_the_node(tmp_path: Path) -> None:
 
     # A second run in the same place starts from empty servers: the stand-in kept the first
     # run's quotes in its file, and the demo writes the same ids again.
-    again = subprocess.run(
-        DEMO,
-        env=demo_env(tmp_path, DEMO_QUOTES="5"),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    output = again.stdout + again.stderr
-    assert again.returncode == 0, output[-8000:]
+    output = run_demo(tmp_path)
     assert "an earlier run's data and logs in" in output
     assert "all 9 of the demo's events stored" in output
     assert host.leftovers() == []

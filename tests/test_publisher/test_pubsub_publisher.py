@@ -8,6 +8,7 @@ calls, wrapped only to count the calls.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -146,3 +147,22 @@ def test_flow_control_and_close_lose_nothing(topic: Topic, collector: Collector)
     assert by_key(collector) == {"k": list(range(21))}
     with pytest.raises(RuntimeError, match="closed"):
         publisher.publish(b"{}", {}, "k")
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"max_requests": 0}, "max_requests must be from 1 to 64, got 0"),
+        ({"max_messages": 1001}, "max_messages must be from 1 to 1000, got 1001"),
+        ({"max_bytes": 0}, "max_bytes must be from 1 to 10000000, got 0"),
+        ({"max_in_flight_messages": 0}, "max_in_flight_messages must be at least 1, got 0"),
+        ({"max_in_flight_bytes": -1}, "max_in_flight_bytes must be at least 1, got -1"),
+        ({"max_latency_seconds": -0.1}, "max_latency_seconds must be a finite number"),
+        ({"timeout_seconds": float("nan")}, "timeout_seconds must be a finite number"),
+    ],
+)
+def test_limits_refuse_values_that_would_hang_or_be_refused(
+    limits: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"PublishLimits.{message}")):
+        PublishLimits(**limits)

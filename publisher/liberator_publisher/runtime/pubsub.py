@@ -63,6 +63,28 @@ class PublishLimits:
     order; messages without a key go in any of them. One is the least work for the server; a
     bulk load over few keys (the seed) gains from more."""
 
+    def __post_init__(self) -> None:
+        # A limit of 0 would start no sending thread, or admit no message: publish() would hang.
+        whole = {
+            "max_messages": (self.max_messages, 1, 1000),
+            "max_bytes": (self.max_bytes, 1, 10_000_000),
+            "max_in_flight_messages": (self.max_in_flight_messages, 1, None),
+            "max_in_flight_bytes": (self.max_in_flight_bytes, 1, None),
+            "max_requests": (self.max_requests, 1, 64),
+        }
+        for name, (value, least, most) in whole.items():
+            if value < least or (most is not None and value > most):
+                span = f"from {least} to {most}" if most is not None else f"at least {least}"
+                raise ValueError(f"PublishLimits.{name} must be {span}, got {value}")
+        for name, seconds in (
+            ("max_latency_seconds", self.max_latency_seconds),
+            ("timeout_seconds", self.timeout_seconds),
+        ):
+            if not seconds >= 0 or seconds == float("inf"):
+                raise ValueError(
+                    f"PublishLimits.{name} must be a finite number of seconds >= 0, got {seconds}"
+                )
+
 
 @dataclass
 class _Queued:
