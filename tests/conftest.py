@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from liberator_stack import Server, Stack
+from tests.support.stack import running
 
 SERVER_FIXTURES = frozenset(
     {"stack", "mongo_server", "mongo_uri", "pubsub", "redis_url", "kube", "node"}
@@ -47,16 +48,6 @@ def stack() -> Iterator[Stack]:
         yield s
 
 
-def _server(stack: Stack, name: str) -> Server:
-    server = stack.servers.get(name)
-    if server is None or not server.alive():
-        if server is not None:
-            stack.stop(name)
-        stack.build((name,))
-        server = stack.start(name)
-    return server
-
-
 @pytest.fixture(scope="session")
 def real_mongo_uri() -> str | None:
     return os.environ.get("LIBERATOR_TEST_MONGO_URI") or None
@@ -67,33 +58,33 @@ def mongo_server(stack: Stack, real_mongo_uri: str | None) -> Server:
     """The mongo-java-server process (skips when a real MongoDB is configured instead)."""
     if real_mongo_uri:
         pytest.skip("LIBERATOR_TEST_MONGO_URI is set: this test drives the local emulator process")
-    return _server(stack, "mongo")
+    return running(stack, "mongo")
 
 
 @pytest.fixture()
 def mongo_uri(stack: Stack, real_mongo_uri: str | None) -> str:
     if real_mongo_uri:
         return real_mongo_uri
-    return _server(stack, "mongo").exports["LIBERATOR_MONGO_URI"]
+    return running(stack, "mongo").exports["LIBERATOR_MONGO_URI"]
 
 
 @pytest.fixture()
 def pubsub(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Server:
     """The Pub/Sub emulator; ``PUBSUB_EMULATOR_HOST`` is set for the test's clients."""
-    server = _server(stack, "pubsub")
+    server = running(stack, "pubsub")
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", server.exports["PUBSUB_EMULATOR_HOST"])
     return server
 
 
 @pytest.fixture()
 def redis_url(stack: Stack) -> str:
-    return _server(stack, "redis").exports["LIBERATOR_REDIS_URL"]
+    return running(stack, "redis").exports["LIBERATOR_REDIS_URL"]
 
 
 @pytest.fixture()
 def kube(stack: Stack) -> Server:
     """kube-apiserver with etcd; ``exports['KUBECONFIG']`` is an admin kubeconfig."""
-    return _server(stack, "kube")
+    return running(stack, "kube")
 
 
 @pytest.fixture()

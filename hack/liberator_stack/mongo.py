@@ -38,6 +38,7 @@ __all__ = [
     "VERSION",
     "build",
     "home",
+    "launcher_argv",
     "oplog_limits",
     "require_client",
     "start",
@@ -235,6 +236,15 @@ def _ping(uri: str) -> bool:
     return True
 
 
+def launcher_argv(*args: str) -> list[str]:
+    """The command line of the built launcher with ``args`` (HOST PORT BACKEND [options])."""
+    java = shutil.which("java")
+    if java is None:
+        raise StackError("java is not on PATH: install a JDK 17 (openjdk-17-jdk-headless)")
+    classpath = os.pathsep.join([str(home() / "classes"), str(home() / "lib" / "*")])
+    return [java, *JVM_FLAGS, "-cp", classpath, LAUNCHER, *args]
+
+
 def start(
     run_dir: Path,
     port: int | None = None,
@@ -257,18 +267,14 @@ def start(
         raise StackError(
             "mongo-java-server is not built (or the launcher changed): run hack/stack build"
         )
-    java = shutil.which("java")
-    if java is None:
-        raise StackError("java is not on PATH: install a JDK 17 (openjdk-17-jdk-headless)")
     port = port or free_port()
     run_dir.mkdir(parents=True, exist_ok=True)
     data = run_dir / "mongo-bson.h2"  # the launcher's own format (LiberatorMongo.H2Store)
     backend = f"h2:{data}"
-    classpath = os.pathsep.join([str(target / "classes"), str(target / "lib" / "*")])
     # One address only: the node IP for a stack that runs the node (pods and host clients reach
     # it there), else loopback.
     host = listen_host(host)
-    argv = [java, *JVM_FLAGS, "-cp", classpath, LAUNCHER, host, str(port), backend]
+    argv = launcher_argv(host, str(port), backend)
     details = {"port": str(port), "backend": backend, "version": VERSION}
     if entries is not None:
         argv += ["--oplog-max-entries", str(entries)]

@@ -8,19 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import commands
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(module: str, args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    return commands.run([sys.executable, "-m", module, *args], cwd=ROOT, timeout=60)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ import importlib.util
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +19,7 @@ from types import ModuleType
 import pytest
 
 from liberator_stack import host
+from tests.support.commands import run
 from tests.test_stack.hostsnap import others_can_enter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,15 +54,7 @@ def demo_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def run_demo(tmp_path: Path) -> str:
     """Run the demo non-interactively with 5 quotes; its output, after asserting exit 0."""
-    result = subprocess.run(
-        DEMO,
-        env=demo_env(tmp_path, DEMO_QUOTES="5"),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
+    result = run(DEMO, env=demo_env(tmp_path, DEMO_QUOTES="5"), timeout=1800)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-8000:]
     return output
@@ -126,15 +118,7 @@ def test_demo_runs_end_to_end_on_the_node(tmp_path: Path) -> None:
 
 
 def test_demo_refuses_a_bad_quote_count(tmp_path: Path) -> None:
-    result = subprocess.run(
-        DEMO,
-        env=demo_env(tmp_path, DEMO_QUOTES="many"),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run(DEMO, env=demo_env(tmp_path, DEMO_QUOTES="many"), timeout=60)
     assert result.returncode == 2
     assert "DEMO_QUOTES='many' is not a number: set it to a whole number" in result.stderr
     assert processes_mentioning(str(tmp_path)) == []
@@ -143,15 +127,7 @@ def test_demo_refuses_a_bad_quote_count(tmp_path: Path) -> None:
 def _refusal(argv: list[str], tmp_path: Path) -> str:
     """Run the demo as ``argv``; it must fail at once with exit 1 and one line, the returned."""
     tmp_path.chmod(0o777)
-    result = subprocess.run(
-        argv,
-        env=demo_env(tmp_path),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run(argv, env=demo_env(tmp_path), timeout=60)
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
@@ -236,7 +212,7 @@ def test_the_app_refuses_bad_configuration(env: dict[str, str], message: str) ->
 
 
 def test_the_app_exits_2_with_one_line_naming_the_variable() -> None:
-    result = subprocess.run(
+    result = run(
         [sys.executable, str(ROOT / "examples" / "quotes_app.py")],
         env={
             "PATH": os.environ["PATH"],
@@ -244,10 +220,7 @@ def test_the_app_exits_2_with_one_line_naming_the_variable() -> None:
             "MONGO_URI": "mongodb://h/",
             "QUOTES_MAX": "lots",
         },
-        capture_output=True,
-        text=True,
         timeout=60,
-        check=False,
     )
     assert result.returncode == 2
     [line] = result.stderr.splitlines()

@@ -34,9 +34,10 @@ from kubernetes.client.exceptions import ApiException
 from liberator_operator.cluster import Cluster
 from liberator_operator.datastatus import seed_key
 from liberator_publisher.core.contract import control_key, status_key
-from liberator_stack import Server, Stack
+from liberator_stack import Stack
 from liberator_stack.process import free_port
 from tests.support import waiting
+from tests.support.stack import running
 
 pytestmark = pytest.mark.kube
 
@@ -51,16 +52,6 @@ def eventually(check: Callable[[], Any], *, what: str, deadline: float = DEADLIN
     return waiting.eventually(
         check, what=what, deadline=deadline, every=0.25, retry_on=(ApiException,)
     )
-
-
-def server(stack: Stack, name: str) -> Server:
-    found = stack.servers.get(name)
-    if found is None or not found.alive():
-        if found is not None:
-            stack.stop(name)
-        stack.build((name,))
-        found = stack.start(name)
-    return found
 
 
 # -- the stack and the operator -------------------------------------------------------------------
@@ -136,9 +127,9 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def env(stack: Stack) -> Iterator[Env]:
-    kube = server(stack, "kube")
-    pubsub = server(stack, "pubsub")
-    redis = server(stack, "redis")
+    kube = running(stack, "kube")
+    pubsub = running(stack, "pubsub")
+    redis = running(stack, "redis")
     kubeconfig = kube.exports["KUBECONFIG"]
     api = config.new_client_from_config(config_file=kubeconfig)
     e = Env(

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from tests.support.commands import hack_stack, run
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def stack(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LIBERATOR_STACK_DIR": str(run_dir)}
-    return subprocess.run(
-        [str(ROOT / "hack" / "stack"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def running(pid: int) -> bool:
@@ -33,31 +21,31 @@ def running(pid: int) -> bool:
 
 
 def test_up_prints_exports_status_lists_and_down_stops(tmp_path: Path) -> None:
-    up = stack(tmp_path, "up", "redis")
+    up = hack_stack(tmp_path, "up", "redis")
     assert up.returncode == 0, up.stderr
     exports = dict(line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines())
     assert set(exports) == {"LIBERATOR_REDIS_URL"}
     assert exports["LIBERATOR_REDIS_URL"].startswith("redis://127.0.0.1:")
 
-    status = stack(tmp_path, "status")
+    status = hack_stack(tmp_path, "status")
     assert status.returncode == 0
     assert status.stdout.startswith("redis") and "running" in status.stdout
     pid = int(status.stdout.split("pids=")[1].split()[0])
     assert running(pid)
-    assert stack(tmp_path, "env").stdout == up.stdout  # the same settings, for another shell
+    assert hack_stack(tmp_path, "env").stdout == up.stdout  # the same settings, for another shell
 
-    down = stack(tmp_path, "down")
+    down = hack_stack(tmp_path, "down")
     assert down.returncode == 0
     assert not running(pid)
-    assert stack(tmp_path, "status").stdout.strip() == "nothing runs"
+    assert hack_stack(tmp_path, "status").stdout.strip() == "nothing runs"
 
 
 def test_unknown_server_is_refused_with_the_choices(tmp_path: Path) -> None:
-    result = stack(tmp_path, "up", "postgres")
+    result = hack_stack(tmp_path, "up", "postgres")
     assert result.returncode == 2
     assert "postgres" in result.stderr
     assert "mongo" in result.stderr and "kube" in result.stderr
-    assert stack(tmp_path, "status").stdout.strip() == "nothing runs"  # nothing started
+    assert hack_stack(tmp_path, "status").stdout.strip() == "nothing runs"  # nothing started
 
 
 def test_up_mongo_without_pymongo_fails_at_once_naming_make_venv(tmp_path: Path) -> None:
@@ -70,40 +58,21 @@ def test_up_mongo_without_pymongo_fails_at_once_naming_make_venv(tmp_path: Path)
     )
     env = {**os.environ, "LIBERATOR_STACK_DIR": str(tmp_path), "PYTHONPATH": str(ROOT / "hack")}
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run([sys.executable, "-c", code], env=env, timeout=60)
     took = time.monotonic() - started
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "'pymongo'" in lines[0] and "make venv" in lines[0]
     assert took < 30  # not the 60 s start timeout; no server was started
-    assert stack(tmp_path, "status").stdout.strip() == "nothing runs"
+    assert hack_stack(tmp_path, "status").stdout.strip() == "nothing runs"
 
 
 def test_up_mongo_with_a_bad_oplog_cap_names_the_variable(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "LIBERATOR_STACK_DIR": str(tmp_path),
-        "LIBERATOR_MONGO_OPLOG_MAX_ENTRIES": "lots",
-    }
-    result = subprocess.run(
-        [str(ROOT / "hack" / "stack"), "up", "mongo"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        stdin=subprocess.DEVNULL,
+    result = hack_stack(
+        tmp_path, "up", "mongo", env={"LIBERATOR_MONGO_OPLOG_MAX_ENTRIES": "lots"}, timeout=60
     )
     assert result.returncode == 1
     assert "LIBERATOR_MONGO_OPLOG_MAX_ENTRIES must be a whole number" in result.stderr
     assert "'lots'" in result.stderr
-    assert stack(tmp_path, "status").stdout.strip() == "nothing runs"
+    assert hack_stack(tmp_path, "status").stdout.strip() == "nothing runs"

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import shutil
-import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +24,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from liberator_stack import Stack, mongo
 from liberator_stack.process import Server, StackError
+from tests.support.commands import run
 
 Doc = dict[str, Any]
 DEADLINE = 30.0  # generous: the machine is shared; a getMore alone takes about 0.1 s here
@@ -408,15 +407,6 @@ def test_start_on_a_busy_port_fails_with_a_clear_error(
 def test_launcher_rejects_bad_arguments(
     mongo_server: Server, args: list[str], message: str
 ) -> None:
-    java = shutil.which("java")
-    assert java is not None
-    classpath = f"{mongo.home() / 'classes'}:{mongo.home() / 'lib'}/*"
-    result = subprocess.run(
-        [java, "-cp", classpath, mongo.LAUNCHER, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run(mongo.launcher_argv(*args))
     assert result.returncode == 2
     assert message in result.stderr

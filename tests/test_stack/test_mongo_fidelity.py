@@ -8,8 +8,6 @@ server need the stand-in).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from liberator_stack import mongo
 from liberator_stack.process import Server, StackError
+from tests.support.commands import run
 from tests.test_stack.test_mongo import kinds, quiet, take
 
 Doc = dict[str, Any]
@@ -658,15 +657,6 @@ def test_oplog_cap_variables_are_read() -> None:
 def test_launcher_rejects_bad_oplog_options(
     mongo_server: Server, args: list[str], message: str
 ) -> None:
-    java = shutil.which("java")
-    assert java is not None
-    classpath = f"{mongo.home() / 'classes'}:{mongo.home() / 'lib'}/*"
-    result = subprocess.run(
-        [java, "-cp", classpath, mongo.LAUNCHER, "127.0.0.1", "0", "memory", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run(mongo.launcher_argv("127.0.0.1", "0", "memory", *args))
     assert result.returncode == 2
     assert message in result.stderr

@@ -18,6 +18,7 @@ import pytest
 
 from liberator_stack import host
 from liberator_stack import nodeconf as nc
+from tests.support.commands import hack_stack, run
 from tests.test_stack.hostsnap import differences, others_can_enter, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,26 +29,11 @@ pytestmark = pytest.mark.skipif(NEEDS_ROOT is not None, reason=str(NEEDS_ROOT))
 def stack(
     run_dir: Path, *args: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    merged = {**os.environ, "LIBERATOR_STACK_DIR": str(run_dir), **(env or {})}
-    return subprocess.run(
-        [*prefix, str(ROOT / "hack" / "stack"), *args],
-        env=merged,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    return hack_stack(run_dir, *args, prefix=prefix, env=env, timeout=900)
 
 
 def kubectl(kubeconfig: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["kubectl", f"--kubeconfig={kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run(["kubectl", f"--kubeconfig={kubeconfig}", *args])
 
 
 def exports(stdout: str) -> dict[str, str]:
