@@ -161,28 +161,9 @@ def install(
         # A new serving certificate and CA: running replicas read theirs only at start.
         kubectl(kubeconfig, "-n", NAMESPACE, "rollout", "restart", f"deployment/{OPERATOR}")
     started = time.monotonic()
-    kubectl(
-        kubeconfig,
-        "-n",
-        NAMESPACE,
-        "rollout",
-        "status",
-        f"deployment/{OPERATOR}",
-        f"--timeout={int(timeout)}s",
-        timeout=timeout + 30,
-    )
+    rollout_status(kubeconfig, OPERATOR, timeout)
     if eventstore:
-        left = max(30.0, timeout - (time.monotonic() - started))
-        kubectl(
-            kubeconfig,
-            "-n",
-            NAMESPACE,
-            "rollout",
-            "status",
-            f"deployment/{EVENTSTORE}",
-            f"--timeout={int(left)}s",
-            timeout=left + 30,
-        )
+        rollout_status(kubeconfig, EVENTSTORE, max(30.0, timeout - (time.monotonic() - started)))
 
 
 def install_eventstore(
@@ -196,13 +177,18 @@ def install_eventstore(
         if d["metadata"]["name"].startswith(EVENTSTORE)
     ]  # its ConfigMap has a hash suffix
     kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+    rollout_status(kubeconfig, EVENTSTORE, timeout)
+
+
+def rollout_status(kubeconfig: str | Path, deployment: str, timeout: float) -> None:
+    """Wait until the rollout of ``deployment`` in :data:`NAMESPACE` is complete."""
     kubectl(
         kubeconfig,
         "-n",
         NAMESPACE,
         "rollout",
         "status",
-        f"deployment/{EVENTSTORE}",
+        f"deployment/{deployment}",
         f"--timeout={int(timeout)}s",
         timeout=timeout + 30,
     )

@@ -40,6 +40,8 @@ import pytest
 import yaml
 
 from liberator_stack import Server
+from liberator_stack.deploy import render
+from tests.support import kustomize
 
 pytestmark = pytest.mark.kube
 
@@ -50,18 +52,6 @@ SYSTEM_NS = "liberator-system"
 DEADLINE = 90.0  # seconds; generous, the machine is shared
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def render(path: Path) -> list[dict[str, Any]]:
-    result = subprocess.run(
-        ["kubectl", "kustomize", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, f"kubectl kustomize {path}: {result.stderr}"
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
 def stand_in_crd(kind: str, plural: str, group: str = "cert-manager.io") -> dict[str, Any]:
@@ -311,18 +301,8 @@ def test_monitoring_component_is_accepted_by_the_api_server(
             for kind in ("PrometheusRule", "PodMonitor", "ServiceMonitor")
         ],
     )
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    # kustomize takes only relative paths to other kustomizations.
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [os.path.relpath(DEPLOY / "base", overlay)],
-                "components": [os.path.relpath(DEPLOY / "components" / "monitoring", overlay)],
-            }
-        )
+    overlay = kustomize.overlay(
+        tmp_path / "overlay", [DEPLOY / "base"], [DEPLOY / "components" / "monitoring"]
     )
     added = [d for d in render(overlay) if d not in base]
     assert sorted(d["kind"] for d in added) == [

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
-import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,8 @@ from liberator_operator.job import build_seed_job
 from liberator_operator.settings import DEFAULT_IMAGE, OperatorSettings
 from liberator_operator.sidecar import build_sidecar
 from liberator_publisher.cli import available, load
+from liberator_stack.deploy import render
+from tests.support import kustomize
 from tests.test_operator.builders import publisher
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,18 +65,6 @@ def image_reference() -> str:
     return match["ref"]
 
 
-def rendered(path: Path) -> list[dict[str, Any]]:
-    result = subprocess.run(
-        ["kubectl", "kustomize", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
-
-
 def containers(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(workload name, pod spec, container) of every pod template."""
     found = []
@@ -95,7 +83,7 @@ def dockerfile() -> list[list[tuple[str, str]]]:
 
 @pytest.fixture(scope="module")
 def deployed() -> list[dict[str, Any]]:
-    return rendered(ROOT / "deploy") + rendered(ROOT / "deploy" / "overlays" / "local")
+    return render(ROOT / "deploy") + render(ROOT / "deploy" / "overlays" / "local")
 
 
 def final(dockerfile: list[list[tuple[str, str]]], instruction: str) -> list[str]:
@@ -258,24 +246,14 @@ def test_retagging_in_an_overlay_moves_every_process(tmp_path: Path) -> None:
     """An overlay's ``images:`` entry is the one value: the operator's container takes it, and
     the operator hands its own image to sidecars and seed Jobs (no env keeps the old one)."""
     name = image_reference().rpartition(":")[0]
-    (tmp_path / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                # kustomize takes relative paths only
-                "resources": [os.path.relpath(ROOT / "deploy" / "overlays" / "local", tmp_path)],
-                "images": [
-                    {
-                        "name": name,
-                        "newName": "registry.example.com/team/liberator",
-                        "newTag": "7.7.7",
-                    }
-                ],
-            }
-        )
+    retagged = kustomize.overlay(
+        tmp_path,
+        [ROOT / "deploy" / "overlays" / "local"],
+        images=[
+            {"name": name, "newName": "registry.example.com/team/liberator", "newTag": "7.7.7"}
+        ],
     )
-    docs = rendered(tmp_path)
+    docs = render(retagged)
     text = yaml.safe_dump_all(docs)
     assert image_reference() not in text and f"{name}:" not in text
     operator = next(c for workload, _, c in containers(docs) if workload == "liberator-operator")

@@ -28,7 +28,9 @@ from liberator_operator.settings import OperatorSettings
 from liberator_publisher.sidecar.metrics import Metrics
 from liberator_publisher.store.eventstore import EventStore, EventStoreSettings
 from liberator_stack import promtool
+from liberator_stack.deploy import render
 from liberator_stack.process import say_stderr
+from tests.support import kustomize
 from tests.test_operator.builders import pod, publisher
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -292,27 +294,8 @@ def test_dashboard_shows_flow_health_and_resume_headroom() -> None:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """The base plus the component, as an overlay of the user's would have it."""
-    overlay = tmp_path_factory.mktemp("overlay")
-    # kustomize takes only relative paths to other kustomizations.
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [os.path.relpath(ROOT / "deploy" / "base", overlay)],
-                "components": [os.path.relpath(COMPONENT, overlay)],
-            }
-        )
-    )
-    result = subprocess.run(
-        ["kubectl", "kustomize", str(overlay)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
+    folder = tmp_path_factory.mktemp("overlay")
+    return render(kustomize.overlay(folder, [ROOT / "deploy" / "base"], [COMPONENT]))
 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:

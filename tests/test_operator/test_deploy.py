@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from liberator_operator.webhook import FAILURE_POLICY, build_webhook_configuration
+from liberator_stack.deploy import render
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def rendered() -> list[dict[str, Any]]:
-    result = subprocess.run(
-        ["kubectl", "kustomize", str(ROOT / "deploy")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
+    return render(ROOT / "deploy")
 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
