@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import get_type_hints
+
 from liberator_publisher.sidecar import source
-from liberator_publisher.sidecar.metrics import FAILED_STAGES, Metrics
+from liberator_publisher.sidecar.metrics import _DECLARED, FAILED_STAGES, Metrics
 from tests.e2e.test_monitoring import METRIC, alerts, dashboard_queries, exposed_names
 from tests.support.publisher import Publisher, eventually
 
@@ -65,3 +67,14 @@ def test_a_running_sidecar_exports_every_metric_the_rules_and_dashboard_name(
     }
     assert {"liberator_resume_point_at_risk", "liberator_stalled"} <= named
     assert named - scraped == set(), "named by the rules or dashboard, not scraped"
+
+
+def test_every_declared_metric_is_an_attribute_of_its_type() -> None:
+    # The table declares them and the class annotations type them: the two must agree.
+    hints = get_type_hints(Metrics)
+    assert set(hints) - {"registry"} == set(_DECLARED)
+    metrics = Metrics()
+    for attribute, (kind, name, _, _) in _DECLARED.items():
+        assert hints[attribute] is kind, attribute
+        assert isinstance(getattr(metrics, attribute), kind), attribute
+        assert name.startswith("liberator_"), name

@@ -19,95 +19,135 @@ FAILED_STAGES = ("capture", "relay")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+_Declared = tuple[type[Counter] | type[Gauge] | type[Histogram], str, str, tuple[str, ...]]
+"""A metric's type, name, help text and label names."""
+
+_DECLARED: dict[str, _Declared] = {
+    "captured": (Counter, "liberator_events_captured", "Changes written to the outbox.", ()),
+    "published": (
+        Counter,
+        "liberator_events_published",
+        "Outbox events acknowledged by Pub/Sub.",
+        (),
+    ),
+    "failed": (
+        Counter,
+        "liberator_events_failed",
+        "Events that cannot be published (status failed).",
+        ("stage",),
+    ),
+    "publish_errors": (
+        Counter,
+        "liberator_publish_errors",
+        "Publish attempts that failed and will be retried.",
+        (),
+    ),
+    "backlog": (Gauge, "liberator_outbox_backlog", "Outbox events still pending.", ()),
+    "capture_lag": (
+        Gauge,
+        "liberator_capture_lag_seconds",
+        "Age of the last captured change when it was written (0 when the stream is idle).",
+        (),
+    ),
+    "relay_lag": (
+        Gauge,
+        "liberator_relay_lag_seconds",
+        "Time from capture to publish ack of the last event.",
+        (),
+    ),
+    "publish_latency": (
+        Histogram,
+        "liberator_publish_latency_seconds",
+        "Time from publish call to Pub/Sub ack.",
+        (),
+    ),
+    "leader": (Gauge, "liberator_leader", "1 while this replica holds the lease.", ()),
+    "epoch": (Gauge, "liberator_epoch", "Fencing epoch of the current lease (0 = none).", ()),
+    "parked": (
+        Gauge,
+        "liberator_parked",
+        "1 while the publisher is parked on a fatal stream error.",
+        ("reason",),
+    ),
+    "fenced": (
+        Counter,
+        "liberator_checkpoint_refused",
+        "Checkpoint writes refused because a newer epoch holds the lease.",
+        (),
+    ),
+    "stalled": (
+        Gauge,
+        "liberator_stalled",
+        "1 while the publisher is stalled for this reason (stall.py).",
+        ("reason",),
+    ),
+    "checkpoint_age": (
+        Gauge,
+        "liberator_checkpoint_age_seconds",
+        "Seconds since the loop's checkpoint position was last "
+        "written (leader only; 0 without a checkpoint).",
+        ("loop",),
+    ),
+    "oplog_window": (
+        Gauge,
+        "liberator_oplog_window_seconds",
+        "Seconds between the oldest and newest oplog entry (leader; NaN while unknown).",
+        (),
+    ),
+    "headroom": (
+        Gauge,
+        "liberator_resume_headroom_seconds",
+        "Seconds between the loop's checkpoint position and the oldest "
+        "oplog entry (leader; NaN while unknown).",
+        ("loop",),
+    ),
+    "at_risk": (
+        Gauge,
+        "liberator_resume_point_at_risk",
+        "1 while the loop's headroom is below the margin of the oplog window (headroom.py).",
+        ("loop",),
+    ),
+}
+"""Every metric by the :class:`Metrics` attribute that holds it, in the order /metrics lists
+them."""
+
+
 @dataclass
 class Metrics:
-    """Every metric of ``liberator publish``; names are prefixed ``liberator_``."""
+    """Every metric of ``liberator publish``; names are prefixed ``liberator_``.
+
+    Each is declared in ``_DECLARED``; the attributes below type them (a test checks that the
+    two agree)."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     """Where the metrics live; ``/metrics`` renders exactly this registry."""
+    captured: Counter = field(init=False)
+    published: Counter = field(init=False)
+    failed: Counter = field(init=False)
+    publish_errors: Counter = field(init=False)
+    backlog: Gauge = field(init=False)
+    capture_lag: Gauge = field(init=False)
+    relay_lag: Gauge = field(init=False)
+    publish_latency: Histogram = field(init=False)
+    leader: Gauge = field(init=False)
+    epoch: Gauge = field(init=False)
+    parked: Gauge = field(init=False)
+    fenced: Counter = field(init=False)
+    stalled: Gauge = field(init=False)
+    checkpoint_age: Gauge = field(init=False)
+    oplog_window: Gauge = field(init=False)
+    headroom: Gauge = field(init=False)
+    at_risk: Gauge = field(init=False)
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.captured = Counter(
-            "liberator_events_captured", "Changes written to the outbox.", registry=r
-        )
-        self.published = Counter(
-            "liberator_events_published", "Outbox events acknowledged by Pub/Sub.", registry=r
-        )
-        self.failed = Counter(
-            "liberator_events_failed",
-            "Events that cannot be published (status failed).",
-            ["stage"],
-            registry=r,
-        )
-        self.publish_errors = Counter(
-            "liberator_publish_errors",
-            "Publish attempts that failed and will be retried.",
-            registry=r,
-        )
-        self.backlog = Gauge("liberator_outbox_backlog", "Outbox events still pending.", registry=r)
-        self.capture_lag = Gauge(
-            "liberator_capture_lag_seconds",
-            "Age of the last captured change when it was written (0 when the stream is idle).",
-            registry=r,
-        )
-        self.relay_lag = Gauge(
-            "liberator_relay_lag_seconds",
-            "Time from capture to publish ack of the last event.",
-            registry=r,
-        )
-        self.publish_latency = Histogram(
-            "liberator_publish_latency_seconds",
-            "Time from publish call to Pub/Sub ack.",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.leader = Gauge("liberator_leader", "1 while this replica holds the lease.", registry=r)
-        self.epoch = Gauge(
-            "liberator_epoch", "Fencing epoch of the current lease (0 = none).", registry=r
-        )
-        self.parked = Gauge(
-            "liberator_parked",
-            "1 while the publisher is parked on a fatal stream error.",
-            ["reason"],
-            registry=r,
-        )
-        self.fenced = Counter(
-            "liberator_checkpoint_refused",
-            "Checkpoint writes refused because a newer epoch holds the lease.",
-            registry=r,
-        )
-        self.stalled = Gauge(
-            "liberator_stalled",
-            "1 while the publisher is stalled for this reason (stall.py).",
-            ["reason"],
-            registry=r,
-        )
-        self.checkpoint_age = Gauge(
-            "liberator_checkpoint_age_seconds",
-            "Seconds since the loop's checkpoint position was last "
-            "written (leader only; 0 without a checkpoint).",
-            ["loop"],
-            registry=r,
-        )
-        self.oplog_window = Gauge(
-            "liberator_oplog_window_seconds",
-            "Seconds between the oldest and newest oplog entry (leader; NaN while unknown).",
-            registry=r,
-        )
-        self.headroom = Gauge(
-            "liberator_resume_headroom_seconds",
-            "Seconds between the loop's checkpoint position and the oldest "
-            "oplog entry (leader; NaN while unknown).",
-            ["loop"],
-            registry=r,
-        )
-        self.at_risk = Gauge(
-            "liberator_resume_point_at_risk",
-            "1 while the loop's headroom is below the margin of the oplog window (headroom.py).",
-            ["loop"],
-            registry=r,
-        )
+        for attribute, (kind, name, documentation, labels) in _DECLARED.items():
+            metric = (
+                Histogram(name, documentation, labels, registry=r, buckets=_LATENCY_BUCKETS)
+                if kind is Histogram
+                else kind(name, documentation, labels, registry=r)
+            )
+            setattr(self, attribute, metric)
         # Every labelled series exists at 0 from the start, so alerts and dashboards see it
         # before the first failure (an absent series is not 0 to PromQL).
         for stage in FAILED_STAGES:
