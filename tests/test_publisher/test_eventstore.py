@@ -23,8 +23,6 @@ from pymongo import MongoClient
 
 from liberator_publisher.cli import main
 from liberator_publisher.consumer.subscriber import MalformedEventError
-from liberator_publisher.core.event import EventMapping, outbox_document_for_entity
-from liberator_publisher.core.message import message_for
 from liberator_publisher.core.settings import Settings
 from liberator_publisher.runtime.command import UsageError
 from liberator_publisher.seed.ledger import LEDGER_SUFFIX
@@ -38,28 +36,12 @@ from liberator_publisher.store.documents import (
 from liberator_publisher.store.eventstore import EventStore, EventStoreSettings
 from liberator_stack import Server, Stack
 from liberator_stack.process import free_port
+from tests.support import events
+from tests.support.events import BASE, Message, live_message
 from tests.support.publisher import Publisher, eventually
 
 DEADLINE = 180.0
 ROOT = Path(__file__).resolve().parents[2]
-MAPPING = EventMapping(
-    entity_type="quote", source="//liberator/shop/quotes", version_field="version"
-)
-BASE = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-def live_message(entity: int, version: int) -> tuple[bytes, dict[str, str], str]:
-    """A live event as the relay publishes it (the real mapping)."""
-    doc = {"_id": f"q-{entity}", "version": version, "amount": entity * 10 + version}
-    outbox = outbox_document_for_entity(
-        doc,
-        MAPPING,
-        event_id=f"live-{entity}-{version}",
-        operation="insert" if version == 1 else "update",
-        time=BASE + timedelta(minutes=version, seconds=entity),
-    )
-    message = message_for(outbox)
-    return message.data, message.attributes, message.ordering_key
 
 
 # -- pure parts ----------------------------------------------------------------------------------
@@ -234,13 +216,8 @@ class World:
                 }
             ).name
 
-    def publish(self, name: str, messages: list[tuple[bytes, dict[str, str], str]]) -> None:
-        futures = [
-            self.publisher.publish(self.topics[name], data, ordering_key=key, **attrs)
-            for data, attrs, key in messages
-        ]
-        for future in futures:
-            future.result(timeout=60)
+    def publish(self, name: str, messages: list[Message]) -> None:
+        events.publish(self.publisher, self.topics[name], messages)
 
     def settings(self, **extra: Any) -> EventStoreSettings:
         return EventStoreSettings(
@@ -252,10 +229,7 @@ class World:
         )
 
     def wait_count(self, collection: Any, expected: int) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while collection.count_documents({}) < expected:
-            assert time.monotonic() < deadline, collection.count_documents({})
-            time.sleep(0.2)
+        events.wait_count(collection, expected, DEADLINE)
 
     def close(self) -> None:
         self.mongo.drop_database(self.database)

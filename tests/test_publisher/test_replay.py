@@ -6,7 +6,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,8 +15,6 @@ from pymongo import MongoClient
 
 from liberator_publisher.cli import main
 from liberator_publisher.consumer.subscriber import CloudEvent, Subscriber, SubscriberSettings
-from liberator_publisher.core.event import EventMapping, outbox_document_for_entity
-from liberator_publisher.core.message import message_for
 from liberator_publisher.runtime.command import UsageError
 from liberator_publisher.store.eventstore import EventStore, EventStoreSettings
 from liberator_publisher.store.replay import (
@@ -26,37 +24,10 @@ from liberator_publisher.store.replay import (
     selection_query,
 )
 from liberator_stack import Server
+from tests.support import events
+from tests.support.events import BASE, Message, event_time, live_message
 
 DEADLINE = 180.0
-MAPPING = EventMapping(
-    entity_type="quote", source="//liberator/shop/quotes", version_field="version"
-)
-BASE = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-def event_time(entity: int, version: int) -> datetime:
-    return BASE + timedelta(minutes=version, seconds=entity)
-
-
-def live_message(
-    entity: int, version: int, context: dict[str, Any] | None = None
-) -> tuple[bytes, dict[str, str], str]:
-    doc: dict[str, Any] = {
-        "_id": f"q-{entity}",
-        "version": version,
-        "amount": entity * 10 + version,
-    }
-    if context:
-        doc["_event"] = context
-    outbox = outbox_document_for_entity(
-        doc,
-        MAPPING,
-        event_id=f"live-{entity}-{version}",
-        operation="insert" if version == 1 else "update",
-        time=event_time(entity, version),
-    )
-    message = message_for(outbox)
-    return message.data, message.attributes, message.ordering_key
 
 
 # -- pure parts ----------------------------------------------------------------------------------
@@ -200,19 +171,11 @@ class World:
             ).name
         )
 
-    def publish(self, messages: list[tuple[bytes, dict[str, str], str]]) -> None:
-        futures = [
-            self.publisher.publish(self.live, data, ordering_key=key, **attrs)
-            for data, attrs, key in messages
-        ]
-        for future in futures:
-            future.result(timeout=60)
+    def publish(self, messages: list[Message]) -> None:
+        events.publish(self.publisher, self.live, messages)
 
     def wait_stored(self, expected: int) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while self.events.count_documents({}) < expected:
-            assert time.monotonic() < deadline, self.events.count_documents({})
-            time.sleep(0.2)
+        events.wait_count(self.events, expected, DEADLINE)
 
     def drain(self, subscription: str, expected: int, quiet: float = 3.0) -> list[Any]:
         found: list[Any] = []
