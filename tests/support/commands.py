@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["ROOT", "hack_stack", "run"]
+__all__ = ["ROOT", "hack_stack", "run", "stop"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,3 +49,15 @@ def hack_stack(
         env={**os.environ, "LIBERATOR_STACK_DIR": str(run_dir), **(env or {})},
         timeout=timeout,
     )
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM ``proc`` and wait; SIGKILL its process group (``start_new_session``) if it has
+    not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)

@@ -36,7 +36,7 @@ from liberator_operator.datastatus import seed_key
 from liberator_publisher.core.contract import control_key, status_key
 from liberator_stack import Stack
 from liberator_stack.process import free_port
-from tests.support import waiting
+from tests.support import commands, waiting
 from tests.support.stack import running
 
 pytestmark = pytest.mark.kube
@@ -93,17 +93,26 @@ class Env:
             pytest.fail(f"kubectl {' '.join(args)} failed: {result.stderr}")
         return result
 
-    def publisher(self, namespace: str, name: str) -> dict[str, Any]:
+    def create(self, namespace: str, plural: str, body: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+
+    def patch(self, namespace: str, plural: str, name: str, patch: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, patch)
+
+    def delete(self, namespace: str, plural: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+
+    def get(self, namespace: str, plural: str, name: str) -> dict[str, Any]:
         obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, "entitypublishers", name
+            GROUP, VERSION, namespace, plural, name
         )
         return obj
 
+    def publisher(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.get(namespace, "entitypublishers", name)
+
     def seed(self, namespace: str, name: str) -> dict[str, Any]:
-        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, "eventseeds", name
-        )
-        return obj
+        return self.get(namespace, "eventseeds", name)
 
 
 def when(
@@ -123,6 +132,51 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
         if cond["type"] == type_:
             return dict(cond)
     return {}
+
+
+def publisher_once(
+    e: Env, namespace: str, name: str, test: Callable[[dict[str, Any]], Any], *, what: str
+) -> dict[str, Any]:
+    """The publisher once ``test`` holds for it."""
+    found: dict[str, Any] = eventually(when(lambda: e.publisher(namespace, name), test), what=what)
+    return found
+
+
+def with_condition(
+    e: Env, namespace: str, name: str, type_: str, **expected: str
+) -> dict[str, Any]:
+    """The publisher once its condition ``type_`` has the ``expected`` fields."""
+    return publisher_once(
+        e,
+        namespace,
+        name,
+        lambda p: expected.items() <= condition(p, type_).items(),
+        what=f"{name}: {type_} with {expected}",
+    )
+
+
+def with_reason(e: Env, namespace: str, name: str, reason: str) -> dict[str, Any]:
+    """The publisher once its STATUS column (``status.reason``) shows ``reason``."""
+    return publisher_once(
+        e,
+        namespace,
+        name,
+        lambda p: (p.get("status") or {}).get("reason") == reason,
+        what=f"{name}: STATUS {reason}",
+    )
+
+
+def condition_once(
+    e: Env, namespace: str, name: str, type_: str, **expected: str
+) -> dict[str, Any]:
+    """The publisher's condition ``type_`` once it has the ``expected`` fields."""
+
+    def check() -> dict[str, Any] | None:
+        cond = condition(e.publisher(namespace, name), type_)
+        return cond if cond and expected.items() <= cond.items() else None
+
+    found: dict[str, Any] = eventually(check, what=f"{name}: {type_} with {expected}")
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -215,13 +269,7 @@ class Operator:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        commands.stop(self.proc)
 
 
 def make_namespace(e: Env, name: str) -> str:
@@ -262,9 +310,7 @@ def wait_webhook_live(e: Env, op: Operator) -> None:
     if not _exists(lambda: e.core.read_namespaced_secret("probe-mongo", ns)):
         secret(e, ns, "probe-mongo", uri="mongodb://x")
     if not _exists(lambda: e.publisher(ns, "probe")):
-        e.custom.create_namespaced_custom_object(
-            GROUP, VERSION, ns, "entitypublishers", ep_body(e, "probe", {"app": "probe"})
-        )
+        e.create(ns, "entitypublishers", ep_body(e, "probe", {"app": "probe"}))
 
     def injected() -> bool:
         if op.proc.poll() is not None:
@@ -288,6 +334,15 @@ def _exists(read: Callable[[], Any]) -> bool:
             return False
         raise
     return True
+
+
+def seed_body(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "EventSeed",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
 
 
 def ep_body(e: Env, name: str, labels: dict[str, str], **spec: Any) -> dict[str, Any]:
@@ -441,12 +496,7 @@ def test_match_everything_is_accepted_when_allowed(env: Env, ns: str) -> None:
 
 
 def test_seed_without_publisher_is_refused_and_spec_is_immutable(env: Env, ns: str) -> None:
-    seed = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "EventSeed",
-        "metadata": {"name": "s"},
-        "spec": {"mode": "latest"},
-    }
+    seed = seed_body("s", {"mode": "latest"})
     result = env.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(seed), check=False)
     assert result.returncode != 0
     assert "spec.publisher: Required value" in result.stderr
@@ -467,12 +517,7 @@ def test_seed_without_publisher_is_refused_and_spec_is_immutable(env: Env, ns: s
 
 @pytest.mark.parametrize("bad", ["Quotes_Seeder", "-seeder", "seeder.", "a" * 254])
 def test_seed_service_account_name_is_validated(env: Env, ns: str, bad: str) -> None:
-    seed = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "EventSeed",
-        "metadata": {"name": "sa"},
-        "spec": {"publisher": "p", "serviceAccountName": bad},
-    }
+    seed = seed_body("sa", {"publisher": "p", "serviceAccountName": bad})
     result = env.kubectl(
         "apply", "--dry-run=server", "-n", ns, "-f", "-", stdin=json.dumps(seed), check=False
     )
@@ -531,13 +576,7 @@ def test_publisher_provisions_pubsub_and_deletes_under_delete(
     manifest = manifest.replace("quote-billing", f"quote-billing-{unique}")
     publisher_doc = next(d for d in yaml.safe_load_all(manifest) if d["kind"] == "EntityPublisher")
     env.kubectl("apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump(publisher_doc))
-    ready = eventually(
-        when(
-            lambda: env.publisher(ns, "quotes"),
-            lambda p: condition(p, "Ready").get("status") == "True",
-        ),
-        what="Ready=True",
-    )
+    ready = with_condition(env, ns, "quotes", "Ready", status="True")
     status = ready["status"]
     topic = f"projects/{env.project}/topics/quote-events-{unique}"
     sub = f"projects/{env.project}/subscriptions/quote-billing-{unique}"
@@ -595,26 +634,24 @@ def test_publisher_provisions_pubsub_and_deletes_under_delete(
     ]
 
     # A spec change moves observedGeneration and keeps the conditions.
-    env.custom.patch_namespaced_custom_object(
-        GROUP,
-        VERSION,
+    env.patch(
         ns,
         "entitypublishers",
         "quotes",
         {"spec": {"sidecar": {"logLevel": "DEBUG"}}},
     )
-    eventually(
-        when(
-            lambda: env.publisher(ns, "quotes"),
-            lambda p: (
-                p["status"]["observedGeneration"] == p["metadata"]["generation"]
-                and condition(p, "Ready")["status"] == "True"
-            ),
+    publisher_once(
+        env,
+        ns,
+        "quotes",
+        lambda p: (
+            p["status"]["observedGeneration"] == p["metadata"]["generation"]
+            and condition(p, "Ready")["status"] == "True"
         ),
         what="observedGeneration to follow the spec change",
     )
 
-    env.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "quotes")
+    env.delete(ns, "entitypublishers", "quotes")
     eventually(
         lambda: not _exists(lambda: env.publisher(ns, "quotes")),
         what="the finalizer to let the publisher go",
@@ -682,9 +719,7 @@ def test_deletion_finishes_while_the_status_read_hangs(
     for i in range(DELETIONS):
         name = f"slow-{i}"
         secret(env, ns, f"{name}-mongo", uri="mongodb://x")
-        env.custom.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
+        env.create(
             ns,
             "entitypublishers",
             ep_body(env, name, {"app": name}, redis={"url": url}),
@@ -697,7 +732,7 @@ def test_deletion_finishes_while_the_status_read_hangs(
         try:
             time.sleep(1.0 + 0.2 * i)  # ticks now take the read timeout (1 s) plus the interval
             started = time.monotonic()
-            env.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", name)
+            env.delete(ns, "entitypublishers", name)
             eventually(
                 lambda: not _exists(lambda: env.publisher(ns, name)),  # noqa: B023
                 what=f"{name} to be deleted",
@@ -716,16 +751,9 @@ def test_deletion_finishes_while_the_status_read_hangs(
 
 def test_retain_keeps_topics(env: Env, operator: Operator, ns: str, unique: str) -> None:
     secret(env, ns, f"keep-{unique}-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(
-        GROUP, VERSION, ns, "entitypublishers", ep_body(env, f"keep-{unique}", {"app": "k"})
-    )
-    eventually(
-        lambda: condition(env.publisher(ns, f"keep-{unique}"), "Ready").get("status") == "True",
-        what="Ready=True",
-    )
-    env.custom.delete_namespaced_custom_object(
-        GROUP, VERSION, ns, "entitypublishers", f"keep-{unique}"
-    )
+    env.create(ns, "entitypublishers", ep_body(env, f"keep-{unique}", {"app": "k"}))
+    condition_once(env, ns, f"keep-{unique}", "Ready", status="True")
+    env.delete(ns, "entitypublishers", f"keep-{unique}")
     eventually(
         lambda: not _exists(lambda: env.publisher(ns, f"keep-{unique}")), what="the publisher to go"
     )
@@ -733,44 +761,22 @@ def test_retain_keeps_topics(env: Env, operator: Operator, ns: str, unique: str)
 
 
 def test_missing_secret_shows_then_heals(env: Env, operator: Operator, ns: str) -> None:
-    env.custom.create_namespaced_custom_object(
-        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "orders", {"app": "orders"})
-    )
-    cond = eventually(
-        lambda: condition(env.publisher(ns, "orders"), "Ready") or None, what="a Ready condition"
-    )
+    env.create(ns, "entitypublishers", ep_body(env, "orders", {"app": "orders"}))
+    cond = condition_once(env, ns, "orders", "Ready")
     assert cond["status"] == "False"
     assert cond["reason"] == "MongoSecretMissing"
     assert f"Secret {ns}/orders-mongo" in cond["message"]
     secret(env, ns, "orders-mongo", other="x")
-    eventually(
-        lambda: (
-            condition(env.publisher(ns, "orders"), "Ready").get("reason") == "MongoSecretKeyMissing"
-        ),
-        what="the missing key to be reported",
-    )
+    condition_once(env, ns, "orders", "Ready", reason="MongoSecretKeyMissing")
     env.core.patch_namespaced_secret("orders-mongo", ns, {"stringData": {"uri": "mongodb://x"}})
-    eventually(
-        lambda: condition(env.publisher(ns, "orders"), "Ready").get("status") == "True",
-        what="Ready=True once the secret has its key",
-    )
+    condition_once(env, ns, "orders", "Ready", status="True")
 
 
 def test_parked_leader_turns_publishing_false(env: Env, operator: Operator, ns: str) -> None:
     secret(env, ns, "parked-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(
-        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "parked", {"app": "parked"})
-    )
-    eventually(
-        lambda: condition(env.publisher(ns, "parked"), "Publishing").get("reason") == "NoSidecar",
-        what="Publishing=False NoSidecar",
-    )
-    waiting = eventually(
-        when(
-            lambda: env.publisher(ns, "parked"), lambda p: p["status"].get("reason") == "NoSidecar"
-        ),
-        what="STATUS NoSidecar",
-    )
+    env.create(ns, "entitypublishers", ep_body(env, "parked", {"app": "parked"}))
+    condition_once(env, ns, "parked", "Publishing", reason="NoSidecar")
+    waiting = with_reason(env, ns, "parked", "NoSidecar")
     assert waiting["status"]["lag"] == "Unknown"  # no leader's record: not a reassuring 0
     r = redis_lib.Redis.from_url(env.redis_url)
     record = {
@@ -785,42 +791,21 @@ def test_parked_leader_turns_publishing_false(env: Env, operator: Operator, ns: 
         "updatedAt": "2026-01-01T00:00:00Z",
     }
     r.set(status_key(f"{ns}/parked"), json.dumps(record), ex=120)
-    leading = eventually(
-        when(
-            lambda: env.publisher(ns, "parked"),
-            lambda p: condition(p, "Publishing").get("status") == "True",
-        ),
-        what="Publishing=True",
-    )
+    leading = with_condition(env, ns, "parked", "Publishing", status="True")
     assert leading["status"]["leader"] == "app-0"
     assert leading["status"]["epoch"] == 7
     assert leading["status"]["backlog"] == 3
     assert leading["status"]["captureSince"] == "2025-12-31T08:00:00.000Z"
-    eventually(
-        when(
-            lambda: env.publisher(ns, "parked"), lambda p: p["status"].get("reason") == "Publishing"
-        ),
-        what="STATUS Publishing",
-    )
+    with_reason(env, ns, "parked", "Publishing")
     header, row = env.kubectl("get", "entitypublishers", "parked", "-n", ns).stdout.splitlines()
     assert header.split()[5:8] == ["READY", "STATUS", "LAG"], header
     assert row.split()[5:8] == ["True", "Publishing", "0.5s"], row
     record["parked"] = "ChangeStreamHistoryLost: resume point fell off the oplog"
     r.set(status_key(f"{ns}/parked"), json.dumps(record), ex=120)
-    parked = eventually(
-        lambda: (
-            condition(env.publisher(ns, "parked"), "Publishing")
-            if condition(env.publisher(ns, "parked"), "Publishing").get("reason") == "Parked"
-            else None
-        ),
-        what="Publishing=False Parked",
-    )
+    parked = condition_once(env, ns, "parked", "Publishing", reason="Parked")
     assert parked["status"] == "False"
     assert "ChangeStreamHistoryLost" in parked["message"]
-    eventually(
-        when(lambda: env.publisher(ns, "parked"), lambda p: p["status"].get("reason") == "Parked"),
-        what="STATUS Parked",
-    )
+    with_reason(env, ns, "parked", "Parked")
     # The documented recovery as one command with the real names; not "restart the pods".
     assert (
         f"kubectl exec -n {ns} app-0 -c liberator-parked -- liberator publish --reset-checkpoint"
@@ -835,12 +820,8 @@ def test_stalled_leader_shows_stalled_with_checkpoint_ages_and_clears(
     env: Env, operator: Operator, ns: str
 ) -> None:
     secret(env, ns, "stuck-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(
-        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "stuck", {"app": "stuck"})
-    )
-    unknown = eventually(
-        lambda: condition(env.publisher(ns, "stuck"), "Stalled") or None, what="a Stalled condition"
-    )
+    env.create(ns, "entitypublishers", ep_body(env, "stuck", {"app": "stuck"}))
+    unknown = condition_once(env, ns, "stuck", "Stalled")
     assert unknown["status"] == "Unknown"  # no leader's record: not a reassuring False
     r = redis_lib.Redis.from_url(env.redis_url)
     ages = {
@@ -863,10 +844,7 @@ def test_stalled_leader_shows_stalled_with_checkpoint_ages_and_clears(
         },
     }
     r.set(status_key(f"{ns}/stuck"), json.dumps(record), ex=120)
-    stuck = eventually(
-        when(lambda: env.publisher(ns, "stuck"), lambda p: p["status"].get("reason") == "Stalled"),
-        what="STATUS Stalled",
-    )
+    stuck = with_reason(env, ns, "stuck", "Stalled")
     stalled = condition(stuck, "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == "NothingPublished"
     assert "40 event(s) pending" in stalled["message"]
@@ -877,12 +855,7 @@ def test_stalled_leader_shows_stalled_with_checkpoint_ages_and_clears(
     assert row.split()[5:7] == ["True", "Stalled"], row
     del record["stalled"]
     r.set(status_key(f"{ns}/stuck"), json.dumps(record), ex=120)
-    moving = eventually(
-        when(
-            lambda: env.publisher(ns, "stuck"), lambda p: p["status"].get("reason") == "Publishing"
-        ),
-        what="STATUS Publishing once it moves again",
-    )
+    moving = with_reason(env, ns, "stuck", "Publishing")
     assert condition(moving, "Stalled")["status"] == "False"
     assert condition(moving, "Stalled")["reason"] == "Moving"
 
@@ -891,13 +864,8 @@ def test_resume_point_at_risk_shows_and_an_older_restart_time_is_refused(
     env: Env, operator: Operator, ns: str
 ) -> None:
     secret(env, ns, "risk-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(
-        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "risk", {"app": "risk"})
-    )
-    unknown = eventually(
-        lambda: condition(env.publisher(ns, "risk"), "ResumePointAtRisk") or None,
-        what="a ResumePointAtRisk condition",
-    )
+    env.create(ns, "entitypublishers", ep_body(env, "risk", {"app": "risk"}))
+    unknown = condition_once(env, ns, "risk", "ResumePointAtRisk")
     assert (unknown["status"], unknown["reason"]) == ("Unknown", "NoLeader")  # never a safe False
     r = redis_lib.Redis.from_url(env.redis_url)
     point = {
@@ -920,27 +888,14 @@ def test_resume_point_at_risk_shows_and_an_older_restart_time_is_refused(
         "resumePoint": point,
     }
     r.set(status_key(f"{ns}/risk"), json.dumps(record), ex=120)
-    risky = eventually(
-        when(
-            lambda: env.publisher(ns, "risk"),
-            lambda p: condition(p, "ResumePointAtRisk").get("status") == "True",
-        ),
-        what="ResumePointAtRisk=True",
-    )
+    risky = with_condition(env, ns, "risk", "ResumePointAtRisk", status="True")
     at_risk = condition(risky, "ResumePointAtRisk")
     assert at_risk["reason"] == "ResumePointAtRisk" and at_risk["message"] == point["message"]
-    eventually(
-        when(
-            lambda: env.publisher(ns, "risk"),
-            lambda p: p["status"].get("reason") == "ResumePointAtRisk",
-        ),
-        what="STATUS ResumePointAtRisk",
-    )
+    with_reason(env, ns, "risk", "ResumePointAtRisk")
     row = env.kubectl("get", "entitypublishers", "risk", "-n", ns).stdout.splitlines()[1]
     assert row.split()[5:7] == ["True", "ResumePointAtRisk"], row
-    shown = eventually(
-        when(lambda: env.publisher(ns, "risk"), lambda p: p["status"].get("resumePoint")),
-        what="status.resumePoint",
+    shown = publisher_once(
+        env, ns, "risk", lambda p: p["status"].get("resumePoint"), what="status.resumePoint"
     )
     assert shown["status"]["resumePoint"] == {
         "windowSeconds": 3600.0,
@@ -949,50 +904,27 @@ def test_resume_point_at_risk_shows_and_an_older_restart_time_is_refused(
     }
 
     # Where the window is known, a restart time before it is refused at apply time.
-    env.custom.patch_namespaced_custom_object(
-        GROUP,
-        VERSION,
+    env.patch(
         ns,
         "entitypublishers",
         "risk",
         {"spec": {"restartFrom": {"id": "too-old", "time": "2025-12-31T12:00:00Z"}}},
     )
-    refused = eventually(
-        lambda: (
-            condition(env.publisher(ns, "risk"), "RestartRejected")
-            if condition(env.publisher(ns, "risk"), "RestartRejected").get("status") == "True"
-            else None
-        ),
-        what="RestartRejected=True",
-    )
+    refused = condition_once(env, ns, "risk", "RestartRejected", status="True")
     assert refused["reason"] == "OlderThanOplog"
     assert "older than the oldest oplog entry (2026-01-01T00:00:00.000Z" in refused["message"]
     assert json.loads(r.get(control_key(f"{ns}/risk")) or "{}").get("restartFrom") is None
 
     point.update(status="False", reason="HeadroomOK", message="headroom capture 3590s")
     r.set(status_key(f"{ns}/risk"), json.dumps(record), ex=120)
-    clear = eventually(
-        when(
-            lambda: env.publisher(ns, "risk"),
-            lambda p: condition(p, "ResumePointAtRisk").get("status") == "False",
-        ),
-        what="ResumePointAtRisk=False once it catches up",
-    )
+    clear = with_condition(env, ns, "risk", "ResumePointAtRisk", status="False")
     assert condition(clear, "ResumePointAtRisk")["reason"] == "HeadroomOK"
 
 
 def test_paused_publisher_shows_paused(env: Env, operator: Operator, ns: str) -> None:
     secret(env, ns, "held-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(
-        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "held", {"app": "held"}, paused=True)
-    )
-    held = eventually(
-        when(
-            lambda: env.publisher(ns, "held"),
-            lambda p: (p.get("status") or {}).get("reason") == "Paused",
-        ),
-        what="STATUS Paused",
-    )
+    env.create(ns, "entitypublishers", ep_body(env, "held", {"app": "held"}, paused=True))
+    held = with_reason(env, ns, "held", "Paused")
     assert condition(held, "Ready")["reason"] == "Paused"
     assert held["status"]["lag"] == "Unknown"
     # The leader learns it from the control record, which the operator keeps in Redis.
@@ -1001,14 +933,12 @@ def test_paused_publisher_shows_paused(env: Env, operator: Operator, ns: str) ->
         lambda: json.loads(r.get(control_key(f"{ns}/held")) or "{}").get("paused"),
         what="control record paused",
     )
-    env.custom.patch_namespaced_custom_object(
-        GROUP, VERSION, ns, "entitypublishers", "held", {"spec": {"paused": False}}
-    )
+    env.patch(ns, "entitypublishers", "held", {"spec": {"paused": False}})
     eventually(
         lambda: json.loads(r.get(control_key(f"{ns}/held")) or "{}").get("paused") is False,
         what="control record unpaused",
     )
-    env.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", "held")
+    env.delete(ns, "entitypublishers", "held")
     eventually(
         lambda: r.get(control_key(f"{ns}/held")) is None,
         what="control record deleted with the publisher",
@@ -1020,17 +950,14 @@ def test_restart_from_reaches_the_leader_and_its_report_the_status(
 ) -> None:
     secret(env, ns, "rs-mongo", uri="mongodb://x")
     body = ep_body(env, "rs", {"app": "rs"}, restartFrom={"id": "recover-1", "position": "now"})
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", body)
+    env.create(ns, "entitypublishers", body)
     r = redis_lib.Redis.from_url(env.redis_url)
     sent = eventually(
         lambda: json.loads(r.get(control_key(f"{ns}/rs")) or "{}").get("restartFrom"),
         what="control record carries the request",
     )
     assert sent == {"id": "recover-1", "position": "now"}
-    pending = eventually(
-        lambda: condition(env.publisher(ns, "rs"), "RestartRejected") or None,
-        what="RestartRejected condition",
-    )
+    pending = condition_once(env, ns, "rs", "RestartRejected")
     assert pending["status"] == "False" and pending["reason"] == "Pending"
     # What the leader reports once it ran (test_publisher/test_control.py runs the real one).
     done = {
@@ -1051,15 +978,11 @@ def test_restart_from_reaches_the_leader_and_its_report_the_status(
         "restart": done,
     }
     r.set(status_key(f"{ns}/rs"), json.dumps(record), ex=120)
-    shown = eventually(
-        when(lambda: env.publisher(ns, "rs"), lambda p: (p.get("status") or {}).get("restart")),
-        what="status.restart",
+    shown = publisher_once(
+        env, ns, "rs", lambda p: (p.get("status") or {}).get("restart"), what="status.restart"
     )
     assert shown["status"]["restart"] == done
-    eventually(
-        lambda: condition(env.publisher(ns, "rs"), "RestartRejected").get("reason") == "Done",
-        what="RestartRejected=False Done",
-    )
+    condition_once(env, ns, "rs", "RestartRejected", reason="Done")
     events = eventually(
         lambda: [e for e in env.core.list_namespaced_event(ns).items if e.reason == "Restarted"],
         what="a Restarted event",
@@ -1067,9 +990,7 @@ def test_restart_from_reaches_the_leader_and_its_report_the_status(
     assert "recover-1" in events[0].message
 
     # A time in the future is refused by the operator: not sent, a clear condition instead.
-    env.custom.patch_namespaced_custom_object(
-        GROUP,
-        VERSION,
+    env.patch(
         ns,
         "entitypublishers",
         "rs",
@@ -1079,14 +1000,7 @@ def test_restart_from_reaches_the_leader_and_its_report_the_status(
             }
         },
     )
-    refused = eventually(
-        lambda: (
-            condition(env.publisher(ns, "rs"), "RestartRejected")
-            if condition(env.publisher(ns, "rs"), "RestartRejected").get("status") == "True"
-            else None
-        ),
-        what="RestartRejected=True",
-    )
+    refused = condition_once(env, ns, "rs", "RestartRejected", status="True")
     assert refused["reason"] == "FutureTime"
     assert "spec.restartFrom.time 2999-01-01T00:00:00Z is in the future" in refused["message"]
     assert json.loads(r.get(control_key(f"{ns}/rs")) or "{}").get("restartFrom") is None
@@ -1097,9 +1011,7 @@ def test_restart_from_reaches_the_leader_and_its_report_the_status(
 
 def test_injection_through_the_api_server(env: Env, operator: Operator, ns: str) -> None:
     secret(env, ns, "shop-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(
-        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "shop", {"app": "shop"})
-    )
+    env.create(ns, "entitypublishers", ep_body(env, "shop", {"app": "shop"}))
     pod = env.core.create_namespaced_pod(ns, pod_body("match", {"app": "shop"}))
     raw = env.api.sanitize_for_serialization(pod)
     [sidecar] = sidecars(raw)
@@ -1216,9 +1128,7 @@ def test_kube_system_is_never_injected(env: Env, operator: Operator) -> None:
     ns = "kube-system"
     name = f"sys-{os.getpid()}-{int(time.time())}"
     secret(env, ns, f"{name}-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(
-        GROUP, VERSION, ns, "entitypublishers", ep_body(env, name, {"app": name})
-    )
+    env.create(ns, "entitypublishers", ep_body(env, name, {"app": name}))
     pod = env.core.create_namespaced_pod(ns, pod_body(name, {"app": name}))
     assert sidecars(env.api.sanitize_for_serialization(pod)) == []
 
@@ -1226,9 +1136,7 @@ def test_kube_system_is_never_injected(env: Env, operator: Operator) -> None:
 def test_two_publishers_give_two_sidecars(env: Env, operator: Operator, ns: str) -> None:
     for name, labels in (("alpha", {"tier": "api"}), ("beta", {"app": "two"})):
         secret(env, ns, f"{name}-mongo", uri="mongodb://x")
-        env.custom.create_namespaced_custom_object(
-            GROUP, VERSION, ns, "entitypublishers", ep_body(env, name, labels)
-        )
+        env.create(ns, "entitypublishers", ep_body(env, name, labels))
     pod = env.api.sanitize_for_serialization(
         env.core.create_namespaced_pod(ns, pod_body("both", {"tier": "api", "app": "two"}))
     )
@@ -1246,15 +1154,10 @@ def job_status_patch(e: Env, ns: str, name: str, status: dict[str, Any]) -> None
 
 def test_seed_job_and_phases(env: Env, operator: Operator, ns: str) -> None:
     secret(env, ns, "inv-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(
-        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "inv", {"app": "inv"})
+    env.create(ns, "entitypublishers", ep_body(env, "inv", {"app": "inv"}))
+    seed = seed_body(
+        "initial", {"publisher": "inv", "mode": "history", "filter": {"status": "open"}}
     )
-    seed = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "EventSeed",
-        "metadata": {"name": "initial"},
-        "spec": {"publisher": "inv", "mode": "history", "filter": {"status": "open"}},
-    }
     env.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(seed))
     job = eventually(
         lambda: env.batch.read_namespaced_job("liberator-seed-initial", ns), what="the seed Job"
@@ -1328,21 +1231,8 @@ def test_seed_job_and_phases(env: Env, operator: Operator, ns: str) -> None:
 
 def test_failed_job_fails_the_seed(env: Env, operator: Operator, ns: str) -> None:
     secret(env, ns, "f-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(
-        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "f", {"app": "f"})
-    )
-    env.custom.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        ns,
-        "eventseeds",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "EventSeed",
-            "metadata": {"name": "once"},
-            "spec": {"publisher": "f"},
-        },
-    )
+    env.create(ns, "entitypublishers", ep_body(env, "f", {"app": "f"}))
+    env.create(ns, "eventseeds", seed_body("once", {"publisher": "f"}))
     eventually(lambda: env.batch.read_namespaced_job("liberator-seed-once", ns), what="the Job")
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     job_status_patch(
@@ -1383,18 +1273,7 @@ def test_failed_job_fails_the_seed(env: Env, operator: Operator, ns: str) -> Non
 
 
 def test_seed_without_its_publisher_waits(env: Env, operator: Operator, ns: str) -> None:
-    env.custom.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        ns,
-        "eventseeds",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "EventSeed",
-            "metadata": {"name": "early"},
-            "spec": {"publisher": "nobody"},
-        },
-    )
+    env.create(ns, "eventseeds", seed_body("early", {"publisher": "nobody"}))
     cond = eventually(
         lambda: condition(env.seed(ns, "early"), "PublisherFound") or None, what="PublisherFound"
     )
@@ -1416,51 +1295,24 @@ def test_operator_restart_resumes_and_creates_nothing_twice(
 ) -> None:
     secret(env, ns, "r1-mongo", uri="mongodb://x")
     secret(env, ns, "r2-mongo", uri="mongodb://x")
-    env.custom.create_namespaced_custom_object(
-        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "r1", {"app": "r1"})
-    )
-    env.custom.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        ns,
-        "eventseeds",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "EventSeed",
-            "metadata": {"name": "rs"},
-            "spec": {"publisher": "r1"},
-        },
-    )
-    before = eventually(
-        when(
-            lambda: env.publisher(ns, "r1"), lambda p: condition(p, "Ready").get("status") == "True"
-        ),
-        what="r1 Ready",
-    )
+    env.create(ns, "entitypublishers", ep_body(env, "r1", {"app": "r1"}))
+    env.create(ns, "eventseeds", seed_body("rs", {"publisher": "r1"}))
+    before = with_condition(env, ns, "r1", "Ready", status="True")
     eventually(lambda: env.batch.read_namespaced_job("liberator-seed-rs", ns), what="the Job")
 
     operator.stop()
     # While it is down: a spec change to r1, and a new publisher r2.
-    env.custom.patch_namespaced_custom_object(
-        GROUP, VERSION, ns, "entitypublishers", "r1", {"spec": {"sidecar": {"logLevel": "DEBUG"}}}
-    )
-    env.custom.create_namespaced_custom_object(
-        GROUP, VERSION, ns, "entitypublishers", ep_body(env, "r2", {"app": "r2"})
-    )
+    env.patch(ns, "entitypublishers", "r1", {"spec": {"sidecar": {"logLevel": "DEBUG"}}})
+    env.create(ns, "entitypublishers", ep_body(env, "r2", {"app": "r2"}))
     operator.start()
     wait_webhook_live(env, operator)
 
-    eventually(
-        when(
-            lambda: env.publisher(ns, "r2"), lambda p: condition(p, "Ready").get("status") == "True"
-        ),
-        what="r2, created while the operator was down, to become Ready",
-    )
-    after = eventually(
-        when(
-            lambda: env.publisher(ns, "r1"),
-            lambda p: p["status"]["observedGeneration"] == p["metadata"]["generation"],
-        ),
+    with_condition(env, ns, "r2", "Ready", status="True")
+    after = publisher_once(
+        env,
+        ns,
+        "r1",
+        lambda p: p["status"]["observedGeneration"] == p["metadata"]["generation"],
         what="r1's spec change to be handled after the restart",
     )
     assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
@@ -1513,9 +1365,7 @@ def test_peering_lets_one_replica_act(
         assert "Resuming operations" not in low.text()
 
         ns = make_namespace(env, f"peer-{unique}")
-        env.custom.create_namespaced_custom_object(
-            GROUP, VERSION, ns, "entitypublishers", ep_body(env, "p1", {"app": "p1"})
-        )
+        env.create(ns, "entitypublishers", ep_body(env, "p1", {"app": "p1"}))
         eventually(lambda: condition(env.publisher(ns, "p1"), "Ready"), what="p1 handled")
         assert f"[{ns}/p1]" in high.text()
         assert f"[{ns}/p1]" not in low.text()
@@ -1526,9 +1376,7 @@ def test_peering_lets_one_replica_act(
             lambda: "Resuming operations" in low.text(),
             what="the low-priority replica to take over",
         )
-        env.custom.create_namespaced_custom_object(
-            GROUP, VERSION, ns, "entitypublishers", ep_body(env, "p2", {"app": "p2"})
-        )
+        env.create(ns, "entitypublishers", ep_body(env, "p2", {"app": "p2"}))
         eventually(lambda: condition(env.publisher(ns, "p2"), "Ready"), what="p2 handled")
         assert f"[{ns}/p2]" in low.text()
     finally:
@@ -1591,11 +1439,8 @@ def test_injected_sidecar_runs_and_publishes(  # noqa: PLR0917
         },
         sidecar={"leaseTtlSeconds": 5},
     )
-    env.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "entitypublishers", body)
-    eventually(
-        lambda: condition(env.publisher(ns, "live"), "Ready").get("status") == "True",
-        what="the subscription to be provisioned",
-    )
+    env.create(ns, "entitypublishers", body)
+    condition_once(env, ns, "live", "Ready", status="True")
     pod = env.api.sanitize_for_serialization(
         env.core.create_namespaced_pod(ns, pod_body("live-0", {"app": "live"}))
     )
@@ -1661,9 +1506,4 @@ def test_injected_sidecar_runs_and_publishes(  # noqa: PLR0917
         mongo.close()
     finally:
         subscriber.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        commands.stop(proc)
