@@ -27,10 +27,8 @@ from google.cloud import pubsub_v1  # noqa: E402
 from pymongo import MongoClient  # noqa: E402
 
 from bench.baselines import b_ins  # noqa: E402
-from liberator_publisher.core.event import (  # noqa: E402
-    EventMapping,
-    outbox_document_for_entity,
-)
+from liberator_publisher.core.event import outbox_document_for_entity  # noqa: E402
+from liberator_publisher.core.mapping import EventMapping  # noqa: E402
 from liberator_publisher.core.message import message_for  # noqa: E402
 from liberator_publisher.store.eventstore import EventStore, EventStoreSettings  # noqa: E402
 from liberator_stack import Stack  # noqa: E402

@@ -14,7 +14,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure
 
-from liberator_publisher.core.event import EventMapping
+from liberator_publisher.core.mapping import EventMapping
 from liberator_publisher.core.status import Progress
 from liberator_publisher.sidecar.capture import Capture, CaptureSettings, insert_outbox
 from liberator_publisher.sidecar.metrics import Metrics

@@ -17,14 +17,12 @@ from hypothesis import strategies as st
 
 from liberator_publisher.core.encoding import JSON_OPTIONS
 from liberator_publisher.core.event import (
-    EventMapping,
-    entity_id_of,
     event_id_for_token,
     needs_identity,
     outbox_document_for_change,
     outbox_document_for_entity,
-    version_of,
 )
+from liberator_publisher.core.mapping import EventMapping, entity_id_of, version_of
 from liberator_publisher.core.message import (
     MAX_ATTRIBUTE_KEY_BYTES,
     MAX_ATTRIBUTE_VALUE_BYTES,

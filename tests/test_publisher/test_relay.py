@@ -14,7 +14,8 @@ from bson import Timestamp
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from liberator_publisher.core.event import EventMapping, outbox_document_for_entity
+from liberator_publisher.core.event import outbox_document_for_entity
+from liberator_publisher.core.mapping import EventMapping
 from liberator_publisher.core.status import Progress
 from liberator_publisher.sidecar.metrics import Metrics
 from liberator_publisher.sidecar.relay import Relay, RelaySettings, ensure_indexes

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from liberator_publisher.core.contract import CONTRACT, DEFAULT_HTTP_PORT
-from liberator_publisher.core.event import EventMapping
+from liberator_publisher.core.mapping import EventMapping
 from liberator_publisher.core.settings import ConfigError, Settings
 
 PASSWORD = "Sup3rS3cretPw"

@@ -20,7 +20,8 @@ from typing import Any, Literal
 from uuid import uuid4
 
 from liberator_publisher.core.cloudevent import CloudEvent, parse_message
-from liberator_publisher.core.event import EventMapping, outbox_document_for_entity
+from liberator_publisher.core.event import outbox_document_for_entity
+from liberator_publisher.core.mapping import EventMapping
 from liberator_publisher.core.message import message_for
 from liberator_publisher.core.outbox import PENDING
 

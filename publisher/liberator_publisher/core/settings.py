@@ -18,7 +18,7 @@ from liberator_publisher.core import contract as c
 from liberator_publisher.core import validation as rules
 from liberator_publisher.core.contract import CONTRACT, DEFAULT_HTTP_PORT, default_outbox
 from liberator_publisher.core.errors import UsageError
-from liberator_publisher.core.event import EventMapping
+from liberator_publisher.core.mapping import EventMapping
 from liberator_publisher.core.validation import LOG_FORMATS, LOG_LEVELS, InvalidValue
 
 __all__ = ["LOG_FORMATS", "LOG_LEVELS", "ConfigError", "Settings"]

@@ -37,13 +37,9 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
 from liberator_publisher.core.contract import seed_key
-from liberator_publisher.core.event import (
-    EventMapping,
-    entity_id_of,
-    outbox_document_for_entity,
-    version_of,
-)
+from liberator_publisher.core.event import outbox_document_for_entity
 from liberator_publisher.core.iam import denied_message
+from liberator_publisher.core.mapping import EventMapping, entity_id_of, version_of
 from liberator_publisher.core.message import Unpublishable, message_for
 from liberator_publisher.core.outbox import FAILED
 from liberator_publisher.core.settings import Settings
