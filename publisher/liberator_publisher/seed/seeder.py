@@ -1,15 +1,16 @@
 """``liberator seed``: publish the existing entities once to the seed topic.
 
-The scan reads the entity collection sorted by entity id (then version), so each entity's documents
-come together. Mode ``latest`` publishes the highest version of each entity, ``history`` every
-version document, oldest first. Events have the live format (``event.outbox_document_for_entity``)
-plus ``ce-seed: "true"``; their ``ce-id`` is a UUID5 of source, entity id and version, so a repeat
-carries the same id, and their ``ce-time`` is the seed's start time, which sorts them before any
-live change that follows the start.
+The scan (``scan.py``) reads the entity collection sorted by entity id (then version), so each
+entity's documents come together. Mode ``latest`` publishes the highest version of each entity,
+``history`` every version document, oldest first. Events have the live format
+(``event.outbox_document_for_entity``) plus ``ce-seed: "true"``; their ``ce-id`` is a UUID5 of
+source, entity id and version, so a repeat carries the same id, and their ``ce-time`` is the
+seed's start time, which sorts them before any live change that follows the start.
 
 A ledger (``ledger.py``: the range of entity ids already published, per seed id) makes a rerun
-publish nothing new and lets a killed seed resume after its checkpoint. Progress goes to stderr,
-a Redis hash (``liberator:seed:<seed-id>``) mirrors it for the operator, and the last line on
+publish nothing new and lets a killed seed resume after its checkpoint, which also records the
+capture stream's position at the start (``position.py``). Progress goes to stderr, a Redis hash
+(``status.py``: ``liberator:seed:<seed-id>``) mirrors it for the operator, and the last line on
 stdout is ``seeded=N skipped=M failed=K``.
 
 Exit codes: 0 done (even with skipped or failed documents), 2 usage or configuration error,
@@ -21,120 +22,49 @@ from __future__ import annotations
 import logging
 import sys
 import time
-import zlib
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
 from bson import json_util
 from bson.json_util import JSONMode, JSONOptions
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 from pymongo import MongoClient
 from pymongo.collection import Collection
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import OperationFailure
 
-from liberator_publisher.core.contract import seed_key
-from liberator_publisher.core.event import outbox_document_for_entity
 from liberator_publisher.core.iam import denied_message
-from liberator_publisher.core.mapping import EventMapping, entity_id_of, version_of
-from liberator_publisher.core.message import Unpublishable, message_for
-from liberator_publisher.core.outbox import FAILED
+from liberator_publisher.core.mapping import EventMapping
 from liberator_publisher.core.settings import Settings
 from liberator_publisher.core.times import rfc3339
 from liberator_publisher.runtime.command import UsageError
 from liberator_publisher.runtime.pubsub import OrderedPublisher, PublishLimits
 from liberator_publisher.seed.ledger import LEDGER_SUFFIX, Checkpoint, Ledger
-from liberator_publisher.seed.options import (
-    SEED_ATTRIBUTE,
-    Pacer,
-    SeedOptions,
-    Summary,
-    seed_event_id,
-)
-from liberator_publisher.seed.plan import resume_plan
-from liberator_publisher.state.checkpoint import CHECKPOINT_COLLECTION, CheckpointError, Checkpoints
+from liberator_publisher.seed.options import Pacer, SeedOptions, Summary
+from liberator_publisher.seed.plan import ResumePlan, resume_plan
+from liberator_publisher.seed.position import capture_position
+from liberator_publisher.seed.scan import Scan, SeedEvent
+from liberator_publisher.seed.status import SeedStatus
 from liberator_publisher.state.identity import IDENTITY_SUFFIX, remember_identities
 
-__all__ = ["ORDERING_BUCKETS", "check_collection", "run_seed"]
+__all__ = ["check_collection", "run_seed"]
 
 log = logging.getLogger(__name__)
 
 _JSON = JSONOptions(json_mode=JSONMode.RELAXED, tz_aware=True, tzinfo=UTC)
 _PROGRESS_EVERY = 2.0  # seconds between progress lines
-ORDERING_BUCKETS = 16
-"""History mode's ordering keys: ``seed-<crc32(entity id) % 16>``."""
-
-
-@dataclass
-class _Event:
-    entity: Any
-    """The entity id's BSON value (for a retry)."""
-    event_id: str
-    entity_id: str
-    data: bytes
-    attributes: dict[str, str]
-    ordering_key: str
-
-
-class _Status:
-    """The Redis hash for the operator; best effort, a Redis outage never stops the seed."""
-
-    def __init__(self, url: str, seed_id: str) -> None:
-        self._client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        self._key = seed_key(seed_id)
-        self._warned = False
-
-    def update(self, fields: Mapping[str, str | int]) -> None:
-        try:
-            self._client.hset(self._key, mapping={k: v for k, v in fields.items()})
-        except redis.RedisError as error:
-            if not self._warned:
-                log.warning("cannot write the seed status to Redis (%s): %s", self._key, error)
-                self._warned = True
-
-    def close(self) -> None:
-        self._client.close()
 
 
 def _rfc3339(moment: datetime | None) -> str:
     return "" if moment is None else rfc3339(moment)
 
 
-def _capture_position(collection: Collection[dict[str, Any]], publisher: str) -> dict[str, Any]:
-    """The capture stream's position now, so live capture and the seed overlap (no gap).
-
-    Recorded: the running sidecar's capture checkpoint (read only; absent when no sidecar has
-    captured yet), a fresh change stream's resume token (MongoDB gives one even on a quiet
-    stream; mongo-java-server does not), and the time.
-    """
-    now = datetime.now(UTC)
-    position: dict[str, Any] = {"time": now, "publisherCheckpoint": None, "resumeToken": None}
-    try:
-        saved = Checkpoints(collection.database[CHECKPOINT_COLLECTION], publisher).load("capture")
-        if not saved.empty:
-            position["publisherCheckpoint"] = json_util.dumps(
-                {"token": saved.token, "operationTime": saved.operation_time}
-            )
-    except (PyMongoError, CheckpointError) as error:
-        log.warning("cannot read the sidecar's capture checkpoint: %s", error)
-    try:
-        with collection.watch(max_await_time_ms=1) as stream:
-            stream.try_next()
-            if stream.resume_token is not None:
-                position["resumeToken"] = json_util.dumps(stream.resume_token)
-    except PyMongoError as error:
-        log.info("no change stream position recorded (%s); the time stands for it", error)
-    return position
-
-
 @dataclass
 class _Batch:
     """Events published together, and what the checkpoint becomes once they are acknowledged."""
 
-    sent: list[tuple[_Event, Any]]
+    sent: list[tuple[SeedEvent, Any]]
     """Each event with its publish future."""
     after: Any
     """The last entity id of the batch (all of its documents are in it)."""
@@ -149,7 +79,7 @@ class _Seeder:
         options: SeedOptions,
         mongo: MongoClient[Any],
         publisher: OrderedPublisher,
-        status: _Status,
+        status: SeedStatus,
     ) -> None:
         self.settings = settings
         self.options = options
@@ -174,124 +104,9 @@ class _Seeder:
         self._started = time.monotonic()
         self._time = datetime.now(UTC)  # replaced by the checkpoint's start time in run()
 
-    # -- the scan --
-
-    def _query(self, after: Any, only: list[Any] | None) -> dict[str, Any]:
-        parts = [dict(self.options.filter)] if self.options.filter else []
-        if only is not None:
-            parts.append({self.mapping.id_field: {"$in": only}})
-        elif after is not None:
-            # Entity ids of one BSON type resume exactly ($gt compares within a type).
-            parts.append({self.mapping.id_field: {"$gt": after}})
-        return {} if not parts else parts[0] if len(parts) == 1 else {"$and": parts}
-
-    def _sort(self) -> list[tuple[str, int]]:
-        order = 1 if self.options.mode == "history" else -1
-        keys = [(self.mapping.id_field, 1)]
-        if self.mapping.version_field:
-            keys.append((self.mapping.version_field, order))
-        if self.mapping.id_field != "_id":
-            keys.append(("_id", order))
-        return keys
-
-    def _groups(
-        self, after: Any, only: list[Any] | None
-    ) -> Iterator[tuple[Any, list[dict[str, Any]]]]:
-        """(entity id value, its documents) in scan order."""
-        cursor = self.collection.find(
-            self._query(after, only),
-            sort=self._sort(),
-            batch_size=min(self.options.batch_size, 1000),
-        )
-        current: Any = None
-        group: list[dict[str, Any]] = []
-        started = False
-        for document in cursor:
-            self.pacer.wait()
-            value = document.get(self.mapping.id_field)
-            if started and value != current:
-                yield current, group
-                group = []
-            current, started = value, True
-            group.append(document)
-        if started:
-            yield current, group
-
-    def _events_of(self, entity: Any, documents: list[dict[str, Any]]) -> list[_Event]:
-        """The seed events of one entity's documents; bad documents are counted and skipped."""
-        chosen: list[_Event] = []
-        version_field = self.mapping.version_field
-        took_latest = False
-        for document in documents:
-            self.summary.scanned += 1
-            if document.get(self.mapping.id_field) is None:
-                self._skip(document, f"no id field {self.mapping.id_field!r}")
-                continue
-            if version_field and document.get(version_field) is None:
-                self._skip(document, f"no version field {version_field!r}")
-                continue
-            if self.options.mode == "latest":
-                if took_latest:
-                    continue  # an older version: latest publishes only the first (highest)
-                took_latest = True  # if the latest is bad, no older version stands in for it
-            event = self._event(entity, document)
-            if event is not None:
-                chosen.append(event)
-        return chosen
-
-    def _event(self, entity: Any, document: dict[str, Any]) -> _Event | None:
-        try:
-            entity_id = entity_id_of(document, self.mapping)
-            if self.mapping.version_field:
-                version = version_of(document, self.mapping)
-            elif self.options.mode == "history":
-                version = json_util.dumps(document.get("_id"))  # one event per document
-            else:
-                version = None
-        except Unpublishable as error:
-            self._skip(document, error.reason)
-            return None
-        event_id = seed_event_id(self.mapping.source, entity_id, version)
-        outbox = outbox_document_for_entity(
-            document,
-            self.mapping,
-            event_id=event_id,
-            operation="insert",
-            time=self._time,
-            extra_attributes={SEED_ATTRIBUTE: "true"},
-        )
-        if outbox["status"] == FAILED:
-            self._skip(document, str(outbox.get("reason")))
-            return None
-        try:
-            message = message_for(outbox)
-        except Unpublishable as error:
-            self._skip(document, error.reason)
-            return None
-        return _Event(
-            entity=entity,
-            event_id=event_id,
-            entity_id=entity_id,
-            data=message.data,
-            attributes=message.attributes,
-            ordering_key=self._ordering_key(entity_id),
-        )
-
-    def _ordering_key(self, entity_id: str) -> str:
-        # History needs each entity's versions in order. Any key that is a function of the
-        # entity id keeps that order; a few buckets keep the keys a subscriber orders by few.
-        # Latest has one event per entity: nothing to order.
-        if self.options.mode != "history":
-            return ""
-        return f"seed-{zlib.crc32(entity_id.encode('utf-8')) % ORDERING_BUCKETS}"
-
-    def _skip(self, document: Mapping[str, Any], reason: str) -> None:
-        self.summary.skipped += 1
-        log.warning("skipped document _id=%s: %s", json_util.dumps(document.get("_id")), reason)
-
     # -- publishing: one batch in flight while the next one is read --
 
-    def _send(self, events: list[_Event], after: Any) -> _Batch:
+    def _send(self, events: list[SeedEvent], after: Any) -> _Batch:
         sent = [
             (
                 event,
@@ -342,48 +157,9 @@ class _Seeder:
         )
         for name, value in plan.counts.items():  # the seed's counts go on
             setattr(self.summary, name, value)
-        if checkpoint is None:
-            checkpoint = Checkpoint(
-                seed_id=options.seed_id,
-                mode=options.mode,
-                filter=filter_text,
-                started_at=datetime.now(UTC),
-                capture=_capture_position(self.collection, self.settings.publisher),
-            )
-            self.ledger.save(checkpoint)
-        elif plan.action == "done":
-            log.info(
-                "seed %s finished at %s; nothing new to publish",
-                options.seed_id,
-                _rfc3339(checkpoint.completed_at),
-            )
-            self.summary = Summary(already=checkpoint.counts.get("seeded", 0))
-            # The status shows the seed's own counts again (say, after a Redis restart).
-            self.status.update(
-                {
-                    **checkpoint.counts,
-                    "phase": "Succeeded",
-                    "startedAt": _rfc3339(checkpoint.started_at),
-                    "completedAt": _rfc3339(checkpoint.completed_at),
-                }
-            )
-            return self.summary
-        elif plan.action == "retry":
-            log.info(
-                "seed %s: retrying %d entities whose publish failed",
-                options.seed_id,
-                len(plan.only or []),
-            )
-            self._retrying = True
-            checkpoint.phase = "Running"
-        else:
-            log.info(
-                "resuming seed %s after entity %s",
-                options.seed_id,
-                json_util.dumps(checkpoint.after),
-            )
-            self.retry = list(plan.retry)
-        only = plan.only
+        if checkpoint is not None and plan.action == "done":
+            return self._done(checkpoint)
+        checkpoint = self._resume(checkpoint, plan, filter_text)
         self._time = (
             checkpoint.started_at
             if checkpoint.started_at.tzinfo
@@ -403,20 +179,79 @@ class _Seeder:
                 **self.summary.counts(),
             }
         )
-        self._scan(checkpoint, only)
+        self._scan(checkpoint, plan.only)
         checkpoint.phase = "Succeeded"
         checkpoint.completed_at = datetime.now(UTC)
         self._save(checkpoint, final=True)
         return self.summary
 
+    def _done(self, checkpoint: Checkpoint) -> Summary:
+        """A rerun of a finished seed with nothing to retry: publishes nothing."""
+        log.info(
+            "seed %s finished at %s; nothing new to publish",
+            self.options.seed_id,
+            _rfc3339(checkpoint.completed_at),
+        )
+        self.summary = Summary(already=checkpoint.counts.get("seeded", 0))
+        # The status shows the seed's own counts again (say, after a Redis restart).
+        self.status.update(
+            {
+                **checkpoint.counts,
+                "phase": "Succeeded",
+                "startedAt": _rfc3339(checkpoint.started_at),
+                "completedAt": _rfc3339(checkpoint.completed_at),
+            }
+        )
+        return self.summary
+
+    def _resume(
+        self, checkpoint: Checkpoint | None, plan: ResumePlan, filter_text: str
+    ) -> Checkpoint:
+        """The checkpoint the scan starts from: a new one (saved at once), or the ledger's for a
+        retry of the failed entities or a resume after the last acknowledged one."""
+        options = self.options
+        if checkpoint is None:
+            checkpoint = Checkpoint(
+                seed_id=options.seed_id,
+                mode=options.mode,
+                filter=filter_text,
+                started_at=datetime.now(UTC),
+                capture=capture_position(self.collection, self.settings.publisher),
+            )
+            self.ledger.save(checkpoint)
+        elif plan.action == "retry":
+            log.info(
+                "seed %s: retrying %d entities whose publish failed",
+                options.seed_id,
+                len(plan.only or []),
+            )
+            self._retrying = True
+            checkpoint.phase = "Running"
+        else:
+            log.info(
+                "resuming seed %s after entity %s",
+                options.seed_id,
+                json_util.dumps(checkpoint.after),
+            )
+            self.retry = list(plan.retry)
+        return checkpoint
+
     def _scan(self, checkpoint: Checkpoint, only: list[Any] | None) -> None:
+        scan = Scan(
+            self.collection,
+            self.mapping,
+            self.options,
+            pacer=self.pacer,
+            summary=self.summary,
+            time=self._time,
+        )
         inflight: _Batch | None = None
-        pending: list[_Event] = []
+        pending: list[SeedEvent] = []
         pending_docs = 0
         keys: list[tuple[Any, Any]] = []  # (document _id, entity id) for deletes by business id
         last: Any = None
-        for entity, documents in self._groups(checkpoint.after, only):
-            pending.extend(self._events_of(entity, documents))
+        for entity, documents in scan.groups(checkpoint.after, only):
+            pending.extend(scan.events_of(entity, documents))
             pending_docs += len(documents)
             if self.identities is not None and entity is not None:
                 keys.extend((document["_id"], entity) for document in documents)
@@ -508,7 +343,7 @@ def run_seed(settings: Settings, options: SeedOptions) -> Summary:
         PublishLimits(max_in_flight_messages=2 * options.batch_size + 1000, max_requests=4),
     )
     mongo: MongoClient[Any] = MongoClient(settings.mongo_uri, tz_aware=True)
-    status = _Status(settings.redis_url, options.seed_id)
+    status = SeedStatus(settings.redis_url, options.seed_id)
     try:
         try:
             client.get_topic(topic=topic)
