@@ -180,12 +180,14 @@ def install_eventstore(
     rollout_status(kubeconfig, EVENTSTORE, timeout)
 
 
-def rollout_status(kubeconfig: str | Path, deployment: str, timeout: float) -> None:
-    """Wait until the rollout of ``deployment`` in :data:`NAMESPACE` is complete."""
+def rollout_status(
+    kubeconfig: str | Path, deployment: str, timeout: float, *, namespace: str = NAMESPACE
+) -> None:
+    """Wait until the rollout of ``deployment`` in ``namespace`` is complete."""
     kubectl(
         kubeconfig,
         "-n",
-        NAMESPACE,
+        namespace,
         "rollout",
         "status",
         f"deployment/{deployment}",

@@ -156,15 +156,27 @@ class Quotes:
         )
 
     def rollout(self) -> None:
-        self.node.kubectl(
-            "-n",
-            self.ns,
-            "rollout",
-            "status",
-            "deployment/quotes",
-            f"--timeout={int(WAIT)}s",
-            timeout=WAIT + 30,
+        deploy.rollout_status(self.node.kubeconfig, "quotes", WAIT, namespace=self.ns)
+
+    def seed(self, name: str, **spec: Any) -> None:
+        """Apply the EventSeed ``name`` of the publisher ``quotes``."""
+        self.apply(
+            {
+                "apiVersion": "liberator.io/v1alpha1",
+                "kind": "EventSeed",
+                "metadata": {"name": name, "namespace": self.ns},
+                "spec": {"publisher": "quotes", **spec},
+            }
         )
+
+    def seed_end(self, name: str) -> dict[str, Any]:
+        """The EventSeed ``name`` once it ended (Succeeded or Failed)."""
+
+        def ended() -> dict[str, Any] | None:
+            seed: dict[str, Any] = self.get("eventseed", name)
+            return seed if seed.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
+
+        return eventually(ended, what="the seed's end")
 
     # -- reading --
 

@@ -41,22 +41,8 @@ def operator_pods(node: Node) -> list[str]:
 def test_a_seed_job_runs_to_complete_and_seeds_each_entity_once(quotes: Quotes) -> None:
     entities = {f"seeded-{i}" for i in range(30)}
     quotes.insert(*entities)
-    quotes.apply(
-        {
-            "apiVersion": "liberator.io/v1alpha1",
-            "kind": "EventSeed",
-            "metadata": {"name": "initial", "namespace": quotes.ns},
-            "spec": {"publisher": "quotes", "mode": "latest"},
-        }
-    )
-    seed = eventually(
-        lambda: (
-            (s := quotes.get("eventseed", "initial")).get("status", {}).get("phase")
-            in ("Succeeded", "Failed")
-            and s
-        ),
-        what="the seed's end",
-    )
+    quotes.seed("initial", mode="latest")
+    seed = quotes.seed_end("initial")
     assert seed["status"]["phase"] == "Succeeded", seed["status"]
     [job] = quotes.get("jobs")["items"]
     conditions = {c["type"]: c["status"] for c in job["status"].get("conditions", [])}
@@ -72,14 +58,7 @@ def test_a_seed_job_whose_pod_is_killed_mid_run_retries_and_seeds_each_entity_on
 ) -> None:
     entities = {f"many-{i:03d}" for i in range(200)}
     quotes.insert(*entities)
-    quotes.apply(
-        {
-            "apiVersion": "liberator.io/v1alpha1",
-            "kind": "EventSeed",
-            "metadata": {"name": "slow", "namespace": quotes.ns},
-            "spec": {"publisher": "quotes", "mode": "latest", "rateLimit": 10},
-        }
-    )
+    quotes.seed("slow", mode="latest", rateLimit=10)
     reader = Reader(quotes.node, quotes.project, quotes.seed_subscription)
 
     def seeding_pod() -> str | None:
@@ -95,14 +74,7 @@ def test_a_seed_job_whose_pod_is_killed_mid_run_retries_and_seeds_each_entity_on
 
     victim = eventually(seeding_pod, what="the seed Job's pod, mid-run")
     quotes.node.kubectl("-n", quotes.ns, "delete", "pod", victim, "--grace-period=0", "--force")
-    seed = eventually(
-        lambda: (
-            (s := quotes.get("eventseed", "slow")).get("status", {}).get("phase")
-            in ("Succeeded", "Failed")
-            and s
-        ),
-        what="the seed's end",
-    )
+    seed = quotes.seed_end("slow")
     assert seed["status"]["phase"] == "Succeeded", seed["status"]
     # A forced deletion lets the killed container run on for a moment beside the Job's new pod,
     # so a batch can be counted twice; what consumers get stays once per entity (below).
@@ -139,15 +111,7 @@ def test_when_the_active_operator_dies_the_other_replica_takes_over(node: Node) 
     # A publisher created now is provisioned only if another replica acts.
     q = Quotes(node).create()
     node.kubectl("delete", "namespace", q.ns, "--wait=false")
-    node.kubectl(
-        "-n",
-        deploy.NAMESPACE,
-        "rollout",
-        "status",
-        f"deployment/{deploy.OPERATOR}",
-        f"--timeout={int(WAIT)}s",
-        timeout=WAIT + 30,
-    )
+    deploy.rollout_status(node.kubeconfig, deploy.OPERATOR, WAIT)
 
 
 def test_with_the_operator_scaled_to_zero_pods_are_still_admitted(
@@ -174,12 +138,4 @@ def test_with_the_operator_scaled_to_zero_pods_are_still_admitted(
         node.kubectl(
             "-n", deploy.NAMESPACE, "scale", f"deployment/{deploy.OPERATOR}", "--replicas=2"
         )
-        node.kubectl(
-            "-n",
-            deploy.NAMESPACE,
-            "rollout",
-            "status",
-            f"deployment/{deploy.OPERATOR}",
-            f"--timeout={int(WAIT)}s",
-            timeout=WAIT + 30,
-        )
+        deploy.rollout_status(node.kubeconfig, deploy.OPERATOR, WAIT)
