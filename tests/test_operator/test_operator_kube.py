@@ -336,6 +336,12 @@ def _exists(read: Callable[[], Any]) -> bool:
     return True
 
 
+def add_publisher(e: Env, namespace: str, name: str, **spec: Any) -> None:
+    """The EntityPublisher ``name`` for pods labelled app=``name``, and its MongoDB Secret."""
+    secret(e, namespace, f"{name}-mongo", uri="mongodb://x")
+    e.create(namespace, "entitypublishers", ep_body(e, name, {"app": name}, **spec))
+
+
 def seed_body(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -773,8 +779,7 @@ def test_missing_secret_shows_then_heals(env: Env, operator: Operator, ns: str) 
 
 
 def test_parked_leader_turns_publishing_false(env: Env, operator: Operator, ns: str) -> None:
-    secret(env, ns, "parked-mongo", uri="mongodb://x")
-    env.create(ns, "entitypublishers", ep_body(env, "parked", {"app": "parked"}))
+    add_publisher(env, ns, "parked")
     condition_once(env, ns, "parked", "Publishing", reason="NoSidecar")
     waiting = with_reason(env, ns, "parked", "NoSidecar")
     assert waiting["status"]["lag"] == "Unknown"  # no leader's record: not a reassuring 0
@@ -819,8 +824,7 @@ def test_parked_leader_turns_publishing_false(env: Env, operator: Operator, ns: 
 def test_stalled_leader_shows_stalled_with_checkpoint_ages_and_clears(
     env: Env, operator: Operator, ns: str
 ) -> None:
-    secret(env, ns, "stuck-mongo", uri="mongodb://x")
-    env.create(ns, "entitypublishers", ep_body(env, "stuck", {"app": "stuck"}))
+    add_publisher(env, ns, "stuck")
     unknown = condition_once(env, ns, "stuck", "Stalled")
     assert unknown["status"] == "Unknown"  # no leader's record: not a reassuring False
     r = redis_lib.Redis.from_url(env.redis_url)
@@ -863,8 +867,7 @@ def test_stalled_leader_shows_stalled_with_checkpoint_ages_and_clears(
 def test_resume_point_at_risk_shows_and_an_older_restart_time_is_refused(
     env: Env, operator: Operator, ns: str
 ) -> None:
-    secret(env, ns, "risk-mongo", uri="mongodb://x")
-    env.create(ns, "entitypublishers", ep_body(env, "risk", {"app": "risk"}))
+    add_publisher(env, ns, "risk")
     unknown = condition_once(env, ns, "risk", "ResumePointAtRisk")
     assert (unknown["status"], unknown["reason"]) == ("Unknown", "NoLeader")  # never a safe False
     r = redis_lib.Redis.from_url(env.redis_url)
@@ -922,8 +925,7 @@ def test_resume_point_at_risk_shows_and_an_older_restart_time_is_refused(
 
 
 def test_paused_publisher_shows_paused(env: Env, operator: Operator, ns: str) -> None:
-    secret(env, ns, "held-mongo", uri="mongodb://x")
-    env.create(ns, "entitypublishers", ep_body(env, "held", {"app": "held"}, paused=True))
+    add_publisher(env, ns, "held", paused=True)
     held = with_reason(env, ns, "held", "Paused")
     assert condition(held, "Ready")["reason"] == "Paused"
     assert held["status"]["lag"] == "Unknown"
@@ -948,9 +950,7 @@ def test_paused_publisher_shows_paused(env: Env, operator: Operator, ns: str) ->
 def test_restart_from_reaches_the_leader_and_its_report_the_status(
     env: Env, operator: Operator, ns: str
 ) -> None:
-    secret(env, ns, "rs-mongo", uri="mongodb://x")
-    body = ep_body(env, "rs", {"app": "rs"}, restartFrom={"id": "recover-1", "position": "now"})
-    env.create(ns, "entitypublishers", body)
+    add_publisher(env, ns, "rs", restartFrom={"id": "recover-1", "position": "now"})
     r = redis_lib.Redis.from_url(env.redis_url)
     sent = eventually(
         lambda: json.loads(r.get(control_key(f"{ns}/rs")) or "{}").get("restartFrom"),
@@ -1010,8 +1010,7 @@ def test_restart_from_reaches_the_leader_and_its_report_the_status(
 
 
 def test_injection_through_the_api_server(env: Env, operator: Operator, ns: str) -> None:
-    secret(env, ns, "shop-mongo", uri="mongodb://x")
-    env.create(ns, "entitypublishers", ep_body(env, "shop", {"app": "shop"}))
+    add_publisher(env, ns, "shop")
     pod = env.core.create_namespaced_pod(ns, pod_body("match", {"app": "shop"}))
     raw = env.api.sanitize_for_serialization(pod)
     [sidecar] = sidecars(raw)
@@ -1127,8 +1126,7 @@ def test_injection_through_the_api_server(env: Env, operator: Operator, ns: str)
 def test_kube_system_is_never_injected(env: Env, operator: Operator) -> None:
     ns = "kube-system"
     name = f"sys-{os.getpid()}-{int(time.time())}"
-    secret(env, ns, f"{name}-mongo", uri="mongodb://x")
-    env.create(ns, "entitypublishers", ep_body(env, name, {"app": name}))
+    add_publisher(env, ns, name)
     pod = env.core.create_namespaced_pod(ns, pod_body(name, {"app": name}))
     assert sidecars(env.api.sanitize_for_serialization(pod)) == []
 
@@ -1153,8 +1151,7 @@ def job_status_patch(e: Env, ns: str, name: str, status: dict[str, Any]) -> None
 
 
 def test_seed_job_and_phases(env: Env, operator: Operator, ns: str) -> None:
-    secret(env, ns, "inv-mongo", uri="mongodb://x")
-    env.create(ns, "entitypublishers", ep_body(env, "inv", {"app": "inv"}))
+    add_publisher(env, ns, "inv")
     seed = seed_body(
         "initial", {"publisher": "inv", "mode": "history", "filter": {"status": "open"}}
     )
@@ -1230,8 +1227,7 @@ def test_seed_job_and_phases(env: Env, operator: Operator, ns: str) -> None:
 
 
 def test_failed_job_fails_the_seed(env: Env, operator: Operator, ns: str) -> None:
-    secret(env, ns, "f-mongo", uri="mongodb://x")
-    env.create(ns, "entitypublishers", ep_body(env, "f", {"app": "f"}))
+    add_publisher(env, ns, "f")
     env.create(ns, "eventseeds", seed_body("once", {"publisher": "f"}))
     eventually(lambda: env.batch.read_namespaced_job("liberator-seed-once", ns), what="the Job")
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -1293,9 +1289,8 @@ def test_seed_without_its_publisher_waits(env: Env, operator: Operator, ns: str)
 def test_operator_restart_resumes_and_creates_nothing_twice(
     env: Env, operator: Operator, ns: str
 ) -> None:
-    secret(env, ns, "r1-mongo", uri="mongodb://x")
+    add_publisher(env, ns, "r1")
     secret(env, ns, "r2-mongo", uri="mongodb://x")
-    env.create(ns, "entitypublishers", ep_body(env, "r1", {"app": "r1"}))
     env.create(ns, "eventseeds", seed_body("rs", {"publisher": "r1"}))
     before = with_condition(env, ns, "r1", "Ready", status="True")
     eventually(lambda: env.batch.read_namespaced_job("liberator-seed-rs", ns), what="the Job")
