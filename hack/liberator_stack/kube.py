@@ -43,6 +43,7 @@ from liberator_stack.process import (
     cache_dir,
     file_lock,
     free_port,
+    go_build_start,
     run_checked,
     spawn,
     wait_until,
@@ -204,17 +205,7 @@ def _build_one(say: Say, name: str, version: str, stamp: str) -> None:
 
 
 def _go_build(say: Say, name: str, version: str, target: Path) -> None:
-    go = shutil.which("go")
-    if go is None:
-        raise StackError(
-            f"go is not on PATH: install Go 1.24+ to build {name} {version} "
-            "(only the Go module proxy is needed)"
-        )
-    log = cache_dir() / "logs" / f"{name}-{version}.log"
-    say(
-        f"building {name} {version} from the Go module proxy, ~{COMPONENTS[name]} minutes "
-        f"the first time (log: {log})"
-    )
+    go, log = go_build_start(say, name, version, COMPONENTS[name])
     env = dict(os.environ)
     # -mod=mod lets go fill in go.sum entries a newer Go wants; go.sum pins the content anyway.
     env["GOFLAGS"] = f"{env.get('GOFLAGS', '')} -mod=mod -buildvcs=false".strip()

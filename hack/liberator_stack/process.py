@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,6 +45,23 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def go_build_start(say: Say, name: str, version: str, minutes: int) -> tuple[str, Path]:
+    """Go and the log for a build of ``name`` at ``version`` from the Go module proxy, said to
+    take ``minutes`` the first time; raises when Go is not installed."""
+    go = shutil.which("go")
+    if go is None:
+        raise StackError(
+            f"go is not on PATH: install Go 1.24+ to build {name} {version} "
+            "(only the Go module proxy is needed)"
+        )
+    log = cache_dir() / "logs" / f"{name}-{version}.log"
+    say(
+        f"building {name} {version} from the Go module proxy, ~{minutes} minutes "
+        f"the first time (log: {log})"
+    )
+    return go, log
 
 
 def free_port() -> int:

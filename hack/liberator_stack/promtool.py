@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from liberator_stack.process import Say, StackError, cache_dir, file_lock, run_checked
+from liberator_stack.process import Say, cache_dir, file_lock, go_build_start, run_checked
 
 __all__ = ["PACKAGE", "VERSION", "binary_path", "build"]
 
@@ -37,17 +37,7 @@ def build(say: Say) -> None:
     with file_lock(target.parent / "build.lock"):
         if target.exists():  # another run built it while we waited for the lock
             return
-        go = shutil.which("go")
-        if go is None:
-            raise StackError(
-                f"go is not on PATH: install Go 1.24+ to build promtool {VERSION} "
-                "(only the Go module proxy is needed)"
-            )
-        log = cache_dir() / "logs" / f"promtool-{VERSION}.log"
-        say(
-            f"building promtool {VERSION} from the Go module proxy, ~{BUILD_MINUTES} minutes "
-            f"the first time (log: {log})"
-        )
+        go, log = go_build_start(say, "promtool", VERSION, BUILD_MINUTES)
         started = time.monotonic()
         # go install writes into GOBIN; a private one next to the target, swapped in at the end,
         # so a failed or interrupted build leaves no half binary in the cache.
