@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from liberator_stack.process import (
     log_tail,
     run_checked,
     spawn,
+    swapped_in,
 )
 
 __all__ = ["ARTIFACT", "DEFAULT_JAVA", "VERSION", "DebeziumServer", "fetch", "home", "java_problem"]
@@ -80,9 +80,8 @@ def fetch() -> Path:
             if shutil.which(tool) is None:
                 raise StackError(f"{tool} is not on PATH: apt-get install maven tar")
         log = cache_dir() / "logs" / "debezium-fetch.log"
-        work = Path(tempfile.mkdtemp(prefix=f"{VERSION}.", dir=target.parent))
         started = time.monotonic()
-        try:
+        with swapped_in(target, prefix=f"{VERSION}.") as work:
             say(f"fetching {ARTIFACT} (about {SIZE_MB} MB) with Maven; log {log}")
             stop = threading.Event()
             ticker = threading.Thread(target=_progress, args=(work, stop), daemon=True)
@@ -113,11 +112,6 @@ def fetch() -> Path:
             )
             archive.unlink()  # Maven keeps its own copy in the local repository
             (work / STAMP).write_text(f"{ARTIFACT}\n")
-            if target.exists():
-                shutil.rmtree(target)
-            work.rename(target)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         say(f"Debezium Server {VERSION} ready in {home()} ({time.monotonic() - started:.0f} s)")
     return home()
 

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +28,7 @@ from liberator_stack.process import (
     log_matches,
     run_checked,
     spawn,
+    swapped_in,
     wait_until,
 )
 
@@ -120,10 +120,8 @@ def build(say: Say) -> None:
         started = time.monotonic()
         say(f"building mongo-java-server {VERSION} into {target}")
         log = cache_dir() / "logs" / "mongo-build.log"
-        target.parent.mkdir(parents=True, exist_ok=True)
         # Build next to the target and swap it in, so a failed build leaves no half cache.
-        work = Path(tempfile.mkdtemp(prefix=f"{VERSION}.", dir=target.parent))
-        try:
+        with swapped_in(target, prefix=f"{VERSION}.") as work:
             say("fetching jars with Maven (about 10 s when ~/.m2 is cold)")
             run_checked(
                 [
@@ -154,11 +152,6 @@ def build(say: Say) -> None:
                 what=f"javac {LAUNCHER}.java",
             )
             (work / STAMP).write_text(_fingerprint() + "\n")
-            if target.exists():
-                shutil.rmtree(target)
-            work.rename(target)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         say(f"mongo-java-server built in {time.monotonic() - started:.1f}s")
 
 

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,21 @@ def go_build_start(say: Say, name: str, version: str, minutes: int) -> tuple[str
         f"the first time (log: {log})"
     )
     return go, log
+
+
+@contextlib.contextmanager
+def swapped_in(target: Path, prefix: str) -> Iterator[Path]:
+    """A fresh folder next to ``target`` to build into. When the block ends without an error the
+    folder replaces ``target``; either way no half build is left in the cache."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    try:
+        yield work
+        if target.exists():
+            shutil.rmtree(target)
+        work.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def free_port() -> int:
