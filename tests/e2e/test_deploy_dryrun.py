@@ -31,7 +31,6 @@ import json
 import os
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ import yaml
 
 from liberator_stack import Server
 from liberator_stack.deploy import render
-from tests.support import kustomize
+from tests.support import commands, kustomize, waiting
 
 pytestmark = pytest.mark.kube
 
@@ -82,11 +81,7 @@ def stand_in_crd(kind: str, plural: str, group: str = "cert-manager.io") -> dict
 
 
 def poll(what: str, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not true after {DEADLINE:.0f}s")
-        time.sleep(0.5)
+    waiting.eventually(check, what=what, deadline=DEADLINE, every=0.5)
 
 
 @pytest.fixture()
@@ -97,14 +92,8 @@ def kubectl(kube: Server, tmp_path: Path) -> Kubectl:
         *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         # A private discovery cache: CRDs created by the test are seen at once.
-        result = subprocess.run(
-            ["kubectl", f"--cache-dir={tmp_path / 'kube-cache'}", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-            check=False,
+        result = commands.run(
+            ["kubectl", f"--cache-dir={tmp_path / 'kube-cache'}", *args], env=env, stdin=stdin
         )
         if check:
             assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"

@@ -80,14 +80,11 @@ class Env:
     def kubectl(
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
+        result = commands.run(
             ["kubectl", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
             env={**os.environ, "KUBECONFIG": self.kubeconfig},
+            timeout=60,
+            stdin=stdin,
         )
         if check and result.returncode != 0:
             pytest.fail(f"kubectl {' '.join(args)} failed: {result.stderr}")
