@@ -159,6 +159,21 @@ class Metrics:
             self.at_risk.labels(loop=loop)
         self.set_headroom(None)
 
+    def lead(self, epoch: int) -> None:
+        """A term starts under ``epoch``, unparked."""
+        self.set_parked("")
+        self.leader.set(1)
+        self.epoch.set(epoch)
+
+    def stand_by(self) -> None:
+        """The term ended: a standby reports nothing of the leader's."""
+        self.leader.set(0)
+        self.epoch.set(0)
+        self.set_stalled("")
+        for loop in LOOPS:
+            self.checkpoint_age.labels(loop=loop).set(0)
+        self.set_headroom(None)
+
     def set_parked(self, reason: str) -> None:
         """Record a park: 1 for ``reason``, 0 for every other (``reason`` empty clears it)."""
         for known in PARK_REASONS:

@@ -8,11 +8,9 @@ lease; checkpoint writes carry the term's epoch and a stale one is refused.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -23,28 +21,16 @@ from pymongo.errors import PyMongoError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from liberator_publisher.core.control import (
-    ControlError,
-    ControlRecord,
-    RestartRequest,
-    read_control,
-)
-from liberator_publisher.core.headroom import OplogWindow, headroom_verdict
-from liberator_publisher.core.outbox import PENDING
 from liberator_publisher.core.settings import Settings
-from liberator_publisher.core.stall import stall_verdict
-from liberator_publisher.core.status import (
-    Progress,
-    StatusRecord,
-    resume_point,
-    write_status,
-)
-from liberator_publisher.core.times import now_rfc3339, rfc3339
+from liberator_publisher.core.status import Progress
+from liberator_publisher.core.times import rfc3339
 from liberator_publisher.runtime import logs
 from liberator_publisher.runtime.health import Health, HealthServer
+from liberator_publisher.sidecar.control import Control
 from liberator_publisher.sidecar.leader import Lease
 from liberator_publisher.sidecar.metrics import Metrics
 from liberator_publisher.sidecar.relay import ensure_indexes
+from liberator_publisher.sidecar.report import Report
 from liberator_publisher.sidecar.sink import preload
 from liberator_publisher.sidecar.term import Park, Term, TermContext
 from liberator_publisher.state.checkpoint import (
@@ -52,9 +38,7 @@ from liberator_publisher.state.checkpoint import (
     CheckpointError,
     Checkpoints,
     FencedError,
-    Mark,
     cluster_time,
-    oplog_window,
 )
 from liberator_publisher.state.identity import ensure_key_index
 
@@ -131,19 +115,23 @@ class Sidecar:
         self.http: HealthServer | None = None
         self._redis_down_logged = False
         self._reset_seen = threading.Event()
-        self.paused = False
-        """spec.paused, from the control record: the relay publishes nothing."""
-        self.restart_done: dict[str, Any] | None = None
-        """The last restart request carried out (persisted in MongoDB, read when leading)."""
-        self.restart_rejected: dict[str, str] | None = None
-        """A restart request refused, ``{id, message}``."""
-        self._restart_term = False
-        self._control = ControlRecord()
-        self._control_error = ""
-        self.marks: dict[str, Mark] = {}
-        """Each loop's checkpoint: when it moved, and to what time (read with the backlog)."""
-        self.window: OplogWindow | str = "not read yet"
-        """The oplog window, or why it cannot be read (read with the backlog)."""
+        self.control = Control(
+            redis_client=self.redis,
+            publisher=settings.publisher,
+            pod=settings.pod_name,
+            checkpoints=checkpoints,
+            database=self.database,
+            progress=self.progress,
+        )
+        self.report = Report(
+            settings=settings,
+            mongo=mongo,
+            redis_client=self.redis,
+            checkpoints=checkpoints,
+            metrics=self.metrics,
+            progress=self.progress,
+            control=self.control,
+        )
 
     # -- probes --
 
@@ -266,8 +254,36 @@ class Sidecar:
 
     def _lead(self, epoch: int, *, again: bool = False) -> None:
         """Start a term under the lease just taken, or kept (``again``: after a reset or a
-        restart request). A kept lease takes a new epoch, so a loop of the old term that
-        outlived its join can no longer move a checkpoint."""
+        restart request)."""
+        prepared = self._prepare(epoch, again=again)
+        if prepared is None:
+            return
+        epoch = prepared
+        log.info("leading", extra=_fields(epoch=epoch, pod=self.settings.pod_name))
+        self.parked = None  # a new term (after a reset and restart of the loops) starts unparked
+        self.progress.unsaved_since = None  # an old term's unsaved change is not this one's
+        self.metrics.lead(epoch)
+        self.term = Term(
+            TermContext(
+                settings=self.settings,
+                database=self.database,
+                checkpoints=self.checkpoints,
+                metrics=self.metrics,
+                progress=self.progress,
+                lease_left=self.lease.remaining,
+                loop_margin=self.loop_margin,
+                paused=lambda: self.control.paused,
+                wake=self.wake,
+            ),
+            epoch,
+        )
+        self.term.start()
+        self._write_status()
+
+    def _prepare(self, epoch: int, *, again: bool) -> int | None:
+        """Claim the checkpoints for the term and ready MongoDB; the term's epoch, or None
+        when the lease was given up. A kept lease takes a new epoch, so a loop of the old term
+        that outlived its join can no longer move a checkpoint."""
         try:
             floor = max(self.checkpoints.epoch(loop) for loop in LOOPS)
             if epoch <= floor or again:
@@ -279,11 +295,10 @@ class Sidecar:
                     )
                 epoch = self.lease.advance_epoch(max(floor, epoch))
                 if not epoch:
-                    return
+                    return None
             self.checkpoints.claim(epoch, self.settings.pod_name)
-            self._read_control()
-            self.restart_done = self.checkpoints.restart_done()
-            self._restart_term = self._restart_if_due(epoch)
+            self.control.read()
+            self.control.begin_term(epoch)
             record_origin(self.checkpoints, self.database)  # after a reset: from now on
             origin = self.checkpoints.origin()
             self.capture_since = rfc3339(origin.as_datetime()) if origin else None
@@ -297,60 +312,25 @@ class Sidecar:
                 extra=_fields(epoch=epoch),
             )
             self.lease.release()
-            return
+            return None
         except Exception as error:
             log.warning(
                 "cannot prepare MongoDB for leading; giving the lease up",
                 extra=_fields(error=f"{type(error).__name__}: {error}"),
             )
             self.lease.release()
-            return
-        log.info("leading", extra=_fields(epoch=epoch, pod=self.settings.pod_name))
-        self.parked = None  # a new term (after a reset and restart of the loops) starts unparked
-        self.progress.unsaved_since = None  # an old term's unsaved change is not this one's
-        self.metrics.set_parked("")
-        self.metrics.leader.set(1)
-        self.metrics.epoch.set(epoch)
-        self.term = Term(
-            TermContext(
-                settings=self.settings,
-                database=self.database,
-                checkpoints=self.checkpoints,
-                metrics=self.metrics,
-                progress=self.progress,
-                lease_left=self.lease.remaining,
-                loop_margin=self.loop_margin,
-                paused=lambda: self.paused,
-                wake=self.wake,
-            ),
-            epoch,
-        )
-        self.term.start()
-        self._write_status()
+            return None
+        return epoch
 
     def _keep_leading(self) -> None:
         term = self.term
         assert term is not None
-        self._read_control()
+        self.control.read()
         if term.parked and not self.parked:
             self.parked = term.parked
-            if (
-                self._restart_term
-                and self.restart_done is not None
-                and term.parked.code == "history_lost"
-                and term.parked.loop == "capture"
-            ):
-                # The position the request chose is gone too (older than the oplog window).
-                self.restart_done = {
-                    **self.restart_done,
-                    "error": (
-                        f"capture could not start at {self.restart_done.get('position')}: "
-                        f"{term.parked.message}; the time is older than the oplog window: "
-                        "choose a later time, or position: now after an EventSeed"
-                    ),
-                }
-        request = self._restart_due()
-        if request is not None and not self._refuse(request):
+            self.control.note_park(term.parked)
+        request = self.control.restart_wanted()
+        if request is not None:
             log.warning(
                 "restart requested; moving the checkpoints",
                 extra=_fields(request=request.to_dict(), was=self.parked and self.parked.message),
@@ -382,143 +362,20 @@ class Sidecar:
             return
         self._write_status()
 
-    def _read_control(self) -> None:
-        """The operator's control record; the last good one when Redis or the record fail."""
-        try:
-            self._control = read_control(self.redis, self.settings.publisher)
-            self._control_error = ""
-        except ControlError as error:
-            if str(error) != self._control_error:
-                log.warning("ignoring a malformed control record", extra=_fields(error=str(error)))
-            self._control_error = str(error)
-        except redis.RedisError:
-            pass  # the lease renewal says so
-        if self._control.paused != self.paused:
-            log.info(
-                "paused" if self._control.paused else "unpaused: publishing what is pending",
-                extra=_fields(paused=self._control.paused),
-            )
-            if not self._control.paused and self.progress.pending_since is not None:
-                self.progress.pending_since = time.monotonic()  # the pause was no stall
-        self.paused = self._control.paused
-
-    def _restart_due(self) -> RestartRequest | None:
-        request = self._control.restartFrom
-        if request is None:
-            return None
-        if self.restart_done is not None and self.restart_done.get("id") == request.id:
-            return None
-        if self.restart_rejected is not None and self.restart_rejected.get("id") == request.id:
-            return None
-        return request
-
-    def _restart_if_due(self, epoch: int) -> bool:
-        """Carry out a new restart request before the term starts; whether one ran."""
-        request = self._restart_due()
-        if request is None or self._refuse(request):
-            return False
-        when = request.timestamp() or cluster_time(self.database)
-        if when is None:
-            self._refuse(
-                request,
-                "MongoDB reports no cluster time (not a replica set?): cannot "
-                "take spec.restartFrom.position: now",
-            )
-            return False
-        done = {
-            "id": request.id,
-            "doneAt": now_rfc3339(),
-            "position": request.describe,
-            "operationTime": rfc3339(when.as_datetime()),
-            "pod": self.settings.pod_name,
-        }
-        self.checkpoints.restart(epoch, self.settings.pod_name, when, done)
-        self.restart_done, self.restart_rejected = done, None
-        log.warning(
-            "restarted capture from the requested position (spec.restartFrom)",
-            extra=_fields(**done),
-        )
-        return True
-
-    def _refuse(self, request: RestartRequest, problem: str | None = None) -> bool:
-        """Refuse ``request`` (reported in the status record) if it cannot run; whether so."""
-        problem = problem or request.future_problem(datetime.now(UTC))
-        if problem is None:
-            return False
-        log.warning("restart request refused", extra=_fields(id=request.id, error=problem))
-        self.restart_rejected = {"id": request.id, "message": problem}
-        return True
-
     def _end_term(self, drain_seconds: float) -> None:
         term, self.term = self.term, None
-        self.metrics.leader.set(0)
-        self.metrics.epoch.set(0)
-        self.metrics.set_stalled("")  # a standby reports nothing of the leader's
-        for loop in LOOPS:
-            self.metrics.checkpoint_age.labels(loop=loop).set(0)
-        self.metrics.set_headroom(None)
+        self.metrics.stand_by()
         if term is None:
             return
         term.stop(drain_seconds)
         term.join(timeout=drain_seconds + 5.0)
 
     def _write_status(self) -> None:
-        p = self.progress
-        paused = self.paused and (self.term is None or self.term.relay_paused.is_set())
-        now, wall = time.monotonic(), datetime.now(UTC)
-        stall = stall_verdict(
-            now=now,
-            stall_after=self.settings.stall_after_seconds,
-            backlog=p.backlog,
-            pending_since=p.pending_since,
-            published_at=p.published_at,
-            unsaved_since=p.unsaved_since,
-            paused=self.paused,
-            parked=self.parked is not None,
-        )
-        self.metrics.set_stalled(stall.reason if stall else "")
-        stalled = (
-            None
-            if stall is None
-            else {
-                "reason": stall.reason,
-                "message": stall.message,
-                "since": rfc3339(wall - timedelta(seconds=stall.seconds)),
-            }
-        )
-        ages: dict[str, dict[str, Any]] = {}
-        for loop, mark in self.marks.items():
-            age = max(0.0, (wall - mark.moved_at).total_seconds())
-            ages[loop] = {"movedAt": rfc3339(mark.moved_at), "ageSeconds": round(age, 1)}
-            self.metrics.checkpoint_age.labels(loop=loop).set(age)
-        headroom = headroom_verdict(
-            self.window,
-            {loop: mark.position for loop, mark in self.marks.items()},
-            self.settings.resume_margin_percent / 100,
-        )
-        self.metrics.set_headroom(headroom)
-        record = StatusRecord(
-            pod=self.settings.pod_name,
+        self.report.write(
             epoch=self.lease.epoch,
-            lastEventTime=rfc3339(p.last_event_time) if p.last_event_time else None,
-            captureLagSeconds=round(p.capture_lag_seconds, 3),
-            relayLagSeconds=round(p.relay_lag_seconds, 3),
-            backlog=p.backlog,
-            parked=self.parked.message if self.parked else "",
-            captureSince=self.capture_since,
-            paused=paused,
-            restart=self.restart_done,
-            restartRejected=self.restart_rejected,
-            stalled=stalled,
-            checkpoints=ages or None,
-            resumePoint=resume_point(headroom),
-            updatedAt=rfc3339(wall),
-        )
-        write_status(
-            self.redis,
-            self.settings.publisher,
-            record,
-            ttl_seconds=max(60.0, self.settings.lease_ttl_seconds * 6),
+            term=self.term,
+            parked=self.parked,
+            capture_since=self.capture_since,
         )
 
     def _poll_mongo(self, parked: bool) -> None:
@@ -530,22 +387,7 @@ class Sidecar:
                     self.wake.set()
             except Exception:
                 pass  # MongoDB away: look again next time
-        self._count_backlog()
-        with contextlib.suppress(Exception):  # MongoDB away: the ages grow from the last read
-            self.marks = self.checkpoints.marks()
-        try:
-            self.window = oplog_window(self.mongo)
-        except Exception as e:  # MongoDB away: unknown until it answers
-            self.window = f"MongoDB did not answer: {e}"
-
-    def _count_backlog(self) -> None:
-        try:
-            outbox = self.database[self.settings.outbox_collection]
-            count = int(outbox.count_documents({"status": PENDING}, maxTimeMS=5000))
-        except Exception:
-            return
-        self.progress.backlog_at(count, time.monotonic())
-        self.metrics.backlog.set(count)
+        self.report.poll()
 
 
 def _fields(**values: Any) -> dict[str, Any]:
