@@ -36,14 +36,13 @@ from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from pymongo import MongoClient
+from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
-from liberator_publisher.core import validation as rules
 from liberator_publisher.core.cloudevent import MalformedEventError
 from liberator_publisher.core.contract import DEFAULT_HTTP_PORT
 from liberator_publisher.core.iam import denied_message
-from liberator_publisher.runtime import logs
-from liberator_publisher.runtime.command import Command, UsageError, checked, flag_or_env
+from liberator_publisher.runtime.command import Command, UsageError
 from liberator_publisher.runtime.health import Health, HealthServer
 from liberator_publisher.store.documents import (
     DEFAULT_COLLECTION,
@@ -53,19 +52,15 @@ from liberator_publisher.store.documents import (
     insert_ignoring_duplicates,
     subscription_path,
 )
+from liberator_publisher.store.flags import add_events_flags, configure_logs, events_location
 
-__all__ = [
-    "COMMAND",
-    "EventStore",
-    "EventStoreSettings",
-    "add_events_flags",
-    "configure_logs",
-    "events_location",
-]
+__all__ = ["COMMAND", "EventStore", "EventStoreSettings"]
 
 log = logging.getLogger(__name__)
 
 _STUCK_AFTER = 120.0  # seconds without a finished pull before /healthz says stuck
+_Batch = list[tuple[str, dict[str, Any]]]
+"""Documents to insert, each with the ack id of its message."""
 
 
 @dataclass(frozen=True)
@@ -150,12 +145,31 @@ class EventStore:
             )
         except (gexc.DeadlineExceeded, gexc.ServiceUnavailable):
             return 0
-        received_at = datetime.now(UTC)
-        name = subscription.rsplit("/", 1)[-1]
-        events: list[tuple[str, dict[str, Any]]] = []
-        dead: list[tuple[str, dict[str, Any]]] = []
         # The raw protobuf: proto-plus wrappers cost more than the rest of the parsing.
         received = response._pb.received_messages
+        events, dead = self._documents(received, subscription.rsplit("/", 1)[-1])
+        ack: list[str] = []
+        nack: list[str] = []
+        for collection, batch, outcome in (
+            (self.events, events, "stored"),
+            (self.dead_letters, dead, "malformed"),
+        ):
+            if batch:
+                self._store(collection, batch, outcome, ack, nack)
+        if ack:
+            self._client.acknowledge(request={"subscription": subscription, "ack_ids": ack})
+        if nack:
+            self._client.modify_ack_deadline(
+                request={"subscription": subscription, "ack_ids": nack, "ack_deadline_seconds": 0}
+            )
+        return len(received)
+
+    def _documents(self, received: Any, name: str) -> tuple[_Batch, _Batch]:
+        """The pulled messages as (ack id, document): events, and dead letters for those that
+        are not CloudEvents."""
+        received_at = datetime.now(UTC)
+        events: _Batch = []
+        dead: _Batch = []
         for item in received:
             message = item.message
             when = (
@@ -184,39 +198,32 @@ class EventStore:
                         dead_letter_document(data, attributes, reason=error.reason, **meta),
                     )
                 )
-        ack: list[str] = []
-        nack: list[str] = []
-        for collection, batch, outcome in (
-            (self.events, events, "stored"),
-            (self.dead_letters, dead, "malformed"),
-        ):
-            if not batch:
-                continue
-            try:
-                duplicates, failed = insert_ignoring_duplicates(
-                    collection, [doc for _, doc in batch]
-                )
-            except PyMongoError as error:
-                log.warning(
-                    "storage failed, %d messages will be redelivered: %s", len(batch), error
-                )
-                nack += [ack_id for ack_id, _ in batch]
-                self.messages.labels(outcome="failed").inc(len(batch))
-                continue
-            for index, (ack_id, _) in enumerate(batch):
-                (nack if index in failed else ack).append(ack_id)
-            self.messages.labels(outcome="failed").inc(len(failed))
-            self.messages.labels(outcome="duplicate").inc(duplicates)
-            self.messages.labels(outcome=outcome).inc(len(batch) - duplicates - len(failed))
-            if outcome == "stored":
-                self.last_time.set(max(doc["time"] for _, doc in batch).timestamp())
-        if ack:
-            self._client.acknowledge(request={"subscription": subscription, "ack_ids": ack})
-        if nack:
-            self._client.modify_ack_deadline(
-                request={"subscription": subscription, "ack_ids": nack, "ack_deadline_seconds": 0}
-            )
-        return len(received)
+        return events, dead
+
+    def _store(
+        self,
+        collection: Collection[dict[str, Any]],
+        batch: _Batch,
+        outcome: str,
+        ack: list[str],
+        nack: list[str],
+    ) -> None:
+        """Insert ``batch`` with one ``insert_many``; what MongoDB confirmed (or already had)
+        goes to ``ack``, what it did not to ``nack``, so Pub/Sub redelivers it."""
+        try:
+            duplicates, failed = insert_ignoring_duplicates(collection, [doc for _, doc in batch])
+        except PyMongoError as error:
+            log.warning("storage failed, %d messages will be redelivered: %s", len(batch), error)
+            nack += [ack_id for ack_id, _ in batch]
+            self.messages.labels(outcome="failed").inc(len(batch))
+            return
+        for index, (ack_id, _) in enumerate(batch):
+            (nack if index in failed else ack).append(ack_id)
+        self.messages.labels(outcome="failed").inc(len(failed))
+        self.messages.labels(outcome="duplicate").inc(duplicates)
+        self.messages.labels(outcome=outcome).inc(len(batch) - duplicates - len(failed))
+        if outcome == "stored":
+            self.last_time.set(max(doc["time"] for _, doc in batch).timestamp())
 
     # -- the loops --
 
@@ -341,33 +348,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_events_flags(parser: argparse.ArgumentParser) -> None:
-    """Where the events are stored: the flags the event store and replay share."""
-    parser.add_argument(
-        "--mongo-uri", default=None, help="MongoDB URI (default $LIBERATOR_MONGO_URI)"
-    )
-    parser.add_argument(
-        "--database",
-        default=None,
-        help="database of the events collection (default $LIBERATOR_DATABASE)",
-    )
-    parser.add_argument(
-        "--collection",
-        default=DEFAULT_COLLECTION,
-        help=f"events collection (default {DEFAULT_COLLECTION})",
-    )
-
-
-def events_location(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, str, str]:
-    """``(mongo_uri, database, collection)`` from the flags of :func:`add_events_flags`, with the
-    contract's variables as defaults; ``UsageError`` names the flag or variable."""
-    return (
-        flag_or_env(args.mongo_uri, env, "LIBERATOR_MONGO_URI", "--mongo-uri", rules.mongo_uri),
-        flag_or_env(args.database, env, "LIBERATOR_DATABASE", "--database", rules.database_name),
-        checked(rules.collection_name, args.collection, "--collection"),
-    )
-
-
 def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> EventStoreSettings:
     """The settings from flags, with the contract's variables as defaults; ``UsageError``."""
     uri, database, collection = events_location(args, env)
@@ -394,19 +374,6 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> EventStor
         max_messages=int(args.max_messages),
         workers=int(args.workers),
     )
-
-
-def configure_logs(env: Mapping[str, str]) -> None:
-    """Set up logging from LIBERATOR_LOG_LEVEL and LIBERATOR_LOG_FORMAT; ``UsageError``."""
-    level = checked(
-        rules.log_level, env.get("LIBERATOR_LOG_LEVEL", "").strip() or "INFO", "LIBERATOR_LOG_LEVEL"
-    )
-    kind = checked(
-        rules.log_format,
-        env.get("LIBERATOR_LOG_FORMAT", "").strip() or "text",
-        "LIBERATOR_LOG_FORMAT",
-    )
-    logs.configure(level, kind)
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:

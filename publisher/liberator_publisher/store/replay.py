@@ -37,7 +37,7 @@ from liberator_publisher.core.cloudevent import check_pattern
 from liberator_publisher.core.times import parse_rfc3339
 from liberator_publisher.runtime.command import Command, UsageError, checked, flag_or_env
 from liberator_publisher.runtime.pubsub import OrderedPublisher, PublishLimits
-from liberator_publisher.store.eventstore import add_events_flags, configure_logs, events_location
+from liberator_publisher.store.flags import add_events_flags, configure_logs, events_location
 
 __all__ = ["COMMAND", "REPLAY_ATTRIBUTE", "Selection", "replay", "select", "selection_query"]
 
