@@ -6,13 +6,27 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from google.cloud import pubsub_v1
+from pymongo import MongoClient
 
+from liberator_publisher.cli import main
 from liberator_publisher.core.event import EventMapping, outbox_document_for_entity
 from liberator_publisher.core.message import message_for
+from liberator_stack import Server
 from tests.support.waiting import eventually
 
-__all__ = ["BASE", "MAPPING", "Message", "event_time", "live_message", "publish", "wait_count"]
+__all__ = [
+    "BASE",
+    "MAPPING",
+    "Message",
+    "StoreWorld",
+    "event_time",
+    "exit_code",
+    "live_message",
+    "publish",
+    "wait_count",
+]
 
 MAPPING = EventMapping(
     entity_type="quote", source="//liberator/shop/quotes", version_field="version"
@@ -65,3 +79,34 @@ def wait_count(collection: Any, expected: int, deadline: float) -> None:
         deadline=deadline,
         every=0.2,
     )
+
+
+def exit_code(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """``liberator ARGV`` run in-process with ``env`` set: its exit code, a SystemExit's too."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+
+
+class StoreWorld:
+    """The servers of an event store test: its database and Pub/Sub clients that publish in
+    order. ``close`` drops the database."""
+
+    def __init__(self, mongo_uri: str, pubsub: Server, unique: str, database: str) -> None:
+        self.project = pubsub.exports["LIBERATOR_PUBSUB_PROJECT"]
+        self.mongo_uri = mongo_uri
+        self.database = database
+        self.unique = unique
+        self.mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
+        self.events = self.mongo[self.database]["liberator_events"]
+        self.publisher = pubsub_v1.PublisherClient(
+            publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
+        )
+        self.admin = pubsub_v1.SubscriberClient()
+
+    def close(self) -> None:
+        self.mongo.drop_database(self.database)
+        self.mongo.close()

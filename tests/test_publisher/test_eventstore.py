@@ -21,7 +21,6 @@ from bson import Binary
 from google.cloud import pubsub_v1
 from pymongo import MongoClient
 
-from liberator_publisher.cli import main
 from liberator_publisher.consumer.subscriber import MalformedEventError
 from liberator_publisher.core.settings import Settings
 from liberator_publisher.runtime.command import UsageError
@@ -175,32 +174,17 @@ def test_bad_input_exits_2_naming_it(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for name, value in {**GOOD_ENV, **env}.items():
-        monkeypatch.setenv(name, value)
-    try:
-        code = main(["eventstore", *args])
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    assert code == 2
+    assert events.exit_code(["eventstore", *args], {**GOOD_ENV, **env}, monkeypatch) == 2
     assert named in capsys.readouterr().err
 
 
 # -- against the servers -------------------------------------------------------------------------
 
 
-class World:
+class World(events.StoreWorld):
     def __init__(self, mongo_uri: str, pubsub: Server, unique: str) -> None:
-        self.project = pubsub.exports["LIBERATOR_PUBSUB_PROJECT"]
-        self.mongo_uri = mongo_uri
-        self.database = f"events{unique}"
-        self.mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
-        self.events = self.mongo[self.database]["liberator_events"]
+        super().__init__(mongo_uri, pubsub, unique, f"events{unique}")
         self.dead = self.mongo[self.database]["liberator_events.deadletter"]
-        self.publisher = pubsub_v1.PublisherClient(
-            publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
-        )
-        self.admin = pubsub_v1.SubscriberClient()
-        self.unique = unique
         self.topics: dict[str, str] = {}
         self.subscriptions: dict[str, str] = {}
         for name in ("live", "seed"):
@@ -230,10 +214,6 @@ class World:
 
     def wait_count(self, collection: Any, expected: int) -> None:
         events.wait_count(collection, expected, DEADLINE)
-
-    def close(self) -> None:
-        self.mongo.drop_database(self.database)
-        self.mongo.close()
 
 
 @pytest.fixture()

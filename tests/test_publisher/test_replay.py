@@ -10,8 +10,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from google.cloud import pubsub_v1
-from pymongo import MongoClient
 
 from liberator_publisher.cli import main
 from liberator_publisher.consumer.subscriber import CloudEvent, Subscriber, SubscriberSettings
@@ -114,29 +112,18 @@ def test_bad_input_exits_2_naming_it(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for name, value in {**GOOD_ENV, **env}.items():
-        monkeypatch.setenv(name, value)
-    assert main(["replay", *args]) == 2
+    assert events.exit_code(["replay", *args], {**GOOD_ENV, **env}, monkeypatch) == 2
     assert named in capsys.readouterr().err
 
 
 # -- against the servers -------------------------------------------------------------------------
 
 
-class World:
+class World(events.StoreWorld):
     """A live topic, an event store on it, and helpers to make topics and pull them."""
 
     def __init__(self, mongo_uri: str, pubsub: Server, unique: str) -> None:
-        self.project = pubsub.exports["LIBERATOR_PUBSUB_PROJECT"]
-        self.mongo_uri = mongo_uri
-        self.database = f"replay{unique}"
-        self.mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
-        self.events = self.mongo[self.database]["liberator_events"]
-        self.publisher = pubsub_v1.PublisherClient(
-            publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
-        )
-        self.admin = pubsub_v1.SubscriberClient()
-        self.unique = unique
+        super().__init__(mongo_uri, pubsub, unique, f"replay{unique}")
         self.live = self.topic("live")
         store_sub = self.subscription("store", self.live)
         self.store = EventStore(
@@ -214,8 +201,7 @@ class World:
         self.stop.set()
         self.thread.join(timeout=30)
         self.store.close()
-        self.mongo.drop_database(self.database)
-        self.mongo.close()
+        super().close()
 
 
 @pytest.fixture()
