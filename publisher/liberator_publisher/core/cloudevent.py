@@ -15,7 +15,7 @@ from typing import Any
 from bson import json_util
 from bson.json_util import JSONMode, JSONOptions
 
-from liberator_publisher.core.errors import LiberatorError
+from liberator_publisher.core.errors import ReasonedError
 from liberator_publisher.core.times import parse_rfc3339
 
 __all__ = [
@@ -35,12 +35,8 @@ _REQUIRED = ("ce-specversion", "ce-id", "ce-source", "ce-type")
 _JSON_OPTIONS = JSONOptions(json_mode=JSONMode.RELAXED, tz_aware=True, tzinfo=UTC)
 
 
-class MalformedEventError(LiberatorError, ValueError):
+class MalformedEventError(ReasonedError, ValueError):
     """A Pub/Sub message that is not a CloudEvent in the binary binding."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from bson import json_util
 from bson.binary import UuidRepresentation
 from bson.json_util import JSONMode, JSONOptions
 
-from liberator_publisher.core.errors import LiberatorError
+from liberator_publisher.core.errors import ReasonedError
 
 __all__ = ["JSON_OPTIONS", "EncodingError", "to_json", "value_to_json"]
 
@@ -31,13 +31,8 @@ JSON_OPTIONS: JSONOptions = JSONOptions(
 """Relaxed extended JSON, tz-aware UTC datetimes; also what readers should pass to ``loads``."""
 
 
-class EncodingError(LiberatorError, ValueError):
+class EncodingError(ReasonedError, ValueError):
     """A value that has no extended JSON form; the message says which and why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        """Readable reason, fit for an outbox document's ``reason``."""
 
 
 def to_json(value: Mapping[str, Any]) -> str:

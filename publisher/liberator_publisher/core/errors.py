@@ -14,17 +14,30 @@ purpose, and each kind keeps the built-in base that says what it is::
     ├── KeyPausedError (RuntimeError)    a publish for an ordering key paused by a failure
     └── LedgerError (ValueError)         a seed ledger that does not match the run: exit 1
 
+EncodingError, Unpublishable and MalformedEventError are ReasonedErrors: their ``reason`` reads on
+its own, so it goes as it is into a failed outbox document or a dead letter.
+
 Values that break a rule raise validation.InvalidValue (a ValueError without a source); the
 caller turns it into a UsageError or ConfigError naming where the value came from.
 """
 
 from __future__ import annotations
 
-__all__ = ["LiberatorError", "UsageError"]
+__all__ = ["LiberatorError", "ReasonedError", "UsageError"]
 
 
 class LiberatorError(Exception):
     """Anything Liberator raises on purpose."""
+
+
+class ReasonedError(LiberatorError):
+    """An error with a readable ``reason``: the kinds that name what is wrong with one
+    document, event or message (each adds the built-in base that says what it is)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        """Readable reason, fit for an outbox document's ``reason`` or a dead letter's."""
 
 
 class UsageError(LiberatorError, ValueError):

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from liberator_publisher.core.errors import LiberatorError
+from liberator_publisher.core.errors import ReasonedError
 from liberator_publisher.core.outbox import FAILED
 
 __all__ = [
@@ -36,13 +36,8 @@ MAX_ATTRIBUTE_VALUE_BYTES = 1024
 MAX_ORDERING_KEY_BYTES = 1024
 
 
-class Unpublishable(LiberatorError, ValueError):  # noqa: N818 (the shared interface names it)
+class Unpublishable(ReasonedError, ValueError):  # noqa: N818 (the shared interface names it)
     """A message Pub/Sub would refuse, or an outbox document that cannot become a message."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        """Readable reason, fit for an outbox document's ``reason``."""
 
 
 @dataclass(frozen=True)
