@@ -16,8 +16,9 @@ from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure
 
 from liberator_publisher.core.mapping import EventMapping
 from liberator_publisher.core.status import Progress
-from liberator_publisher.sidecar.capture import Capture, CaptureSettings, insert_outbox
+from liberator_publisher.sidecar.capture import Capture, CaptureSettings
 from liberator_publisher.sidecar.metrics import Metrics
+from liberator_publisher.sidecar.outbox import insert_outbox
 from liberator_publisher.sidecar.source import Batch, StreamLostError, classify
 from liberator_publisher.state.checkpoint import (
     CHECKPOINT_COLLECTION,

@@ -18,7 +18,8 @@ from liberator_publisher.core.event import outbox_document_for_entity
 from liberator_publisher.core.mapping import EventMapping
 from liberator_publisher.core.status import Progress
 from liberator_publisher.sidecar.metrics import Metrics
-from liberator_publisher.sidecar.relay import Relay, RelaySettings, ensure_indexes
+from liberator_publisher.sidecar.outbox import ensure_indexes
+from liberator_publisher.sidecar.relay import Relay, RelaySettings
 from liberator_publisher.sidecar.sink import Sink, SinkSettings
 from liberator_publisher.state.checkpoint import CHECKPOINT_COLLECTION, Checkpoints, Position
 from liberator_stack import Server

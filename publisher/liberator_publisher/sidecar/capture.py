@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import bson
 from bson import Timestamp
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError
 
 from liberator_publisher.core.contract import BATCH_SIZE, MAX_AWAIT_MS
 from liberator_publisher.core.event import (
@@ -27,18 +26,18 @@ from liberator_publisher.core.event import (
     needs_identity,
     outbox_document_for_change,
 )
-from liberator_publisher.core.outbox import FAILED, OutboxDocument
+from liberator_publisher.core.outbox import FAILED
 from liberator_publisher.core.status import Progress
 from liberator_publisher.runtime.logs import fields
 from liberator_publisher.sidecar.metrics import Metrics
+from liberator_publisher.sidecar.outbox import insert_outbox
 from liberator_publisher.sidecar.source import ChangeReader, ChangeSource
 from liberator_publisher.state.checkpoint import Checkpoints, Position
 from liberator_publisher.state.identity import Identities
 
-__all__ = ["Capture", "CaptureSettings", "change_time", "insert_outbox"]
+__all__ = ["Capture", "CaptureSettings", "change_time"]
 
 log = logging.getLogger(__name__)
-DUPLICATE_KEY = 11000
 
 
 @dataclass(frozen=True)
@@ -65,35 +64,6 @@ def change_time(change: Mapping[str, Any]) -> datetime | None:
     if isinstance(cluster, Timestamp):
         return cluster.as_datetime()
     return None
-
-
-def insert_outbox(
-    outbox: Collection[dict[str, Any]],
-    documents: Sequence[OutboxDocument],
-) -> set[int]:
-    """Insert ``documents`` unordered; return the indexes that were new (not duplicates)."""
-    if not documents:
-        return set()
-    try:
-        # A TypedDict is a dict at run time; pymongo's stubs ask for dict[str, Any].
-        outbox.insert_many(cast(list[dict[str, Any]], documents), ordered=False)
-    except BulkWriteError as error:
-        errors = error.details.get("writeErrors", [])
-        if not all(_duplicate_id(e) for e in errors):
-            raise  # a duplicate on another unique index is a real failure, not "captured"
-        duplicates = {int(e["index"]) for e in errors}
-        return set(range(len(documents))) - duplicates
-    return set(range(len(documents)))
-
-
-def _duplicate_id(write_error: Mapping[str, Any]) -> bool:
-    """Whether a write error is a duplicate ``_id``: the event was captured already."""
-    if write_error.get("code") != DUPLICATE_KEY:
-        return False
-    pattern = write_error.get("keyPattern")
-    if isinstance(pattern, Mapping):
-        return list(pattern) == ["_id"]
-    return "index: _id_ " in str(write_error.get("errmsg", ""))
 
 
 class Capture:

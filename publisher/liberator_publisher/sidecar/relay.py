@@ -20,10 +20,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
 
 from liberator_publisher.core.backoff import KeyBackoff
@@ -34,44 +33,27 @@ from liberator_publisher.core.contract import (
     SWEEP_INTERVAL_SECONDS,
 )
 from liberator_publisher.core.message import Message, Unpublishable, message_for
-from liberator_publisher.core.outbox import FAILED, PENDING, PUBLISHED
+from liberator_publisher.core.outbox import PENDING
 from liberator_publisher.core.status import Progress
 from liberator_publisher.core.watermark import Stretch, Watermark
 from liberator_publisher.runtime.logs import fields
 from liberator_publisher.sidecar.metrics import Metrics
+from liberator_publisher.sidecar.outbox import (
+    PIPELINE,
+    mark_failed,
+    mark_published,
+    pending,
+)
 from liberator_publisher.sidecar.sink import KeyPausedError, Sink
 from liberator_publisher.sidecar.source import ChangeReader
 from liberator_publisher.state.checkpoint import Checkpoints, Position, cluster_time
 
-__all__ = ["PENDING_INDEX", "PIPELINE", "Relay", "RelaySettings", "ensure_indexes"]
+__all__ = ["Relay", "RelaySettings"]
 
 log = logging.getLogger(__name__)
 
-PIPELINE: list[dict[str, Any]] = [
-    {
-        "$match": {
-            "$or": [
-                {"operationType": {"$in": ["insert", "replace"]}, "fullDocument.status": PENDING},
-                {"operationType": "update", "updateDescription.updatedFields.status": PENDING},
-            ]
-        }
-    },
-]
-"""The outbox stream: only changes that leave an event pending.
-
-No ``updateLookup``: every event the relay marks ``published`` is an update, and a looked-up
-stream would make the server read each of those documents back only for this ``$match`` to drop
-it (MongoDB pays that lookup too). Inserts and replaces carry the document; an update to
-``pending`` (a republish by flag, rare) is looked up by the relay itself."""
-PENDING_INDEX = [("status", ASCENDING), ("capturedAt", ASCENDING), ("clusterTime", ASCENDING)]
-"""Serves the sweep: pending events, oldest first, in oplog order."""
 _RECENT = 100_000  # ids published this term, to skip stream events the sweep already sent
 _PERMANENT = ("InvalidArgument",)  # publish errors a retry cannot fix
-
-
-def ensure_indexes(outbox: Collection[dict[str, Any]]) -> None:
-    """Create the sweep's index (idempotent)."""
-    outbox.create_index(PENDING_INDEX, name="liberator_pending")
 
 
 @dataclass(frozen=True)
@@ -240,16 +222,8 @@ class Relay:
 
     def sweep(self, min_age_seconds: float, limit: int | None) -> int:
         """Send pending events older than ``min_age_seconds`` that are not in flight."""
-        cutoff = datetime.now(UTC) - timedelta(seconds=min_age_seconds)
-        cursor = self.outbox.find(
-            {"status": PENDING, "capturedAt": {"$lte": cutoff}},
-            sort=[("capturedAt", ASCENDING), ("clusterTime", ASCENDING)],
-            batch_size=self.settings.batch_size,
-        )
-        if limit is not None:
-            cursor = cursor.limit(limit)
         sent = 0
-        for document in cursor:
+        for document in pending(self.outbox, min_age_seconds, limit, self.settings.batch_size):
             if str(document.get("_id")) in self._inflight:
                 continue
             self._send(document, None)
@@ -322,19 +296,7 @@ class Relay:
 
     def _mark_published(self, published: list[tuple[_Flight, str]]) -> None:
         now = datetime.now(UTC)
-        self.outbox.bulk_write(
-            [
-                UpdateOne(
-                    {"_id": flight.event_id},
-                    {
-                        "$set": {"status": PUBLISHED, "publishedAt": now, "messageId": message_id},
-                        "$inc": {"attempts": 1},
-                    },
-                )
-                for flight, message_id in published
-            ],
-            ordered=False,
-        )
+        mark_published(self.outbox, [(f.event_id, message_id) for f, message_id in published], now)
         done = time.monotonic()
         for flight, _ in published:
             self._settled(flight)
@@ -395,10 +357,7 @@ class Relay:
 
     def _fail(self, event_id: str, reason: str) -> None:
         self._recent[event_id] = None  # the stream may bring it again: handled once
-        self.outbox.update_one(
-            {"_id": event_id},
-            {"$set": {"status": FAILED, "reason": reason}, "$inc": {"attempts": 1}},
-        )
+        mark_failed(self.outbox, event_id, reason)
         self.metrics.failed.labels(stage="relay").inc()
         log.warning(
             "event cannot be published; marked failed",

@@ -29,7 +29,7 @@ from liberator_publisher.runtime.health import Health, HealthServer
 from liberator_publisher.sidecar.control import Control
 from liberator_publisher.sidecar.leader import Lease
 from liberator_publisher.sidecar.metrics import Metrics
-from liberator_publisher.sidecar.relay import ensure_indexes
+from liberator_publisher.sidecar.outbox import ensure_indexes
 from liberator_publisher.sidecar.report import Report
 from liberator_publisher.sidecar.sink import preload
 from liberator_publisher.sidecar.term import Park, Term, TermContext
