@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,40 +35,31 @@ __all__ = ["Control"]
 log = logging.getLogger("liberator_publisher.sidecar.runner")
 
 
+@dataclass(kw_only=True)
 class Control:
     """The control record last read, and what became of its restart requests."""
 
-    def __init__(
-        self,
-        *,
-        redis_client: redis.Redis,
-        publisher: str,
-        pod: str,
-        checkpoints: Checkpoints,
-        database: Database[dict[str, Any]],
-        progress: Progress,
-    ) -> None:
-        self.redis = redis_client
-        self.publisher = publisher
-        self.pod = pod
-        self.checkpoints = checkpoints
-        self.database = database
-        self.progress = progress
-        self.paused = False
-        """spec.paused, from the control record: the relay publishes nothing."""
-        self.restart_done: dict[str, Any] | None = None
-        """The last restart request carried out (persisted in MongoDB, read when leading)."""
-        self.restart_rejected: dict[str, str] | None = None
-        """A restart request refused, ``{id, message}``."""
-        self.restarted = False
-        """Whether the current term began by carrying out a restart request."""
-        self._record = ControlRecord()
-        self._error = ""
+    redis_client: redis.Redis
+    publisher: str
+    pod: str
+    checkpoints: Checkpoints
+    database: Database[dict[str, Any]]
+    progress: Progress
+    paused: bool = field(default=False, init=False)
+    """spec.paused, from the control record: the relay publishes nothing."""
+    restart_done: dict[str, Any] | None = field(default=None, init=False)
+    """The last restart request carried out (persisted in MongoDB, read when leading)."""
+    restart_rejected: dict[str, str] | None = field(default=None, init=False)
+    """A restart request refused, ``{id, message}``."""
+    restarted: bool = field(default=False, init=False)
+    """Whether the current term began by carrying out a restart request."""
+    _record: ControlRecord = field(default_factory=ControlRecord, init=False)
+    _error: str = field(default="", init=False)
 
     def read(self) -> None:
         """The operator's control record; the last good one when Redis or the record fail."""
         try:
-            self._record = read_control(self.redis, self.publisher)
+            self._record = read_control(self.redis_client, self.publisher)
             self._error = ""
         except ControlError as error:
             if str(error) != self._error:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,31 +32,21 @@ from liberator_publisher.state.checkpoint import Checkpoints, Mark, oplog_window
 __all__ = ["Report"]
 
 
+@dataclass(kw_only=True)
 class Report:
     """The leader's status record and gauges, and the MongoDB figures they show."""
 
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        mongo: MongoClient[dict[str, Any]],
-        redis_client: redis.Redis,
-        checkpoints: Checkpoints,
-        metrics: Metrics,
-        progress: Progress,
-        control: Control,
-    ) -> None:
-        self.settings = settings
-        self.mongo = mongo
-        self.redis = redis_client
-        self.checkpoints = checkpoints
-        self.metrics = metrics
-        self.progress = progress
-        self.control = control
-        self.marks: dict[str, Mark] = {}
-        """Each loop's checkpoint: when it moved, and to what time (read with the backlog)."""
-        self.window: OplogWindow | str = "not read yet"
-        """The oplog window, or why it cannot be read (read with the backlog)."""
+    settings: Settings
+    mongo: MongoClient[dict[str, Any]]
+    redis_client: redis.Redis
+    checkpoints: Checkpoints
+    metrics: Metrics
+    progress: Progress
+    control: Control
+    marks: dict[str, Mark] = field(default_factory=dict, init=False)
+    """Each loop's checkpoint: when it moved, and to what time (read with the backlog)."""
+    window: OplogWindow | str = field(default="not read yet", init=False)
+    """The oplog window, or why it cannot be read (read with the backlog)."""
 
     def poll(self) -> None:
         """Read the backlog, the checkpoint marks and the oplog window from MongoDB."""
@@ -109,7 +100,7 @@ class Report:
             updatedAt=rfc3339(wall),
         )
         write_status(
-            self.redis,
+            self.redis_client,
             self.settings.publisher,
             record,
             ttl_seconds=max(60.0, self.settings.lease_ttl_seconds * 6),
