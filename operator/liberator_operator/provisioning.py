@@ -7,6 +7,7 @@ and ``NotFound`` on delete count as success. Errors come out as :class:`Provisio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,18 @@ def _error(what: str, exc: Exception) -> ProvisioningError:
     return ProvisioningError(f"{what}: {type(exc).__name__}: {message}", transient=transient)
 
 
+def _idempotent(what: str, call: Callable[[], object], done: type[Exception]) -> bool:
+    """Make one admin call; False when it raised ``done`` (it was done already), True when it
+    did the work. Any other error comes out as a :class:`ProvisioningError` naming ``what``."""
+    try:
+        call()
+    except done:
+        return False
+    except Exception as exc:
+        raise _error(what, exc) from exc
+    return True
+
+
 class PubSubAdmin:
     """Creates and deletes topics and subscriptions (the emulator through PUBSUB_EMULATOR_HOST)."""
 
@@ -116,13 +129,13 @@ class PubSubAdmin:
 
     def ensure_topic(self, name: str) -> bool:
         """Create ``name`` unless it exists; True when this call created it."""
-        try:
-            self._publisher.create_topic(request={"name": name}, retry=None, timeout=CALL_TIMEOUT)
-        except gexc.AlreadyExists:
-            return False
-        except Exception as exc:
-            raise _error(f"creating topic {name}", exc) from exc
-        return True
+        return _idempotent(
+            f"creating topic {name}",
+            lambda: self._publisher.create_topic(
+                request={"name": name}, retry=None, timeout=CALL_TIMEOUT
+            ),
+            gexc.AlreadyExists,
+        )
 
     def ensure_subscription(self, plan: SubscriptionPlan) -> bool:
         """Create the subscription unless it exists; True when this call created it.
@@ -143,31 +156,31 @@ class PubSubAdmin:
                 "dead_letter_topic": plan.dead_letter_topic,
                 "max_delivery_attempts": plan.max_delivery_attempts,
             }
-        try:
-            self._subscriber.create_subscription(request=request, retry=None, timeout=CALL_TIMEOUT)
-        except gexc.AlreadyExists:
-            return False
-        except Exception as exc:
-            raise _error(f"creating subscription {plan.name}", exc) from exc
-        return True
+        return _idempotent(
+            f"creating subscription {plan.name}",
+            lambda: self._subscriber.create_subscription(
+                request=request, retry=None, timeout=CALL_TIMEOUT
+            ),
+            gexc.AlreadyExists,
+        )
 
     def delete_topic(self, name: str) -> None:
-        try:
-            self._publisher.delete_topic(request={"topic": name}, retry=None, timeout=CALL_TIMEOUT)
-        except gexc.NotFound:
-            return
-        except Exception as exc:
-            raise _error(f"deleting topic {name}", exc) from exc
+        _idempotent(
+            f"deleting topic {name}",
+            lambda: self._publisher.delete_topic(
+                request={"topic": name}, retry=None, timeout=CALL_TIMEOUT
+            ),
+            gexc.NotFound,
+        )
 
     def delete_subscription(self, name: str) -> None:
-        try:
-            self._subscriber.delete_subscription(
+        _idempotent(
+            f"deleting subscription {name}",
+            lambda: self._subscriber.delete_subscription(
                 request={"subscription": name}, retry=None, timeout=CALL_TIMEOUT
-            )
-        except gexc.NotFound:
-            return
-        except Exception as exc:
-            raise _error(f"deleting subscription {name}", exc) from exc
+            ),
+            gexc.NotFound,
+        )
 
     def close(self) -> None:
         self._subscriber.close()
