@@ -90,10 +90,6 @@ def build_seed_job(
     settings: OperatorSettings,
 ) -> dict[str, Any]:
     """The Job for EventSeed ``namespace/name`` (``uid`` makes the seed its controller owner)."""
-    env = build_contract_env(publisher, settings)
-    env_list = [{"name": k, **v} for k, v in env.items() if k not in _NOT_FOR_SEED]
-    env_list.append({"name": SEED_ENV, "value": seed_id(namespace, name)})
-    sidecar = publisher["spec"].get("sidecar", {})
     pod_spec: dict[str, Any] = {}
     if spec.get("serviceAccountName"):
         # The identity that publishes (Workload Identity); default: the namespace's "default".
@@ -110,16 +106,7 @@ def build_seed_job(
             "name": job_name(name),
             "namespace": namespace,
             "labels": labels,
-            "ownerReferences": [
-                {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": "EventSeed",
-                    "name": name,
-                    "uid": uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [_owner_reference(name, uid)],
         },
         "spec": {
             "backoffLimit": spec.get("backoffLimit", 3),
@@ -136,26 +123,51 @@ def build_seed_job(
                         "runAsNonRoot": True,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "containers": [
-                        {
-                            "name": "seed",
-                            "image": sidecar.get("image") or settings.image,
-                            "imagePullPolicy": sidecar.get("imagePullPolicy", "IfNotPresent"),
-                            "command": seed_args(namespace, name, spec, publisher),
-                            "env": env_list,
-                            "resources": {
-                                "requests": {"cpu": "100m", "memory": "128Mi"},
-                                "limits": {"memory": "512Mi"},
-                            },
-                            "securityContext": {
-                                "allowPrivilegeEscalation": False,
-                                "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
-                        }
-                    ],
+                    "containers": [_seed_container(namespace, name, spec, publisher, settings)],
                 },
             },
+        },
+    }
+
+
+def _owner_reference(name: str, uid: str) -> dict[str, Any]:
+    """The EventSeed as the Job's controller: deleting the seed deletes the Job."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "EventSeed",
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _seed_container(
+    namespace: str,
+    name: str,
+    spec: EventSeedSpec,
+    publisher: Publisher,
+    settings: OperatorSettings,
+) -> dict[str, Any]:
+    """The ``seed`` container: the sidecar's image and contract, less what seeding does not read."""
+    env = build_contract_env(publisher, settings)
+    env_list = [{"name": k, **v} for k, v in env.items() if k not in _NOT_FOR_SEED]
+    env_list.append({"name": SEED_ENV, "value": seed_id(namespace, name)})
+    sidecar = publisher["spec"].get("sidecar", {})
+    return {
+        "name": "seed",
+        "image": sidecar.get("image") or settings.image,
+        "imagePullPolicy": sidecar.get("imagePullPolicy", "IfNotPresent"),
+        "command": seed_args(namespace, name, spec, publisher),
+        "env": env_list,
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
         },
     }
 

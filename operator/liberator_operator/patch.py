@@ -93,15 +93,42 @@ def build_patch(
     if skip:
         return Injection([], reason=skip)
     meta = pod.get("metadata") or {}
-    annotations: Mapping[str, str] = meta.get("annotations") or {}
-    labels: Mapping[str, str] = meta.get("labels") or {}
     spec = pod.get("spec") or {}
     containers: list[Mapping[str, Any]] = list(spec.get("containers") or [])
     init_containers: list[Mapping[str, Any]] = list(spec.get("initContainers") or [])
+    already = injected_publishers(meta.get("annotations") or {})
+    matching = _matching(publishers, namespace, meta.get("labels") or {})
     present = {c.get("name") for c in containers + init_containers}
-    already = injected_publishers(annotations)
+    todo = [
+        p for p in matching if p["name"] not in already and container_name(p["name"]) not in present
+    ]
+    if not todo:
+        reason = "already injected" if matching else "no EntityPublisher matches the pod's labels"
+        return Injection([], reason=reason)
 
-    matching = sorted(
+    added = _sidecars(todo, _declared_ports(containers + init_containers), settings, native)
+    ops: list[dict[str, Any]] = []
+    target = "initContainers" if native else "containers"
+    if target == "initContainers" and not init_containers:
+        ops.append({"op": "add", "path": "/spec/initContainers", "value": added})
+    else:
+        # Appended: app init containers run first; a native sidecar still starts before the
+        # app containers and stops after them.
+        ops.extend({"op": "add", "path": f"/spec/{target}/-", "value": c} for c in added)
+    names = tuple(p["name"] for p in todo)
+    ops.append(
+        _add_metadata(meta, "annotations", INJECTED_ANNOTATION, ",".join([*already, *names]))
+    )
+    # A label too, because only labels can be selected when counting injected pods.
+    ops.append(_add_metadata(meta, "labels", INJECTED_LABEL, "true"))
+    return Injection(ops, publishers=names, containers=added)
+
+
+def _matching(
+    publishers: Iterable[Publisher], namespace: str, labels: Mapping[str, str]
+) -> list[Publisher]:
+    """The unpaused publishers of ``namespace`` whose selector matches ``labels``, by name."""
+    return sorted(
         (
             p
             for p in publishers
@@ -111,50 +138,24 @@ def build_patch(
         ),
         key=lambda p: p["name"],
     )
-    todo = [
-        p for p in matching if p["name"] not in already and container_name(p["name"]) not in present
-    ]
-    if not todo:
-        reason = "already injected" if matching else "no EntityPublisher matches the pod's labels"
-        return Injection([], reason=reason)
 
-    used = _declared_ports(containers + init_containers)
+
+def _sidecars(
+    publishers: Iterable[Publisher], used: set[int], settings: OperatorSettings, native: bool
+) -> list[dict[str, Any]]:
+    """A sidecar for each publisher, each on the next port from 8099 that nothing uses."""
     port = DEFAULT_HTTP_PORT
     added: list[dict[str, Any]] = []
-    for publisher in todo:
+    for publisher in publishers:
         while port in used:
             port += 1
         added.append(build_sidecar(publisher, settings, port=port, native=native))
         used.add(port)
+    return added
 
-    ops: list[dict[str, Any]] = []
-    target = "initContainers" if native else "containers"
-    if target == "initContainers" and not init_containers:
-        ops.append({"op": "add", "path": "/spec/initContainers", "value": added})
-    else:
-        # Appended: app init containers run first; a native sidecar still starts before the
-        # app containers and stops after them.
-        ops.extend({"op": "add", "path": f"/spec/{target}/-", "value": c} for c in added)
 
-    names = tuple(p["name"] for p in todo)
-    value = ",".join([*already, *names])
-    if "annotations" not in meta or meta.get("annotations") is None:
-        ops.append(
-            {"op": "add", "path": "/metadata/annotations", "value": {INJECTED_ANNOTATION: value}}
-        )
-    else:
-        ops.append(
-            {
-                "op": "add",
-                "path": f"/metadata/annotations/{_escape(INJECTED_ANNOTATION)}",
-                "value": value,
-            }
-        )
-    # A label too, because only labels can be selected when counting injected pods.
-    if "labels" not in meta or meta.get("labels") is None:
-        ops.append({"op": "add", "path": "/metadata/labels", "value": {INJECTED_LABEL: "true"}})
-    else:
-        ops.append(
-            {"op": "add", "path": f"/metadata/labels/{_escape(INJECTED_LABEL)}", "value": "true"}
-        )
-    return Injection(ops, publishers=names, containers=added)
+def _add_metadata(meta: Mapping[str, Any], mapping: str, key: str, value: str) -> dict[str, Any]:
+    """The op that sets ``metadata.<mapping>[key]``, adding the map where the pod has none."""
+    if meta.get(mapping) is None:
+        return {"op": "add", "path": f"/metadata/{mapping}", "value": {key: value}}
+    return {"op": "add", "path": f"/metadata/{mapping}/{_escape(key)}", "value": value}
