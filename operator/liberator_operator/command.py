@@ -32,6 +32,13 @@ OPERATOR_CONTAINER = "operator"  # the container's name in deploy/base/operator.
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    _kopf_arguments(parser)
+    _webhook_arguments(parser)
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def _kopf_arguments(parser: argparse.ArgumentParser) -> None:
+    """What kopf's own command line would choose: namespaces, peering, liveness."""
     parser.add_argument(
         "--namespace",
         "-n",
@@ -63,6 +70,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="kopf health endpoint, e.g. http://0.0.0.0:8080/healthz",
     )
+
+
+def _webhook_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--webhook-addr",
         default="0.0.0.0",
@@ -105,7 +115,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="HOST",
         help="host name the API server uses with --webhook-configure (default %(default)s)",
     )
-    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
 def kopf_settings(*, standalone: bool, server: kopf.WebhookServer) -> kopf.OperatorSettings:
@@ -156,30 +165,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = OperatorSettings.from_env()
     except SettingsError as exc:
-        print(f"liberator operator: {exc}", file=sys.stderr)
-        return 2
-    if (args.webhook_certfile is None) != (args.webhook_pkeyfile is None):
-        print(
-            "liberator operator: --webhook-certfile and --webhook-pkeyfile go together",
-            file=sys.stderr,
-        )
-        return 2
-    if not 0 < args.webhook_port < 65536:
-        print(
-            f"liberator operator: --webhook-port {args.webhook_port} is not a port (1-65535)",
-            file=sys.stderr,
-        )
-        return 2
+        return _usage_error(str(exc))
+    problem = _argument_problem(args)
+    if problem:
+        return _usage_error(problem)
     # The prefix names the object ([namespace/name]) on every handler line.
     kopf.configure(verbose=args.verbose, log_prefix=True)
-    certfile, pkeyfile = args.webhook_certfile, args.webhook_pkeyfile
     with tempfile.TemporaryDirectory(prefix="liberator-webhook-") as tmp:
-        if certfile is None:
-            cert, key = self_signed_certificate([args.webhook_host, "127.0.0.1", "localhost"])
-            certfile, pkeyfile = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
-            certfile.write_bytes(cert)
-            pkeyfile.touch(mode=0o600)
-            pkeyfile.write_bytes(key)
+        certfile, pkeyfile = _certificate(args, Path(tmp))
         server = kopf.WebhookServer(
             addr=args.webhook_addr,
             port=args.webhook_port,
@@ -191,33 +184,68 @@ def run(args: argparse.Namespace) -> int:
         try:
             settings = own_image(settings, cluster)
         except SettingsError as exc:
-            print(f"liberator operator: {exc}", file=sys.stderr)
-            return 2
+            return _usage_error(str(exc))
         if args.webhook_configure:
-            url = f"https://{args.webhook_host}:{args.webhook_port}"
-            ca = base64.b64encode(certfile.read_bytes()).decode()
-            cluster.apply_webhook_configuration(
-                build_webhook_configuration(
-                    {"url": url, "caBundle": ca},
-                    name=args.webhook_configure,
-                    excluded_namespaces=["kube-system", settings.namespace],
-                )
-            )
-        runtime = Runtime(settings=settings, cluster=cluster)
-        registry = kopf.OperatorRegistry()
-        register(registry, runtime)
-        kopf.run(
-            registry=registry,
-            settings=kopf_settings(standalone=args.standalone, server=server),
-            standalone=args.standalone,
-            # kopf makes peering mandatory whenever a name is given, standalone or not.
-            peering_name=None if args.standalone else args.peering,
-            priority=args.priority if args.priority is not None else random.randint(1, 2**30),
-            clusterwide=not args.namespace,
-            namespaces=args.namespace,
-            liveness_endpoint=args.liveness,
-        )
+            _configure_webhook(cluster, args, certfile, settings)
+        _run_kopf(args, Runtime(settings=settings, cluster=cluster), server)
     return 0
+
+
+def _usage_error(message: str) -> int:
+    print(f"liberator operator: {message}", file=sys.stderr)
+    return 2
+
+
+def _argument_problem(args: argparse.Namespace) -> str:
+    """What is wrong with flags that argparse cannot check alone; empty when nothing is."""
+    if (args.webhook_certfile is None) != (args.webhook_pkeyfile is None):
+        return "--webhook-certfile and --webhook-pkeyfile go together"
+    if not 0 < args.webhook_port < 65536:
+        return f"--webhook-port {args.webhook_port} is not a port (1-65535)"
+    return ""
+
+
+def _certificate(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path]:
+    """The webhook's certificate and key files: the given ones, else self-signed ones in ``tmp``."""
+    if args.webhook_certfile is not None:
+        return args.webhook_certfile, args.webhook_pkeyfile
+    cert, key = self_signed_certificate([args.webhook_host, "127.0.0.1", "localhost"])
+    certfile, pkeyfile = tmp / "tls.crt", tmp / "tls.key"
+    certfile.write_bytes(cert)
+    pkeyfile.touch(mode=0o600)
+    pkeyfile.write_bytes(key)
+    return certfile, pkeyfile
+
+
+def _configure_webhook(
+    cluster: Cluster, args: argparse.Namespace, certfile: Path, settings: OperatorSettings
+) -> None:
+    """``--webhook-configure``: point the API server at this process, trusting ``certfile``."""
+    url = f"https://{args.webhook_host}:{args.webhook_port}"
+    ca = base64.b64encode(certfile.read_bytes()).decode()
+    cluster.apply_webhook_configuration(
+        build_webhook_configuration(
+            {"url": url, "caBundle": ca},
+            name=args.webhook_configure,
+            excluded_namespaces=["kube-system", settings.namespace],
+        )
+    )
+
+
+def _run_kopf(args: argparse.Namespace, runtime: Runtime, server: kopf.WebhookServer) -> None:
+    registry = kopf.OperatorRegistry()
+    register(registry, runtime)
+    kopf.run(
+        registry=registry,
+        settings=kopf_settings(standalone=args.standalone, server=server),
+        standalone=args.standalone,
+        # kopf makes peering mandatory whenever a name is given, standalone or not.
+        peering_name=None if args.standalone else args.peering,
+        priority=args.priority if args.priority is not None else random.randint(1, 2**30),
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness,
+    )
 
 
 COMMAND = Command("operator", "run the Kubernetes operator (kopf)", configure, run)
