@@ -7,12 +7,14 @@
 - Pod: the mutating admission webhook that injects the sidecar.
 
 :func:`register` adds them to a registry with the settings bound, so intervals come from
-:class:`~liberator_operator.settings.OperatorSettings` rather than from import-time globals.
+:class:`~liberator_operator.settings.OperatorSettings` rather than from import-time globals. A
+resource handler gets its object as one :class:`~liberator_operator.runtime.Subject`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import jsonpatch
@@ -31,8 +33,15 @@ from liberator_operator.patch import (
     build_patch,
     skip_reason,
 )
-from liberator_operator.provisioning import ProvisioningError, build_plan
-from liberator_operator.runtime import Conditions, Runtime, backoff, publisher_of, redis_url_of
+from liberator_operator.provisioning import Plan, ProvisioningError, PubSubAdmin, build_plan
+from liberator_operator.runtime import (
+    Conditions,
+    Runtime,
+    Subject,
+    backoff,
+    publisher_of,
+    redis_url_of,
+)
 from liberator_operator.seeding import TERMINAL, sync_seed
 from liberator_operator.webhook import HANDLER_ID
 from liberator_publisher.core.contract import control_key
@@ -76,77 +85,97 @@ def _reference_problem(rt: Runtime, publisher: Publisher) -> tuple[str, str] | N
     return None
 
 
-def reconcile(
-    rt: Runtime,
-    *,
-    spec: Mapping[str, Any],
-    meta: Mapping[str, Any],
-    status: Mapping[str, Any],
-    name: str,
-    namespace: str,
-    patch: kopf.Patch,
-    retry: int,
-    logger: Any,
-) -> None:
-    publisher = publisher_of(namespace, name, spec)
-    conds = Conditions(status.get("conditions"), meta.get("generation"))
-
-    def flush() -> None:
-        patch.status["conditions"] = conds.items
-        patch.status["observedGeneration"] = conds.generation
-
-    if spec.get("paused"):
-        conds.set(
-            cond.INJECTING,
-            False,
-            "Paused",
-            "spec.paused is true: new pods get no sidecar; running sidecars publish "
-            "nothing (capture goes on) until it is false",
-        )
-        conds.set(cond.READY, False, "Paused", "spec.paused is true: provisioning is stopped")
-        flush()
+def reconcile(rt: Runtime, obj: Subject, *, patch: kopf.Patch, retry: int, logger: Any) -> None:
+    """Check the references, then ensure the topics and subscriptions; every outcome is a
+    condition, and a failure retries (backing off while Pub/Sub is away)."""
+    publisher, conds = obj.publisher(), obj.conditions()
+    if obj.spec.get("paused"):
+        _set_paused(conds)
+        _flush(patch, conds)
         return
-
     problem = _reference_problem(rt, publisher)
     if problem is not None:
         conds.set(cond.READY, False, *problem)
-        flush()
+        _flush(patch, conds)
         raise kopf.TemporaryError(problem[1], delay=rt.settings.retry_delay)
-
     plan = build_plan(publisher)
-    provisioned = dict(status.get("provisioned") or {})
-    topics: list[str] = list(provisioned.get("topics") or [])
-    subscriptions: list[str] = list(provisioned.get("subscriptions") or [])
-
-    def fail(condition: str, reason: str, exc: ProvisioningError) -> kopf.TemporaryError:
+    created = _Created.of(obj.status)
+    failure = _provision(rt.admin(), plan, created, conds)
+    if failure is not None:
+        condition, reason, exc = failure
         conds.set(condition, False, reason, str(exc))
         conds.set(cond.READY, False, reason, f"{condition} is False: {exc}")
-        patch.status["provisioned"] = {"topics": topics, "subscriptions": subscriptions}
-        flush()
+        patch.status["provisioned"] = created.status()
+        _flush(patch, conds)
         delay = backoff(retry, rt.settings) if exc.transient else rt.settings.retry_delay
         logger.warning(f"{exc}; retrying in {delay:.0f}s")
-        return kopf.TemporaryError(str(exc), delay=delay)
+        raise kopf.TemporaryError(str(exc), delay=delay) from exc
+    _set_provisioned(conds)
+    patch.status["topic"] = plan.topic
+    patch.status["seedTopic"] = plan.seed_topic
+    patch.status["subscriptions"] = [s.name for s in plan.subscriptions]
+    patch.status["provisioned"] = created.status()
+    _flush(patch, conds)
+    logger.info(
+        f"provisioned {len(plan.topics)} topic(s), {len(plan.subscriptions)} "
+        f"subscription(s); created {len(created.topics)} and {len(created.subscriptions)} so far"
+    )
 
-    admin = rt.admin()
+
+def _flush(patch: kopf.Patch, conds: Conditions) -> None:
+    patch.status["conditions"] = conds.items
+    patch.status["observedGeneration"] = conds.generation
+
+
+def _set_paused(conds: Conditions) -> None:
+    conds.set(
+        cond.INJECTING,
+        False,
+        "Paused",
+        "spec.paused is true: new pods get no sidecar; running sidecars publish "
+        "nothing (capture goes on) until it is false",
+    )
+    conds.set(cond.READY, False, "Paused", "spec.paused is true: provisioning is stopped")
+
+
+@dataclass
+class _Created:
+    """``status.provisioned``: what this operator created, all a Delete policy removes."""
+
+    topics: list[str]
+    subscriptions: list[str]
+
+    @classmethod
+    def of(cls, status: Mapping[str, Any]) -> _Created:
+        provisioned = status.get("provisioned") or {}
+        return cls(
+            list(provisioned.get("topics") or []), list(provisioned.get("subscriptions") or [])
+        )
+
+    def status(self) -> dict[str, list[str]]:
+        return {"topics": self.topics, "subscriptions": self.subscriptions}
+
+
+def _provision(
+    admin: PubSubAdmin, plan: Plan, created: _Created, conds: Conditions
+) -> tuple[str, str, ProvisioningError] | None:
+    """Ensure the topics, then the subscriptions, adding to ``created`` what this call made and
+    setting each step's condition once it holds; the step that failed as (condition, reason,
+    error), whose condition the caller sets."""
     try:
         for topic in plan.topics:
-            if admin.ensure_topic(topic) and topic not in topics:
-                topics.append(topic)
+            if admin.ensure_topic(topic) and topic not in created.topics:
+                created.topics.append(topic)
     except ProvisioningError as exc:
-        raise fail(
-            cond.TOPIC_READY, "PubSubUnavailable" if exc.transient else "TopicError", exc
-        ) from exc
+        return cond.TOPIC_READY, "PubSubUnavailable" if exc.transient else "TopicError", exc
     conds.set(cond.TOPIC_READY, True, "TopicsExist", f"{', '.join(plan.topics)} exist")
     try:
         for sub in plan.subscriptions:
-            if admin.ensure_subscription(sub) and sub.name not in subscriptions:
-                subscriptions.append(sub.name)
+            if admin.ensure_subscription(sub) and sub.name not in created.subscriptions:
+                created.subscriptions.append(sub.name)
     except ProvisioningError as exc:
-        raise fail(
-            cond.SUBSCRIPTIONS_READY,
-            "PubSubUnavailable" if exc.transient else "SubscriptionError",
-            exc,
-        ) from exc
+        reason = "PubSubUnavailable" if exc.transient else "SubscriptionError"
+        return cond.SUBSCRIPTIONS_READY, reason, exc
     if plan.subscriptions:
         conds.set(
             cond.SUBSCRIPTIONS_READY,
@@ -156,6 +185,10 @@ def reconcile(
         )
     else:
         conds.set(cond.SUBSCRIPTIONS_READY, True, "NoneDeclared", "no subscriptions declared")
+    return None
+
+
+def _set_provisioned(conds: Conditions) -> None:
     conds.set(
         cond.INJECTING,
         True,
@@ -166,47 +199,15 @@ def reconcile(
     conds.set(
         cond.READY, True, "Provisioned", "references resolved; topics and subscriptions exist"
     )
-    patch.status["topic"] = plan.topic
-    patch.status["seedTopic"] = plan.seed_topic
-    patch.status["subscriptions"] = [s.name for s in plan.subscriptions]
-    patch.status["provisioned"] = {"topics": topics, "subscriptions": subscriptions}
-    flush()
-    logger.info(
-        f"provisioned {len(plan.topics)} topic(s), {len(plan.subscriptions)} "
-        f"subscription(s); created {len(topics)} and {len(subscriptions)} so far"
-    )
 
 
-def finalize(
-    rt: Runtime,
-    *,
-    spec: Mapping[str, Any],
-    status: Mapping[str, Any],
-    name: str,
-    namespace: str,
-    retry: int,
-    logger: Any,
-) -> None:
-    _forget_control(rt, publisher_of(namespace, name, spec), logger)
-    if spec.get("deletionPolicy", "Retain") != "Delete":
+def finalize(rt: Runtime, obj: Subject, *, retry: int, logger: Any) -> None:
+    _forget_control(rt, obj.publisher(), logger)
+    if obj.spec.get("deletionPolicy", "Retain") != "Delete":
         logger.info("deletionPolicy is Retain: topics and subscriptions are kept")
         return
-    # Topics are often shared (integration-events): never delete one another publisher uses.
-    in_use: set[str] = set()
-    for item in rt.cluster.list_custom(GROUP, VERSION, PUBLISHERS):
-        item_meta = item.get("metadata") or {}
-        if (item_meta.get("namespace"), item_meta.get("name")) == (namespace, name):
-            continue
-        if item_meta.get("deletionTimestamp"):
-            continue
-        other = build_plan(
-            publisher_of(
-                item_meta.get("namespace", ""), item_meta.get("name", ""), item.get("spec") or {}
-            )
-        )
-        in_use.update(other.topics)
-        in_use.update(s.name for s in other.subscriptions)
-    provisioned = status.get("provisioned") or {}
+    in_use = _used_by_others(rt, obj)
+    provisioned = obj.status.get("provisioned") or {}
     admin = rt.admin()
     try:
         for sub in provisioned.get("subscriptions") or []:
@@ -220,6 +221,28 @@ def finalize(
     except ProvisioningError as exc:
         raise kopf.TemporaryError(str(exc), delay=backoff(retry, rt.settings)) from exc
     logger.info("deletionPolicy is Delete: removed the topics and subscriptions it created")
+
+
+def _used_by_others(rt: Runtime, obj: Subject) -> set[str]:
+    """Topics and subscriptions the other EntityPublishers (not being deleted) declare.
+
+    Topics are often shared (integration-events): never delete one another publisher uses.
+    """
+    in_use: set[str] = set()
+    for item in rt.cluster.list_custom(GROUP, VERSION, PUBLISHERS):
+        item_meta = item.get("metadata") or {}
+        if (item_meta.get("namespace"), item_meta.get("name")) == (obj.namespace, obj.name):
+            continue
+        if item_meta.get("deletionTimestamp"):
+            continue
+        other = build_plan(
+            publisher_of(
+                item_meta.get("namespace", ""), item_meta.get("name", ""), item.get("spec") or {}
+            )
+        )
+        in_use.update(other.topics)
+        in_use.update(s.name for s in other.subscriptions)
+    return in_use
 
 
 def _forget_control(rt: Runtime, publisher: Publisher, logger: Any) -> None:
@@ -267,6 +290,27 @@ def inject(
 
 def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     """Add every handler to ``registry``, bound to ``rt``."""
+    _register_lifecycle(registry, rt)
+    _register_publishers(registry, rt)
+    _register_seeds(registry, rt)
+    _register_injection(registry, rt)
+
+
+def _bind(
+    rt: Runtime, fn: Callable[..., Any], *names: str, subject: bool = True
+) -> Callable[..., Any]:
+    """``fn`` as kopf calls it: with ``rt``, the object as a :class:`Subject` (unless
+    ``subject`` is False) and kopf's keyword arguments ``names``."""
+
+    def handler(**kwargs: Any) -> Any:
+        head = (rt, Subject.of(kwargs)) if subject else (rt,)
+        return fn(*head, **{k: kwargs[k] for k in names})
+
+    handler.__name__ = fn.__name__
+    return handler
+
+
+def _register_lifecycle(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     s = rt.settings
 
     @kopf.on.login(registry=registry)
@@ -288,36 +332,40 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     def close(**_: Any) -> None:
         rt.close()
 
-    def bind(fn: Callable[..., Any], *names: str) -> Callable[..., Any]:
-        def handler(**kwargs: Any) -> Any:
-            return fn(rt, **{k: kwargs[k] for k in names})
 
-        handler.__name__ = fn.__name__
-        return handler
-
-    on_reconcile = bind(
-        reconcile, "spec", "meta", "status", "name", "namespace", "patch", "retry", "logger"
-    )
+def _register_publishers(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
+    on_reconcile = _bind(rt, reconcile, "patch", "retry", "logger")
     kopf.on.resume(GROUP, VERSION, PUBLISHERS, id="reconcile", registry=registry)(on_reconcile)
     kopf.on.create(GROUP, VERSION, PUBLISHERS, id="reconcile", registry=registry)(on_reconcile)
     kopf.on.update(GROUP, VERSION, PUBLISHERS, id="reconcile", field="spec", registry=registry)(
         on_reconcile
     )
     kopf.on.delete(GROUP, VERSION, PUBLISHERS, id="finalize", registry=registry)(
-        bind(finalize, "spec", "status", "name", "namespace", "retry", "logger")
+        _bind(rt, finalize, "retry", "logger")
     )
     kopf.timer(
-        GROUP, VERSION, PUBLISHERS, id="observe", interval=s.status_interval, registry=registry
-    )(bind(observe, "body", "spec", "meta", "status", "name", "namespace", "stopped", "logger"))
+        GROUP,
+        VERSION,
+        PUBLISHERS,
+        id="observe",
+        interval=rt.settings.status_interval,
+        registry=registry,
+    )(_bind(rt, observe, "body", "stopped", "logger"))
+
+
+def _register_seeds(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     kopf.timer(
         GROUP,
         VERSION,
         SEEDS,
         id="seed",
-        interval=s.seed_interval,
+        interval=rt.settings.seed_interval,
         registry=registry,
         when=lambda status, **_: status.get("phase") not in TERMINAL,
-    )(bind(sync_seed, "spec", "meta", "status", "name", "namespace", "patch", "logger"))
+    )(_bind(rt, sync_seed, "patch", "logger"))
+
+
+def _register_injection(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     kopf.on.mutate(
         "",
         "v1",
@@ -327,4 +375,4 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         side_effects=False,
         ignore_failures=True,
         registry=registry,
-    )(bind(inject, "body", "patch", "warnings", "logger"))
+    )(_bind(rt, inject, "body", "patch", "warnings", "logger", subject=False))

@@ -25,8 +25,8 @@ from liberator_operator.model import (
     Publisher,
 )
 from liberator_operator.patch import INJECTED_LABEL, injected_publishers
-from liberator_operator.restart import control_for, restart_outcome
-from liberator_operator.runtime import Conditions, Runtime, publisher_of, redis_url_of
+from liberator_operator.restart import Outcome, control_for, restart_outcome
+from liberator_operator.runtime import Conditions, Runtime, Subject, redis_url_of
 from liberator_operator.sidecar import container_name, sidecar_running
 from liberator_publisher.core.control import ControlRecord, write_control
 
@@ -107,37 +107,54 @@ def parked_message(publisher: Publisher, data: DataStatus) -> str:
     )
 
 
-def observe(
-    rt: Runtime,
-    *,
-    body: Any,
-    spec: Mapping[str, Any],
-    meta: Mapping[str, Any],
-    status: Mapping[str, Any],
-    name: str,
-    namespace: str,
-    stopped: Any,
-    logger: Any,
-) -> None:
+def observe(rt: Runtime, obj: Subject, *, body: Any, stopped: Any, logger: Any) -> None:
     """Pods and data plane into the status, written only if the object did not move on.
 
     ``stopped`` turns true when the object is being deleted (or the operator stops): the tick
     then ends before its slow part, so the finalizer does not wait for it.
     """
-    publisher = publisher_of(namespace, name, spec)
-    pods = _count_pods(rt, namespace, name)
+    pods = _count_pods(rt, obj.namespace, obj.name)
     if stopped:
         return
-    control, refused = control_for(spec, status, datetime.now(UTC))
-    data, (state, reason, message) = _publishing(rt, publisher, pods, control)
+    control, refused = control_for(obj.spec, obj.status, datetime.now(UTC))
+    data, publishing = _publishing(rt, obj.publisher(), pods, control)
     if stopped:
         return
-    conds = Conditions(status.get("conditions"), meta.get("generation"))
-    conds.set(cond.PUBLISHING, state, reason, message)
+    done = (data.restart if data else None) or obj.status.get("restart")
+    outcome = restart_outcome(obj.spec, refused, data, done)
+    conds = _conditions(obj, publishing, data, outcome)
+    new = _status(obj.spec, conds, pods=pods, data=data, done=done, outcome=outcome)
+    changed = {k: v for k, v in new.items() if obj.status.get(k) != v}
+    if conds.items != list(obj.status.get("conditions") or []):
+        changed["conditions"] = conds.items
+    if not changed:
+        return
+    written = rt.cluster.patch_custom_status(
+        GROUP,
+        VERSION,
+        PUBLISHERS,
+        obj.namespace,
+        obj.name,
+        status=changed,
+        resource_version=str(obj.meta.get("resourceVersion")),
+    )
+    if not written:
+        logger.debug("status moved on meanwhile; the next tick writes the data plane")
+        return
+    _announce(body, changed, done, outcome)
+
+
+def _conditions(
+    obj: Subject,
+    publishing: tuple[cond.Status, str, str],
+    data: DataStatus | None,
+    outcome: Outcome,
+) -> Conditions:
+    """The conditions this timer owns; RestartRejected only once there was a request."""
+    conds = obj.conditions()
+    conds.set(cond.PUBLISHING, *publishing)
     conds.set(cond.STALLED, *_stall(data))
     conds.set(cond.RESUME_POINT_AT_RISK, *_resume_point(data))
-    done = (data.restart if data else None) or status.get("restart")
-    outcome = restart_outcome(spec, refused, data, done)
     if outcome.status:
         conds.set(
             cond.RESTART_REJECTED,
@@ -147,7 +164,20 @@ def observe(
         )
     elif cond.find(conds.items, cond.RESTART_REJECTED) is not None:
         conds.set(cond.RESTART_REJECTED, False, "NoRequest", "spec.restartFrom is not set")
-    new: dict[str, Any] = {
+    return conds
+
+
+def _status(
+    spec: Mapping[str, Any],
+    conds: Conditions,
+    *,
+    pods: int,
+    data: DataStatus | None,
+    done: Mapping[str, Any] | None,
+    outcome: Outcome,
+) -> dict[str, Any]:
+    """The status fields this timer owns, as they should be now."""
+    return {
         "pods": pods,
         "leader": data.leader if data else None,
         "epoch": data.epoch if data else None,
@@ -163,23 +193,12 @@ def observe(
         "restart": dict(done) if done else None,
         "restartRejected": outcome.rejected,
     }
-    changed = {k: v for k, v in new.items() if status.get(k) != v}
-    if conds.items != list(status.get("conditions") or []):
-        changed["conditions"] = conds.items
-    if not changed:
-        return
-    written = rt.cluster.patch_custom_status(
-        GROUP,
-        VERSION,
-        PUBLISHERS,
-        namespace,
-        name,
-        status=changed,
-        resource_version=str(meta.get("resourceVersion")),
-    )
-    if not written:
-        logger.debug("status moved on meanwhile; the next tick writes the data plane")
-        return
+
+
+def _announce(
+    body: Any, changed: Mapping[str, Any], done: Mapping[str, Any] | None, outcome: Outcome
+) -> None:
+    """Events for a restart carried out or newly rejected, once the status says so."""
     if "restart" in changed and done:
         # kopf.event, not kopf.info: posting.level is WARNING, and this one must be seen.
         text = (
@@ -188,5 +207,5 @@ def observe(
             else f"restart {done.get('id')!r} ran at {done.get('doneAt')}"
         )
         kopf.event(body, type="Normal", reason="Restarted", message=text)
-    if "restartRejected" in changed and new["restartRejected"]:
+    if "restartRejected" in changed and outcome.rejected:
         kopf.warn(body, reason="RestartRejected", message=outcome.message)

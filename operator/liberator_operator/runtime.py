@@ -23,7 +23,7 @@ from liberator_operator.model import (
 from liberator_operator.provisioning import PubSubAdmin
 from liberator_operator.settings import OperatorSettings
 
-__all__ = ["Conditions", "Runtime", "backoff", "publisher_of", "redis_url_of"]
+__all__ = ["Conditions", "Runtime", "Subject", "backoff", "publisher_of", "redis_url_of"]
 
 
 @dataclass
@@ -80,6 +80,35 @@ class Conditions:
         self.items = cond.set_condition(
             self.items, type_, status, reason, message, now=self.now, generation=self.generation
         )
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The object one handler call is about, as kopf's keyword arguments give it."""
+
+    namespace: str
+    name: str
+    spec: Mapping[str, Any]
+    meta: Mapping[str, Any]
+    status: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, kwargs: Mapping[str, Any]) -> Subject:
+        return cls(
+            namespace=kwargs["namespace"],
+            name=kwargs["name"],
+            spec=kwargs["spec"],
+            meta=kwargs["meta"],
+            status=kwargs["status"],
+        )
+
+    def publisher(self) -> Publisher:
+        """The object as an EntityPublisher."""
+        return publisher_of(self.namespace, self.name, self.spec)
+
+    def conditions(self) -> Conditions:
+        """Its conditions as they stand, for this run to change."""
+        return Conditions(self.status.get("conditions"), self.meta.get("generation"))
 
 
 def redis_url_of(rt: Runtime, publisher: Publisher) -> tuple[str | None, str]:
