@@ -246,7 +246,7 @@ def start(
     oplog_max_entries: int | None = None,
     oplog_max_age_seconds: float | None = None,
 ) -> Server:
-    """Start on ``port`` (or a free one) with the H2 file ``run_dir/mongo-bson.h2``; wait for a
+    """Start on ``port`` (or a free one) with the H2 file ``run_dir/mongo-records.h2``; wait for a
     ping.
 
     ``oplog_max_entries`` and ``oplog_max_age_seconds`` cap the oplog (default: the variables
@@ -262,7 +262,7 @@ def start(
         )
     port = port or free_port()
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = run_dir / "mongo-bson.h2"  # the launcher's own format (LiberatorMongo.H2Store)
+    data = run_dir / "mongo-records.h2"  # the launcher's own format (LiberatorMongo.H2Store)
     backend = f"h2:{data}"
     # One address only: the node IP for a stack that runs the node (pods and host clients reach
     # it there), else loopback.

@@ -12,6 +12,7 @@ import java.util.concurrent.ConcurrentSkipListMap;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicLong;
 import java.util.stream.Stream;
 import java.util.stream.StreamSupport;
 
@@ -44,7 +45,9 @@ import de.bwaldvogel.mongo.backend.Index;
 import de.bwaldvogel.mongo.backend.IndexKey;
 import de.bwaldvogel.mongo.backend.KeyValue;
 import de.bwaldvogel.mongo.backend.ValueComparator;
-import de.bwaldvogel.mongo.backend.h2.H2Collection;
+import de.bwaldvogel.mongo.backend.AbstractSynchronizedMongoCollection;
+import de.bwaldvogel.mongo.backend.DocumentWithPosition;
+import de.bwaldvogel.mongo.backend.QueryResult;
 import de.bwaldvogel.mongo.backend.h2.H2Database;
 import de.bwaldvogel.mongo.backend.h2.H2UniqueIndex;
 import de.bwaldvogel.mongo.wire.bson.BsonDecoder;
@@ -347,12 +350,119 @@ public final class LiberatorMongo {
             }
         }
 
-        /** The library's collection, with a leading {@code $match} served by an index. */
-        static final class Collection extends H2Collection {
+        /**
+         * A collection stored as MongoDB's WiredTiger stores one: documents under a record id
+         * that grows with each insert, and {@code _id} an index like any other (the library's
+         * H2 collection keys its documents by {@code _id}). H2 re-encodes every page a commit
+         * changed: with random ids (the outbox's UUIDs) each insert and update dirtied a page
+         * of documents somewhere in the tree, and serialization took most of the stand-in's
+         * CPU. Under record ids, recent documents share the last pages, and the pages of the
+         * {@code _id} index hold small entries. {@code $natural} order is insertion order, as
+         * in MongoDB. A leading {@code $match} in {@code aggregate} is served by an index.
+         */
+        static final class Collection extends AbstractSynchronizedMongoCollection<Object> {
+            private static final String DATA_SIZE = "dataSize";
+            private final MVMap<Object, Document> data;
+            private final MVMap<String, Object> meta;
+            private final AtomicLong lastRecord;
+
             Collection(H2Database database, String name, CollectionOptions options,
                        MVMap<Object, Document> data, MVMap<String, Object> meta,
                        CursorRegistry registry) {
-                super(database, name, options, data, meta, registry);
+                super(database, name, options, registry);
+                this.data = data;
+                this.meta = meta;
+                meta.putIfAbsent(DATA_SIZE, 0L);
+                Object last = data.isEmpty() ? 0L : data.lastKey();
+                if (!(last instanceof Long record)) {
+                    // A file from a launcher that keyed documents by _id.
+                    throw new IllegalStateException("collection " + getFullName() + " in the"
+                        + " H2 file is not keyed by record id: remove the file and start again");
+                }
+                this.lastRecord = new AtomicLong(record);
+            }
+
+            @Override
+            protected Object addDocumentInternal(Document document) {
+                Long record = lastRecord.incrementAndGet();
+                data.put(record, document);
+                return record;
+            }
+
+            @Override
+            public int count() {
+                return data.size();
+            }
+
+            @Override
+            public boolean isEmpty() {
+                return data.isEmpty();
+            }
+
+            @Override
+            protected Document getDocument(Object position) {
+                return data.get(position);
+            }
+
+            @Override
+            protected void removeDocument(Object position) {
+                if (data.remove(position) == null) {
+                    throw new java.util.NoSuchElementException("no document at record "
+                        + position);
+                }
+            }
+
+            @Override
+            protected void handleUpdate(Object position, Document oldDocument,
+                                        Document newDocument) {
+                data.put(position, newDocument);
+            }
+
+            @Override
+            protected void updateDataSize(int sizeDelta) {
+                synchronized (meta) {
+                    meta.put(DATA_SIZE, ((Number) meta.get(DATA_SIZE)).longValue() + sizeDelta);
+                }
+            }
+
+            @Override
+            protected int getDataSize() {
+                return ((Number) meta.get(DATA_SIZE)).intValue();
+            }
+
+            @Override
+            protected Stream<DocumentWithPosition<Object>> streamAllDocumentsWithPosition() {
+                return data.entrySet().stream()
+                    .map(entry -> new DocumentWithPosition<>(entry.getValue(), entry.getKey()));
+            }
+
+            @Override
+            protected QueryResult matchDocuments(Document query, Document orderBy,
+                                                 int numberToSkip, int limit, int batchSize,
+                                                 Document fieldSelector) {
+                Stream<Document> documents = data.values().stream();
+                if (isNaturalDescending(orderBy)) {
+                    // Record ids grow with each insert: descending ids are the newest first.
+                    documents = StreamSupport.stream(
+                        ((Iterable<Document>) () -> descending()).spliterator(), false);
+                }
+                return matchDocumentsFromStream(documents, query, orderBy, numberToSkip, limit,
+                    batchSize, fieldSelector);
+            }
+
+            private Iterator<Document> descending() {
+                Iterator<Object> keys = data.keyIteratorReverse(null);
+                return new Iterator<>() {
+                    @Override
+                    public boolean hasNext() {
+                        return keys.hasNext();
+                    }
+
+                    @Override
+                    public Document next() {
+                        return data.get(keys.next());
+                    }
+                };
             }
 
             /** What {@code aggregate} reads: the documents its leading {@code $match} names
