@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -64,6 +65,13 @@ class Writer:
         assert not self._thread.is_alive()
 
 
+def grpc_loaded(car: Sidecar) -> bool:
+    """Whether the process has grpc's C library mapped (the Pub/Sub client is imported)."""
+    assert car.popen is not None
+    maps = Path(f"/proc/{car.popen.pid}/maps").read_text()
+    return "cygrpc" in maps
+
+
 def leader_of(cars: list[Sidecar]) -> Sidecar | None:
     leaders = [c for c in cars if c.alive() and c.is_leader()]
     return leaders[0] if len(leaders) == 1 else None
@@ -109,6 +117,9 @@ def test_standby_takes_over_when_the_leader_dies_and_a_paused_leader_is_fenced(
     quotes = db[publisher.collection]
     quotes.insert_many([{"entity": "a", "seq": i} for i in range(100)])
     eventually(lambda: len(collector.ids()) >= 100, what="first 100 events")
+    # While the holder renews, a standby leaves the Pub/Sub client (grpc, 35-40 MiB) unloaded.
+    assert not grpc_loaded(standby), "the standby imported the Pub/Sub client while idle"
+    assert grpc_loaded(first)
 
     # SIGKILL the leader: the standby leads within TTL + 1 s (3 s here), nothing is lost.
     first.kill()
@@ -116,6 +127,12 @@ def test_standby_takes_over_when_the_leader_dies_and_a_paused_leader_is_fenced(
     eventually(standby.is_leader, what="the standby leads", every=0.05)
     takeover = time.monotonic() - killed_at
     print(f"measured takeover after SIGKILL: {takeover:.2f}s (TTL 3 s)")
+    # It imported the client when the holder missed its renewals, before the lease was free.
+    lines = standby.log_lines()
+    events = [line.get("event", "") for line in lines]
+    warmed = events.index("importing the Pub/Sub client")
+    assert lines[warmed]["reason"] == "the holder has missed renewals", lines[warmed]
+    assert warmed < events.index("leading"), events
     quotes.insert_many([{"entity": "a", "seq": i} for i in range(100, 200)])
     eventually(lambda: len(collector.ids()) >= 200, what="events after the takeover")
 

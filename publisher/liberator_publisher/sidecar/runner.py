@@ -31,7 +31,7 @@ from liberator_publisher.sidecar.leader import Lease
 from liberator_publisher.sidecar.metrics import Metrics
 from liberator_publisher.sidecar.outbox import ensure_indexes
 from liberator_publisher.sidecar.report import Report
-from liberator_publisher.sidecar.sink import preload
+from liberator_publisher.sidecar.sink import Preloader
 from liberator_publisher.sidecar.term import Park, Term, TermContext
 from liberator_publisher.state.checkpoint import (
     LOOPS,
@@ -115,6 +115,7 @@ class Sidecar:
         self.http: HealthServer | None = None
         self._redis_down_logged = False
         self._reset_seen = threading.Event()
+        self.preloader = Preloader()
         self.control = Control(
             redis_client=self.redis,
             publisher=settings.publisher,
@@ -171,9 +172,6 @@ class Sidecar:
             ),
         )
         self._warn_if_no_collection()
-        # Any replica may have to publish within TTL + 1 s of a failover; the import alone takes
-        # about a second of CPU, so do it now, in the background, and keep the main thread free.
-        threading.Thread(target=preload, name="liberator-preload", daemon=True).start()
         code = 0
         last_backlog = 0.0
         while not self.shutdown.is_set():
@@ -250,7 +248,12 @@ class Sidecar:
     def _try_lead(self) -> None:
         epoch = self.lease.try_acquire()
         if epoch:
+            self.preloader.start("taking the lease")  # in the background, while _prepare runs
             self._lead(epoch)
+        elif self.lease.free_in is not None and self.lease.free_in < self.lease.ttl_seconds / 2:
+            # The holder renews every quarter TTL, so half a TTL left means it has missed
+            # renewals and may be gone: import now, and the takeover will not wait for it.
+            self.preloader.start("the holder has missed renewals")
 
     def _lead(self, epoch: int, *, again: bool = False) -> None:
         """Start a term under the lease just taken, or kept (``again``: after a reset or a
