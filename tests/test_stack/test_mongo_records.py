@@ -4,7 +4,8 @@ The launcher (``hack/mongo/LiberatorMongo.java``, ``H2Store.Collection``) keys e
 record id that grows with each insert, and ``_id`` is an index like any other. What a client
 can see of that is MongoDB's: ``$natural`` order is insertion order (not ``_id`` order), in both
 directions; a later insert never takes a deleted document's place; after a restart new documents
-still come after the old ones, and every ``_id`` is still found. With
+still come after the old ones, and every ``_id`` is still found; ``collStats`` counts the
+documents' BSON. With
 ``LIBERATOR_TEST_MONGO_URI`` the first test runs against that server, which keeps it honest.
 """
 
@@ -14,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import bson
 import pymongo
 import pytest
 from pymongo.collection import Collection
@@ -76,3 +78,18 @@ def test_after_a_restart_new_documents_come_after_the_old(
                 coll.insert_one({"_id": "z1"})
     finally:
         server.stop()
+
+
+def test_collstats_size_is_the_sum_of_the_documents_bson(
+    client: pymongo.MongoClient[Doc], unique: str
+) -> None:
+    db = client[f"records_{unique}"]
+    coll = db["sized"]
+    docs: list[Doc] = [{"_id": n, "body": "x" * n, "nested": {"n": n}} for n in range(30)]
+    coll.insert_many(docs)
+    coll.update_one({"_id": 3}, {"$set": {"body": "y" * 300}})
+    coll.delete_one({"_id": 7})
+    expected = sum(len(bson.encode(d)) for d in coll.find())
+    stats = db.command("collStats", "sized")
+    assert stats["count"] == 29
+    assert stats["size"] == expected
