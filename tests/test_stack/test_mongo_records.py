@@ -5,8 +5,8 @@ record id that grows with each insert, and ``_id`` is an index like any other. W
 can see of that is MongoDB's: ``$natural`` order is insertion order (not ``_id`` order), in both
 directions; a later insert never takes a deleted document's place; after a restart new documents
 still come after the old ones, and every ``_id`` is still found; ``collStats`` counts the
-documents' BSON. With
-``LIBERATOR_TEST_MONGO_URI`` the first test runs against that server, which keeps it honest.
+documents' BSON. With ``LIBERATOR_TEST_MONGO_URI`` the first test runs against that server,
+which keeps it honest.
 """
 
 from __future__ import annotations
