@@ -2,39 +2,32 @@
 
 Each measurement writes through pymongo and reads the outcome from the outbox (``status``,
 ``publishedAt`` is set when Pub/Sub acknowledged the message), so it times insert to publish ack.
-Process figures come from ``/proc/<pid>``: ``VmRSS`` and ``utime + stime``.
+Process figures come from ``/proc/<pid>``: ``VmRSS`` and ``utime + stime``. The process is
+bench/sidecar.py's, the collections bench/load.py's, the figures bench/proc.py's; this module
+holds the measurements (idle, end to end, latency, failover).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pymongo import MongoClient
-from pymongo.collection import Collection
-
-from bench.baselines import INSERT_BATCH, quote
-from liberator_stack.process import free_port
+from bench.baselines import quote
+from bench.load import Load
+from bench.proc import cpu_seconds, poll, py_spy, rss_bytes
+from bench.sidecar import Sidecar, SidecarEnv
 
 __all__ = [
     "EndToEnd",
     "Failover",
     "Idle",
     "Latency",
+    "Load",
     "Sidecar",
     "SidecarEnv",
     "cpu_seconds",
@@ -46,290 +39,6 @@ __all__ = [
     "rss_bytes",
     "start_leader",
 ]
-
-LIBERATOR = Path(sys.executable).with_name("liberator")
-OUTBOX = "quotes_outbox"
-CHECKPOINTS = "liberator.checkpoints"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def poll(check: Callable[[], Any], *, what: str, deadline: float, every: float = 0.25) -> Any:
-    """Call ``check`` until it returns something truthy; raise with ``what`` after ``deadline``."""
-    end = time.monotonic() + deadline
-    last: Any = None
-    while time.monotonic() < end:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise RuntimeError(f"{what}: not reached within {deadline:.0f}s (last: {last!r})")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process (all threads), from ``/proc/<pid>/stat``."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a process, from ``VmRSS`` in ``/proc/<pid>/status``."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
-
-
-@contextlib.contextmanager
-def py_spy(pid: int, output: Path | None) -> Iterator[None]:
-    """Record ``pid`` with py-spy into ``output`` (collapsed stacks) while the block runs."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if output is None or not Path(spy).exists():
-        yield
-        return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            spy,
-            "record",
-            "--pid",
-            str(pid),
-            "--format",
-            "raw",
-            "--rate",
-            "100",
-            "--threads",
-            "--output",
-            str(output),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@dataclass
-class Sidecar:
-    """One ``liberator publish`` process and what ``/proc`` says about it."""
-
-    env: dict[str, str]
-    log: Path
-    popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Sidecar:
-        with self.log.open("ab") as out:
-            self.popen = subprocess.Popen(
-                [str(LIBERATOR), "publish"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def metric(self, name: str) -> float | None:
-        """An unlabelled sample from ``/metrics``, or None when down or absent."""
-        url = f"http://127.0.0.1:{self.env['LIBERATOR_HTTP_PORT']}/metrics"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                body = response.read().decode()
-        except (OSError, urllib.error.URLError):
-            return None
-        for line in body.splitlines():
-            sample, _, value = line.rpartition(" ")
-            if sample == name:
-                return float(value)
-        return None
-
-    def is_leader(self) -> bool:
-        if not self.alive():
-            raise RuntimeError(
-                f"liberator publish exited ({self.popen and self.popen.poll()}); "
-                f"log {self.log}:\n{self.log.read_text(errors='replace')[-3000:]}"
-            )
-        return self.metric("liberator_leader") == 1.0
-
-    def rss_bytes(self) -> int:
-        return rss_bytes(self.pid)
-
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
-
-    def kill(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGKILL)
-            self.popen.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-
-@dataclass
-class SidecarEnv:
-    """A fresh publisher's environment (database, topic, lease keys) and its collections."""
-
-    exports: dict[str, str]
-    """The stack's exports: Mongo URI, Pub/Sub emulator, Redis URL, project."""
-    database: str
-    """A database of its own, so figures never mix with another run's data."""
-    topic: str
-    """Topic id; created here (the sidecar does not create topics)."""
-    run_dir: Path
-    """Where the sidecars' logs go."""
-    lease_ttl: int = 10
-    """LIBERATOR_LEASE_TTL_SECONDS of the sidecars."""
-    sidecars: list[Sidecar] = field(default_factory=list)
-
-    def env(self) -> dict[str, str]:
-        return {
-            "PATH": os.environ.get("PATH", ""),
-            "HOME": os.environ.get("HOME", ""),
-            "LIBERATOR_MONGO_URI": self.exports["LIBERATOR_MONGO_URI"],
-            "LIBERATOR_DATABASE": self.database,
-            "LIBERATOR_COLLECTION": "quotes",
-            "LIBERATOR_ENTITY_TYPE": "quote",
-            "LIBERATOR_ID_FIELD": "quoteId",
-            "LIBERATOR_VERSION_FIELD": "version",
-            "LIBERATOR_PUBSUB_PROJECT": self.exports["LIBERATOR_PUBSUB_PROJECT"],
-            "PUBSUB_EMULATOR_HOST": self.exports["PUBSUB_EMULATOR_HOST"],
-            "LIBERATOR_TOPIC": self.topic,
-            "LIBERATOR_REDIS_URL": self.exports["LIBERATOR_REDIS_URL"],
-            "LIBERATOR_PUBLISHER": f"bench/{self.database}",
-            "LIBERATOR_LEASE_TTL_SECONDS": str(self.lease_ttl),
-            "LIBERATOR_LOG_LEVEL": "WARNING",
-            # mongo-java-server fails updateLookup in a dotted collection name; MongoDB does not.
-            "LIBERATOR_OUTBOX_COLLECTION": OUTBOX,
-        }
-
-    def create_topic(self) -> None:
-        from google.cloud import pubsub_v1  # noqa: PLC0415  (grpc: import only when needed)
-
-        client = pubsub_v1.PublisherClient()
-        client.create_topic(
-            name=client.topic_path(self.exports["LIBERATOR_PUBSUB_PROJECT"], self.topic)
-        )
-
-    def sidecar(self) -> Sidecar:
-        n = len(self.sidecars)
-        env = {
-            **self.env(),
-            "LIBERATOR_HTTP_PORT": str(free_port()),
-            "LIBERATOR_POD_NAME": f"bench-{n}",
-        }
-        car = Sidecar(env, self.run_dir / f"{self.database}-sidecar-{n}.log").start()
-        self.sidecars.append(car)
-        return car
-
-    def stop(self) -> None:
-        for car in self.sidecars:
-            car.stop()
-
-
-class Load:
-    """The bench's view of one publisher's collections."""
-
-    def __init__(self, client: MongoClient[dict[str, Any]], database: str) -> None:
-        self.db = client[database]
-        self.entities: Collection[dict[str, Any]] = self.db["quotes"]
-        self.outbox: Collection[dict[str, Any]] = self.db[OUTBOX]
-        self.database = database
-
-    def published(self) -> int:
-        return self.outbox.count_documents({"status": "published"})
-
-    def not_published(self) -> int:
-        return self.outbox.count_documents({"status": {"$ne": "published"}})
-
-    def writes(self) -> int | None:
-        """Oplog entries of this database's three collections so far (None if unreadable)."""
-        try:
-            oplog = self.db.client["local"]["oplog.rs"]
-            return sum(
-                oplog.count_documents({"ns": f"{self.database}.{name}"})
-                for name in ("quotes", OUTBOX, CHECKPOINTS)
-            )
-        except Exception:  # a real server may refuse the oplog to this user
-            return None
-
-    def wait_capturing(self, deadline: float = 120) -> None:
-        """Wait for the capture checkpoint: the leader's stream is open from then on.
-
-        The lease alone is not enough: a first start captures from "now", so a change written
-        before the capture stream opened is (by design) not captured.
-        """
-        poll(
-            lambda: self.db[CHECKPOINTS].find_one({"_id": f"bench/{self.database}#capture"}),
-            what="the capture checkpoint is written",
-            deadline=deadline,
-        )
-
-    def oplog_size(self) -> int | None:
-        try:
-            return self.db.client["local"]["oplog.rs"].estimated_document_count()
-        except Exception:  # a real server may refuse the oplog to this user
-            return None
-
-    def empty_getmore(self, rounds: int = 5) -> float:
-        """Mean seconds of a ``getMore`` that finds nothing (what a live stream pays per poll)."""
-        with self.db["quiet"].watch(max_await_time_ms=100) as stream:
-            stream.try_next()
-            start = time.perf_counter()
-            for _ in range(rounds):
-                stream.try_next()
-            return (time.perf_counter() - start) / rounds
-
-    def insert(self, first: int, count: int, entities: int) -> None:
-        for i in range(first, first + count, INSERT_BATCH):
-            self.entities.insert_many(
-                [quote(j, entities) for j in range(i, min(first + count, i + INSERT_BATCH))],
-                ordered=False,
-            )
-
-    def wait_published(self, total: int, deadline: float) -> None:
-        poll(
-            lambda: self.published() >= total,
-            what=f"{total} outbox documents published",
-            deadline=deadline,
-            every=0.5,
-        )
-
-    def last_published_at(self) -> float:
-        doc = self.outbox.find_one({"status": "published"}, sort=[("publishedAt", -1)])
-        assert doc is not None
-        return _epoch(doc["publishedAt"])
-
-    def published_times(self) -> dict[str, float]:
-        """entityId -> publishedAt (epoch seconds) of every published event."""
-        return {
-            d["entityId"]: _epoch(d["publishedAt"])
-            for d in self.outbox.find({"status": "published"}, {"entityId": 1, "publishedAt": 1})
-        }
-
-
-def _epoch(value: datetime) -> float:
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 def start_leader(setup: SidecarEnv, load: Load, warmup: int) -> Sidecar:
