@@ -128,98 +128,122 @@ def in_process(calls: int) -> list[float]:
     return times
 
 
-def main() -> int:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=200, help="pods created per measurement")
     parser.add_argument("--calls", type=int, default=20_000, help="in-process build_patch calls")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def install_crds(kubectl_env: dict[str, str]) -> None:
+    """Apply crds/ and wait until the EntityPublisher kind is served."""
+    subprocess.run(
+        ["kubectl", "apply", "-f", str(ROOT / "crds")],
+        env=kubectl_env,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "kubectl",
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/entitypublishers.liberator.io",
+        ],
+        env=kubectl_env,
+        check=True,
+        capture_output=True,
+    )
+
+
+def create_publisher(core: client.CoreV1Api, custom: client.CustomObjectsApi) -> None:
+    """The namespaces, and one EntityPublisher whose selector the measured pods match."""
+    for ns in ("bench", "liberator-system"):
+        core.create_namespace({"metadata": {"name": ns}})
+    custom.create_namespaced_custom_object(
+        "liberator.io",
+        "v1alpha1",
+        "bench",
+        "entitypublishers",
+        {
+            "apiVersion": "liberator.io/v1alpha1",
+            "kind": "EntityPublisher",
+            "metadata": {"name": "quotes"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "quotes"}},
+                "mongo": {
+                    "uriSecretRef": {"name": "quotes-mongo"},
+                    "database": "sales",
+                    "collection": "quotes",
+                },
+                "entity": {"type": "quote"},
+                "pubsub": {"project": "bench-project"},
+                "redis": {"url": "redis://127.0.0.1:1/0"},
+            },
+        },
+    )
+
+
+def start_operator(log: Path, kubectl_env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``liberator operator`` with its webhook on a free loopback port, configured by itself."""
+    port = free_port()
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("liberator")),
+                "operator",
+                "--standalone",
+                "--webhook-addr",
+                "127.0.0.1",
+                "--webhook-port",
+                str(port),
+                "--webhook-configure",
+                "liberator-injector",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**kubectl_env, "LIBERATOR_OPERATOR_NAMESPACE": "liberator-system"},
+        )
+
+
+def webhook_live(core: client.CoreV1Api, operator: subprocess.Popen[bytes]) -> bool:
+    """Until a dry-run pod comes back injected (True), or 120 s or the operator's exit (False)."""
+    deadline = time.monotonic() + 120
+    while True:
+        probe = core.create_namespaced_pod(
+            "bench",
+            {
+                "metadata": {"name": "probe", "labels": {"app": "quotes"}},
+                "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+            },
+            dry_run="All",
+        )
+        if probe.spec.init_containers:
+            return True
+        if time.monotonic() > deadline or operator.poll() is not None:
+            return False
+        time.sleep(0.5)
+
+
+def main() -> int:
+    args = arguments()
     patch_times = in_process(args.calls)
     run_dir = Path(tempfile.mkdtemp(prefix="liberator-bench-webhook-"))
     with Stack(run_dir) as stack:
         kubeconfig = stack.up(("kube",))["KUBECONFIG"]
         kubectl_env = {**os.environ, "KUBECONFIG": kubeconfig}
-        subprocess.run(
-            ["kubectl", "apply", "-f", str(ROOT / "crds")],
-            env=kubectl_env,
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [
-                "kubectl",
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/entitypublishers.liberator.io",
-            ],
-            env=kubectl_env,
-            check=True,
-            capture_output=True,
-        )
+        install_crds(kubectl_env)
         api = config.new_client_from_config(config_file=kubeconfig)
-        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-        for ns in ("bench", "liberator-system"):
-            core.create_namespace({"metadata": {"name": ns}})
-        custom.create_namespaced_custom_object(
-            "liberator.io",
-            "v1alpha1",
-            "bench",
-            "entitypublishers",
-            {
-                "apiVersion": "liberator.io/v1alpha1",
-                "kind": "EntityPublisher",
-                "metadata": {"name": "quotes"},
-                "spec": {
-                    "selector": {"matchLabels": {"app": "quotes"}},
-                    "mongo": {
-                        "uriSecretRef": {"name": "quotes-mongo"},
-                        "database": "sales",
-                        "collection": "quotes",
-                    },
-                    "entity": {"type": "quote"},
-                    "pubsub": {"project": "bench-project"},
-                    "redis": {"url": "redis://127.0.0.1:1/0"},
-                },
-            },
-        )
-        port = free_port()
+        core = client.CoreV1Api(api)
+        create_publisher(core, client.CustomObjectsApi(api))
         log = run_dir / "operator.log"
-        with log.open("ab") as out:
-            operator = subprocess.Popen(
-                [
-                    str(Path(sys.executable).with_name("liberator")),
-                    "operator",
-                    "--standalone",
-                    "--webhook-addr",
-                    "127.0.0.1",
-                    "--webhook-port",
-                    str(port),
-                    "--webhook-configure",
-                    "liberator-injector",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**kubectl_env, "LIBERATOR_OPERATOR_NAMESPACE": "liberator-system"},
-            )
+        operator = start_operator(log, kubectl_env)
         try:
-            deadline = time.monotonic() + 120
-            while True:  # until a dry-run pod comes back injected
-                probe = core.create_namespaced_pod(
-                    "bench",
-                    {
-                        "metadata": {"name": "probe", "labels": {"app": "quotes"}},
-                        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
-                    },
-                    dry_run="All",
-                )
-                if probe.spec.init_containers:
-                    break
-                if time.monotonic() > deadline or operator.poll() is not None:
-                    print(f"webhook not live; log {log}", file=sys.stderr)
-                    return 1
-                time.sleep(0.5)
+            if not webhook_live(core, operator):
+                print(f"webhook not live; log {log}", file=sys.stderr)
+                return 1
             create_pods(core, "bench", "warm", 10, {"app": "quotes"})
             before = webhook_histogram(kubectl_env)
             with_hook, injected = create_pods(core, "bench", "pod", args.pods, {"app": "quotes"})
@@ -229,9 +253,29 @@ def main() -> int:
             operator.terminate()
             operator.wait(timeout=30)
         api.close()
+    return report(
+        args,
+        patch_times,
+        histograms=(before, after),
+        with_hook=with_hook,
+        without=without,
+        injected=injected,
+    )
 
+
+def report(
+    args: argparse.Namespace,
+    patch_times: list[float],
+    *,
+    histograms: tuple[dict[float, float], dict[float, float]],
+    with_hook: list[float],
+    without: list[float],
+    injected: int,
+) -> int:
+    """Print the figures (aligned, then as JSON); 1 when a target is missed."""
+    before, after = histograms
     ms = 1000.0
-    report: dict[str, Any] = {
+    figures: dict[str, Any] = {
         "pods": args.pods,
         "injected": injected,
         "apiserver_webhook_p50_ms_bucket": histogram_quantile(before, after, 0.5) * ms,
@@ -245,14 +289,14 @@ def main() -> int:
         "build_patch_p50_ms": quantile(patch_times, 0.5) * ms,
         "build_patch_p99_ms": quantile(patch_times, 0.99) * ms,
     }
-    for key, value in report.items():
+    for key, value in figures.items():
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
         print(f"{key:34} {shown}")
-    print(json.dumps(report))
+    print(json.dumps(figures))
     ok = (
-        report["injected"] == args.pods
-        and report["build_patch_p99_ms"] <= 5
-        and report["apiserver_webhook_p99_ms_bucket"] <= 100
+        figures["injected"] == args.pods
+        and figures["build_patch_p99_ms"] <= 5
+        and figures["apiserver_webhook_p99_ms_bucket"] <= 100
     )
     return 0 if ok else 1
 
