@@ -2,7 +2,7 @@
 
 An app Deployment runs a Python program in the project image (its venv has pymongo), as the
 cluster tier and ``make demo`` do; the helpers read what the kubelet reports back. Used by
-``tests/test_cluster`` and ``hack/demo.py``.
+``tests/test_cluster`` and ``make demo`` (``hack/liberator_demo``).
 """
 
 from __future__ import annotations
