@@ -12,6 +12,40 @@ from liberator_stack.stack import DEFAULT_NAMES, SERVER_NAMES, Stack, default_ru
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    unknown = [n for n in getattr(args, "names", []) if n not in SERVER_NAMES]
+    if unknown:
+        parser.error(f"unknown server {unknown[0]!r}: choose from {', '.join(SERVER_NAMES)}")
+    run_dir = default_run_dir()
+    stack = Stack.load(run_dir)
+    try:
+        if args.command == "build":
+            stack.build(tuple(args.names) or DEFAULT_NAMES)
+            if not args.names:
+                # `make test` runs this before pytest: the monitoring tests need promtool.
+                promtool.build(stack.say)
+        elif args.command == "up":
+            bring_up(stack, tuple(args.names) or DEFAULT_NAMES)
+        elif args.command == "image":
+            cluster.build_image(stack.say)
+        elif args.command == "env":
+            print_exports(stack)
+        elif args.command == "status":
+            print_status(stack)
+        elif args.command == "down":
+            stack.down()
+            stack.forget()
+            # Also what a crashed cluster left without a state file (fixed paths, see host.py).
+            cluster.cleanup(stack.say)
+            print("[stack] stopped", file=sys.stderr)
+    except StackError as error:
+        print(f"hack/stack: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hack/stack", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build what is missing, start servers, print export lines")
@@ -35,58 +69,38 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="list running servers")
     sub.add_parser("env", help="print the export lines of running servers")
     sub.add_parser("down", help="stop every server")
-    args = parser.parse_args(argv)
-    unknown = [n for n in getattr(args, "names", []) if n not in SERVER_NAMES]
-    if unknown:
-        parser.error(f"unknown server {unknown[0]!r}: choose from {', '.join(SERVER_NAMES)}")
-    run_dir = default_run_dir()
-    stack = Stack.load(run_dir)
-    try:
-        if args.command == "build":
-            stack.build(tuple(args.names) or DEFAULT_NAMES)
-            if not args.names:
-                # `make test` runs this before pytest: the monitoring tests need promtool.
-                promtool.build(stack.say)
-        elif args.command == "up":
-            names = tuple(args.names) or DEFAULT_NAMES
-            if "mongo" in names:
-                # Before any build or start: a missing pymongo or a bad cap fails now.
-                mongo.require_client()
-                mongo.oplog_limits()
-            for name in list(stack.servers):
-                if not stack.servers[name].alive():
-                    print(f"[stack] {name} is no longer running; restarting it", file=sys.stderr)
-                    stack.stop(name)
-            stack.up(names)
-            stack.save()
-            print_exports(stack)
-        elif args.command == "image":
-            cluster.build_image(stack.say)
-        elif args.command == "env":
-            print_exports(stack)
-        elif args.command == "status":
-            if not stack.servers:
-                print("nothing runs")
-            for name, server in stack.servers.items():
-                state = "running" if server.alive() else "DEAD"
-                pids = ",".join(str(p.pid) for p in server.procs)
-                print(f"{name:8} {state:8} pids={pids} {server.details}")
-                if not server.alive():
-                    for proc in server.procs:
-                        print(log_tail(proc.log, 10))
-            cluster_server = stack.servers.get("cluster")
-            if cluster_server is not None and cluster_server.alive():
-                print_pods(cluster_server.exports["KUBECONFIG"])
-        elif args.command == "down":
-            stack.down()
-            stack.forget()
-            # Also what a crashed cluster left without a state file (fixed paths, see host.py).
-            cluster.cleanup(stack.say)
-            print("[stack] stopped", file=sys.stderr)
-    except StackError as error:
-        print(f"hack/stack: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return parser
+
+
+def bring_up(stack: Stack, names: tuple[str, ...]) -> None:
+    """Restart what died, start the rest of ``names``, save the state, print export lines."""
+    if "mongo" in names:
+        # Before any build or start: a missing pymongo or a bad cap fails now.
+        mongo.require_client()
+        mongo.oplog_limits()
+    for name in list(stack.servers):
+        if not stack.servers[name].alive():
+            print(f"[stack] {name} is no longer running; restarting it", file=sys.stderr)
+            stack.stop(name)
+    stack.up(names)
+    stack.save()
+    print_exports(stack)
+
+
+def print_status(stack: Stack) -> None:
+    """Each server, running or DEAD (with its log tails), and the node's pods."""
+    if not stack.servers:
+        print("nothing runs")
+    for name, server in stack.servers.items():
+        state = "running" if server.alive() else "DEAD"
+        pids = ",".join(str(p.pid) for p in server.procs)
+        print(f"{name:8} {state:8} pids={pids} {server.details}")
+        if not server.alive():
+            for proc in server.procs:
+                print(log_tail(proc.log, 10))
+    cluster_server = stack.servers.get("cluster")
+    if cluster_server is not None and cluster_server.alive():
+        print_pods(cluster_server.exports["KUBECONFIG"])
 
 
 def print_pods(kubeconfig: str) -> None:
