@@ -29,6 +29,7 @@ import yaml
 
 from liberator_stack import host, images, kube
 from liberator_stack import nodeconf as nc
+from liberator_stack.etcd import start_etcd
 from liberator_stack.process import (
     Proc,
     Say,
@@ -404,7 +405,7 @@ def start(run_dir: Path, port: int | None = None, say: Say = say_stderr) -> Serv
         for path in (nc.VAR_DIR, nc.RUN_ROOT, nc.CNI_CONF_DIR, nc.CNI_IPAM_DIR):
             path.mkdir(parents=True, exist_ok=True)
         pki = _pki()
-        etcd, etcd_url = kube._start_etcd(run_dir, nc.ETCD_DATA)
+        etcd, etcd_url = start_etcd(run_dir, nc.ETCD_DATA)
         procs.append(etcd)
         api_port = free_port()
         server = f"https://{nc.NODE_IP}:{api_port}"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from liberator_stack import images, kube
+from liberator_stack import certs, images
 from liberator_stack.process import StackError
 
 if TYPE_CHECKING:
@@ -60,11 +60,11 @@ def render(overlay: Path = OVERLAY) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
-def webhook_tls() -> tuple[kube.KeyPair, kube.KeyPair]:
+def webhook_tls() -> tuple[certs.KeyPair, certs.KeyPair]:
     """A CA and the serving certificate of the webhook Service it signs."""
-    ca = kube.new_ca("liberator-webhook-ca")
+    ca = certs.new_ca("liberator-webhook-ca")
     service = f"{WEBHOOK_SERVICE}.{NAMESPACE}.svc"
-    serving = kube.issue_cert(ca, service, hosts=(service, f"{service}.cluster.local"))
+    serving = certs.issue_cert(ca, service, hosts=(service, f"{service}.cluster.local"))
     return ca, serving
 
 

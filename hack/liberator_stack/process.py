@@ -9,10 +9,12 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +203,12 @@ def wait_until(proc: Proc, ready: Callable[[], bool], *, timeout: float, what: s
 def log_matches(log: Path, pattern: str) -> Callable[[], bool]:
     regex = re.compile(pattern)
     return lambda: bool(regex.search(log.read_text(errors="replace")))
+
+
+def http_get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+    """One GET with a 2 s timeout, for readiness checks: the status and the body."""
+    with urllib.request.urlopen(url, timeout=2, context=context) as response:
+        return int(response.status), bytes(response.read())
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> Callable[[], bool]:
