@@ -182,53 +182,58 @@ def build_base(say: Say) -> None:
         return
     log = _log("base")
     if not _stamped(tar, stamp):
-        say(
-            f"making {nc.BASE_IMAGE} with debootstrap --variant=minbase {nc.DEBIAN_SUITE} "
-            f"(about 60-120 s; log: {log})"
-        )
-        started = time.monotonic()
-        rootfs = cache_dir() / "node" / "rootfs"
-        shutil.rmtree(rootfs, ignore_errors=True)
-        run_checked(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                nc.DEBIAN_SUITE,
-                str(rootfs),
-                "http://deb.debian.org/debian",
-            ],
-            log=log,
-            what="debootstrap",
-        )
-        _slim(rootfs)
-        rootfs_tar = tar.with_suffix(".rootfs.tar")
-        run_checked(
-            ["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf", str(rootfs_tar), "."],
-            log=log,
-            what="tar the base rootfs",
-        )
-        shutil.rmtree(rootfs, ignore_errors=True)
-        _from_scratch(
-            nc.BASE_IMAGE,
-            log,
-            add=rootfs_tar,
-            dest="/",
-            config=[
-                "--env",
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "--cmd",
-                '["bash"]',
-            ],
-        )
-        rootfs_tar.unlink(missing_ok=True)
-        _save(nc.BASE_IMAGE, tar, stamp, log)
-        say(f"made {nc.BASE_IMAGE} in {time.monotonic() - started:.0f}s")
+        _make_base(say, tar, stamp, log)
     else:
         run_checked(
             buildah("pull", f"docker-archive:{tar}"),
             log=log,
             what=f"buildah pull docker-archive:{tar}",
         )
+
+
+def _make_base(say: Say, tar: Path, stamp: str, log: Path) -> None:
+    """debootstrap, trim, commit as the base image and save it to ``tar`` under ``stamp``."""
+    say(
+        f"making {nc.BASE_IMAGE} with debootstrap --variant=minbase {nc.DEBIAN_SUITE} "
+        f"(about 60-120 s; log: {log})"
+    )
+    started = time.monotonic()
+    rootfs = cache_dir() / "node" / "rootfs"
+    shutil.rmtree(rootfs, ignore_errors=True)
+    run_checked(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            nc.DEBIAN_SUITE,
+            str(rootfs),
+            "http://deb.debian.org/debian",
+        ],
+        log=log,
+        what="debootstrap",
+    )
+    _slim(rootfs)
+    rootfs_tar = tar.with_suffix(".rootfs.tar")
+    run_checked(
+        ["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf", str(rootfs_tar), "."],
+        log=log,
+        what="tar the base rootfs",
+    )
+    shutil.rmtree(rootfs, ignore_errors=True)
+    _from_scratch(
+        nc.BASE_IMAGE,
+        log,
+        add=rootfs_tar,
+        dest="/",
+        config=[
+            "--env",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "--cmd",
+            '["bash"]',
+        ],
+    )
+    rootfs_tar.unlink(missing_ok=True)
+    _save(nc.BASE_IMAGE, tar, stamp, log)
+    say(f"made {nc.BASE_IMAGE} in {time.monotonic() - started:.0f}s")
 
 
 def _slim(rootfs: Path) -> None:
