@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -94,6 +95,18 @@ def log_tail(path: Path, lines: int = 40) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def run_output(argv: list[str], *, check: bool = True) -> str:
+    """Run a short host command (60 s at most) and return its stdout; with ``check``, raise
+    naming the command and its stderr when it fails."""
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    if check and result.returncode != 0:
+        raise StackError(
+            f"{shlex.join(argv)} failed (exit {result.returncode}): "
+            f"{result.stderr.strip() or result.stdout.strip()}"
+        )
+    return result.stdout
 
 
 def run_checked(
