@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,8 +25,7 @@ sys.path.insert(0, str(ROOT / "hack"))
 
 from bench.options import check, parser  # noqa: E402
 from bench.report import machine, table  # noqa: E402
-from bench.run import Run  # noqa: E402
-from liberator_stack import Stack  # noqa: E402
+from bench.run import running  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,13 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     check(args)
     info = machine()
     started = time.monotonic()
-    real = os.environ.get("LIBERATOR_TEST_MONGO_URI") or None
-    with Stack(Path(tempfile.mkdtemp(prefix="liberator-bench-"))) as stack:
-        stack.up(("pubsub", "redis"))
-        if not real:
-            stack.build(("mongo",))
-        os.environ.update(stack.exports())  # PUBSUB_EMULATOR_HOST for this process's clients
-        run = Run(stack, real, args)
+    with running("liberator-bench-", args) as run:
         base = run.phase("baselines", run.baselines)
         run.phase("oplog", run.oplog)
         rate = run.phase("e2e", lambda: run.e2e(base)) or 0.0
@@ -59,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         run.phase("failover", run.failover)
     info["loadavg_end"] = os.getloadavg()
     info["seconds"] = round(time.monotonic() - started, 1)
-    info["mongo"] = "LIBERATOR_TEST_MONGO_URI" if real else "mongo-java-server (fresh per phase)"
+    info["mongo"] = (
+        "LIBERATOR_TEST_MONGO_URI" if run.real_mongo else "mongo-java-server (fresh per phase)"
+    )
     if args.json:
         print(
             json.dumps(

@@ -42,10 +42,9 @@ from bench.load import Load  # noqa: E402
 from bench.measure import measure  # noqa: E402
 from bench.pull import Puller  # noqa: E402
 from bench.report import machine  # noqa: E402
-from bench.run import Run  # noqa: E402
+from bench.run import Run, running  # noqa: E402
 from bench.sidecar import SidecarEnv  # noqa: E402
 from bench.subjects import Debezium, Liberator  # noqa: E402
-from liberator_stack import Stack  # noqa: E402
 
 __all__ = ["Figures", "failures", "main", "table"]
 
@@ -207,14 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     started = time.monotonic()
     debezium.fetch()
-    real = os.environ.get("LIBERATOR_TEST_MONGO_URI") or None
     figs: list[Figures] = []
-    with Stack(Path(tempfile.mkdtemp(prefix="liberator-peer-"))) as stack:
-        stack.up(("pubsub", "redis"))
-        if not real:
-            stack.build(("mongo",))
-        os.environ.update(stack.exports())  # PUBSUB_EMULATOR_HOST for this process's clients
-        run = Run(stack, real, args)
+    with running("liberator-peer-", args) as run:
         if not args.no_liberator:
             figs.append(run_liberator(run, args))
         for ordering in {"both": (True, False), "on": (True,), "off": (False,)}[args.ordering]:

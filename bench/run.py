@@ -8,12 +8,16 @@ handling (``fresh_mongo``, ``database``, ``server_pids``).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pymongo import MongoClient
@@ -33,7 +37,7 @@ from bench.baselines import (
 from bench.report import Row, verdict
 from liberator_stack import Stack
 
-__all__ = ["Run"]
+__all__ = ["Run", "running"]
 
 MIB = 1024 * 1024
 _T = TypeVar("_T")
@@ -378,3 +382,16 @@ class Run:
             "-",
             verdict(result.missing == 0),
         )
+
+
+@contextmanager
+def running(prefix: str, args: argparse.Namespace) -> Iterator[Run]:
+    """A :class:`Run` on fresh servers: Pub/Sub and Redis, and the stand-in built (each phase
+    starts its own), unless ``LIBERATOR_TEST_MONGO_URI`` names a real MongoDB."""
+    real = os.environ.get("LIBERATOR_TEST_MONGO_URI") or None
+    with Stack(Path(tempfile.mkdtemp(prefix=prefix))) as stack:
+        stack.up(("pubsub", "redis"))
+        if not real:
+            stack.build(("mongo",))
+        os.environ.update(stack.exports())  # PUBSUB_EMULATOR_HOST for this process's clients
+        yield Run(stack, real, args)
